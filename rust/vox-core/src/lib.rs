@@ -1,0 +1,11 @@
+//! vox-core: the vox RPC session runtime.
+//!
+//! Layers, bottom up (see `PROTOCOL.md`): [`link`] carries whole messages,
+//! [`transport`] runs the prologue, [`conduit`] (de)serializes messages,
+//! [`session`] multiplexes connections over one conduit, and [`driver`] runs
+//! requests and channels on each connection.
+
+
+
+
+pub mod wire;

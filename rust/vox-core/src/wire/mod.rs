@@ -1,0 +1,20 @@
+//! The wire format: every message of the vox protocol and its encoding.
+//!
+//! Encoding is postcard (see `docs/spec/wire.md` for the byte layout).
+//! Decoders never panic and never allocate more than their input justifies.
+
+mod codec;
+mod ids;
+mod message;
+mod metadata;
+
+pub use codec::{
+    Blob, DecodeError, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice, encode,
+};
+pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
+pub use message::{
+    ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,
+    HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, ServerHello, StableFrame,
+    TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
+};
+pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, SENSITIVE};
