@@ -1,0 +1,573 @@
+//! The per-connection driver core: outgoing calls, in-flight handlers, and
+//! inbound dispatch. Channel state is NOT here: it lives in the connection's
+//! [`Registry`], and this module only forwards channel events to it.
+//!
+//! Every message this connection sends goes through [`ConnectionCore`]'s
+//! send methods, which reserve a place in the session's outbound queue and
+//! then, under the core's lock, check that the connection is still live
+//! before queueing. Marking the connection lost takes the same lock, so no
+//! message of a connection can be queued after the session queued its
+//! `CloseConnection` or its teardown.
+
+use super::channel::{LossCause, Registry, RegistryConfig, Violation as ChannelViolation};
+use super::error::CallError;
+use super::handler::{Call, ChannelBinder, Handler, ReplySink};
+use crate::session::outbound::{Outbound, OutboundPermit};
+use crate::sync::Mutex;
+use crate::wire::{
+    Blob, ChannelDecl, ConnectionId, ConnectionSettings, IdAllocator, Message, Metadata, MethodId, Parity, Payload,
+    RequestId, ResponseBody,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// A protocol violation by the peer on one connection. The session turns
+/// it into a `ProtocolError` and tears down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A channel rule was broken.
+    #[error("connection {conn}: {source}")]
+    Channel {
+        /// The connection.
+        conn: ConnectionId,
+        /// The channel violation.
+        source: ChannelViolation,
+    },
+    /// A request or response rule was broken.
+    #[error("connection {conn}: request {id}: {what} (rule {rule})")]
+    Request {
+        /// The connection.
+        conn: ConnectionId,
+        /// The request id.
+        id: RequestId,
+        /// What happened.
+        what: String,
+        /// The rule id in PROTOCOL.md.
+        rule: &'static str,
+    },
+}
+
+pub(crate) type CallReply = Result<(ResponseBody, Metadata), CallError>;
+
+enum CallEntry {
+    Waiting { reply: oneshot::Sender<CallReply>, _slot: OwnedSemaphorePermit },
+    // The caller gave up; the slot stays taken until the peer's response
+    // arrives, because until then the peer still counts the request as in
+    // flight and a new request could exceed its limit.
+    Cancelled { _slot: OwnedSemaphorePermit },
+}
+
+struct CoreState {
+    lost: Option<LossCause>,
+    requests: IdAllocator,
+    calls: HashMap<RequestId, CallEntry>,
+    // Inbound requests in flight; the sender stops the handler.
+    handlers: HashMap<RequestId, Option<oneshot::Sender<()>>>,
+    cancels_due: VecDeque<RequestId>,
+    flush_waker: Option<Waker>,
+    stats: CoreStats,
+}
+
+/// A snapshot of one connection's driver counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Outgoing calls awaiting a response (including cancelled ones whose
+    /// `Cancelled` response has not arrived yet).
+    pub calls_in_flight: usize,
+    /// Inbound requests being handled.
+    pub handlers_in_flight: usize,
+    /// Responses that arrived after the caller cancelled (ignored).
+    pub late_responses: u64,
+    /// `CancelRequest`s for requests no longer in flight (ignored).
+    pub late_cancels: u64,
+}
+
+/// Driver state of one connection (root or virtual).
+pub struct ConnectionCore {
+    pub(crate) id: ConnectionId,
+    pub(crate) local_parity: Parity,
+    pub(crate) local_settings: ConnectionSettings,
+    pub(crate) peer_settings: ConnectionSettings,
+    pub(crate) registry: Registry,
+    pub(crate) outbound: Outbound,
+    slots: Arc<Semaphore>,
+    state: Mutex<CoreState>,
+    handler: Option<Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for ConnectionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCore").field("id", &self.id).field("local_parity", &self.local_parity).finish()
+    }
+}
+
+impl ConnectionCore {
+    /// A driver core for connection `id`, allocating request and channel ids
+    /// of `local_parity`.
+    pub(crate) fn new(
+        id: ConnectionId,
+        local_parity: Parity,
+        local_settings: ConnectionSettings,
+        peer_settings: ConnectionSettings,
+        outbound: Outbound,
+        handler: Option<Arc<dyn Handler>>,
+        max_channels: usize,
+    ) -> Arc<ConnectionCore> {
+        let registry = Registry::new(RegistryConfig {
+            local_parity,
+            max_initial_credit: local_settings.max_initial_credit,
+            max_channels,
+            tombstones: 1024,
+        });
+        let slots = Arc::new(Semaphore::new(peer_settings.max_concurrent_requests as usize));
+        Arc::new(ConnectionCore {
+            id,
+            local_parity,
+            local_settings,
+            peer_settings,
+            registry,
+            outbound,
+            slots,
+            state: Mutex::new(CoreState {
+                lost: None,
+                requests: IdAllocator::new(local_parity),
+                calls: HashMap::new(),
+                handlers: HashMap::new(),
+                cancels_due: VecDeque::new(),
+                flush_waker: None,
+                stats: CoreStats::default(),
+            }),
+            handler,
+        })
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Driver counters.
+    pub fn stats(&self) -> CoreStats {
+        let st = self.state.lock();
+        CoreStats { calls_in_flight: st.calls.len(), handlers_in_flight: st.handlers.len(), ..st.stats.clone() }
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn lost(&self) -> Option<LossCause> {
+        self.state.lock().lost.clone()
+    }
+
+    // ------------------------------------------------------------ sending
+
+    /// Queues `payload` on this connection unless it has ended.
+    pub(crate) async fn send(&self, payload: Payload) -> Result<(), LossCause> {
+        let permit = self.reserve().await?;
+        self.send_with(permit, payload)
+    }
+
+    pub(crate) async fn reserve(&self) -> Result<OutboundPermit<'_>, LossCause> {
+        match self.outbound.reserve().await {
+            Ok(p) => Ok(p),
+            Err(_) => Err(self.lost().unwrap_or(LossCause::ConnectionClosed)),
+        }
+    }
+
+    pub(crate) fn try_reserve(&self) -> Option<OutboundPermit<'_>> {
+        self.outbound.try_reserve()
+    }
+
+    pub(crate) fn send_with(&self, permit: OutboundPermit<'_>, payload: Payload) -> Result<(), LossCause> {
+        let st = self.state.lock();
+        if let Some(c) = &st.lost {
+            return Err(c.clone());
+        }
+        permit.send(Message { connection_id: self.id, payload });
+        Ok(())
+    }
+
+    /// Sends one channel item, spending one credit, atomically with respect
+    /// to connection loss.
+    pub(crate) fn send_item_with(
+        &self,
+        permit: OutboundPermit<'_>,
+        id: crate::wire::ChannelId,
+        item: Blob,
+    ) -> Result<(), super::channel::SendError> {
+        let st = self.state.lock();
+        if let Some(c) = &st.lost {
+            return Err(super::channel::SendError::ConnectionLost(c.clone()));
+        }
+        self.registry.spend_credit(id)?;
+        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ calling
+
+    /// Performs one call: waits for a slot under the peer's
+    /// `max_concurrent_requests`, sends the request (with the channels it
+    /// announces), and waits for the response. Dropping the future cancels.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        method_id: MethodId,
+        args: Blob,
+        channels: &[super::handle::ChannelArg],
+        metadata: Metadata,
+    ) -> CallReply {
+        let (id, reply_rx) = match self.send_request(method_id, args, channels, metadata).await {
+            Ok(v) => v,
+            Err(e) => {
+                // The request never left: the kept channel ends must not wait
+                // for a binding that will never come.
+                for arg in channels {
+                    arg.fail(&e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        let mut guard = CancelOnDrop { core: self, id, armed: true };
+        let result = reply_rx.await;
+        guard.armed = false;
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(self.lost().unwrap_or(LossCause::ConnectionClosed).into()),
+        }
+    }
+
+    async fn send_request(
+        self: &Arc<Self>,
+        method_id: MethodId,
+        args: Blob,
+        channels: &[super::handle::ChannelArg],
+        metadata: Metadata,
+    ) -> Result<(RequestId, oneshot::Receiver<CallReply>), CallError> {
+        // rule: rpc.flow-control.max-concurrent-requests
+        let slot = match self.slots.clone().acquire_owned().await {
+            Ok(s) => s,
+            Err(_) => return Err(self.lost().unwrap_or(LossCause::ConnectionClosed).into()),
+        };
+        let permit = self.reserve().await?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let (id, decls) = {
+            let mut st = self.state.lock();
+            if let Some(c) = &st.lost {
+                return Err(c.clone().into());
+            }
+            let Some(raw) = st.requests.allocate() else {
+                return Err(CallError::SendFailed("request id space exhausted on this connection".into()));
+            };
+            let id = RequestId(raw);
+            // rule: rpc.channel.allocation
+            let mut decls: Vec<ChannelDecl> = Vec::with_capacity(channels.len());
+            for arg in channels {
+                match self.registry.create_outgoing(arg.direction, arg.initial_credit) {
+                    Ok(d) => decls.push(d),
+                    Err(e) => return Err(CallError::SendFailed(format!("cannot create channel: {e}"))),
+                }
+            }
+            st.calls.insert(id, CallEntry::Waiting { reply: reply_tx, _slot: slot });
+            permit.send(Message {
+                connection_id: self.id,
+                payload: Payload::Request { id, method_id, args, channels: decls.clone(), metadata },
+            });
+            (id, decls)
+        };
+        // The request is queued: items of its channels may follow it now.
+        for (arg, decl) in channels.iter().zip(&decls) {
+            arg.slot.bind(self.clone(), decl.id, arg.local_role());
+        }
+        Ok((id, reply_rx))
+    }
+
+    fn cancel(&self, id: RequestId) {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.lost.is_some() {
+                return;
+            }
+            match st.calls.remove(&id) {
+                Some(CallEntry::Waiting { _slot, .. }) => {
+                    st.calls.insert(id, CallEntry::Cancelled { _slot });
+                    st.cancels_due.push_back(id);
+                    st.flush_waker.take()
+                }
+                Some(other) => {
+                    st.calls.insert(id, other);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    // ------------------------------------------------------------ flushing
+
+    /// Collects control messages that non-async code made due (cancels,
+    /// grants, channel closes and resets). `Ready(false)` once the
+    /// connection has ended.
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>, out: &mut Vec<Payload>) -> Poll<bool> {
+        {
+            let mut st = self.state.lock();
+            if st.lost.is_some() {
+                return Poll::Ready(false);
+            }
+            while let Some(id) = st.cancels_due.pop_front() {
+                out.push(Payload::CancelRequest { id });
+            }
+            st.flush_waker = Some(cx.waker().clone());
+        }
+        let _ = self.registry.poll_outbound(cx, out);
+        if out.is_empty() { Poll::Pending } else { Poll::Ready(true) }
+    }
+
+    /// The connection's flush task: the only sender of messages made due by
+    /// drops and by consumption (grants).
+    pub(crate) async fn run_flush(self: Arc<Self>) {
+        let mut out = Vec::new();
+        loop {
+            out.clear();
+            let alive = std::future::poll_fn(|cx| self.poll_flush(cx, &mut out)).await;
+            if !alive {
+                return;
+            }
+            for payload in out.drain(..) {
+                if self.send(payload).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ loss
+
+    /// The connection ended: every pending call fails with `cause`, every
+    /// handler is stopped, every channel ends. Idempotent.
+    pub(crate) fn on_lost(&self, cause: LossCause) {
+        let (calls, handlers, waker) = {
+            let mut st = self.state.lock();
+            if st.lost.is_some() {
+                return;
+            }
+            st.lost = Some(cause.clone());
+            st.cancels_due.clear();
+            (std::mem::take(&mut st.calls), std::mem::take(&mut st.handlers), st.flush_waker.take())
+        };
+        self.slots.close();
+        for (_, entry) in calls {
+            if let CallEntry::Waiting { reply, .. } = entry {
+                // The caller may be gone already; nothing is lost then.
+                let _ = reply.send(Err(cause.clone().into()));
+            }
+        }
+        // Dropping the stop senders stops every handler (rule: connection.close).
+        drop(handlers);
+        self.registry.on_connection_lost(cause);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    // ------------------------------------------------------------ inbound
+
+    fn violation(&self, id: RequestId, what: impl Into<String>, rule: &'static str) -> Violation {
+        Violation::Request { conn: self.id, id, what: what.into(), rule }
+    }
+
+    fn channel_violation(&self, source: ChannelViolation) -> Violation {
+        Violation::Channel { conn: self.id, source }
+    }
+
+    /// Handles one inbound payload for this connection. Never waits: work
+    /// that needs to send is spawned or made due for the flush task, so a
+    /// slow connection cannot stall the session's receive loop.
+    pub(crate) fn on_payload(self: &Arc<Self>, payload: Payload) -> Result<(), Violation> {
+        match payload {
+            Payload::Request { id, method_id, args, channels, metadata } => {
+                self.on_request(id, method_id, args, channels, metadata)
+            }
+            Payload::Response { id, ret, metadata } => self.on_response(id, ret, metadata),
+            Payload::CancelRequest { id } => {
+                self.on_cancel(id);
+                Ok(())
+            }
+            Payload::ChannelItem { id, item } => {
+                self.registry.on_remote_item(id, item.0).map(|_| ()).map_err(|v| self.channel_violation(v))
+            }
+            Payload::CloseChannel { id, .. } => {
+                self.registry.on_remote_close(id).map(|_| ()).map_err(|v| self.channel_violation(v))
+            }
+            Payload::ResetChannel { id, .. } => {
+                self.registry.on_remote_reset(id).map(|_| ()).map_err(|v| self.channel_violation(v))
+            }
+            Payload::GrantCredit { id, additional } => {
+                self.registry.on_remote_grant(id, additional).map(|_| ()).map_err(|v| self.channel_violation(v))
+            }
+            // The session handles connection-level and keepalive payloads
+            // before dispatching; reaching here is the session's bug, but it
+            // is still the peer's message, so report instead of panicking.
+            other => Err(self.violation(RequestId(0), format!("unexpected {} on a connection", other.kind()), "session.message")),
+        }
+    }
+
+    fn on_request(
+        self: &Arc<Self>,
+        id: RequestId,
+        method_id: MethodId,
+        args: Blob,
+        channels: Vec<ChannelDecl>,
+        metadata: Metadata,
+    ) -> Result<(), Violation> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        {
+            let mut st = self.state.lock();
+            if st.lost.is_some() {
+                return Ok(());
+            }
+            // rule: rpc.request.id
+            if id.parity() == self.local_parity {
+                return Err(self.violation(id, "request id has the receiver's parity", "rpc.request.id"));
+            }
+            if st.handlers.contains_key(&id) {
+                return Err(self.violation(id, "request id is already in flight", "rpc.request.id"));
+            }
+            // rule: rpc.flow-control.max-concurrent-requests
+            let limit = self.local_settings.max_concurrent_requests as usize;
+            if st.handlers.len() >= limit {
+                return Err(self.violation(
+                    id,
+                    format!("request exceeds max_concurrent_requests = {limit}"),
+                    "rpc.flow-control.max-concurrent-requests",
+                ));
+            }
+            self.registry.on_remote_announce(&channels).map_err(|v| self.channel_violation(v))?;
+            st.handlers.insert(id, Some(stop_tx));
+        }
+        let binder = ChannelBinder::new(self.clone(), channels);
+        tokio::spawn(run_handler(self.clone(), id, method_id, args, metadata, binder, stop_rx));
+        Ok(())
+    }
+
+    fn on_response(&self, id: RequestId, ret: ResponseBody, metadata: Metadata) -> Result<(), Violation> {
+        let mut st = self.state.lock();
+        if st.lost.is_some() {
+            return Ok(());
+        }
+        match st.calls.remove(&id) {
+            Some(CallEntry::Waiting { reply, _slot }) => {
+                drop(st);
+                // rule: rpc.cancel — if the caller is gone, it lost interest.
+                let _ = reply.send(Ok((ret, metadata)));
+                Ok(())
+            }
+            Some(CallEntry::Cancelled { .. }) => {
+                // rule: rpc.cancel — a response after cancelling is ignored.
+                st.stats.late_responses += 1;
+                Ok(())
+            }
+            // rule: rpc.response.one-per-request
+            None => Err(self.violation(
+                id,
+                "response for a request that is not in flight (never sent, or already answered)",
+                "rpc.response.one-per-request",
+            )),
+        }
+    }
+
+    fn on_cancel(&self, id: RequestId) {
+        let mut st = self.state.lock();
+        match st.handlers.get_mut(&id) {
+            Some(stop) => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+            // rule: rpc.cancel.crossing — the response already left.
+            None => st.stats.late_cancels += 1,
+        }
+    }
+
+    fn finish_handler(&self, permit: OutboundPermit<'_>, id: RequestId, ret: ResponseBody, metadata: Metadata) {
+        let mut st = self.state.lock();
+        if st.lost.is_some() || st.handlers.remove(&id).is_none() {
+            return;
+        }
+        // Removing the entry and queueing the response under one lock: the
+        // peer can only send its next request after seeing this response,
+        // by which time the slot is free (rule: rpc.flow-control.max-concurrent-requests).
+        permit.send(Message { connection_id: self.id, payload: Payload::Response { id, ret, metadata } });
+    }
+}
+
+struct CancelOnDrop<'a> {
+    core: &'a ConnectionCore,
+    id: RequestId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // rule: rpc.cancel
+            self.core.cancel(self.id);
+        }
+    }
+}
+
+/// Runs one inbound request: spawns the handler, waits for its one reply or
+/// a cancel, and sends exactly one response (rule: rpc.response.one-per-request).
+async fn run_handler(
+    core: Arc<ConnectionCore>,
+    id: RequestId,
+    method_id: MethodId,
+    args: Blob,
+    metadata: Metadata,
+    binder: ChannelBinder,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let span = tracing::debug_span!("handle", conn = %core.id, request = %id, method = %method_id);
+    let _enter = span.enter();
+    drop(_enter);
+    let (reply_tx, mut reply_rx) = oneshot::channel();
+    let sink = ReplySink::new(reply_tx);
+    let task = match &core.handler {
+        Some(h) => {
+            let call = Call { method_id, args: args.0, metadata, channels: binder, reply: sink };
+            Some(tokio::spawn(h.handle(call)))
+        }
+        None => {
+            // rule: rpc.unknown-method — no service on this connection.
+            drop(binder);
+            sink.reply(ResponseBody::UnknownMethod, Metadata::new());
+            None
+        }
+    };
+    let (ret, md) = tokio::select! {
+        r = &mut reply_rx => match r {
+            Ok(v) => v,
+            Err(_) => {
+                // The sink was dropped: by the handler itself, or while
+                // unwinding from a panic. Either way this is the one reply.
+                let reason = "handler ended without replying (it panicked or dropped its reply sink)".to_string();
+                (ResponseBody::HandlerFailed { reason }, Metadata::new())
+            }
+        },
+        s = &mut stop => {
+            if let Some(t) = &task {
+                t.abort();
+            }
+            if s.is_err() {
+                // The connection ended; nothing can be sent.
+                return;
+            }
+            // rule: rpc.cancel
+            (ResponseBody::Cancelled, Metadata::new())
+        }
+    };
+    let Ok(permit) = core.reserve().await else { return };
+    core.finish_handler(permit, id, ret, md);
+}

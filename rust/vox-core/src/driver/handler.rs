@@ -1,0 +1,216 @@
+//! The handler side: the [`Handler`] trait, the [`Call`] it receives, the
+//! [`ReplySink`] it answers through exactly once, and the [`ChannelBinder`]
+//! that turns announced channel ids into typed handles.
+
+use super::core::ConnectionCore;
+use super::handle::{ChannelSlot, Role, Rx, Tx};
+use crate::wire::{self, Blob, ChannelDecl, ChannelDirection, Metadata, MethodId, ResponseBody};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A boxed, sendable future, as returned by [`Handler::handle`].
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Serves the requests of a connection. Each request runs in its own task,
+/// so a slow handler never blocks others (rule `rpc.pipelining`).
+///
+/// Any `Fn(Call) -> impl Future<Output = ()>` is a handler:
+///
+/// ```
+/// use vox_core::driver::{Call, Handler};
+/// let echo = |call: Call| async move {
+///     let args = call.args.clone();
+///     call.reply.ok_raw(args);
+/// };
+/// fn takes_handler(_: impl Handler) {}
+/// takes_handler(echo);
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one call; must answer through `call.reply`. Dropping the sink
+    /// without answering, panicking, or being cancelled each still produce
+    /// exactly one (error) response.
+    fn handle(&self, call: Call) -> BoxFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Call) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(&self, call: Call) -> BoxFuture {
+        Box::pin(self(call))
+    }
+}
+
+/// One inbound call.
+pub struct Call {
+    /// Which method.
+    pub method_id: MethodId,
+    /// Serialized arguments (postcard).
+    pub args: Bytes,
+    /// Request metadata.
+    pub metadata: Metadata,
+    /// The channels announced by the request, in argument order.
+    pub channels: ChannelBinder,
+    /// Where the one response goes.
+    pub reply: ReplySink,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("method_id", &self.method_id).field("metadata", &self.metadata).finish()
+    }
+}
+
+impl Call {
+    /// Decodes the arguments. On failure, answer with
+    /// [`ReplySink::invalid_payload`] (rule `rpc.invalid-payload`).
+    pub fn decode_args<A: DeserializeOwned>(&self) -> Result<A, wire::DecodeError> {
+        wire::decode::<A>("call arguments", &self.args)
+    }
+}
+
+/// Answers a call exactly once; consuming methods make a second answer
+/// impossible, and dropping the sink makes the driver answer
+/// `HandlerFailed`.
+pub struct ReplySink {
+    tx: oneshot::Sender<(ResponseBody, Metadata)>,
+}
+
+impl ReplySink {
+    pub(crate) fn new(tx: oneshot::Sender<(ResponseBody, Metadata)>) -> Self {
+        ReplySink { tx }
+    }
+
+    /// Sends a response body with metadata.
+    pub fn reply(self, body: ResponseBody, metadata: Metadata) {
+        // The driver stopped waiting only if the call was cancelled or the
+        // connection ended; either way there is no one to answer.
+        let _ = self.tx.send((body, metadata));
+    }
+
+    /// Answers with an already serialized return value.
+    pub fn ok_raw(self, ret: Bytes) {
+        self.reply(ResponseBody::Ok(Blob(ret)), Metadata::new());
+    }
+
+    /// Serializes and returns `value`.
+    pub fn ok<R: Serialize>(self, value: &R) {
+        match wire::encode("return value", value) {
+            Ok(b) => self.ok_raw(Bytes::from(b)),
+            Err(e) => self.reply(ResponseBody::HandlerFailed { reason: e.to_string() }, Metadata::new()),
+        }
+    }
+
+    /// Returns the handler's own (application) error.
+    pub fn user_error<E: Serialize>(self, error: &E) {
+        match wire::encode("user error", error) {
+            Ok(b) => self.reply(ResponseBody::User(Blob::from(b)), Metadata::new()),
+            Err(e) => self.reply(ResponseBody::HandlerFailed { reason: e.to_string() }, Metadata::new()),
+        }
+    }
+
+    /// The arguments could not be decoded (rule `rpc.invalid-payload`).
+    pub fn invalid_payload(self, reason: impl std::fmt::Display) {
+        self.reply(ResponseBody::InvalidPayload { reason: reason.to_string() }, Metadata::new());
+    }
+
+    /// No such method (rule `rpc.unknown-method`).
+    pub fn unknown_method(self) {
+        self.reply(ResponseBody::UnknownMethod, Metadata::new());
+    }
+}
+
+/// Why a channel could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No channel at this argument position.
+    #[error("request announces no channel at position {0}")]
+    NoSuchChannel(usize),
+    /// The channel at this position flows the other way.
+    #[error("channel at position {index} flows {actual:?}, not the requested direction")]
+    WrongDirection {
+        /// Position.
+        index: usize,
+        /// Announced direction.
+        actual: ChannelDirection,
+    },
+    /// Already bound.
+    #[error("channel at position {0} is already bound")]
+    AlreadyBound(usize),
+    /// The registry refused.
+    #[error("cannot bind channel: {0}")]
+    Registry(String),
+}
+
+/// Turns the channels announced by a request into typed handles. Channels
+/// that are never bound are bound and released when the binder is dropped,
+/// so the peer always learns their end (reset for receivers, close for
+/// senders).
+pub struct ChannelBinder {
+    core: Arc<ConnectionCore>,
+    decls: Vec<(ChannelDecl, bool)>,
+}
+
+impl ChannelBinder {
+    pub(crate) fn new(core: Arc<ConnectionCore>, decls: Vec<ChannelDecl>) -> Self {
+        ChannelBinder { core, decls: decls.into_iter().map(|d| (d, false)).collect() }
+    }
+
+    /// How many channels the request announced.
+    pub fn len(&self) -> usize {
+        self.decls.len()
+    }
+
+    /// Whether the request announced no channels.
+    pub fn is_empty(&self) -> bool {
+        self.decls.is_empty()
+    }
+
+    fn take(&mut self, index: usize, want: ChannelDirection) -> Result<ChannelDecl, BindError> {
+        let (decl, bound) = self.decls.get_mut(index).ok_or(BindError::NoSuchChannel(index))?;
+        if decl.direction != want {
+            return Err(BindError::WrongDirection { index, actual: decl.direction });
+        }
+        if *bound {
+            return Err(BindError::AlreadyBound(index));
+        }
+        self.core.registry.bind(decl.id).map_err(|e| BindError::Registry(e.to_string()))?;
+        *bound = true;
+        Ok(*decl)
+    }
+
+    /// Binds the channel at `index` (an `Rx<T>` argument: the caller sends,
+    /// this handler receives).
+    pub fn rx<T: DeserializeOwned>(&mut self, index: usize) -> Result<Rx<T>, BindError> {
+        let decl = self.take(index, ChannelDirection::CallerToHandler)?;
+        Ok(Rx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id, Role::Receiver)))
+    }
+
+    /// Binds the channel at `index` (a `Tx<T>` argument: this handler sends).
+    pub fn tx<T: Serialize>(&mut self, index: usize) -> Result<Tx<T>, BindError> {
+        let decl = self.take(index, ChannelDirection::HandlerToCaller)?;
+        Ok(Tx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id, Role::Sender)))
+    }
+}
+
+impl Drop for ChannelBinder {
+    fn drop(&mut self) {
+        for (decl, bound) in &self.decls {
+            if *bound {
+                continue;
+            }
+            if self.core.registry.bind(decl.id).is_ok() {
+                match decl.direction {
+                    ChannelDirection::CallerToHandler => self.core.registry.receiver_dropped(decl.id),
+                    ChannelDirection::HandlerToCaller => self.core.registry.sender_dropped(decl.id),
+                }
+            }
+        }
+    }
+}

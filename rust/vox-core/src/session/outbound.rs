@@ -1,0 +1,153 @@
+//! The session's one ordered outbound path.
+//!
+//! Every message of every connection is queued here and written by ONE
+//! writer task that owns the conduit's sending half; nothing else can reach
+//! the conduit. The queue is bounded: senders wait when it is full.
+
+use crate::conduit::ConduitTx;
+use crate::wire::{self, ConduitMsg, Message};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("outbound path is closed: the session has ended")]
+pub struct OutboundClosed;
+
+/// A handle to the outbound queue; cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Message>,
+    stats: Arc<Stats>,
+}
+
+struct Stats {
+    high_water: AtomicUsize,
+    capacity: usize,
+}
+
+/// A reserved place in the outbound queue: sending through it cannot wait
+/// or fail, so check-then-send sequences are atomic with respect to order.
+pub struct OutboundPermit<'a> {
+    permit: mpsc::Permit<'a, Message>,
+    outbound: &'a Outbound,
+}
+
+impl OutboundPermit<'_> {
+    /// Queues the message.
+    pub fn send(self, msg: Message) {
+        self.permit.send(msg);
+        self.outbound.note_depth();
+    }
+}
+
+impl Outbound {
+    /// Queues one message, waiting while the queue is full. Cancel-safe.
+    pub async fn send(&self, msg: Message) -> Result<(), OutboundClosed> {
+        self.reserve().await?.send(msg);
+        Ok(())
+    }
+
+    /// Reserves a place; cancel-safe (dropping the future reserves nothing).
+    pub async fn reserve(&self) -> Result<OutboundPermit<'_>, OutboundClosed> {
+        let permit = self.tx.reserve().await.map_err(|_| OutboundClosed)?;
+        Ok(OutboundPermit { permit, outbound: self })
+    }
+
+    /// Reserves a place if one is free right now.
+    pub fn try_reserve(&self) -> Option<OutboundPermit<'_>> {
+        let permit = self.tx.try_reserve().ok()?;
+        Some(OutboundPermit { permit, outbound: self })
+    }
+
+    fn note_depth(&self) {
+        let used = self.stats.capacity - self.tx.capacity();
+        self.stats.high_water.fetch_max(used, Ordering::Relaxed);
+    }
+
+    /// The most messages ever waiting at once.
+    pub fn high_water(&self) -> usize {
+        self.stats.high_water.load(Ordering::Relaxed)
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.stats.capacity
+    }
+
+    /// Whether the writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// How the writer should finish.
+#[derive(Debug)]
+pub struct Finish {
+    /// A last message written after the queue (e.g. `ProtocolError`).
+    pub last: Option<Message>,
+    /// Write what is still queued first (graceful end) or drop it (teardown
+    /// after a violation, where the peer may not be reading at all).
+    pub drain: bool,
+    /// The longest a graceful finish may take before the link is dropped.
+    pub linger: Duration,
+}
+
+/// Starts the writer task. It returns when the link fails or after
+/// `finish` is received and handled; the `Result` tells the run loop why.
+pub fn spawn_writer(
+    conduit: ConduitTx,
+    capacity: usize,
+    finish: oneshot::Receiver<Finish>,
+) -> (Outbound, tokio::task::JoinHandle<Result<(), String>>) {
+    let capacity = capacity.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    let outbound = Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity }) };
+    let task = tokio::spawn(writer(conduit, rx, finish));
+    (outbound, task)
+}
+
+fn encode(msg: Message) -> Result<Bytes, String> {
+    wire::encode("ConduitMsg", &ConduitMsg::Message(msg)).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+async fn writer(
+    conduit: ConduitTx,
+    mut rx: mpsc::Receiver<Message>,
+    mut finish: oneshot::Receiver<Finish>,
+) -> Result<(), String> {
+    let how = loop {
+        tokio::select! {
+            biased;
+            f = &mut finish => break f.ok(),
+            m = rx.recv() => match m {
+                Some(m) => conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?,
+                // All senders gone: nothing more can be written.
+                None => break None,
+            },
+        }
+    };
+    rx.close();
+    let Some(how) = how else {
+        return conduit.close().await.map_err(|e| e.to_string());
+    };
+    let linger = how.linger;
+    let work = async move {
+        if how.drain {
+            while let Some(m) = rx.recv().await {
+                conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if let Some(last) = how.last {
+            conduit.send_encoded(encode(last)?).await.map_err(|e| e.to_string())?;
+        }
+        conduit.close().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(linger, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("peer did not read the last messages within {linger:?}")),
+    }
+}

@@ -1,0 +1,124 @@
+//! Transport prologue: the first message in each direction of a fresh link
+//! chooses the conduit mode (rule `transport.prologue`).
+
+use crate::link::{Link, LinkError};
+use crate::wire::{self, ConduitMode, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg};
+use bytes::Bytes;
+
+/// Why the prologue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrologueError {
+    /// The link failed during the prologue.
+    #[error("transport prologue: link error: {0}")]
+    Link(#[from] LinkError),
+    /// The peer closed the link before answering.
+    #[error("transport prologue: peer closed the link before the prologue completed")]
+    PeerClosed,
+    /// The first message was not a valid prologue message.
+    #[error("transport prologue: peer sent bytes that are not a vox transport prologue ({0})")]
+    Garbage(String),
+    /// The magic bytes were wrong: this is not a vox peer.
+    #[error("transport prologue: bad magic {found:02x?} (expected {:02x?}); not a vox peer", TRANSPORT_MAGIC)]
+    BadMagic {
+        /// The magic the peer sent.
+        found: [u8; 4],
+    },
+    /// The acceptor refused.
+    #[error("transport prologue: rejected by the acceptor: {reason}")]
+    Rejected {
+        /// The acceptor's reason.
+        reason: String,
+    },
+    /// We refused the initiator (the reason was sent to it).
+    #[error("transport prologue: refused the initiator: {reason}")]
+    Refused {
+        /// The reason sent to the peer.
+        reason: String,
+    },
+    /// The acceptor answered with a mode other than the requested one
+    /// (rule `transport.prologue.no-fallback`).
+    #[error("transport prologue: requested mode {requested:?} but the acceptor answered {answered:?}")]
+    ModeMismatch {
+        /// What we asked for.
+        requested: ConduitMode,
+        /// What came back.
+        answered: ConduitMode,
+    },
+}
+
+/// Which conduit modes an acceptor supports.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptModes {
+    /// Accept `bare`.
+    pub bare: bool,
+    /// Accept `stable`.
+    pub stable: bool,
+}
+
+impl Default for AcceptModes {
+    fn default() -> Self {
+        // The stable conduit is not built yet; see `initiate`'s reject reason.
+        AcceptModes { bare: true, stable: false }
+    }
+}
+
+async fn send(link: &Link, msg: &TransportMsg) -> Result<(), PrologueError> {
+    let bytes = wire::encode("TransportMsg", msg).map_err(|e| PrologueError::Garbage(e.to_string()))?;
+    link.tx.send(Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+async fn recv(link: &mut Link) -> Result<TransportMsg, PrologueError> {
+    let bytes = link.rx.recv().await?.ok_or(PrologueError::PeerClosed)?;
+    wire::decode::<TransportMsg>("TransportMsg", &bytes).map_err(|e| PrologueError::Garbage(e.to_string()))
+}
+
+/// Initiator side: asks for `mode` and waits for the answer.
+pub async fn initiate(link: &mut Link, mode: ConduitMode) -> Result<(), PrologueError> {
+    send(link, &TransportMsg::Hello(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode }))
+        .await?;
+    match recv(link).await? {
+        TransportMsg::Accept { mode: answered } if answered == mode => Ok(()),
+        TransportMsg::Accept { mode: answered } => Err(PrologueError::ModeMismatch { requested: mode, answered }),
+        TransportMsg::Reject { reason } => Err(PrologueError::Rejected { reason }),
+        TransportMsg::Hello(_) => Err(PrologueError::Garbage("acceptor sent a TransportHello".into())),
+    }
+}
+
+/// Acceptor side: reads the initiator's hello and accepts or rejects it.
+/// After a rejection the caller must close the link (rule
+/// `transport.prologue.reject-close`); the error says why.
+pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, PrologueError> {
+    let hello = match recv(link).await? {
+        TransportMsg::Hello(h) => h,
+        other => {
+            return Err(PrologueError::Garbage(format!("expected TransportHello, got {other:?}")));
+        }
+    };
+    // A wrong magic means this is not a vox peer at all: answering in our
+    // format would be noise to it, so we only close.
+    if hello.magic != TRANSPORT_MAGIC {
+        return Err(PrologueError::BadMagic { found: hello.magic });
+    }
+    let refusal = if hello.version != TRANSPORT_VERSION {
+        Some(format!(
+            "unsupported transport prologue version {} (this side speaks {TRANSPORT_VERSION})",
+            hello.version
+        ))
+    } else {
+        match hello.mode {
+            // rule: transport.prologue.no-fallback
+            ConduitMode::Stable if !modes.stable => {
+                Some("conduit mode `stable` is not supported by this acceptor (vox-core has no stable conduit yet); use `bare`".to_string())
+            }
+            ConduitMode::Bare if !modes.bare => Some("conduit mode `bare` is not supported by this acceptor".to_string()),
+            _ => None,
+        }
+    };
+    if let Some(reason) = refusal {
+        send(link, &TransportMsg::Reject { reason: reason.clone() }).await?;
+        return Err(PrologueError::Refused { reason });
+    }
+    send(link, &TransportMsg::Accept { mode: hello.mode }).await?;
+    Ok(hello.mode)
+}
