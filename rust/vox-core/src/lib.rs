@@ -8,4 +8,5 @@
 
 
 
+pub mod link;
 pub mod wire;

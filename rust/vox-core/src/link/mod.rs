@@ -1,0 +1,238 @@
+//! Links: reliable, ordered transports of whole messages (`PROTOCOL.md` §2).
+//!
+//! A [`Link`] is a pair of halves, [`LinkTx`] and [`LinkRx`], that can be
+//! moved to different tasks. Two kinds exist: an in-process pair
+//! ([`memory_pair`]) and stream links over any tokio `AsyncRead` +
+//! `AsyncWrite` ([`stream`], [`tcp`], [`unix`]). Both kinds behave the same
+//! way towards their users; only the stream kind can see hostile input,
+//! because the peer chooses the length prefixes.
+
+mod memory;
+mod stream;
+
+pub use memory::memory_pair;
+pub use stream::{connect_tcp, stream, tcp};
+#[cfg(unix)]
+pub use stream::{connect_unix, unix};
+
+use bytes::Bytes;
+use std::io;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Default largest message a link carries: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Default number of messages a [`LinkTx`] queues before `send` waits.
+const DEFAULT_SEND_QUEUE: usize = 32;
+
+/// Settings shared by both halves of a link.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Largest message, in bytes, that may be sent or received. Stream links
+    /// cap it at `u32::MAX` because that is the largest length their prefix
+    /// can announce.
+    pub max_message_size: usize,
+    /// How many messages may wait to be transmitted before `send` waits.
+    /// Zero is treated as one, since a queue needs room for at least one.
+    pub send_queue: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self { max_message_size: DEFAULT_MAX_MESSAGE_SIZE, send_queue: DEFAULT_SEND_QUEUE }
+    }
+}
+
+impl LinkConfig {
+    /// Queue capacity that tokio accepts (it panics on zero).
+    fn queue_capacity(&self) -> usize {
+        self.send_queue.max(1)
+    }
+}
+
+/// Why a link operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A message is larger than the link allows: refused at send, or
+    /// announced by the peer on receive (the link is then dead).
+    #[error("message of {size} bytes exceeds the link maximum of {max} bytes")]
+    TooLarge {
+        /// Size of the message, as given or as announced by the peer.
+        size: usize,
+        /// The link's maximum.
+        max: usize,
+    },
+    /// The underlying transport failed.
+    #[error("link i/o failed while {context}: {source}")]
+    Io {
+        /// What the link was doing.
+        context: &'static str,
+        /// What the operating system or the transport reported.
+        source: io::Error,
+    },
+    /// The link no longer accepts messages: the receiving side is gone or
+    /// the transport failed while writing.
+    #[error("cannot send: the link is closed")]
+    Closed,
+    /// An earlier receive failed, so the message stream is no longer
+    /// trustworthy and nothing more is read.
+    #[error("cannot receive: the link is dead after an earlier receive error")]
+    Dead,
+    /// The peer closed the stream in the middle of a frame.
+    #[error("stream ended in the middle of a frame: got {got} of {expected} bytes (counting the 4-byte length prefix)")]
+    Truncated {
+        /// Bytes the frame needed (only the prefix, if it was incomplete).
+        expected: usize,
+        /// Bytes that arrived before the end of the stream.
+        got: usize,
+    },
+}
+
+/// A bidirectional message link.
+///
+/// rule: link.split — the halves are independent and may be used from
+/// different tasks.
+pub struct Link {
+    /// The sending half.
+    pub tx: LinkTx,
+    /// The receiving half.
+    pub rx: LinkRx,
+}
+
+impl Link {
+    /// Separates the link into its sending and receiving halves.
+    // rule: link.split
+    pub fn split(self) -> (LinkTx, LinkRx) {
+        (self.tx, self.rx)
+    }
+}
+
+/// The sending half of a link.
+///
+/// Not `Clone`: a single owner keeps message order obvious and lets
+/// [`close`](LinkTx::close) know that nobody else will send.
+pub struct LinkTx {
+    queue: mpsc::Sender<Bytes>,
+    /// Stream links only: the task that writes frames, returning how it ended.
+    writer: Option<JoinHandle<io::Result<()>>>,
+    max_message_size: usize,
+}
+
+impl LinkTx {
+    fn new(queue: mpsc::Sender<Bytes>, writer: Option<JoinHandle<io::Result<()>>>, max_message_size: usize) -> Self {
+        Self { queue, writer, max_message_size }
+    }
+
+    /// Queues one whole message for transmission.
+    ///
+    /// Cancel-safe: a slot is reserved first and the message is handed over
+    /// in one step only once the slot is ours, so a dropped future publishes
+    /// nothing and gives its reservation back. Waits while the queue is full.
+    ///
+    /// Fails with [`LinkError::TooLarge`] (checked before anything else) or
+    /// [`LinkError::Closed`] if the link can no longer carry messages.
+    pub async fn send(&self, msg: Bytes) -> Result<(), LinkError> {
+        // rule: link.tx.max-size
+        if msg.len() > self.max_message_size {
+            return Err(LinkError::TooLarge { size: msg.len(), max: self.max_message_size });
+        }
+        // rule: link.tx.backpressure — the queue is bounded, so this waits
+        // instead of buffering without limit.
+        // rule: link.tx.cancel-safe — `reserve` is the only await point;
+        // `Permit::send` cannot fail or wait.
+        let permit = self.queue.reserve().await.map_err(|_| LinkError::Closed)?;
+        permit.send(msg);
+        Ok(())
+    }
+
+    /// Largest message this half accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// Closes the sending direction gracefully.
+    ///
+    /// Stops accepting messages, waits until everything queued has been
+    /// written and flushed and the write side shut down (stream links), then
+    /// returns. The peer then sees end-of-stream after the last message.
+    pub async fn close(self) -> Result<(), LinkError> {
+        let Self { queue, writer, .. } = self;
+        // The writer task ends once the queue is drained and every sender is gone.
+        drop(queue);
+        let Some(writer) = writer else { return Ok(()) };
+        match writer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(LinkError::Io { context: "writing to a stream link", source }),
+            Err(join) => {
+                Err(LinkError::Io { context: "running the stream link writer task", source: io::Error::other(join) })
+            }
+        }
+    }
+}
+
+/// Where the received messages come from.
+enum RxSource {
+    Memory(mpsc::Receiver<Bytes>),
+    Stream(stream::FrameReader),
+}
+
+/// What `recv` has learned so far.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RxState {
+    Open,
+    Eof,
+    Dead,
+}
+
+/// The receiving half of a link.
+pub struct LinkRx {
+    source: RxSource,
+    state: RxState,
+    max_message_size: usize,
+}
+
+impl LinkRx {
+    fn new(source: RxSource, max_message_size: usize) -> Self {
+        Self { source, state: RxState::Open, max_message_size }
+    }
+
+    /// Receives the next whole message.
+    ///
+    /// Cancel-safe, so it may be used inside `tokio::select!`: bytes of a
+    /// partly received frame stay in an internal buffer.
+    ///
+    /// Returns `Ok(Some(msg))` for a message and `Ok(None)` at end of stream,
+    /// and keeps returning `Ok(None)` after that. After an error, every later
+    /// call returns [`LinkError::Dead`].
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
+        match self.state {
+            // rule: link.rx.eof
+            RxState::Eof => return Ok(None),
+            // rule: link.rx.error
+            RxState::Dead => return Err(LinkError::Dead),
+            RxState::Open => {}
+        }
+        let max = self.max_message_size;
+        let result = match &mut self.source {
+            RxSource::Memory(queue) => match queue.recv().await {
+                // rule: link.tx.max-size — the sender already checked, but
+                // the two halves may have been configured differently.
+                Some(msg) if msg.len() > max => Err(LinkError::TooLarge { size: msg.len(), max }),
+                other => Ok(other),
+            },
+            RxSource::Stream(reader) => reader.read_frame(max).await,
+        };
+        match &result {
+            Ok(Some(_)) => {}
+            Ok(None) => self.state = RxState::Eof,
+            Err(_) => self.state = RxState::Dead,
+        }
+        result
+    }
+
+    /// Largest message this half accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+}

@@ -1,0 +1,207 @@
+//! Links over byte streams: each message is framed by a 32-bit little-endian
+//! length prefix followed by its bytes.
+//!
+//! rule: transport.stream
+
+use super::{Link, LinkConfig, LinkError, LinkRx, LinkTx, RxSource};
+use bytes::{Buf, Bytes, BytesMut};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+/// Size of the length prefix in front of every frame.
+const PREFIX_LEN: usize = 4;
+
+/// The largest length a prefix can announce.
+const MAX_FRAME_LEN: usize = u32::MAX as usize;
+
+/// Most bytes the reader asks for in one read. Bounds how far the receive
+/// buffer grows ahead of the bytes that actually arrived.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Fewest bytes the reader asks for in one read, so that many small frames
+/// arrive in a single system call.
+const MIN_READ: usize = 8 * 1024;
+
+/// Buffer of the writer task; small frames are gathered here so a batch
+/// costs one write and one flush.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Bytes the writer gathers from the queue before it flushes, so a busy
+/// sender cannot postpone the flush forever.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Creates a link over any byte stream, split into its reading and writing
+/// sides.
+///
+/// Spawns one writer task, so it must be called inside a tokio runtime. The
+/// task drains the send queue, writes what is queued as one buffered batch
+/// and flushes it; when the [`LinkTx`] is closed or dropped it writes what is
+/// left, flushes and shuts the writer down, which the peer sees as
+/// end-of-stream.
+///
+/// `config.max_message_size` is capped at `u32::MAX`, the largest length the
+/// prefix can carry.
+// rule: transport.stream
+pub fn stream<R, W>(reader: R, writer: W, config: LinkConfig) -> Link
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let max = config.max_message_size.min(MAX_FRAME_LEN);
+    // rule: link.tx.backpressure — bounded; once full, `send` waits for the
+    // writer, which itself waits for the transport.
+    let (queue, pending) = mpsc::channel(config.queue_capacity());
+    let writer = tokio::spawn(write_frames(pending, writer));
+    Link {
+        tx: LinkTx::new(queue, Some(writer), max),
+        rx: LinkRx::new(RxSource::Stream(FrameReader::new(Box::new(reader))), max),
+    }
+}
+
+/// Creates a link over a connected TCP stream, with Nagle's algorithm off
+/// because the writer already batches and RPC traffic is latency-bound.
+///
+/// Must be called inside a tokio runtime (see [`stream`]).
+pub fn tcp(stream: tokio::net::TcpStream, config: LinkConfig) -> Link {
+    if let Err(error) = stream.set_nodelay(true) {
+        // Only a latency cost; the link works without it.
+        tracing::warn!(%error, "cannot disable Nagle's algorithm on a TCP link");
+    }
+    let (reader, writer) = stream.into_split();
+    self::stream(reader, writer, config)
+}
+
+/// Connects to `addr` over TCP and creates a link on the connection.
+pub async fn connect_tcp(addr: impl tokio::net::ToSocketAddrs, config: LinkConfig) -> Result<Link, LinkError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|source| LinkError::Io { context: "connecting a TCP link", source })?;
+    Ok(tcp(stream, config))
+}
+
+/// Creates a link over a connected Unix domain socket.
+///
+/// Must be called inside a tokio runtime (see [`stream`]).
+#[cfg(unix)]
+pub fn unix(stream: tokio::net::UnixStream, config: LinkConfig) -> Link {
+    let (reader, writer) = stream.into_split();
+    self::stream(reader, writer, config)
+}
+
+/// Connects to the Unix domain socket at `path` and creates a link on it.
+#[cfg(unix)]
+pub async fn connect_unix(path: impl AsRef<std::path::Path>, config: LinkConfig) -> Result<Link, LinkError> {
+    let path = path.as_ref();
+    let stream = tokio::net::UnixStream::connect(path).await.map_err(|error| LinkError::Io {
+        context: "connecting a Unix socket link",
+        // Keep the path: "no such file" alone does not say which file.
+        source: io::Error::new(error.kind(), format!("{}: {error}", path.display())),
+    })?;
+    Ok(unix(stream, config))
+}
+
+/// The writer task: takes messages off the queue and writes them as frames
+/// until every sender is gone, then flushes and shuts the stream down.
+async fn write_frames<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, writer: W) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER, writer);
+    let result = async {
+        while let Some(msg) = queue.recv().await {
+            let mut batched = PREFIX_LEN + msg.len();
+            write_frame(&mut out, &msg).await?;
+            while batched < BATCH_BYTES {
+                let Ok(msg) = queue.try_recv() else { break };
+                batched += PREFIX_LEN + msg.len();
+                write_frame(&mut out, &msg).await?;
+            }
+            out.flush().await?;
+        }
+        // rule: link.rx.eof — the shutdown is what lets the peer see the end.
+        out.shutdown().await
+    }
+    .await;
+    if let Err(error) = &result {
+        // Dropping the queue on return makes later sends fail with `Closed`;
+        // `close` reports this error, and this log covers a dropped `LinkTx`.
+        tracing::debug!(%error, "stream link writer stopped");
+    }
+    result
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(out: &mut BufWriter<W>, msg: &[u8]) -> io::Result<()> {
+    // `LinkTx::send` already refused anything longer than `MAX_FRAME_LEN`.
+    let len = u32::try_from(msg.len()).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("message of {} bytes does not fit a frame", msg.len()))
+    })?;
+    // rule: transport.stream — 32-bit little-endian length, then the bytes.
+    out.write_all(&len.to_le_bytes()).await?;
+    out.write_all(msg).await
+}
+
+/// The receiving side of a stream link: reassembles frames from whatever
+/// chunks the stream delivers.
+pub(super) struct FrameReader {
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    /// Bytes read but not yet returned. Living here rather than in the
+    /// `read_frame` future is what makes receiving cancel-safe.
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    fn new(reader: Box<dyn AsyncRead + Send + Unpin>) -> Self {
+        Self { reader, buf: BytesMut::new() }
+    }
+
+    /// Reads the next frame. `Ok(None)` means the stream ended cleanly
+    /// between frames. Cancel-safe: the only await is a read that either
+    /// completes into `buf` or reads nothing.
+    pub(super) async fn read_frame(&mut self, max: usize) -> Result<Option<Bytes>, LinkError> {
+        loop {
+            let missing = match self.announced_len() {
+                Some(len) => {
+                    // rule: link.tx.max-size — refuse before reading or
+                    // allocating anything for the body.
+                    if len > max {
+                        return Err(LinkError::TooLarge { size: len, max });
+                    }
+                    let frame_len = PREFIX_LEN + len;
+                    if self.buf.len() >= frame_len {
+                        self.buf.advance(PREFIX_LEN);
+                        return Ok(Some(self.buf.split_to(len).freeze()));
+                    }
+                    frame_len - self.buf.len()
+                }
+                None => PREFIX_LEN - self.buf.len(),
+            };
+            // The buffer grows by at most one chunk per read, so its size
+            // follows the bytes that arrived, not the length the peer announced.
+            self.buf.reserve(missing.clamp(MIN_READ, READ_CHUNK));
+            let read = self
+                .reader
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| LinkError::Io { context: "reading from a stream link", source })?;
+            if read == 0 {
+                return self.end_of_stream();
+            }
+        }
+    }
+
+    /// The length in the prefix at the front of `buf`, once all of it arrived.
+    fn announced_len(&self) -> Option<usize> {
+        match self.buf.get(..PREFIX_LEN)? {
+            &[a, b, c, d] => Some(usize::try_from(u32::from_le_bytes([a, b, c, d])).unwrap_or(usize::MAX)),
+            _ => None,
+        }
+    }
+
+    fn end_of_stream(&self) -> Result<Option<Bytes>, LinkError> {
+        if self.buf.is_empty() {
+            // rule: link.rx.eof
+            return Ok(None);
+        }
+        let expected = self.announced_len().map_or(PREFIX_LEN, |len| PREFIX_LEN + len);
+        // rule: link.rx.error
+        Err(LinkError::Truncated { expected, got: self.buf.len() })
+    }
+}
