@@ -1,0 +1,200 @@
+//! Public handles: [`SessionHandle`], [`ConnectionHandle`], [`Caller`].
+
+use super::control::{ControlMsg, DropRequest, MailboxTx};
+use super::{CloseReason, SessionError};
+use crate::driver::{CallError, ChannelArg, ConnectionCore, CoreStats};
+use crate::wire::{self, Blob, ConnectionId, ConnectionSettings, Metadata, MethodId, ResponseBody};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+
+/// Controls a session; cheap to clone. Every method goes through the one
+/// control mailbox (see ADR 0002).
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) mailbox: MailboxTx,
+    pub(crate) closed: watch::Receiver<Option<CloseReason>>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle").field("close_reason", &self.close_reason()).finish()
+    }
+}
+
+impl SessionHandle {
+    fn ended(&self) -> SessionError {
+        SessionError::Closed(self.close_reason().unwrap_or(CloseReason::Shutdown))
+    }
+
+    /// Opens a virtual connection; resolves when the peer accepts or rejects.
+    pub async fn open_connection(
+        &self,
+        settings: ConnectionSettings,
+        metadata: Metadata,
+    ) -> Result<ConnectionHandle, SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox.send(ControlMsg::OpenConnection { settings, metadata, reply }).await.map_err(|_| self.ended())?;
+        rx.await.map_err(|_| self.ended())?
+    }
+
+    /// Closes a virtual connection: pending calls fail, channels end, and the
+    /// peer gets `CloseConnection`.
+    pub async fn close_connection(&self, id: ConnectionId, metadata: Metadata) -> Result<(), SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox.send(ControlMsg::CloseConnection { id, metadata, reply }).await.map_err(|_| self.ended())?;
+        rx.await.map_err(|_| self.ended())?
+    }
+
+    /// Asks the session to shut down. Never waits, so it may be called from
+    /// `Drop`. Returns `Err` if the session had already ended.
+    pub fn shutdown(&self) -> Result<(), SessionError> {
+        if let Some(r) = self.close_reason() {
+            return Err(SessionError::Closed(r));
+        }
+        self.mailbox.post(DropRequest::Shutdown);
+        Ok(())
+    }
+
+    /// Resolves when the session has ended.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.closed.clone();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone().unwrap_or(CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// Why the session ended, if it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.borrow().clone()
+    }
+
+    /// The most requests ever waiting in the control mailbox's bounded queue.
+    pub fn mailbox_high_water(&self) -> usize {
+        self.mailbox.queue_high_water()
+    }
+
+    /// The control mailbox's capacity.
+    pub fn mailbox_capacity(&self) -> usize {
+        self.mailbox.queue_capacity()
+    }
+}
+
+/// Keeps a connection alive while any [`Caller`] of it exists (rule
+/// `rpc.caller.liveness`); its drop posts to the mailbox's reserved lane.
+pub(crate) struct LiveToken {
+    mailbox: MailboxTx,
+    request: DropRequest,
+}
+
+impl LiveToken {
+    pub(crate) fn new(mailbox: MailboxTx, id: ConnectionId) -> Arc<LiveToken> {
+        let request = if id.is_root() { DropRequest::RootDropped } else { DropRequest::ConnectionDropped(id) };
+        Arc::new(LiveToken { mailbox, request })
+    }
+}
+
+impl Drop for LiveToken {
+    fn drop(&mut self) {
+        self.mailbox.post(self.request);
+    }
+}
+
+/// Makes calls on one connection; cheap to clone. When the last caller of a
+/// virtual connection is dropped, the connection is closed.
+#[derive(Clone)]
+pub struct Caller {
+    pub(crate) core: Arc<ConnectionCore>,
+    pub(crate) _live: Arc<LiveToken>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller").field("connection", &self.core.id()).finish()
+    }
+}
+
+/// A successful raw response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The serialized return value.
+    pub ret: Bytes,
+    /// Response metadata.
+    pub metadata: Metadata,
+}
+
+impl Caller {
+    /// The connection this caller uses.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.core.id()
+    }
+
+    /// Driver counters of the connection.
+    pub fn stats(&self) -> CoreStats {
+        self.core.stats()
+    }
+
+    /// Channel counters of the connection.
+    pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
+        self.core.registry.stats()
+    }
+
+    /// Calls `method_id` with serialized `args` and the given channel ends.
+    /// Dropping the future cancels the call.
+    pub async fn call_raw(
+        &self,
+        method_id: MethodId,
+        args: Bytes,
+        channels: Vec<ChannelArg>,
+        metadata: Metadata,
+    ) -> Result<RawResponse, CallError> {
+        let span = tracing::debug_span!("call", conn = %self.core.id(), method = %method_id);
+        let _e = span.enter();
+        drop(_e);
+        let (body, metadata) = self.core.call(method_id, Blob(args), &channels, metadata).await?;
+        match body {
+            ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
+            ResponseBody::User(b) => Err(CallError::User(b)),
+            ResponseBody::UnknownMethod => Err(CallError::UnknownMethod),
+            ResponseBody::InvalidPayload { reason } => Err(CallError::InvalidPayload(reason)),
+            ResponseBody::Cancelled => Err(CallError::Cancelled),
+            ResponseBody::Indeterminate => Err(CallError::Indeterminate),
+            ResponseBody::HandlerFailed { reason } => Err(CallError::HandlerFailed(reason)),
+        }
+    }
+
+    /// Serializes `args`, calls, and decodes the return value.
+    ///
+    /// ```no_run
+    /// # async fn demo(caller: vox_core::session::Caller) -> Result<(), vox_core::driver::CallError> {
+    /// use vox_core::wire::MethodId;
+    /// let echoed: String = caller.call(MethodId::from_names("Testbed", "echo"), &"hi", vec![]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        method_id: MethodId,
+        args: &A,
+        channels: Vec<ChannelArg>,
+    ) -> Result<R, CallError> {
+        let args = wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
+        let resp = self.call_raw(method_id, Bytes::from(args), channels, Metadata::new()).await?;
+        wire::decode::<R>("return value", &resp.ret).map_err(|e| CallError::InvalidResponse(e.to_string()))
+    }
+}
+
+/// An open connection: its id and a caller.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    /// The connection id.
+    pub id: ConnectionId,
+    /// Makes calls on it.
+    pub caller: Caller,
+}

@@ -1,0 +1,79 @@
+//! Sessions: a set of connections over one conduit.
+//!
+//! The run loop ([`run`]) owns the conduit's receive half; the writer task
+//! ([`outbound`]) owns its send half; every request from a handle goes
+//! through the one control mailbox ([`control`]). See ADR 0002.
+
+pub mod control;
+pub mod handshake;
+pub mod outbound;
+
+mod builder;
+mod handle;
+mod phase;
+mod run;
+mod table;
+
+pub use builder::{
+    AcceptDecision, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder, SessionConfig,
+};
+pub use handle::{Caller, ConnectionHandle, SessionHandle};
+pub use phase::{CloseReason, ConnState, PhaseError, SessionPhase};
+
+use crate::link::LinkError;
+use crate::transport::PrologueError;
+use crate::wire::{ConnectionId, Metadata};
+use handshake::HandshakeError;
+
+/// What a session operation reports.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// The session has ended.
+    #[error("session is closed: {0}")]
+    Closed(CloseReason),
+    /// The peer rejected the connection.
+    #[error("connection rejected by the peer")]
+    Rejected {
+        /// The peer's metadata.
+        metadata: Metadata,
+    },
+    /// The local connection limit was reached.
+    #[error("too many connections (limit {limit})")]
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// No connection with this id.
+    #[error("no open connection {0}")]
+    UnknownConnection(ConnectionId),
+    /// The root connection cannot be closed with `CloseConnection`.
+    #[error("the root connection cannot be closed (rule connection.root); drop its callers or shut down")]
+    CannotCloseRoot,
+    /// Connection ids of our parity are exhausted.
+    #[error("connection id space exhausted")]
+    IdSpaceExhausted,
+    /// Establishing the session failed.
+    #[error("session setup failed: {0}")]
+    Setup(String),
+    /// The peer did not complete the prologue and handshake in time.
+    #[error("session setup timed out after {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+}
+
+impl From<HandshakeError> for SessionError {
+    fn from(e: HandshakeError) -> Self {
+        SessionError::Setup(e.to_string())
+    }
+}
+
+impl From<PrologueError> for SessionError {
+    fn from(e: PrologueError) -> Self {
+        SessionError::Setup(e.to_string())
+    }
+}
+
+impl From<LinkError> for SessionError {
+    fn from(e: LinkError) -> Self {
+        SessionError::Setup(e.to_string())
+    }
+}
