@@ -5,8 +5,10 @@
 //! [`session`] multiplexes connections over one conduit, and [`driver`] runs
 //! requests and channels on each connection.
 
-
-
-
+pub mod conduit;
+pub mod driver;
 pub mod link;
+pub mod session;
+pub mod sync;
+pub mod transport;
 pub mod wire;

@@ -148,6 +148,11 @@ impl ConnectionCore {
         self.id
     }
 
+    /// The counterpart's settings for this connection.
+    pub fn peer_settings(&self) -> &ConnectionSettings {
+        &self.peer_settings
+    }
+
     /// Driver counters.
     pub fn stats(&self) -> CoreStats {
         let st = self.state.lock();

@@ -47,6 +47,14 @@ pub(crate) struct RunLoop {
     pub(crate) ping_outstanding: Option<(u64, Instant)>,
 }
 
+enum Event {
+    WriterEnded(Result<Result<(), String>, tokio::task::JoinError>),
+    Owed(bool),
+    Control(Option<ControlMsg>),
+    Inbound(Result<Option<ConduitMsg>, crate::conduit::ConduitError>),
+    Tick,
+}
+
 enum Step {
     Continue,
     End(CloseReason, Option<Message>, bool),
@@ -60,47 +68,54 @@ impl RunLoop {
                 break (CloseReason::RootReleased, None, true);
             }
             let can_take = self.owed.len() < OWED_CAPACITY;
-            let step = tokio::select! {
+            let event = tokio::select! {
                 biased;
-                w = &mut self.writer => {
-                    let reason = match w {
-                        Ok(Ok(())) => CloseReason::PeerClosed,
-                        Ok(Err(e)) => CloseReason::LinkError(e),
-                        Err(e) => CloseReason::LinkError(format!("writer task failed: {e}")),
-                    };
-                    self.writer = tokio::spawn(async { Ok(()) });
-                    Step::End(reason, None, false)
-                }
-                permit = self.outbound.reserve(), if !self.owed.is_empty() => match permit {
-                    Ok(p) => {
-                        if let Some(m) = self.owed.pop_front() {
-                            p.send(m);
-                        }
-                        Step::Continue
-                    }
-                    Err(_) => Step::End(CloseReason::LinkError("outbound path closed".into()), None, false),
-                },
-                m = self.mailbox.recv(), if can_take => match m {
-                    Some(m) => self.on_control(m),
-                    None => Step::Continue,
-                },
-                inbound = self.conduit.recv(), if can_take => match inbound {
-                    Ok(Some(ConduitMsg::Message(m))) => self.on_message(m),
-                    Ok(Some(ConduitMsg::Handshake(h))) => {
-                        self.violation(format!("handshake message {h:?} after the session was established"), "session.handshake")
-                    }
-                    Ok(None) => Step::End(CloseReason::PeerClosed, None, true),
-                    Err(crate::conduit::ConduitError::Decode(e)) => {
-                        self.violation(format!("undecodable message: {e}"), "session.message")
-                    }
-                    Err(e) => Step::End(CloseReason::LinkError(e.to_string()), None, false),
-                },
+                w = &mut self.writer => Event::WriterEnded(w),
+                p = self.outbound.reserve(), if !self.owed.is_empty() => Event::Owed(p.is_ok()),
+                m = self.mailbox.recv(), if can_take => Event::Control(m),
+                i = self.conduit.recv(), if can_take => Event::Inbound(i),
                 _ = async {
                     match ticker.as_mut() {
                         Some(t) => { t.tick().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => self.on_tick(),
+                } => Event::Tick,
+            };
+            let step = match event {
+                Event::WriterEnded(w) => {
+                    let reason = match w {
+                        Ok(Ok(())) => CloseReason::PeerClosed,
+                        Ok(Err(e)) => CloseReason::LinkError(e),
+                        Err(e) => CloseReason::LinkError(format!("writer task failed: {e}")),
+                    };
+                    // The finished handle must not be polled again.
+                    self.writer = tokio::spawn(async { Ok(()) });
+                    Step::End(reason, None, false)
+                }
+                Event::Owed(true) => {
+                    // A place is free now; take it without waiting (the
+                    // loop is the only producer of owed messages).
+                    match (self.outbound.try_reserve(), self.owed.pop_front()) {
+                        (Some(p), Some(m)) => p.send(m),
+                        (None, Some(m)) => self.owed.push_front(m),
+                        _ => {}
+                    }
+                    Step::Continue
+                }
+                Event::Owed(false) => Step::End(CloseReason::LinkError("outbound path closed".into()), None, false),
+                Event::Control(Some(m)) => self.on_control(m),
+                Event::Control(None) => Step::Continue,
+                Event::Inbound(Ok(Some(ConduitMsg::Message(m)))) => self.on_message(m),
+                Event::Inbound(Ok(Some(ConduitMsg::Handshake(h)))) => self.violation(
+                    format!("handshake message {h:?} after the session was established"),
+                    "session.handshake",
+                ),
+                Event::Inbound(Ok(None)) => Step::End(CloseReason::PeerClosed, None, true),
+                Event::Inbound(Err(crate::conduit::ConduitError::Decode(e))) => {
+                    self.violation(format!("undecodable message: {e}"), "session.message")
+                }
+                Event::Inbound(Err(e)) => Step::End(CloseReason::LinkError(e.to_string()), None, false),
+                Event::Tick => self.on_tick(),
             };
             if let Step::End(reason, last, drain) = step {
                 break (reason, last, drain);

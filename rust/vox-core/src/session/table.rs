@@ -79,10 +79,6 @@ impl ConnTable {
         self.entries.len()
     }
 
-    pub(crate) fn tombstones(&self) -> usize {
-        self.tombstones.len()
-    }
-
     fn bury(&mut self, id: ConnectionId, how: Released) {
         if self.tombstone_cap == 0 {
             return;
@@ -217,12 +213,5 @@ impl ConnTable {
     /// Everything, for teardown.
     pub(crate) fn drain(&mut self) -> Vec<Entry> {
         self.entries.drain().map(|(_, e)| e).collect()
-    }
-
-    pub(crate) fn cores(&self) -> impl Iterator<Item = &Arc<ConnectionCore>> {
-        self.entries.values().filter_map(|e| match e {
-            Entry::Open { core } => Some(core),
-            _ => None,
-        })
     }
 }

@@ -1,0 +1,17 @@
+//! Drivers: requests, responses and channels on one connection.
+//!
+//! [`channel::Registry`] owns all channel state; [`ConnectionCore`] owns
+//! calls and handlers; [`handle`] has the typed channel ends.
+
+pub mod channel;
+mod core;
+mod error;
+mod handle;
+mod handler;
+
+pub use core::{ConnectionCore, CoreStats, Violation};
+pub use error::CallError;
+pub use handle::{
+    ChannelArg, ChannelError, DEFAULT_INITIAL_CREDIT, Role, Rx, TrySendError, Tx, channel, channel_with_credit,
+};
+pub use handler::{BindError, BoxFuture, Call, ChannelBinder, Handler, ReplySink};

@@ -1,0 +1,341 @@
+//! Building sessions over any link: initiator and acceptor sides, and TCP
+//! conveniences.
+
+use super::control::mailbox;
+use super::handle::{Caller, ConnectionHandle, LiveToken, SessionHandle};
+use super::handshake::{self, Negotiated};
+use super::outbound::spawn_writer;
+use super::phase::SessionPhase;
+use super::run::RunLoop;
+use super::table::ConnTable;
+use super::SessionError;
+use crate::conduit;
+use crate::driver::{ConnectionCore, Handler};
+use crate::link::{self, Link, LinkConfig};
+use crate::transport::{self, AcceptModes};
+use crate::wire::{ConduitMode, ConnectionId, ConnectionSettings, Metadata, PROTOCOL_VERSION, Parity};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Periodic ping settings (rule `session.keepalive`).
+#[derive(Clone, Debug)]
+pub struct KeepaliveConfig {
+    /// How often to ping.
+    pub interval: Duration,
+    /// How long a pong may take before the session is torn down.
+    pub timeout: Duration,
+}
+
+/// Session settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The initiator's session parity (the acceptor takes the other).
+    pub parity: Parity,
+    /// Our settings for the root connection.
+    pub root_settings: ConnectionSettings,
+    /// The most virtual connections at once (either side's); above it,
+    /// inbound opens are rejected and local opens fail.
+    pub max_connections: usize,
+    /// Optional periodic ping.
+    pub keepalive: Option<KeepaliveConfig>,
+    /// The longest the prologue plus handshake may take.
+    pub handshake_timeout: Duration,
+    /// Capacity of the control mailbox's bounded queue.
+    pub mailbox_capacity: usize,
+    /// Capacity of the outbound queue, in messages.
+    pub outbound_capacity: usize,
+    /// The most channels alive at once on one connection.
+    pub max_channels_per_connection: usize,
+    /// How long a graceful end may spend writing the last messages.
+    pub linger: Duration,
+    /// Link settings for the TCP conveniences.
+    pub link: LinkConfig,
+    /// The protocol version to announce (tests use other values).
+    pub protocol_version: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            parity: Parity::Odd,
+            root_settings: ConnectionSettings::default(),
+            max_connections: 1024,
+            keepalive: None,
+            handshake_timeout: Duration::from_secs(10),
+            mailbox_capacity: 32,
+            outbound_capacity: 256,
+            max_channels_per_connection: 4096,
+            linger: Duration::from_secs(5),
+            link: LinkConfig::default(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// What an acceptor sees of an inbound `OpenConnection`.
+#[derive(Debug, Clone)]
+pub struct ConnectionRequest {
+    /// The new connection's id.
+    pub id: ConnectionId,
+    /// The opener's metadata.
+    pub metadata: Metadata,
+    /// The opener's settings.
+    pub peer_settings: ConnectionSettings,
+}
+
+/// An acceptor's answer.
+pub enum AcceptDecision {
+    /// Accept, serving the connection with `handler` (or no handler: every
+    /// call gets `UnknownMethod`).
+    Accept {
+        /// Our settings for the connection.
+        settings: ConnectionSettings,
+        /// Metadata for the opener.
+        metadata: Metadata,
+        /// Serves its calls.
+        handler: Option<Arc<dyn Handler>>,
+    },
+    /// Reject with metadata saying why.
+    Reject(Metadata),
+}
+
+/// Decides on inbound virtual connections (rule `connection.open.rejection`).
+/// Any `Fn(&ConnectionRequest) -> AcceptDecision` is an acceptor.
+pub trait Acceptor: Send + Sync + 'static {
+    /// Accept or reject.
+    fn decide(&self, request: &ConnectionRequest) -> AcceptDecision;
+}
+
+impl<F> Acceptor for F
+where
+    F: Fn(&ConnectionRequest) -> AcceptDecision + Send + Sync + 'static,
+{
+    fn decide(&self, request: &ConnectionRequest) -> AcceptDecision {
+        self(request)
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) acceptor: Option<Arc<dyn Acceptor>>,
+}
+
+/// An established session.
+pub struct Session {
+    /// Controls the session.
+    pub handle: SessionHandle,
+    /// The root connection (id 0).
+    pub root: ConnectionHandle,
+    /// What the handshake agreed.
+    pub negotiated: Negotiated,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("negotiated", &self.negotiated).finish()
+    }
+}
+
+/// Builds sessions.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), vox_core::session::SessionError> {
+/// use vox_core::session::SessionBuilder;
+/// let session = SessionBuilder::new().connect("127.0.0.1:7000").await?;
+/// println!("agreed: {:?}", session.negotiated);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct SessionBuilder {
+    config: SessionConfig,
+    root_handler: Option<Arc<dyn Handler>>,
+    acceptor: Option<Arc<dyn Acceptor>>,
+}
+
+impl SessionBuilder {
+    /// Default settings, no handler, no acceptor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces all settings.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The settings.
+    pub fn config_mut(&mut self) -> &mut SessionConfig {
+        &mut self.config
+    }
+
+    /// The initiator's session parity.
+    pub fn parity(mut self, parity: Parity) -> Self {
+        self.config.parity = parity;
+        self
+    }
+
+    /// Root connection settings.
+    pub fn root_settings(mut self, settings: ConnectionSettings) -> Self {
+        self.config.root_settings = settings;
+        self
+    }
+
+    /// Virtual connection limit.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Periodic keepalive.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.keepalive = Some(KeepaliveConfig { interval, timeout });
+        self
+    }
+
+    /// Prologue + handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.handshake_timeout = d;
+        self
+    }
+
+    /// Serves calls on the root connection.
+    pub fn handler(mut self, h: impl Handler) -> Self {
+        self.root_handler = Some(Arc::new(h));
+        self
+    }
+
+    /// Decides on inbound virtual connections.
+    pub fn acceptor(mut self, a: impl Acceptor) -> Self {
+        self.acceptor = Some(Arc::new(a));
+        self
+    }
+
+    /// Runs the initiator side over `link`.
+    pub async fn establish_initiator(self, link: Link) -> Result<Session, SessionError> {
+        let timeout = self.config.handshake_timeout;
+        let parity = self.config.parity;
+        let root = self.config.root_settings.clone();
+        let version = self.config.protocol_version;
+        let setup = async move {
+            let mut link = link;
+            transport::initiate(&mut link, ConduitMode::Bare).await?;
+            let (tx, mut rx) = conduit::bare(link);
+            let negotiated = handshake::initiate(&tx, &mut rx, parity, root, version).await?;
+            Ok::<_, SessionError>((tx, rx, negotiated))
+        };
+        let (tx, rx, negotiated) =
+            tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
+        Ok(self.start(tx, rx, negotiated))
+    }
+
+    /// Runs the acceptor side over `link`.
+    pub async fn establish_acceptor(self, link: Link) -> Result<Session, SessionError> {
+        let timeout = self.config.handshake_timeout;
+        let root = self.config.root_settings.clone();
+        let setup = async move {
+            let mut link = link;
+            // rule: transport.prologue.reject-close — on error the link is
+            // dropped here, which closes it.
+            transport::accept(&mut link, AcceptModes::default()).await?;
+            let (tx, mut rx) = conduit::bare(link);
+            let negotiated = handshake::accept(&tx, &mut rx, root).await?;
+            Ok::<_, SessionError>((tx, rx, negotiated))
+        };
+        let (tx, rx, negotiated) =
+            tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
+        Ok(self.start(tx, rx, negotiated))
+    }
+
+    /// Connects over TCP and runs the initiator side.
+    pub async fn connect(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Session, SessionError> {
+        let link = link::connect_tcp(addr, self.config.link.clone()).await?;
+        self.establish_initiator(link).await
+    }
+
+    /// Binds a TCP listener that accepts sessions with these settings.
+    pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+        Ok(Listener { tcp, builder: self })
+    }
+
+    fn start(self, tx: conduit::ConduitTx, rx: conduit::ConduitRx, negotiated: Negotiated) -> Session {
+        let config = Arc::new(self.config);
+        let (finish_tx, finish_rx) = oneshot::channel();
+        let (outbound, writer) = spawn_writer(tx, config.outbound_capacity, finish_rx);
+        let (mailbox_tx, mailbox_rx) = mailbox(config.mailbox_capacity);
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let root_core = ConnectionCore::new(
+            ConnectionId::ROOT,
+            negotiated.local_parity,
+            negotiated.local_root.clone(),
+            negotiated.peer_root.clone(),
+            outbound.clone(),
+            self.root_handler,
+            config.max_channels_per_connection,
+        );
+        tokio::spawn(root_core.clone().run_flush());
+        let mut phase = SessionPhase::Handshaking;
+        if let Err(e) = phase.on_established() {
+            tracing::error!(error = %e, "fresh session not in Handshaking");
+        }
+        let run = RunLoop {
+            phase,
+            table: ConnTable::new(negotiated.local_parity, 1024),
+            root: root_core.clone(),
+            root_released: false,
+            mailbox: mailbox_rx,
+            mailbox_tx: mailbox_tx.clone(),
+            outbound,
+            owed: VecDeque::new(),
+            conduit: rx,
+            config,
+            shared: Arc::new(Shared { acceptor: self.acceptor }),
+            closed_tx,
+            finish: Some(finish_tx),
+            writer,
+            ping_nonce: 0,
+            ping_outstanding: None,
+        };
+        tokio::spawn(run.run());
+        let caller = Caller { core: root_core, _live: LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT) };
+        Session {
+            handle: SessionHandle { mailbox: mailbox_tx, closed: closed_rx },
+            root: ConnectionHandle { id: ConnectionId::ROOT, caller },
+            negotiated,
+        }
+    }
+}
+
+/// Accepts sessions on a TCP listener.
+pub struct Listener {
+    tcp: tokio::net::TcpListener,
+    builder: SessionBuilder,
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts one TCP connection and returns its link (run
+    /// [`SessionBuilder::establish_acceptor`] on it, typically in its own
+    /// task so a slow peer cannot hold up the listener).
+    pub async fn accept_link(&self) -> Result<(Link, std::net::SocketAddr), SessionError> {
+        let (stream, addr) = self.tcp.accept().await.map_err(|e| SessionError::Setup(format!("accept: {e}")))?;
+        Ok((link::tcp(stream, self.builder.config.link.clone()), addr))
+    }
+
+    /// Accepts one connection and runs the acceptor handshake on it.
+    pub async fn accept(&self) -> Result<Session, SessionError> {
+        let (link, _) = self.accept_link().await?;
+        self.builder.clone().establish_acceptor(link).await
+    }
+
+    /// The builder used for accepted sessions.
+    pub fn builder(&self) -> &SessionBuilder {
+        &self.builder
+    }
+}
