@@ -1,0 +1,94 @@
+//! A peer that speaks raw protocol messages, so tests can say things a
+//! correct runtime never would.
+#![allow(dead_code)]
+
+use std::time::Duration;
+use vox_core::conduit::{self, ConduitRx, ConduitTx};
+use vox_core::link::{self, LinkConfig};
+use vox_core::session::handshake::{self, Negotiated};
+use vox_core::session::{Session, SessionBuilder};
+use vox_core::transport;
+use vox_core::wire::{ConduitMode, ConduitMsg, ConnectionSettings, Message, PROTOCOL_VERSION, Parity, Payload};
+
+pub struct RawPeer {
+    pub tx: ConduitTx,
+    pub rx: ConduitRx,
+    pub negotiated: Negotiated,
+}
+
+/// Bound for waiting on the runtime under test: generous, only there so a
+/// broken runtime fails the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+impl RawPeer {
+    pub async fn send(&self, connection_id: u64, payload: Payload) {
+        self.tx
+            .send(&ConduitMsg::Message(Message { connection_id: vox_core::wire::ConnectionId(connection_id), payload }))
+            .await
+            .expect("raw send");
+    }
+
+    /// The next session message, or `None` at end of stream.
+    pub async fn recv(&mut self) -> Option<Message> {
+        match tokio::time::timeout(PATIENCE, self.rx.recv()).await.expect("runtime under test went silent") {
+            Ok(Some(ConduitMsg::Message(m))) => Some(m),
+            Ok(Some(other)) => panic!("unexpected conduit message {other:?}"),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// Reads until a `ProtocolError`, answering nothing, and returns its
+    /// description; then checks that the link ends.
+    pub async fn expect_protocol_error(&mut self) -> String {
+        loop {
+            match self.recv().await {
+                Some(Message { payload: Payload::ProtocolError { description }, connection_id }) => {
+                    assert!(connection_id.is_root(), "ProtocolError must use connection 0");
+                    assert!(self.recv().await.is_none(), "link must close after ProtocolError");
+                    return description;
+                }
+                Some(_) => continue,
+                None => panic!("link closed without a ProtocolError"),
+            }
+        }
+    }
+
+    /// Reads until a message matching `pred`, skipping others.
+    pub async fn recv_until(&mut self, mut pred: impl FnMut(&Message) -> bool) -> Message {
+        loop {
+            match self.recv().await {
+                Some(m) if pred(&m) => return m,
+                Some(_) => continue,
+                None => panic!("link closed before the expected message"),
+            }
+        }
+    }
+}
+
+/// A runtime session on the acceptor side and a raw initiator facing it.
+pub async fn raw_initiator(server: SessionBuilder, parity: Parity) -> (Session, RawPeer) {
+    let (a, mut b) = link::memory_pair(LinkConfig::default());
+    let raw = async move {
+        transport::initiate(&mut b, ConduitMode::Bare).await.expect("prologue");
+        let (tx, mut rx) = conduit::bare(b);
+        let negotiated = handshake::initiate(&tx, &mut rx, parity, ConnectionSettings::default(), PROTOCOL_VERSION)
+            .await
+            .expect("handshake");
+        RawPeer { tx, rx, negotiated }
+    };
+    let (s, r) = tokio::join!(server.establish_acceptor(a), raw);
+    (s.expect("session"), r)
+}
+
+/// A runtime session on the initiator side and a raw acceptor facing it.
+pub async fn raw_acceptor(client: SessionBuilder, settings: ConnectionSettings) -> (Session, RawPeer) {
+    let (mut a, b) = link::memory_pair(LinkConfig::default());
+    let raw = async move {
+        transport::accept(&mut a, transport::AcceptModes::default()).await.expect("prologue");
+        let (tx, mut rx) = conduit::bare(a);
+        let negotiated = handshake::accept(&tx, &mut rx, settings).await.expect("handshake");
+        RawPeer { tx, rx, negotiated }
+    };
+    let (c, r) = tokio::join!(client.establish_initiator(b), raw);
+    (c.expect("session"), r)
+}
