@@ -1,7 +1,7 @@
 //! Transport prologue: the first message in each direction of a fresh link
 //! chooses the conduit mode (rule `transport.prologue`).
 
-use crate::link::{Link, LinkError};
+use crate::link::{Link, LinkError, LinkTx};
 use crate::wire::{self, ConduitMode, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg};
 use bytes::Bytes;
 
@@ -62,9 +62,9 @@ impl Default for AcceptModes {
     }
 }
 
-async fn send(link: &Link, msg: &TransportMsg) -> Result<(), PrologueError> {
+async fn send(tx: &LinkTx, msg: &TransportMsg) -> Result<(), PrologueError> {
     let bytes = wire::encode("TransportMsg", msg).map_err(|e| PrologueError::Garbage(e.to_string()))?;
-    link.tx.send(Bytes::from(bytes)).await?;
+    tx.send(Bytes::from(bytes)).await?;
     Ok(())
 }
 
@@ -75,7 +75,7 @@ async fn recv(link: &mut Link) -> Result<TransportMsg, PrologueError> {
 
 /// Initiator side: asks for `mode` and waits for the answer.
 pub async fn initiate(link: &mut Link, mode: ConduitMode) -> Result<(), PrologueError> {
-    send(link, &TransportMsg::Hello(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode }))
+    send(&link.tx, &TransportMsg::Hello(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode }))
         .await?;
     match recv(link).await? {
         TransportMsg::Accept { mode: answered } if answered == mode => Ok(()),
@@ -116,9 +116,9 @@ pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, 
         }
     };
     if let Some(reason) = refusal {
-        send(link, &TransportMsg::Reject { reason: reason.clone() }).await?;
+        send(&link.tx, &TransportMsg::Reject { reason: reason.clone() }).await?;
         return Err(PrologueError::Refused { reason });
     }
-    send(link, &TransportMsg::Accept { mode: hello.mode }).await?;
+    send(&link.tx, &TransportMsg::Accept { mode: hello.mode }).await?;
     Ok(hello.mode)
 }
