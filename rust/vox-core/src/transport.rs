@@ -101,10 +101,7 @@ pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, 
         return Err(PrologueError::BadMagic { found: hello.magic });
     }
     let refusal = if hello.version != TRANSPORT_VERSION {
-        Some(format!(
-            "unsupported transport prologue version {} (this side speaks {TRANSPORT_VERSION})",
-            hello.version
-        ))
+        Some(format!("unsupported transport prologue version {} (this side speaks {TRANSPORT_VERSION})", hello.version))
     } else {
         match hello.mode {
             // rule: transport.prologue.no-fallback

@@ -79,11 +79,7 @@ async fn echo_sum_generate_transform_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_connection_carries_calls() {
     let (_server, client) = tcp_sessions(server_builder(), SessionBuilder::new()).await;
-    let conn = client
-        .handle
-        .open_connection(Default::default(), vox_core::wire::Metadata::new())
-        .await
-        .unwrap();
+    let conn = client.handle.open_connection(Default::default(), vox_core::wire::Metadata::new()).await.unwrap();
     assert!(!conn.id.is_root());
     let echoed: String = conn.caller.call(mid("echo"), &"virtual".to_string(), vec![]).await.unwrap();
     assert_eq!(echoed, "virtual");

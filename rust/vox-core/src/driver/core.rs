@@ -415,7 +415,11 @@ impl ConnectionCore {
             // The session handles connection-level and keepalive payloads
             // before dispatching; reaching here is the session's bug, but it
             // is still the peer's message, so report instead of panicking.
-            other => Err(self.violation(RequestId(0), format!("unexpected {} on a connection", other.kind()), "session.message")),
+            other => Err(self.violation(
+                RequestId(0),
+                format!("unexpected {} on a connection", other.kind()),
+                "session.message",
+            )),
         }
     }
 

@@ -287,16 +287,11 @@ impl<T> Tx<T> {
     /// Sends one pre-serialized item.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         let (core, id) = self.slot.wait_bound().await?;
-        loop {
-            std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
-            let permit = core.reserve().await?;
-            match core.send_item_with(permit, id, Blob(item.clone())) {
-                Ok(()) => return Ok(()),
-                // Credit was taken by nothing else (one sender), so only a
-                // reset or loss can get here; report it.
-                Err(e) => return Err(e.into()),
-            }
-        }
+        std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
+        let permit = core.reserve().await?;
+        // One sender per channel: the credit seen above is still there unless
+        // a reset or connection loss came in between, which is then reported.
+        core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
     }
 
     /// Sends now or hands the item back: `Full` when there is no credit or

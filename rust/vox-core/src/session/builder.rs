@@ -1,6 +1,7 @@
 //! Building sessions over any link: initiator and acceptor sides, and TCP
 //! conveniences.
 
+use super::SessionError;
 use super::control::mailbox;
 use super::handle::{Caller, ConnectionHandle, LiveToken, SessionHandle};
 use super::handshake::{self, Negotiated};
@@ -8,7 +9,6 @@ use super::outbound::spawn_writer;
 use super::phase::SessionPhase;
 use super::run::RunLoop;
 use super::table::ConnTable;
-use super::SessionError;
 use crate::conduit;
 use crate::driver::{ConnectionCore, Handler};
 use crate::link::{self, Link, LinkConfig};

@@ -9,13 +9,13 @@
 //! path; while it is full the loop stops reading from the peer, which is
 //! backpressure instead of unbounded growth.
 
+use super::SessionError;
 use super::builder::{AcceptDecision, ConnectionRequest, SessionConfig, Shared};
 use super::control::{ControlMsg, MailboxRx, MailboxTx};
 use super::handle::{Caller, ConnectionHandle, LiveToken};
 use super::outbound::{Finish, Outbound};
 use super::phase::{CloseReason, ConnEvent, SessionPhase};
 use super::table::{ConnTable, Entry, Lookup, Released};
-use super::SessionError;
 use crate::conduit::ConduitRx;
 use crate::driver::ConnectionCore;
 use crate::wire::{ConduitMsg, ConnectionId, Message, Metadata, Payload};
@@ -163,7 +163,10 @@ impl RunLoop {
                 match self.table.open_outbound(settings.clone(), reply) {
                     Ok((id, parity)) => {
                         // rule: connection.open
-                        self.owe(Message { connection_id: id, payload: Payload::OpenConnection { parity, settings, metadata } });
+                        self.owe(Message {
+                            connection_id: id,
+                            payload: Payload::OpenConnection { parity, settings, metadata },
+                        });
                     }
                     Err((reply, e)) => {
                         let _ = reply.send(Err(e));
@@ -235,9 +238,7 @@ impl RunLoop {
             Payload::CloseConnection { .. } if id.is_root() => {
                 self.violation("CloseConnection for the root connection".into(), "connection.root")
             }
-            Payload::OpenConnection { parity, settings, metadata } => {
-                self.on_open(id, parity, settings, metadata)
-            }
+            Payload::OpenConnection { parity, settings, metadata } => self.on_open(id, parity, settings, metadata),
             Payload::AcceptConnection { settings, .. } => match self.table.take_pending(id, ConnEvent::PeerAccepted) {
                 Ok((reply, local_settings, parity)) => {
                     let core = self.new_core(id, parity, local_settings, settings, None);
@@ -270,7 +271,10 @@ impl RunLoop {
                 match self.table.lookup(id) {
                     Lookup::Late => Step::Continue,
                     Lookup::Violation(e) => self.violation(e, "connection.close"),
-                    _ => self.violation(format!("CloseConnection for connection {id} before it was accepted"), "connection.open"),
+                    _ => self.violation(
+                        format!("CloseConnection for connection {id} before it was accepted"),
+                        "connection.open",
+                    ),
                 }
             }
             payload if id.is_root() => {
@@ -327,7 +331,10 @@ impl RunLoop {
                 if let Err(e) = self.table.insert_open(id, core) {
                     tracing::error!(error = %e, "connection table refused an accepted connection");
                 }
-                self.owe(Message { connection_id: id, payload: Payload::AcceptConnection { settings: local, metadata } });
+                self.owe(Message {
+                    connection_id: id,
+                    payload: Payload::AcceptConnection { settings: local, metadata },
+                });
             }
             AcceptDecision::Reject(metadata) => {
                 self.table.reject_inbound(id);

@@ -136,10 +136,7 @@ mod tests {
 
     #[test]
     fn rpc_metadata_forwarding_strips_no_propagate_and_keeps_unknown_flags() {
-        let md = Metadata::new()
-            .with_str("a", "1", 0)
-            .with_str("hop", "x", NO_PROPAGATE)
-            .with_str("a", "2", 1 << 40);
+        let md = Metadata::new().with_str("a", "1", 0).with_str("hop", "x", NO_PROPAGATE).with_str("a", "2", 1 << 40);
         let fwd = md.for_forwarding();
         assert_eq!(fwd.0.len(), 2);
         assert_eq!(fwd.0[0].key, "a");
