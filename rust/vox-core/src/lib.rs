@@ -8,4 +8,6 @@
 
 
 
+pub mod driver;
+pub mod sync;
 pub mod wire;
