@@ -1,3 +1,4 @@
+//! Smoke tests of the raw protocol peer against the runtime.
 mod common {
     pub mod raw_peer;
     pub mod testbed;
