@@ -457,7 +457,9 @@ impl ConnectionCore {
             st.handlers.insert(id, Some(stop_tx));
         }
         let binder = ChannelBinder::new(self.clone(), channels);
-        tokio::spawn(run_handler(self.clone(), id, method_id, args, metadata, binder, stop_rx));
+        use tracing::Instrument;
+        let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
+        tokio::spawn(run_handler(self.clone(), id, method_id, args, metadata, binder, stop_rx).instrument(span));
         Ok(())
     }
 
@@ -538,9 +540,6 @@ async fn run_handler(
     binder: ChannelBinder,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let span = tracing::debug_span!("handle", conn = %core.id, request = %id, method = %method_id);
-    let _enter = span.enter();
-    drop(_enter);
     let (reply_tx, mut reply_rx) = oneshot::channel();
     let sink = ReplySink::new(reply_tx);
     let task = match &core.handler {

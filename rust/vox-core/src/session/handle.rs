@@ -155,10 +155,9 @@ impl Caller {
         channels: Vec<ChannelArg>,
         metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
-        let span = tracing::debug_span!("call", conn = %self.core.id(), method = %method_id);
-        let _e = span.enter();
-        drop(_e);
-        let (body, metadata) = self.core.call(method_id, Blob(args), &channels, metadata).await?;
+        use tracing::Instrument;
+        let span = tracing::debug_span!("call", conn = %self.core.id(), method = %method_id, channels = channels.len());
+        let (body, metadata) = self.core.call(method_id, Blob(args), &channels, metadata).instrument(span).await?;
         match body {
             ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
             ResponseBody::User(b) => Err(CallError::User(b)),
