@@ -121,6 +121,11 @@ impl Registry {
 
     /// The handler binds an announced channel: Pending -> Open. Early items
     /// stay queued in order; an early close or reset is applied after them.
+    ///
+    /// A pending channel only ends through a handle, so when a request's
+    /// handler never runs (unknown method, undecodable args) the driver binds
+    /// its channels and drops the handles: that sends the reset or close the
+    /// peer needs and frees the entries.
     pub fn bind(&self, id: ChannelId) -> Result<(), LocalError> {
         self.with(|inner, _| inner.bind(id))
     }
