@@ -164,7 +164,7 @@ async fn session_handshake_sorry_closes_the_link() {
         // A raw initiator announces version 99; the acceptor answers Sorry and
         // closes the link: no session exists.
         let (a, mut b) = link::memory_pair(LinkConfig::default());
-        let server = tokio::task::spawn_local(server_builder().establish_acceptor(a));
+        let server = tokio::spawn(server_builder().establish_acceptor(a));
         within("prologue", transport::initiate(&mut b, ConduitMode::Bare)).await.expect("prologue");
         let (tx, mut rx) = conduit::bare(b);
         let hello = Hello {
@@ -193,7 +193,7 @@ async fn session_handshake_initiator_refuses_acceptor_of_other_version() {
         // A raw acceptor answers HelloYourself with version 7: the initiator
         // says Sorry, fails with a readable error and closes the link.
         let (mut a, b) = link::memory_pair(LinkConfig::default());
-        let client = tokio::task::spawn_local(SessionBuilder::new().establish_initiator(b));
+        let client = tokio::spawn(SessionBuilder::new().establish_initiator(b));
         within("prologue", transport::accept(&mut a, transport::AcceptModes::default())).await.expect("prologue");
         let (tx, mut rx) = conduit::bare(a);
         assert!(matches!(within("hello", rx.recv()).await, Ok(Some(ConduitMsg::Handshake(HandshakeMsg::Hello(_))))));
@@ -224,7 +224,7 @@ async fn transport_prologue_no_fallback_stable_mode_is_rejected_and_link_closed(
     local(async move {
         let listener = server_builder().listen("127.0.0.1:0").await.expect("listen");
         let addr = listener.local_addr().unwrap();
-        let server = tokio::task::spawn_local(async move { listener.accept().await });
+        let server = tokio::spawn(async move { listener.accept().await });
         let mut link = link::connect_tcp(addr, LinkConfig::default()).await.expect("connect");
         let err =
             within("prologue", transport::initiate(&mut link, ConduitMode::Stable)).await.expect_err("stable rejected");
@@ -247,7 +247,7 @@ async fn transport_prologue_no_fallback_stable_mode_is_rejected_and_link_closed(
 async fn transport_prologue_unknown_version_is_rejected_then_closed() {
     local(async move {
         let (a, mut b) = link::memory_pair(LinkConfig::default());
-        let server = tokio::task::spawn_local(server_builder().establish_acceptor(a));
+        let server = tokio::spawn(server_builder().establish_acceptor(a));
         let hello = TransportMsg::Hello(TransportHello { magic: TRANSPORT_MAGIC, version: 9, mode: ConduitMode::Bare });
         b.tx.send(encode_transport(&hello)).await.unwrap();
         let got = drain_link(&mut b).await;
@@ -269,7 +269,7 @@ async fn transport_prologue_unknown_version_is_rejected_then_closed() {
 async fn transport_prologue_wrong_magic_closes_without_answer() {
     local(async move {
         let (a, mut b) = link::memory_pair(LinkConfig::default());
-        let server = tokio::task::spawn_local(server_builder().establish_acceptor(a));
+        let server = tokio::spawn(server_builder().establish_acceptor(a));
         let hello = TransportMsg::Hello(TransportHello {
             magic: *b"NOPE",
             version: TRANSPORT_VERSION,
@@ -292,7 +292,7 @@ async fn transport_prologue_garbage_to_acceptor_is_a_clear_error_on_both_sides()
                 .enumerate()
         {
             let (a, mut b) = link::memory_pair(LinkConfig::default());
-            let server = tokio::task::spawn_local(server_builder().establish_acceptor(a));
+            let server = tokio::spawn(server_builder().establish_acceptor(a));
             b.tx.send(junk).await.unwrap();
             // The sending side sees the link end, not silence.
             assert!(drain_link(&mut b).await.is_empty(), "sample {i}: no answer to garbage");
@@ -307,7 +307,7 @@ async fn transport_prologue_garbage_to_acceptor_is_a_clear_error_on_both_sides()
 async fn transport_prologue_garbage_from_acceptor_is_a_clear_error_on_both_sides() {
     local(async move {
         let (mut a, b) = link::memory_pair(LinkConfig::default());
-        let client = tokio::task::spawn_local(SessionBuilder::new().establish_initiator(b));
+        let client = tokio::spawn(SessionBuilder::new().establish_initiator(b));
         let first = within("hello", a.rx.recv()).await.unwrap().expect("TransportHello");
         assert!(matches!(wire::decode::<TransportMsg>("TransportMsg", &first), Ok(TransportMsg::Hello(_))));
         a.tx.send(garbage(40, 7)).await.unwrap();
@@ -323,7 +323,7 @@ async fn transport_prologue_garbage_from_acceptor_is_a_clear_error_on_both_sides
 async fn session_handshake_garbage_instead_of_hello_is_a_clear_error_on_both_sides() {
     local(async move {
         let (a, mut b) = link::memory_pair(LinkConfig::default());
-        let server = tokio::task::spawn_local(server_builder().establish_acceptor(a));
+        let server = tokio::spawn(server_builder().establish_acceptor(a));
         within("prologue", transport::initiate(&mut b, ConduitMode::Bare)).await.expect("prologue");
         b.tx.send(garbage(32, 99)).await.unwrap();
         let got = drain_link(&mut b).await;
@@ -342,7 +342,7 @@ async fn session_handshake_timeout_drops_silent_initiator() {
         let (a, _silent) = link::memory_pair(LinkConfig::default());
         let start = tokio::time::Instant::now();
         let server =
-            tokio::task::spawn_local(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
+            tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
         // The task ends by itself: a silent peer never holds it forever.
         let r = within("acceptor task", server).await.expect("task");
         match r {
@@ -360,7 +360,7 @@ async fn session_handshake_timeout_drops_silent_acceptor() {
     local(async move {
         let (mut silent, b) = link::memory_pair(LinkConfig::default());
         let start = tokio::time::Instant::now();
-        let client = tokio::task::spawn_local(
+        let client = tokio::spawn(
             SessionBuilder::new().handshake_timeout(Duration::from_secs(2)).establish_initiator(b),
         );
         let r = within("initiator task", client).await.expect("task");
@@ -380,7 +380,7 @@ async fn session_handshake_timeout_drops_peer_silent_after_prologue() {
         // covers the handshake too.
         let (a, mut b) = link::memory_pair(LinkConfig::default());
         let server =
-            tokio::task::spawn_local(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
+            tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
         transport::initiate(&mut b, ConduitMode::Bare).await.expect("prologue");
         let r = within("acceptor task", server).await.expect("task");
         assert!(matches!(r, Err(SessionError::HandshakeTimeout(_))), "{r:?}");

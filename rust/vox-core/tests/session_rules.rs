@@ -764,7 +764,6 @@ async fn connection_close_crossing_both_sides_close_at_once() {
 }
 
 #[tokio::test]
-#[ignore = "bug: after a crossing CloseConnection, later peer messages on that id are discarded instead of ProtocolError"]
 async fn connection_close_crossing_message_after_the_peers_close_is_protocol_error() {
     let (s, mut raw) = raw_with_connection(server_builder(), 1, Parity::Odd).await;
     within("close", s.handle.close_connection(ConnectionId(1), Metadata::new())).await.unwrap();

@@ -265,7 +265,9 @@ impl RunLoop {
                     return Step::Continue;
                 }
                 if self.table.released_by_us(id) {
-                    // rule: connection.close.crossing — both sides closed at once.
+                    // rule: connection.close.crossing — both sides closed at
+                    // once; after the peer's close nothing more may come.
+                    self.table.mark_peer_closed(id);
                     return Step::Continue;
                 }
                 match self.table.lookup(id) {

@@ -205,6 +205,14 @@ impl ConnTable {
         }
     }
 
+    /// The peer's `CloseConnection` crossed ours: from now on any message
+    /// from the peer on `id` is a violation (rule `connection.close.crossing`).
+    pub(crate) fn mark_peer_closed(&mut self, id: ConnectionId) {
+        if let Some(entry) = self.tombstones.iter_mut().rev().find(|(t, _)| *t == id) {
+            entry.1 = Released::ByPeer;
+        }
+    }
+
     /// Whether `id` was released by us recently (a crossing close is fine).
     pub(crate) fn released_by_us(&self, id: ConnectionId) -> bool {
         self.tombstones.iter().any(|(t, how)| *t == id && *how == Released::ByUs)
