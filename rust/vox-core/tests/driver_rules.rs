@@ -1023,7 +1023,8 @@ async fn rpc_channel_early_items_reset_before_bind_is_reported_to_the_sender() {
 
 #[tokio::test]
 async fn rpc_channel_unknown_id_is_protocol_error_and_creates_no_state() {
-    let kinds: [(&str, fn(ChannelId) -> Payload); 4] = [
+    type Make = fn(ChannelId) -> Payload;
+    let kinds: [(&str, Make); 4] = [
         ("item", |id| Payload::ChannelItem { id, item: Blob::default() }),
         ("close", |id| Payload::CloseChannel { id, metadata: Metadata::new() }),
         ("reset", |id| Payload::ResetChannel { id, metadata: Metadata::new() }),
