@@ -941,7 +941,6 @@ async fn rpc_flow_control_credit_early_items_beyond_initial_credit_is_protocol_e
 }
 
 #[tokio::test]
-#[ignore = "bug: a Pong queued before a protocol violation is dropped by the non-draining teardown"]
 async fn rpc_flow_control_credit_pings_sent_before_the_violation_are_answered() {
     let (s, mut raw) = raw_initiator(server_builder(), Parity::Odd).await;
     raw.send(0, req(1, "wait_forever", &(), vec![decl(1, C2H, 2)])).await;

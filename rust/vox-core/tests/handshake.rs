@@ -341,8 +341,7 @@ async fn session_handshake_timeout_drops_silent_initiator() {
     local(async move {
         let (a, _silent) = link::memory_pair(LinkConfig::default());
         let start = tokio::time::Instant::now();
-        let server =
-            tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
+        let server = tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
         // The task ends by itself: a silent peer never holds it forever.
         let r = within("acceptor task", server).await.expect("task");
         match r {
@@ -360,9 +359,8 @@ async fn session_handshake_timeout_drops_silent_acceptor() {
     local(async move {
         let (mut silent, b) = link::memory_pair(LinkConfig::default());
         let start = tokio::time::Instant::now();
-        let client = tokio::spawn(
-            SessionBuilder::new().handshake_timeout(Duration::from_secs(2)).establish_initiator(b),
-        );
+        let client =
+            tokio::spawn(SessionBuilder::new().handshake_timeout(Duration::from_secs(2)).establish_initiator(b));
         let r = within("initiator task", client).await.expect("task");
         assert!(matches!(r, Err(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(2)), "{r:?}");
         assert!(start.elapsed() >= Duration::from_secs(2));
@@ -379,8 +377,7 @@ async fn session_handshake_timeout_drops_peer_silent_after_prologue() {
         // The peer completes the prologue, then says nothing: the timeout
         // covers the handshake too.
         let (a, mut b) = link::memory_pair(LinkConfig::default());
-        let server =
-            tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
+        let server = tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(2)).establish_acceptor(a));
         transport::initiate(&mut b, ConduitMode::Bare).await.expect("prologue");
         let r = within("acceptor task", server).await.expect("task");
         assert!(matches!(r, Err(SessionError::HandshakeTimeout(_))), "{r:?}");

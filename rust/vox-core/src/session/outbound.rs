@@ -89,8 +89,9 @@ impl Outbound {
 pub struct Finish {
     /// A last message written after the queue (e.g. `ProtocolError`).
     pub last: Option<Message>,
-    /// Write what is still queued first (graceful end) or drop it (teardown
-    /// after a violation, where the peer may not be reading at all).
+    /// Graceful end: write everything queued, including what senders that
+    /// already hold a place add. Otherwise (teardown after a violation) only
+    /// what is queued at this moment is written.
     pub drain: bool,
     /// The longest a graceful finish may take before the link is dropped.
     pub linger: Duration,
@@ -136,10 +137,15 @@ async fn writer(
     };
     let linger = how.linger;
     let work = async move {
-        if how.drain {
-            while let Some(m) = rx.recv().await {
-                conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?;
-            }
+        // What was queued before the end was decided is written in order
+        // (a pong queued before a violation still precedes the
+        // ProtocolError); `linger` bounds this if the peer stopped reading.
+        // Without `drain`, only what is already queued goes, never what
+        // senders still holding a place add later.
+        loop {
+            let next = if how.drain { rx.recv().await } else { rx.try_recv().ok() };
+            let Some(m) = next else { break };
+            conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?;
         }
         if let Some(last) = how.last {
             conduit.send_encoded(encode(last)?).await.map_err(|e| e.to_string())?;

@@ -125,7 +125,10 @@ impl RunLoop {
     }
 
     fn violation(&mut self, description: String, rule: &'static str) -> Step {
-        let description = format!("{description} (rule {rule})");
+        self.violation_described(format!("{description} (rule {rule})"))
+    }
+
+    fn violation_described(&mut self, description: String) -> Step {
         tracing::warn!(%description, "peer violated the protocol; tearing the session down");
         let last = Message::root(Payload::ProtocolError { description: description.clone() });
         // rule: session.protocol-error
@@ -283,7 +286,7 @@ impl RunLoop {
                 let root = self.root.clone();
                 match root.on_payload(payload) {
                     Ok(()) => Step::Continue,
-                    Err(v) => self.violation(v.to_string(), "rpc"),
+                    Err(v) => self.violation_described(v.to_string()),
                 }
             }
             payload => match self.table.lookup(id) {
@@ -291,7 +294,7 @@ impl RunLoop {
                     let core = core.clone();
                     match core.on_payload(payload) {
                         Ok(()) => Step::Continue,
-                        Err(v) => self.violation(v.to_string(), "rpc"),
+                        Err(v) => self.violation_described(v.to_string()),
                     }
                 }
                 Lookup::Late => {
@@ -384,12 +387,18 @@ impl RunLoop {
                 }
             }
         }
-        // Owed messages (a pong, a close) are part of the graceful end.
-        if drain {
-            while let Some(m) = self.owed.pop_front() {
+        // Owed messages (a pong, a close) were decided before the end: they
+        // go first. A graceful end waits for room; a violation only takes
+        // the room there is, so a peer that stopped reading cannot stall us.
+        while let Some(m) = self.owed.pop_front() {
+            if drain {
                 if self.outbound.send(m).await.is_err() {
                     break;
                 }
+            } else if let Some(p) = self.outbound.try_reserve() {
+                p.send(m);
+            } else {
+                break;
             }
         }
         if let Some(f) = self.finish.take() {
