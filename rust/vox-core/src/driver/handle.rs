@@ -286,12 +286,19 @@ impl<T> Tx<T> {
 
     /// Sends one pre-serialized item.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
+        use tracing::Instrument;
         let (core, id) = self.slot.wait_bound().await?;
-        std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
-        let permit = core.reserve().await?;
-        // One sender per channel: the credit seen above is still there unless
-        // a reset or connection loss came in between, which is then reported.
-        core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
+        let span = tracing::trace_span!("channel", conn = %core.id(), channel = %id, end = "tx");
+        async {
+            std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
+            let permit = core.reserve().await?;
+            // One sender per channel: the credit seen above is still there
+            // unless a reset or connection loss came in between, which is
+            // then reported.
+            core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Sends now or hands the item back: `Full` when there is no credit or
@@ -365,8 +372,10 @@ impl<T> Rx<T> {
 
     /// The next pre-serialized item.
     pub async fn recv_raw(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        use tracing::Instrument;
         let (core, id) = self.slot.wait_bound().await?;
-        let r = std::future::poll_fn(|cx| core.registry.poll_recv(id, cx)).await;
+        let span = tracing::trace_span!("channel", conn = %core.id(), channel = %id, end = "rx");
+        let r = std::future::poll_fn(|cx| core.registry.poll_recv(id, cx)).instrument(span).await;
         Ok(r?)
     }
 
