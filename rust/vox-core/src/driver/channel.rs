@@ -12,6 +12,7 @@
 
 mod error;
 mod inner;
+mod mutant;
 mod state;
 mod table;
 

@@ -13,6 +13,7 @@ use super::Wakeups;
 use super::error::{
     ChannelStats, CloseCause, ItemOutcome, LocalError, LossCause, RecvError, RemoteOutcome, SendError, ViolationKind,
 };
+use super::mutant;
 use super::state::{
     ChannelState, Closed, Closing, Early, Entry, Half, RecvHalf, Role, StateKind, Tombstone, Tombstones,
 };
@@ -452,6 +453,7 @@ impl Inner {
         match &mut entry.state {
             ChannelState::Open(Half::Sending { .. }) => {
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
+                let wake = if mutant::active("drop_wake_skipped") { &mut Wakeups::default() } else { wake };
                 self.outbound.due(id, &mut entry.queued, wake);
             }
             ChannelState::Closed(closed) => {
@@ -584,6 +586,7 @@ impl Inner {
 
     pub(super) fn receiver_dropped(&mut self, id: ChannelId, wake: &mut Wakeups) {
         if let Gate::Live = self.recv_gate(id) {
+            let wake = if mutant::active("drop_wake_skipped") { &mut Wakeups::default() } else { wake };
             // Never fails for a live receiver; the only errors are about the loss.
             let _ = self.receiver_stops(id, wake);
         }

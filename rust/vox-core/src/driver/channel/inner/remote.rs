@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::{Inner, ended};
 use crate::driver::channel::Wakeups;
 use crate::driver::channel::error::{CloseCause, ItemOutcome, LossCause, RemoteOutcome, ViolationKind};
+use crate::driver::channel::mutant;
 use crate::driver::channel::state::{ChannelState, Closing, Early, Half, Role};
 use crate::wire::ChannelId;
 
@@ -92,7 +93,7 @@ impl Inner {
         }
         match &mut entry.state {
             ChannelState::Pending(Early::Receiving { items, outstanding, closed, .. }) => {
-                if *closed {
+                if *closed && !mutant::active("item_after_close") {
                     return Err(ViolationKind::ItemAfterClose);
                 }
                 // rule: rpc.channel.early-items — bounded by the initial credit,
@@ -104,12 +105,19 @@ impl Inner {
                 Ok(ItemOutcome::Buffered)
             }
             ChannelState::Open(Half::Receiving(half)) => {
+                if mutant::active("credit_unchecked") {
+                    half.outstanding = half.outstanding.max(1);
+                }
                 // rule: rpc.flow-control.credit — received never exceeds granted.
                 half.outstanding = half.outstanding.checked_sub(1).ok_or(ViolationKind::ItemWithoutCredit)?;
                 half.queue.push_back(item);
                 let depth = half.queue.len();
                 wake.push(entry.waker.take());
                 self.note_depth(depth);
+                Ok(ItemOutcome::Delivered)
+            }
+            ChannelState::Closing(Closing::ReceiverDraining { queue }) if mutant::active("item_after_close") => {
+                queue.push_back(item);
                 Ok(ItemOutcome::Delivered)
             }
             // rule: rpc.channel.close

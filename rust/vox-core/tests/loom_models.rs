@@ -1,0 +1,245 @@
+//! loom models of the channel registry: its one mutex comes from
+//! `crate::sync`, so under `cfg(loom)` every interleaving of the threads below
+//! is explored (bounded by `LOOM_MAX_PREEMPTIONS`).
+//!
+//! tokio does not build with a global `--cfg loom` (its `net` module is
+//! configured out), so `.ci/proofs` sets the cfg for vox-core's own crates
+//! only, through a small `RUSTC_WRAPPER`; see the ADR's "Proofs" section.
+//!
+//! The session control mailbox is not modelled: it is built on tokio's mpsc
+//! and `Notify`, which loom cannot check.
+#![cfg(loom)]
+
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::thread;
+use vox_core::driver::channel::{
+    ItemOutcome, LossCause, RecvError, Registry, RegistryConfig, RemoteOutcome, SendError, StateKind,
+};
+use vox_core::wire::{ChannelDecl, ChannelDirection, ChannelId, Parity, Payload};
+
+/// A waker that raises a loom flag.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: StdArc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn flag() -> (StdArc<Flag>, Waker) {
+    let flag = StdArc::new(Flag(AtomicBool::new(false)));
+    (flag.clone(), Waker::from(flag))
+}
+
+fn woken(flag: &Flag) -> bool {
+    flag.0.load(Ordering::SeqCst)
+}
+
+fn registry(parity: Parity) -> Arc<Registry> {
+    Arc::new(Registry::new(RegistryConfig {
+        local_parity: parity,
+        max_initial_credit: 8,
+        max_channels: 8,
+        tombstones: 8,
+    }))
+}
+
+/// One flush: whether it was `Pending`, and what it produced.
+fn flush(reg: &Registry, waker: &Waker) -> (bool, Vec<Payload>) {
+    let mut out = Vec::new();
+    let pending = reg.poll_outbound(&mut Context::from_waker(waker), &mut out).is_pending();
+    (pending, out)
+}
+
+/// The driver's view: flush once concurrently with the model's threads, then
+/// again after they joined. A first `Pending` followed by work owed later
+/// must have woken the driver (no lost wake-up).
+fn driver_round(reg: &Registry) -> (StdArc<Flag>, bool, Vec<Payload>) {
+    let (driver, waker) = flag();
+    let (pending, out) = flush(reg, &waker);
+    (driver, pending, out)
+}
+
+fn after_join_flush(reg: &Registry, driver: &Flag, was_pending: bool, mut out: Vec<Payload>) -> Vec<Payload> {
+    let (_, more) = flush(reg, Waker::noop());
+    assert!(!(was_pending && !more.is_empty() && !woken(driver)), "driver not woken for {more:?}");
+    out.extend(more);
+    out
+}
+
+fn count(out: &[Payload], pick: impl Fn(&Payload) -> bool) -> usize {
+    out.iter().filter(|p| pick(p)).count()
+}
+
+/// Sender with no credit: send (poll_credit + spend_credit) vs the peer's
+/// GrantCredit, then the sender drops; the driver flushes concurrently.
+#[test]
+fn tx_send_vs_grant_vs_drop() {
+    loom::model(|| {
+        let reg = registry(Parity::Odd);
+        let id = reg.create_outgoing(ChannelDirection::CallerToHandler, 0).expect("create").id;
+        let sender = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let (tx_flag, waker) = flag();
+                match reg.poll_credit(id, &mut Context::from_waker(&waker)) {
+                    Poll::Ready(Ok(())) => {
+                        assert_eq!(reg.spend_credit(id), Ok(()));
+                        reg.sender_dropped(id);
+                        (true, None)
+                    }
+                    Poll::Pending => (false, Some(tx_flag)),
+                    Poll::Ready(Err(error)) => panic!("unexpected {error:?}"),
+                }
+            })
+        };
+        let peer = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.on_remote_grant(id, 1))
+        };
+        let (driver, was_pending, out) = driver_round(&reg);
+        let (sent, waiting) = sender.join().expect("sender");
+        assert_eq!(peer.join().expect("peer"), Ok(RemoteOutcome::Applied));
+        if let Some(tx_flag) = waiting {
+            // The sender saw zero credit, so the grant came later and must have woken it.
+            assert!(woken(&tx_flag), "sender waiting for credit was never woken");
+            assert_eq!(reg.spend_credit(id), Ok(()));
+            assert_eq!(reg.spend_credit(id), Err(SendError::NoCredit(id)), "credit went negative");
+            reg.sender_dropped(id);
+        } else {
+            assert!(sent);
+            assert_eq!(reg.spend_credit(id), Err(SendError::Closed));
+        }
+        let out = after_join_flush(&reg, &driver, was_pending, out);
+        assert_eq!(count(&out, |p| matches!(p, Payload::CloseChannel { .. })), 1, "exactly one close: {out:?}");
+        assert_eq!(reg.state_kind(id), None, "the entry is finished");
+    });
+}
+
+/// Receiver drop vs an inbound item vs the inbound close; the driver flushes
+/// concurrently. The item is delivered, dropped unread or discarded after the
+/// reset, exactly once; at most one reset leaves.
+#[test]
+fn rx_drop_vs_item_vs_close() {
+    loom::model(|| {
+        let reg = registry(Parity::Odd);
+        let id = reg.create_outgoing(ChannelDirection::HandlerToCaller, 2).expect("create").id;
+        let receiver = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let got = reg.poll_recv(id, &mut Context::from_waker(Waker::noop()));
+                reg.receiver_dropped(id);
+                got
+            })
+        };
+        let peer = {
+            let reg = reg.clone();
+            thread::spawn(move || (reg.on_remote_item(id, Bytes::from_static(b"x")), reg.on_remote_close(id)))
+        };
+        let (driver, was_pending, out) = driver_round(&reg);
+        let got = receiver.join().expect("receiver");
+        let (item, close) = peer.join().expect("peer");
+        assert!(matches!(item, Ok(ItemOutcome::Delivered | ItemOutcome::DiscardedAfterReset)), "{item:?}");
+        assert!(matches!(close, Ok(RemoteOutcome::Applied | RemoteOutcome::CrossingIgnored)), "{close:?}");
+        let out = after_join_flush(&reg, &driver, was_pending, out);
+        let stats = reg.stats();
+        let taken = u64::from(matches!(got, Poll::Ready(Ok(Some(_)))));
+        assert_eq!(taken + stats.items_dropped_unread + stats.items_discarded_after_reset, 1, "item lost: {stats:?}");
+        assert!(count(&out, |p| matches!(p, Payload::ResetChannel { .. })) <= 1, "{out:?}");
+        assert!(!out.iter().any(|p| matches!(p, Payload::CloseChannel { .. })));
+        assert_eq!(reg.state_kind(id), None, "exactly one end, entry finished");
+    });
+}
+
+/// Connection loss vs a send in progress: the send either succeeds or
+/// reports the loss (the caller keeps its value); a sender then waiting for
+/// credit is woken; nothing stays open.
+#[test]
+fn connection_loss_vs_send() {
+    loom::model(|| {
+        let reg = registry(Parity::Odd);
+        let id = reg.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("create").id;
+        let sender = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let first = reg.poll_credit(id, &mut Context::from_waker(Waker::noop()));
+                let spent = match first {
+                    Poll::Ready(Ok(())) => reg.spend_credit(id),
+                    Poll::Ready(Err(error)) => Err(error),
+                    Poll::Pending => panic!("credit 1 never waits"),
+                };
+                let (tx_flag, waker) = flag();
+                let second = reg.poll_credit(id, &mut Context::from_waker(&waker));
+                (spent, second.is_pending(), tx_flag)
+            })
+        };
+        let loss = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.on_connection_lost(LossCause::ConnectionClosed))
+        };
+        let (driver, _, out) = driver_round(&reg);
+        let (spent, waited, tx_flag) = sender.join().expect("sender");
+        loss.join().expect("loss");
+        match spent {
+            Ok(()) | Err(SendError::ConnectionLost(_)) => {}
+            other => panic!("the value must be sent or reported back with the loss: {other:?}"),
+        }
+        if waited {
+            assert!(woken(&tx_flag), "sender waiting for credit not woken by the loss");
+        }
+        assert!(out.is_empty());
+        let (pending, late) = flush(&reg, Waker::noop());
+        assert!(pending && late.is_empty(), "nothing is due after loss");
+        let _ = driver;
+        assert!(matches!(reg.spend_credit(id), Err(SendError::ConnectionLost(_))));
+        let stats = reg.stats();
+        assert_eq!((stats.open, stats.pending, stats.closing), (0, 0, 0), "{stats:?}");
+    });
+}
+
+/// Handler binds an announced channel while the caller's early items and
+/// close arrive: every item is delivered, in order, then the end.
+#[test]
+fn bind_vs_early_items_vs_close() {
+    loom::model(|| {
+        let reg = registry(Parity::Even);
+        let decl = ChannelDecl { id: ChannelId(1), direction: ChannelDirection::CallerToHandler, initial_credit: 2 };
+        reg.on_remote_announce(&[decl]).expect("announce");
+        let id = decl.id;
+        let handler = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.bind(id))
+        };
+        let peer = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let a = reg.on_remote_item(id, Bytes::from_static(b"a"));
+                let b = reg.on_remote_item(id, Bytes::from_static(b"b"));
+                (a, b, reg.on_remote_close(id))
+            })
+        };
+        assert_eq!(handler.join().expect("handler"), Ok(()));
+        let (a, b, close) = peer.join().expect("peer");
+        for outcome in [a, b] {
+            assert!(matches!(outcome, Ok(ItemOutcome::Delivered | ItemOutcome::Buffered)), "{outcome:?}");
+        }
+        assert!(matches!(close, Ok(RemoteOutcome::Applied | RemoteOutcome::Buffered)), "{close:?}");
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut seen = Vec::new();
+        loop {
+            match reg.poll_recv(id, &mut cx) {
+                Poll::Ready(Ok(Some(item))) => seen.push(item),
+                Poll::Ready(Ok(None)) => break,
+                other => panic!("unexpected {other:?} after {seen:?}"),
+            }
+        }
+        assert_eq!(seen, [Bytes::from_static(b"a"), Bytes::from_static(b"b")], "order kept across bind");
+        assert_eq!(reg.state_kind(id), None::<StateKind>);
+        assert!(matches!(reg.poll_recv(id, &mut cx), Poll::Ready(Ok(None)) | Poll::Ready(Err(RecvError::Reset))));
+    });
+}
