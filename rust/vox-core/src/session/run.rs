@@ -49,7 +49,8 @@ pub(crate) struct RunLoop {
 
 enum Event {
     WriterEnded(Result<Result<(), String>, tokio::task::JoinError>),
-    Owed(bool),
+    OwedSent,
+    OutboundClosed,
     Control(Option<ControlMsg>),
     Inbound(Result<Option<ConduitMsg>, crate::conduit::ConduitError>),
     Tick,
@@ -71,7 +72,23 @@ impl RunLoop {
             let event = tokio::select! {
                 biased;
                 w = &mut self.writer => Event::WriterEnded(w),
-                p = self.outbound.reserve(), if !self.owed.is_empty() => Event::Owed(p.is_ok()),
+                p = self.outbound.reserve(), if !self.owed.is_empty() => match p {
+                    Ok(p) => {
+                        // Use the place we waited for, then move whatever
+                        // else is owed and fits now, without waiting again.
+                        if let Some(m) = self.owed.pop_front() {
+                            p.send(m);
+                        }
+                        while !self.owed.is_empty() {
+                            let Some(p) = self.outbound.try_reserve() else { break };
+                            if let Some(m) = self.owed.pop_front() {
+                                p.send(m);
+                            }
+                        }
+                        Event::OwedSent
+                    }
+                    Err(_) => Event::OutboundClosed,
+                },
                 m = self.mailbox.recv(), if can_take => Event::Control(m),
                 i = self.conduit.recv(), if can_take => Event::Inbound(i),
                 _ = async {
@@ -92,17 +109,8 @@ impl RunLoop {
                     self.writer = tokio::spawn(async { Ok(()) });
                     Step::End(reason, None, false)
                 }
-                Event::Owed(true) => {
-                    // A place is free now; take it without waiting (the
-                    // loop is the only producer of owed messages).
-                    match (self.outbound.try_reserve(), self.owed.pop_front()) {
-                        (Some(p), Some(m)) => p.send(m),
-                        (None, Some(m)) => self.owed.push_front(m),
-                        _ => {}
-                    }
-                    Step::Continue
-                }
-                Event::Owed(false) => Step::End(CloseReason::LinkError("outbound path closed".into()), None, false),
+                Event::OwedSent => Step::Continue,
+                Event::OutboundClosed => Step::End(CloseReason::LinkError("outbound path closed".into()), None, false),
                 Event::Control(Some(m)) => self.on_control(m),
                 Event::Control(None) => Step::Continue,
                 Event::Inbound(Ok(Some(ConduitMsg::Message(m)))) => self.on_message(m),
