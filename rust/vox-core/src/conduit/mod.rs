@@ -1,7 +1,11 @@
 //! Conduits: (de)serialize [`ConduitMsg`] values over a link.
 //!
-//! Only the bare conduit exists so far (rule `conduit.bare`): one message per
-//! link message, no reconnect.
+//! Two kinds: the bare conduit (rule `conduit.bare`: one message per link
+//! message, no reconnect) and the [`stable`] conduit (numbered frames, acks,
+//! replay across link breaks). [`ConduitTx`] and [`ConduitRx`] hide which
+//! one a session runs on.
+
+pub mod stable;
 
 use crate::link::{Link, LinkError, LinkRx, LinkTx};
 use crate::wire::{self, ConduitMsg, DecodeError, EncodeError};
@@ -19,22 +23,40 @@ pub enum ConduitError {
     /// A message could not be encoded.
     #[error("conduit: {0}")]
     Encode(#[from] EncodeError),
+    /// The stable conduit ended (see the reason).
+    #[error("stable conduit: {0}")]
+    Stable(stable::StableEnd),
 }
 
-/// Sending half of a bare conduit.
+/// Sending half of a conduit.
 pub struct ConduitTx {
-    link: LinkTx,
+    kind: TxKind,
 }
 
-/// Receiving half of a bare conduit.
+enum TxKind {
+    Bare(LinkTx),
+    Stable(stable::StableTx),
+}
+
+/// Receiving half of a conduit.
 pub struct ConduitRx {
-    link: LinkRx,
+    kind: RxKind,
+}
+
+enum RxKind {
+    Bare(LinkRx),
+    Stable(stable::StableRx),
 }
 
 /// Wraps a link (after the prologue) in a bare conduit.
 pub fn bare(link: Link) -> (ConduitTx, ConduitRx) {
     let (tx, rx) = link.split();
-    (ConduitTx { link: tx }, ConduitRx { link: rx })
+    (ConduitTx { kind: TxKind::Bare(tx) }, ConduitRx { kind: RxKind::Bare(rx) })
+}
+
+/// Wraps the halves of a stable conduit.
+pub fn from_stable(tx: stable::StableTx, rx: stable::StableRx) -> (ConduitTx, ConduitRx) {
+    (ConduitTx { kind: TxKind::Stable(tx) }, ConduitRx { kind: RxKind::Stable(rx) })
 }
 
 impl ConduitTx {
@@ -42,29 +64,35 @@ impl ConduitTx {
     /// messages or nothing.
     pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
         let bytes = wire::encode("ConduitMsg", msg)?;
-        self.link.send(Bytes::from(bytes)).await?;
-        Ok(())
+        self.send_encoded(Bytes::from(bytes)).await
     }
 
     /// Sends pre-encoded bytes (the session writer encodes outside the link).
     pub async fn send_encoded(&self, bytes: Bytes) -> Result<(), ConduitError> {
-        self.link.send(bytes).await?;
-        Ok(())
+        match &self.kind {
+            TxKind::Bare(link) => Ok(link.send(bytes).await?),
+            TxKind::Stable(s) => s.send_encoded(bytes).await,
+        }
     }
 
     /// Flushes and closes the underlying link.
     pub async fn close(self) -> Result<(), ConduitError> {
-        self.link.close().await?;
-        Ok(())
+        match self.kind {
+            TxKind::Bare(link) => Ok(link.close().await?),
+            TxKind::Stable(s) => s.close().await,
+        }
     }
 }
 
 impl ConduitRx {
     /// The next message, or `None` at end of stream. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<ConduitMsg>, ConduitError> {
-        match self.link.recv().await? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &bytes)?)),
+        match &mut self.kind {
+            RxKind::Bare(link) => match link.recv().await? {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &bytes)?)),
+            },
+            RxKind::Stable(s) => s.recv().await,
         }
     }
 }

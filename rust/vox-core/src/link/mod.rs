@@ -8,9 +8,11 @@
 //! because the peer chooses the length prefixes.
 
 mod memory;
+pub mod source;
 mod stream;
 
 pub use memory::memory_pair;
+pub use source::{Backoff, ConnectError, LinkSource, TcpSource, connect_waiting};
 pub use stream::{connect_tcp, stream, tcp};
 #[cfg(unix)]
 pub use stream::{connect_unix, unix};

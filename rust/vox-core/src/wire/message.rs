@@ -356,3 +356,33 @@ pub struct StableFrame {
     /// The encoded [`ConduitMsg`].
     pub item: Blob,
 }
+
+/// The server's answer to a [`ClientHello`] (rule `stable.resume-key`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StableHelloReply {
+    /// The conduit is new or resumed; frames follow.
+    Welcome(ServerHello),
+    /// The presented resume key is unknown (expired, or the server
+    /// restarted): the client reports session loss. The link closes.
+    UnknownKey {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Every link message of a stable conduit after its hello exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StableMsg {
+    /// A sequenced frame carrying one conduit message.
+    Frame(StableFrame),
+    /// A stand-alone acknowledgement (vox-core addition): sent when acks are
+    /// owed and no frame is going out to carry them, so a one-way stream
+    /// still drains the sender's replay buffer. Not sequenced, not replayed.
+    Ack {
+        /// The highest seq delivered from the other direction.
+        ack: u32,
+    },
+    /// The sender is closing the conduit on purpose: end of stream, not a
+    /// link break, so the receiver does not wait for a reconnect.
+    Bye,
+}

@@ -1,0 +1,691 @@
+//! The stable conduit (rules `conduit.stable`, `stable.*`): a conduit that
+//! outlives its link. Every message travels in a numbered frame; frames are
+//! kept until the peer acknowledges them and are sent again, in their
+//! original order and with their original seq, on the next link.
+//!
+//! The numbering and buffering are the sans-IO [`StableState`]; this module
+//! adds the tasks around it:
+//! - one writer task per conduit owns the current link's sending half, so
+//!   frames leave in seq order even while links are swapped;
+//! - the receiving half ([`StableRx`]) reads the current link and switches
+//!   to a newer one as soon as it is attached;
+//! - on a break, the client redials through its [`LinkSource`] with
+//!   [`Backoff`] until the recovery timeout; the server waits that long for
+//!   the client to come back with the conduit's resume key.
+
+mod state;
+
+pub use state::{Inbound, StableError, StableState, seq_after};
+
+use super::ConduitError;
+use crate::link::{Backoff, Link, LinkError, LinkRx, LinkSource, LinkTx};
+// std's Arc, not the loom shim's: the conduit needs `Weak` (for the
+// registry) and is not part of the loom models.
+use crate::sync::Mutex;
+use std::sync::Arc;
+use crate::transport;
+use crate::wire::{
+    self, Blob, ClientHello, ConduitMode, ConduitMsg, ResumeKey, ServerHello, StableHelloReply, StableMsg,
+};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Settings of a stable conduit.
+#[derive(Clone, Debug)]
+pub struct StableConfig {
+    /// Byte limit of the replay buffer; senders wait when it is full (rule
+    /// `stable.replay-buffer.bounded`). Default 1 MiB.
+    pub replay_limit: usize,
+    /// How long a broken conduit waits for a new link before it gives up.
+    pub recovery_timeout: Duration,
+    /// Delays between redial attempts (client side).
+    pub backoff: Backoff,
+    /// How long the hello exchange on a fresh link may take.
+    pub hello_timeout: Duration,
+}
+
+impl Default for StableConfig {
+    fn default() -> Self {
+        StableConfig {
+            replay_limit: 1 << 20,
+            recovery_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a stable conduit ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StableEnd {
+    /// The peer closed it on purpose.
+    #[error("the peer closed the stable conduit")]
+    PeerBye,
+    /// This side closed it.
+    #[error("the stable conduit was closed locally")]
+    LocalClose,
+    /// The server did not know the resume key: the session is lost.
+    #[error("resume refused, the session is lost: {0}")]
+    UnknownKey(String),
+    /// No new link came within the recovery timeout.
+    #[error("no new link within the recovery timeout of {0:?}")]
+    RecoveryTimeout(Duration),
+    /// The peer broke the stable-conduit rules.
+    #[error(transparent)]
+    Violation(#[from] StableError),
+    /// Redialing failed permanently.
+    #[error("redial failed: {0}")]
+    Redial(String),
+}
+
+#[derive(Debug)]
+enum Phase {
+    Attached,
+    Broken,
+    Closed(StableEnd),
+}
+
+struct Core {
+    sm: StableState,
+    phase: Phase,
+    closing: bool,
+    /// Incremented per attached link; halves of an older link are dropped.
+    epoch: u64,
+    tx_slot: Option<LinkTx>,
+    rx_slot: Option<LinkRx>,
+}
+
+/// State shared by the halves and tasks of one conduit. Each `Notify` has a
+/// single waiter (writer task, sending half, receiving half, recovery task),
+/// so `notify_one`'s stored permit makes every wake-up impossible to lose.
+struct Shared {
+    core: Mutex<Core>,
+    key: ResumeKey,
+    config: StableConfig,
+    writer_wake: Notify,
+    room: Notify,
+    reader_wake: Notify,
+    broken: Notify,
+}
+
+impl Shared {
+    fn new(key: ResumeKey, config: StableConfig, link: Link) -> Arc<Shared> {
+        let (tx, rx) = link.split();
+        Arc::new(Shared {
+            core: Mutex::new(Core {
+                sm: StableState::new(config.replay_limit),
+                phase: Phase::Attached,
+                closing: false,
+                epoch: 0,
+                tx_slot: Some(tx),
+                rx_slot: Some(rx),
+            }),
+            key,
+            config,
+            writer_wake: Notify::new(),
+            room: Notify::new(),
+            reader_wake: Notify::new(),
+            broken: Notify::new(),
+        })
+    }
+
+    fn wake_all(&self) {
+        self.writer_wake.notify_one();
+        self.room.notify_one();
+        self.reader_wake.notify_one();
+        self.broken.notify_one();
+    }
+
+    fn finish(&self, end: StableEnd) {
+        {
+            let mut core = self.core.lock();
+            if matches!(core.phase, Phase::Closed(_)) {
+                return;
+            }
+            tracing::debug!(reason = %end, "stable conduit ended");
+            core.phase = Phase::Closed(end);
+            core.tx_slot = None;
+            core.rx_slot = None;
+        }
+        self.wake_all();
+    }
+
+    /// The link of `epoch` failed (seen by the writer or the reader).
+    fn on_broken(&self, epoch: u64) {
+        {
+            let mut core = self.core.lock();
+            if core.epoch != epoch || !matches!(core.phase, Phase::Attached) {
+                return;
+            }
+            tracing::debug!(epoch, "stable conduit link broke; waiting for a new one");
+            core.phase = Phase::Broken;
+        }
+        self.broken.notify_one();
+    }
+
+    /// A new link replaces the current one; `peer_last` is what the peer
+    /// says it received.
+    fn attach(&self, link: Link, peer_last: Option<u32>) -> Result<(), StableEnd> {
+        {
+            let mut core = self.core.lock();
+            if let Phase::Closed(end) = &core.phase {
+                return Err(end.clone());
+            }
+            if let Err(e) = core.sm.on_reattach(peer_last) {
+                drop(core);
+                self.finish(StableEnd::Violation(e.clone()));
+                return Err(StableEnd::Violation(e));
+            }
+            let (tx, rx) = link.split();
+            core.epoch += 1;
+            core.tx_slot = Some(tx);
+            core.rx_slot = Some(rx);
+            core.phase = Phase::Attached;
+            tracing::debug!(epoch = core.epoch, "stable conduit attached a new link");
+        }
+        self.writer_wake.notify_one();
+        self.reader_wake.notify_one();
+        Ok(())
+    }
+
+    fn last_received(&self) -> Option<u32> {
+        self.core.lock().sm.last_received()
+    }
+}
+
+fn encode(msg: &StableMsg) -> Result<Bytes, ConduitError> {
+    Ok(Bytes::from(wire::encode("StableMsg", msg)?))
+}
+
+enum Work {
+    Wait,
+    Send(u64, StableMsg),
+    Bye,
+}
+
+/// The one task that writes to the conduit's links.
+async fn writer(shared: Arc<Shared>) {
+    let mut link: Option<(u64, LinkTx)> = None;
+    loop {
+        let notified = shared.writer_wake.notified();
+        let work = {
+            let mut core = shared.core.lock();
+            if matches!(core.phase, Phase::Closed(_)) {
+                break;
+            }
+            if link.as_ref().map(|l| l.0) != Some(core.epoch) {
+                link = core.tx_slot.take().map(|tx| (core.epoch, tx));
+            }
+            let epoch = core.epoch;
+            if link.is_none() || matches!(core.phase, Phase::Broken) {
+                Work::Wait
+            } else if let Some(frame) = core.sm.next_to_send() {
+                Work::Send(epoch, StableMsg::Frame(frame))
+            } else if let Some(ack) = core.sm.take_owed_ack() {
+                Work::Send(epoch, StableMsg::Ack { ack })
+            } else if core.closing && core.sm.replay_len() == 0 {
+                // Everything was acknowledged: nothing can be lost by ending now.
+                Work::Bye
+            } else {
+                Work::Wait
+            }
+        };
+        match work {
+            Work::Wait => notified.await,
+            Work::Send(epoch, msg) => {
+                let Some((_, tx)) = link.as_ref() else { continue };
+                let sent = match encode(&msg) {
+                    Ok(bytes) => tx.send(bytes).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(epoch, error = %e, "stable conduit send failed");
+                    link = None;
+                    shared.on_broken(epoch);
+                }
+            }
+            Work::Bye => {
+                if let Some((_, tx)) = link.take() {
+                    if let Ok(bytes) = encode(&StableMsg::Bye) {
+                        let _ = tx.send(bytes).await;
+                    }
+                    let _ = tx.close().await;
+                }
+                shared.finish(StableEnd::LocalClose);
+                break;
+            }
+        }
+    }
+}
+
+/// Sending half of a stable conduit.
+pub struct StableTx {
+    shared: Arc<Shared>,
+}
+
+/// Receiving half of a stable conduit.
+pub struct StableRx {
+    shared: Arc<Shared>,
+    link: Option<(u64, LinkRx)>,
+}
+
+impl std::fmt::Debug for StableTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableTx").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for StableRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableRx").finish_non_exhaustive()
+    }
+}
+
+fn ended(end: &StableEnd) -> ConduitError {
+    ConduitError::Stable(end.clone())
+}
+
+impl StableTx {
+    /// Queues one encoded message. Waits while the replay buffer is full
+    /// (backpressure, rule `stable.replay-buffer.bounded`); returns once the
+    /// message is in the buffer, from where it is sent and, if needed, sent
+    /// again. Cancel-safe: a cancelled call queued nothing.
+    pub async fn send_encoded(&self, bytes: Bytes) -> Result<(), ConduitError> {
+        let mut item = Blob(bytes);
+        loop {
+            let notified = self.shared.room.notified();
+            {
+                let mut core = self.shared.core.lock();
+                if let Phase::Closed(end) = &core.phase {
+                    return Err(ended(end));
+                }
+                match core.sm.push(item) {
+                    Ok(_) => {
+                        drop(core);
+                        self.shared.writer_wake.notify_one();
+                        return Ok(());
+                    }
+                    Err(back) => item = back,
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Encodes and queues one message.
+    pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
+        self.send_encoded(Bytes::from(wire::encode("ConduitMsg", msg)?)).await
+    }
+
+    /// Bytes waiting for the peer's acknowledgement.
+    pub fn replay_bytes(&self) -> usize {
+        self.shared.core.lock().sm.replay_bytes()
+    }
+
+    /// Closes the conduit once the peer has acknowledged everything sent,
+    /// then tells it with `Bye` so it does not wait for a reconnect.
+    pub async fn close(self) -> Result<(), ConduitError> {
+        {
+            let mut core = self.shared.core.lock();
+            core.closing = true;
+        }
+        self.shared.writer_wake.notify_one();
+        loop {
+            let notified = self.shared.room.notified();
+            if let Phase::Closed(end) = &self.shared.core.lock().phase {
+                return match end {
+                    StableEnd::LocalClose | StableEnd::PeerBye => Ok(()),
+                    other => Err(ended(other)),
+                };
+            }
+            notified.await;
+        }
+    }
+
+    /// Cuts the current link without closing the conduit, as a network
+    /// failure would. For fault-injection tests.
+    pub fn break_link(&self) {
+        let epoch = self.shared.core.lock().epoch;
+        self.shared.on_broken(epoch);
+    }
+}
+
+enum Got {
+    Link(Result<Option<Bytes>, LinkError>),
+    NewLink,
+}
+
+impl StableRx {
+    /// The next message, or `None` once the conduit was closed on purpose.
+    /// Link breaks are invisible here: the receiver waits for the next link.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<ConduitMsg>, ConduitError> {
+        loop {
+            let notified = self.shared.reader_wake.notified();
+            {
+                let mut core = self.shared.core.lock();
+                if let Phase::Closed(end) = &core.phase {
+                    return match end {
+                        StableEnd::LocalClose | StableEnd::PeerBye => Ok(None),
+                        other => Err(ended(other)),
+                    };
+                }
+                if self.link.as_ref().map(|l| l.0) != Some(core.epoch) {
+                    if let Some(rx) = core.rx_slot.take() {
+                        self.link = Some((core.epoch, rx));
+                    }
+                }
+            }
+            let Some((epoch, rx)) = self.link.as_mut() else {
+                notified.await;
+                continue;
+            };
+            let epoch = *epoch;
+            let got = tokio::select! {
+                r = rx.recv() => Got::Link(r),
+                _ = notified => Got::NewLink,
+            };
+            let bytes = match got {
+                Got::NewLink => continue,
+                Got::Link(Ok(Some(bytes))) => bytes,
+                Got::Link(Ok(None) | Err(_)) => {
+                    self.link = None;
+                    self.shared.on_broken(epoch);
+                    continue;
+                }
+            };
+            if let Some(msg) = self.on_link_message(&bytes)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    fn on_link_message(&mut self, bytes: &Bytes) -> Result<Option<ConduitMsg>, ConduitError> {
+        let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared.finish(StableEnd::Redial(format!("undecodable stable message: {e}")));
+                return Err(e.into());
+            }
+        };
+        let inbound = {
+            let mut core = self.shared.core.lock();
+            match msg {
+                StableMsg::Frame(frame) => core.sm.on_frame(frame).map(Some),
+                StableMsg::Ack { ack } => core.sm.on_ack(ack).map(|_| None),
+                StableMsg::Bye => {
+                    drop(core);
+                    self.shared.finish(StableEnd::PeerBye);
+                    return Ok(None);
+                }
+            }
+        };
+        // An ack may have freed replay room, and a delivered frame owes one.
+        self.shared.room.notify_one();
+        self.shared.writer_wake.notify_one();
+        match inbound {
+            Ok(Some(Inbound::Deliver(item))) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &item.0)?)),
+            Ok(Some(Inbound::Duplicate) | None) => Ok(None),
+            Err(v) => {
+                self.shared.finish(StableEnd::Violation(v.clone()));
+                Err(ConduitError::Stable(StableEnd::Violation(v)))
+            }
+        }
+    }
+}
+
+fn halves(shared: Arc<Shared>) -> (StableTx, StableRx) {
+    tokio::spawn(writer(shared.clone()));
+    (StableTx { shared: shared.clone() }, StableRx { shared, link: None })
+}
+
+// ------------------------------------------------------------------ client
+
+/// Why opening or resuming a stable conduit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StableSetupError {
+    /// Dialing or the link failed.
+    #[error("stable conduit setup: link error: {0}")]
+    Link(#[from] LinkError),
+    /// The transport prologue failed.
+    #[error("stable conduit setup: {0}")]
+    Prologue(#[from] transport::PrologueError),
+    /// The hello exchange failed.
+    #[error("stable conduit setup: {0}")]
+    Hello(String),
+    /// The server does not know the key.
+    #[error("stable conduit setup: resume refused: {0}")]
+    UnknownKey(String),
+    /// Encoding or decoding failed.
+    #[error("stable conduit setup: {0}")]
+    Conduit(#[from] ConduitError),
+}
+
+async fn recv_decoded<T: serde::de::DeserializeOwned>(
+    link: &mut Link,
+    what: &'static str,
+) -> Result<T, StableSetupError> {
+    let bytes =
+        link.rx.recv().await?.ok_or_else(|| StableSetupError::Hello(format!("peer closed before sending {what}")))?;
+    wire::decode::<T>(what, &bytes).map_err(|e| StableSetupError::Hello(e.to_string()))
+}
+
+async fn send_encoded<T: serde::Serialize>(tx: &LinkTx, what: &'static str, v: &T) -> Result<(), StableSetupError> {
+    let bytes = wire::encode(what, v).map_err(ConduitError::from)?;
+    tx.send(Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+/// Client: prologue and hello on a fresh link. Returns the link and the
+/// server's answer.
+async fn client_hello(
+    source: &dyn LinkSource,
+    hello: ClientHello,
+    limit: Duration,
+) -> Result<(Link, ServerHello), StableSetupError> {
+    let attempt = async {
+        let mut link = source.dial().await?;
+        transport::initiate(&mut link, ConduitMode::Stable).await?;
+        send_encoded(&link.tx, "ClientHello", &hello).await?;
+        match recv_decoded::<StableHelloReply>(&mut link, "StableHelloReply").await? {
+            StableHelloReply::Welcome(sh) => Ok((link, sh)),
+            StableHelloReply::UnknownKey { reason } => Err(StableSetupError::UnknownKey(reason)),
+        }
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .map_err(|_| StableSetupError::Hello(format!("no answer to ClientHello within {limit:?}")))?
+}
+
+/// Opens a new stable conduit through `source` (client side). The conduit
+/// redials through the same source after every break.
+pub async fn connect(
+    source: Arc<dyn LinkSource>,
+    config: StableConfig,
+) -> Result<(StableTx, StableRx), StableSetupError> {
+    let (link, sh) =
+        client_hello(&*source, ClientHello { resume_key: None, last_received: None }, config.hello_timeout).await?;
+    if sh.last_received.is_some() {
+        return Err(StableSetupError::Hello("a new conduit's ServerHello claims frames were received".into()));
+    }
+    let shared = Shared::new(sh.resume_key, config, link);
+    tokio::spawn(redial(shared.clone(), source));
+    Ok(halves(shared))
+}
+
+/// Client recovery task: after each break, redials with backoff until the
+/// recovery timeout, presenting the resume key.
+async fn redial(shared: Arc<Shared>, source: Arc<dyn LinkSource>) {
+    loop {
+        shared.broken.notified().await;
+        match &shared.core.lock().phase {
+            Phase::Closed(_) => return,
+            Phase::Attached => continue,
+            Phase::Broken => {}
+        }
+        let limit = shared.config.recovery_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut attempt = 0u32;
+        let outcome = loop {
+            let wait = shared.config.backoff.delay(attempt);
+            if tokio::time::Instant::now() + wait >= deadline {
+                break Err(StableEnd::RecoveryTimeout(limit));
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            if matches!(shared.core.lock().phase, Phase::Closed(_)) {
+                return;
+            }
+            let hello = ClientHello { resume_key: Some(shared.key.clone()), last_received: shared.last_received() };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match client_hello(&*source, hello, left.min(shared.config.hello_timeout)).await {
+                // A different key means a new server session: never treat it as resumed.
+                Ok((_, sh)) if sh.resume_key != shared.key => {
+                    break Err(StableEnd::UnknownKey("the server answered with a different session's key".into()));
+                }
+                Ok((link, sh)) => break Ok((link, sh.last_received)),
+                Err(StableSetupError::UnknownKey(reason)) => break Err(StableEnd::UnknownKey(reason)),
+                Err(e) => tracing::debug!(attempt, error = %e, "stable conduit redial failed; retrying"),
+            }
+        };
+        match outcome {
+            Ok((link, peer_last)) => {
+                if shared.attach(link, peer_last).is_err() {
+                    return;
+                }
+            }
+            Err(end) => {
+                shared.finish(end);
+                return;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+/// Server-side index of live stable conduits by resume key, so a client
+/// coming back on a new link finds its conduit. Entries are weak: a conduit
+/// that ended is dropped from the index on the next insertion.
+#[derive(Clone, Default)]
+pub struct StableRegistry {
+    inner: Arc<Mutex<HashMap<Bytes, Weak<Shared>>>>,
+}
+
+impl std::fmt::Debug for StableRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableRegistry").field("conduits", &self.inner.lock().len()).finish()
+    }
+}
+
+/// What a stable link brought to the server.
+pub enum StableAccepted {
+    /// A new conduit: run the session handshake on it.
+    New(StableTx, StableRx),
+    /// The link was attached to an existing conduit; nothing more to do.
+    Resumed,
+}
+
+impl std::fmt::Debug for StableAccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StableAccepted::New(..) => f.write_str("New"),
+            StableAccepted::Resumed => f.write_str("Resumed"),
+        }
+    }
+}
+
+/// A fresh resume key: 32 bytes from the operating system's random source
+/// (rule `stable.resume-key` asks for at least 16).
+fn fresh_key() -> Result<ResumeKey, StableSetupError> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| StableSetupError::Hello(format!("no randomness for a resume key: {e}")))?;
+    Ok(ResumeKey(Blob(Bytes::copy_from_slice(&key))))
+}
+
+impl StableRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        StableRegistry::default()
+    }
+
+    /// Live conduits.
+    pub fn len(&self) -> usize {
+        self.inner.lock().values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Whether no conduit is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Server side of a link whose prologue asked for `stable`: reads the
+    /// `ClientHello` and either starts a new conduit or attaches the link to
+    /// the conduit named by its resume key. An unknown key is refused with
+    /// `UnknownKey` and the link is closed.
+    pub async fn accept(&self, mut link: Link, config: StableConfig) -> Result<StableAccepted, StableSetupError> {
+        let limit = config.hello_timeout;
+        let hello = tokio::time::timeout(limit, recv_decoded::<ClientHello>(&mut link, "ClientHello"))
+            .await
+            .map_err(|_| StableSetupError::Hello(format!("no ClientHello within {limit:?}")))??;
+        let Some(key) = hello.resume_key else {
+            let key = fresh_key()?;
+            send_encoded(
+                &link.tx,
+                "StableHelloReply",
+                &StableHelloReply::Welcome(ServerHello { resume_key: key.clone(), last_received: None }),
+            )
+            .await?;
+            let shared = Shared::new(key.clone(), config, link);
+            {
+                let mut map = self.inner.lock();
+                map.retain(|_, w| w.strong_count() > 0);
+                map.insert(key.0.0.clone(), Arc::downgrade(&shared));
+            }
+            tokio::spawn(watchdog(shared.clone()));
+            let (tx, rx) = halves(shared);
+            return Ok(StableAccepted::New(tx, rx));
+        };
+        let found = self.inner.lock().get(&key.0.0).and_then(Weak::upgrade);
+        let live = found.filter(|s| !matches!(s.core.lock().phase, Phase::Closed(_)));
+        let Some(shared) = live else {
+            let reason = "unknown or expired resume key".to_string();
+            send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::UnknownKey { reason: reason.clone() }).await?;
+            let _ = link.tx.close().await;
+            return Err(StableSetupError::UnknownKey(reason));
+        };
+        let reply = ServerHello { resume_key: shared.key.clone(), last_received: shared.last_received() };
+        send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::Welcome(reply)).await?;
+        shared.attach(link, hello.last_received).map_err(|e| StableSetupError::Hello(e.to_string()))?;
+        Ok(StableAccepted::Resumed)
+    }
+}
+
+/// Server recovery task: after a break, ends the conduit if no link comes
+/// back within the recovery timeout.
+async fn watchdog(shared: Arc<Shared>) {
+    loop {
+        shared.broken.notified().await;
+        let epoch = {
+            let core = shared.core.lock();
+            match core.phase {
+                Phase::Closed(_) => return,
+                Phase::Attached => continue,
+                Phase::Broken => core.epoch,
+            }
+        };
+        let limit = shared.config.recovery_timeout;
+        tokio::time::sleep(limit).await;
+        let still_broken = {
+            let core = shared.core.lock();
+            core.epoch == epoch && matches!(core.phase, Phase::Broken)
+        };
+        if still_broken {
+            shared.finish(StableEnd::RecoveryTimeout(limit));
+            return;
+        }
+    }
+}

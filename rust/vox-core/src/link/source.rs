@@ -1,0 +1,141 @@
+//! Link sources: how a client gets a fresh link, again and again.
+//!
+//! A stable conduit redials through a [`LinkSource`] after a break, and
+//! [`connect_waiting`] uses one to wait for a server that is not up yet
+//! (rule `session.initial-connect-waiting`). Both retry with [`Backoff`].
+
+use super::{Link, LinkConfig, LinkError};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed future returned by [`LinkSource::dial`].
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Link, LinkError>> + Send + 'a>>;
+
+/// Something that can produce a new link to the same peer.
+///
+/// Implemented for TCP ([`TcpSource`]) and for any
+/// `Fn() -> impl Future<Output = Result<Link, LinkError>>` closure, which is
+/// how tests hand out in-memory links.
+pub trait LinkSource: Send + Sync + 'static {
+    /// Opens one new link. Errors are classified by [`is_transient`].
+    fn dial(&self) -> DialFuture<'_>;
+}
+
+impl<F, Fut> LinkSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Link, LinkError>> + Send + 'static,
+{
+    fn dial(&self) -> DialFuture<'_> {
+        Box::pin(self())
+    }
+}
+
+/// Dials a TCP address.
+#[derive(Clone, Debug)]
+pub struct TcpSource {
+    /// Where to connect (resolved on every dial).
+    pub addr: String,
+    /// Settings of the links it makes.
+    pub config: LinkConfig,
+}
+
+impl LinkSource for TcpSource {
+    fn dial(&self) -> DialFuture<'_> {
+        Box::pin(super::connect_tcp(self.addr.clone(), self.config.clone()))
+    }
+}
+
+/// Whether retrying after `e` can help: I/O failures (refused, reset,
+/// timed out) can; a message-size or protocol problem will repeat.
+pub fn is_transient(e: &LinkError) -> bool {
+    matches!(e, LinkError::Io { .. } | LinkError::Closed | LinkError::Dead)
+}
+
+/// Exponential backoff between attempts, capped.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    /// Wait before the second attempt.
+    pub initial: Duration,
+    /// Largest wait between attempts.
+    pub max: Duration,
+    /// Multiplier per attempt (at least 1).
+    pub factor: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(20), max: Duration::from_secs(2), factor: 2 }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `n` (0-based; attempt 0 does not wait).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let mut d = self.initial;
+        for _ in 1..attempt {
+            d = d.saturating_mul(self.factor.max(1));
+            if d >= self.max {
+                return self.max;
+            }
+        }
+        d.min(self.max)
+    }
+}
+
+/// Why [`connect_waiting`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A failure that retrying cannot fix.
+    #[error("connect: permanent failure: {0}")]
+    Permanent(LinkError),
+    /// Every attempt failed transiently until the deadline; this is the last error.
+    #[error("connect: gave up after {attempts} attempts in {waited:?}; last error: {last}")]
+    TimedOut {
+        /// Attempts made.
+        attempts: u32,
+        /// How long it waited.
+        waited: Duration,
+        /// The last transient error.
+        last: LinkError,
+    },
+}
+
+/// Dials `source` until it succeeds, retrying transient errors with
+/// `backoff` for at most `timeout` (rule `session.initial-connect-waiting`).
+/// Permanent errors are returned at once; on timeout the last transient
+/// error is reported.
+pub async fn connect_waiting(
+    source: &dyn LinkSource,
+    backoff: &Backoff,
+    timeout: Duration,
+) -> Result<Link, ConnectError> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
+    let mut attempt = 0u32;
+    loop {
+        let result = match tokio::time::timeout_at(deadline, source.dial()).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Io {
+                context: "connecting (deadline reached)",
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            }),
+        };
+        attempt += 1;
+        let e = match result {
+            Ok(link) => return Ok(link),
+            Err(e) if !is_transient(&e) => return Err(ConnectError::Permanent(e)),
+            Err(e) => e,
+        };
+        let wait = backoff.delay(attempt);
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(ConnectError::TimedOut { attempts: attempt, waited: start.elapsed(), last: e });
+        }
+        tracing::debug!(attempt, error = %e, "transient connect failure; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
