@@ -7,10 +7,12 @@
 //! way towards their users; only the stream kind can see hostile input,
 //! because the peer chooses the length prefixes.
 
+pub mod fault;
 mod memory;
 pub mod source;
 mod stream;
 
+pub use fault::{FaultHandle, faulty_pair};
 pub use memory::memory_pair;
 pub use source::{Backoff, ConnectError, LinkSource, TcpSource, connect_waiting};
 pub use stream::{connect_tcp, stream, tcp};

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 /// Settings of a stable conduit.
 #[derive(Clone, Debug)]
@@ -269,7 +269,7 @@ pub struct StableTx {
 /// Receiving half of a stable conduit.
 pub struct StableRx {
     shared: Arc<Shared>,
-    link: Option<(u64, LinkRx)>,
+    queue: mpsc::Receiver<Result<ConduitMsg, ConduitError>>,
 }
 
 impl std::fmt::Debug for StableTx {
@@ -353,6 +353,19 @@ impl StableTx {
     }
 }
 
+impl Drop for StableTx {
+    /// Dropping the sending half closes the conduit gracefully in the
+    /// background: what was queued is still delivered, then `Bye`.
+    fn drop(&mut self) {
+        let mut core = self.shared.core.lock();
+        if !matches!(core.phase, Phase::Closed(_)) && !core.closing {
+            core.closing = true;
+            drop(core);
+            self.shared.writer_wake.notify_one();
+        }
+    }
+}
+
 enum Got {
     Link(Result<Option<Bytes>, LinkError>),
     NewLink,
@@ -360,86 +373,117 @@ enum Got {
 
 impl StableRx {
     /// The next message, or `None` once the conduit was closed on purpose.
-    /// Link breaks are invisible here: the receiver waits for the next link.
+    /// Link breaks are invisible here: delivery resumes on the next link.
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<ConduitMsg>, ConduitError> {
-        loop {
-            let notified = self.shared.reader_wake.notified();
-            {
-                let mut core = self.shared.core.lock();
-                if let Phase::Closed(end) = &core.phase {
-                    return match end {
-                        StableEnd::LocalClose | StableEnd::PeerBye => Ok(None),
-                        other => Err(ended(other)),
-                    };
-                }
-                if self.link.as_ref().map(|l| l.0) != Some(core.epoch) {
-                    if let Some(rx) = core.rx_slot.take() {
-                        self.link = Some((core.epoch, rx));
-                    }
-                }
-            }
-            let Some((epoch, rx)) = self.link.as_mut() else {
-                notified.await;
-                continue;
-            };
-            let epoch = *epoch;
-            let got = tokio::select! {
-                r = rx.recv() => Got::Link(r),
-                _ = notified => Got::NewLink,
-            };
-            let bytes = match got {
-                Got::NewLink => continue,
-                Got::Link(Ok(Some(bytes))) => bytes,
-                Got::Link(Ok(None) | Err(_)) => {
-                    self.link = None;
-                    self.shared.on_broken(epoch);
-                    continue;
-                }
-            };
-            if let Some(msg) = self.on_link_message(&bytes)? {
-                return Ok(Some(msg));
-            }
+        match self.queue.recv().await {
+            Some(Ok(msg)) => Ok(Some(msg)),
+            Some(Err(e)) => Err(e),
+            None => match &self.shared.core.lock().phase {
+                Phase::Closed(StableEnd::LocalClose | StableEnd::PeerBye) => Ok(None),
+                Phase::Closed(other) => Err(ended(other)),
+                // The reader task only stops once the conduit is closed.
+                _ => Ok(None),
+            },
         }
     }
+}
 
-    fn on_link_message(&mut self, bytes: &Bytes) -> Result<Option<ConduitMsg>, ConduitError> {
-        let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.shared.finish(StableEnd::Redial(format!("undecodable stable message: {e}")));
-                return Err(e.into());
+/// Capacity of the queue between the reader task and [`StableRx`]. When it
+/// is full the reader stops reading the link (backpressure to the peer,
+/// whose replay buffer then fills up).
+const DELIVERY_QUEUE: usize = 32;
+
+/// Reads the current link: applies acks at once (so a sender's replay
+/// buffer drains even while nobody consumes messages here), drops
+/// duplicates, and queues delivered messages for [`StableRx`]. Messages that
+/// arrive after the receiving half was dropped are acknowledged and
+/// discarded, so closing never waits on a reader that is gone.
+async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<ConduitMsg, ConduitError>>) {
+    let mut link: Option<(u64, LinkRx)> = None;
+    loop {
+        let notified = shared.reader_wake.notified();
+        {
+            let mut core = shared.core.lock();
+            if matches!(core.phase, Phase::Closed(_)) {
+                return;
             }
-        };
-        let inbound = {
-            let mut core = self.shared.core.lock();
-            match msg {
-                StableMsg::Frame(frame) => core.sm.on_frame(frame).map(Some),
-                StableMsg::Ack { ack } => core.sm.on_ack(ack).map(|_| None),
-                StableMsg::Bye => {
-                    drop(core);
-                    self.shared.finish(StableEnd::PeerBye);
-                    return Ok(None);
+            if link.as_ref().map(|l| l.0) != Some(core.epoch) {
+                if let Some(rx) = core.rx_slot.take() {
+                    link = Some((core.epoch, rx));
                 }
             }
+        }
+        let Some((epoch, rx)) = link.as_mut() else {
+            notified.await;
+            continue;
         };
-        // An ack may have freed replay room, and a delivered frame owes one.
-        self.shared.room.notify_one();
-        self.shared.writer_wake.notify_one();
-        match inbound {
-            Ok(Some(Inbound::Deliver(item))) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &item.0)?)),
-            Ok(Some(Inbound::Duplicate) | None) => Ok(None),
-            Err(v) => {
-                self.shared.finish(StableEnd::Violation(v.clone()));
-                Err(ConduitError::Stable(StableEnd::Violation(v)))
+        let epoch = *epoch;
+        let got = tokio::select! {
+            r = rx.recv() => Got::Link(r),
+            _ = notified => Got::NewLink,
+        };
+        let bytes = match got {
+            Got::NewLink => continue,
+            Got::Link(Ok(Some(bytes))) => bytes,
+            Got::Link(Ok(None) | Err(_)) => {
+                link = None;
+                shared.on_broken(epoch);
+                continue;
+            }
+        };
+        match on_link_message(&shared, &bytes) {
+            Ok(None) => {}
+            Ok(Some(msg)) => {
+                // A dropped receiving half is not an error: see above.
+                let _ = out.send(Ok(msg)).await;
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
             }
         }
     }
 }
 
+fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<ConduitMsg>, ConduitError> {
+    let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            shared.finish(StableEnd::Redial(format!("undecodable stable message: {e}")));
+            return Err(e.into());
+        }
+    };
+    let inbound = {
+        let mut core = shared.core.lock();
+        match msg {
+            StableMsg::Frame(frame) => core.sm.on_frame(frame).map(Some),
+            StableMsg::Ack { ack } => core.sm.on_ack(ack).map(|_| None),
+            StableMsg::Bye => {
+                drop(core);
+                shared.finish(StableEnd::PeerBye);
+                return Ok(None);
+            }
+        }
+    };
+    // An ack may have freed replay room, and a delivered frame owes one.
+    shared.room.notify_one();
+    shared.writer_wake.notify_one();
+    match inbound {
+        Ok(Some(Inbound::Deliver(item))) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &item.0)?)),
+        Ok(Some(Inbound::Duplicate) | None) => Ok(None),
+        Err(v) => {
+            shared.finish(StableEnd::Violation(v.clone()));
+            Err(ConduitError::Stable(StableEnd::Violation(v)))
+        }
+    }
+}
+
 fn halves(shared: Arc<Shared>) -> (StableTx, StableRx) {
+    let (out, queue) = mpsc::channel(DELIVERY_QUEUE);
     tokio::spawn(writer(shared.clone()));
-    (StableTx { shared: shared.clone() }, StableRx { shared, link: None })
+    tokio::spawn(reader(shared.clone(), out));
+    (StableTx { shared: shared.clone() }, StableRx { shared, queue })
 }
 
 // ------------------------------------------------------------------ client
