@@ -649,15 +649,15 @@ mod tests {
             panic!("expected Execute")
         };
         t.complete(tk, ResponseBody::Cancelled, now).unwrap();
-        t.expire(now + Duration::from_millis(10));
+        assert_eq!(t.expire(now + Duration::from_millis(10)), 1);
     }
 
     #[test]
     fn expired_ids_fold_into_watermark_when_memory_is_full() {
         let base = Instant::now();
         let mut t = OperationTable::new(cfg(2));
-        for op in [5, 3, 9] {
-            run_and_expire(&mut t, op, base);
+        for (i, op) in [5, 3, 9].into_iter().enumerate() {
+            run_and_expire(&mut t, op, base + Duration::from_millis(10 * i as u64));
         }
         // 5 was forgotten from the exact set: everything <= 5 is now expired.
         assert!(t.is_expired(OpId(3)) && t.is_expired(OpId(5)) && t.is_expired(OpId(9)));
