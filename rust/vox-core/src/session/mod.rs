@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod handshake;
+pub mod operations;
 pub mod outbound;
 
 mod builder;
