@@ -4,6 +4,11 @@
 //! atomics from here, never from `std` or `parking_lot` directly, so that a
 //! `--cfg loom` build swaps in loom's model-checked versions and the loom
 //! models exercise exactly the code that ships.
+//!
+//! The one wake-up primitive, [`Signal`], is written here on top of those
+//! shimmed types instead of being re-exported from tokio: tokio's `Notify`
+//! keeps its state in std atomics that loom cannot see, so the same source
+//! serves both builds and the loom models check the shipped wake-up.
 
 #[cfg(not(loom))]
 mod imp {
@@ -43,3 +48,65 @@ mod imp {
 
 pub use imp::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use imp::{Arc, Mutex, MutexGuard, atomic};
+
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+/// A single-waiter wake-up with a stored permit (the subset of tokio's
+/// `Notify::notify_one` / `notified` the control mailbox needs).
+///
+/// [`Signal::notify`] stores a permit and wakes the registered waiter, if
+/// any; [`Signal::poll_wait`] consumes the permit or registers the caller's
+/// waker. A notify that happens before the waiter registers is therefore kept,
+/// not lost. Only one task may wait at a time (the mailbox's run loop): a
+/// second waiter replaces the first's waker.
+///
+/// Permit and waker live under one mutex, not in an atomic beside it: the
+/// check-then-register must be atomic with respect to `notify`, and a lock
+/// makes that evident (the control plane posts rarely; the lock is cheap).
+#[derive(Debug, Default)]
+pub struct Signal {
+    state: Mutex<SignalState>,
+}
+
+#[derive(Debug, Default)]
+struct SignalState {
+    permit: bool,
+    waiter: Option<Waker>,
+}
+
+impl Signal {
+    /// A signal with no stored permit and no waiter.
+    pub fn new() -> Signal {
+        Signal { state: Mutex::new(SignalState::default()) }
+    }
+
+    /// Stores a permit and wakes the waiter. Never waits for the waiter.
+    pub fn notify(&self) {
+        let waiter = {
+            let mut state = self.state.lock();
+            state.permit = true;
+            state.waiter.take()
+        };
+        // Woken outside the lock: the waker may run the waiter's poll inline.
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+
+    /// `Ready` once a permit is available (consuming it); otherwise registers
+    /// `cx`'s waker and returns `Pending`.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.permit) {
+            return Poll::Ready(());
+        }
+        state.waiter = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Waits for a permit. Cancel-safe: dropping the future consumes nothing.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_wait(cx))
+    }
+}

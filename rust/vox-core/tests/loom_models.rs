@@ -1,4 +1,5 @@
-//! loom models of the channel registry: its one mutex comes from
+//! loom models of the channel registry, the session's control mailbox and a
+//! connection's liveness gate: their mutexes, atomics and wake-up come from
 //! `crate::sync`, so under `cfg(loom)` every interleaving of the threads below
 //! is explored (bounded by `LOOM_MAX_PREEMPTIONS`).
 //!
@@ -6,8 +7,9 @@
 //! configured out), so `.ci/proofs` sets the cfg for vox-core's own crates
 //! only, through a small `RUSTC_WRAPPER`; see the ADR's "Proofs" section.
 //!
-//! The session control mailbox is not modelled: it is built on tokio's mpsc
-//! and `Notify`, which loom cannot check.
+//! The mailbox's bounded lane is tokio's mpsc (model-checked by tokio's own
+//! loom suite); loom sees each of its operations as one step, and explores
+//! every interleaving of the reserved lane and the `Signal` wake-up around it.
 #![cfg(loom)]
 
 use std::sync::Arc as StdArc;
@@ -21,6 +23,20 @@ use vox_core::driver::channel::{
     ItemOutcome, LossCause, RecvError, Registry, RegistryConfig, RemoteOutcome, SendError, StateKind,
 };
 use vox_core::wire::{ChannelDecl, ChannelDirection, ChannelId, Parity, Payload};
+
+/// Runs `body` under `loom::model` and prints how many interleavings were
+/// explored (the ADR's table quotes these counts; run with `--nocapture`).
+fn model<F: Fn() + Sync + Send + 'static>(body: F) {
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+    let runs = StdArc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    loom::model(move || {
+        counter.fetch_add(1, StdOrdering::Relaxed);
+        body();
+    });
+    let name = std::thread::current().name().unwrap_or("model").to_owned();
+    println!("{name}: {} interleavings", runs.load(StdOrdering::Relaxed));
+}
 
 /// A waker that raises a loom flag.
 struct Flag(AtomicBool);
@@ -80,7 +96,7 @@ fn count(out: &[Payload], pick: impl Fn(&Payload) -> bool) -> usize {
 /// GrantCredit, then the sender drops; the driver flushes concurrently.
 #[test]
 fn tx_send_vs_grant_vs_drop() {
-    loom::model(|| {
+    model(|| {
         let reg = registry(Parity::Odd);
         let id = reg.create_outgoing(ChannelDirection::CallerToHandler, 0).expect("create").id;
         let sender = {
@@ -126,7 +142,7 @@ fn tx_send_vs_grant_vs_drop() {
 /// reset, exactly once; at most one reset leaves.
 #[test]
 fn rx_drop_vs_item_vs_close() {
-    loom::model(|| {
+    model(|| {
         let reg = registry(Parity::Odd);
         let id = reg.create_outgoing(ChannelDirection::HandlerToCaller, 2).expect("create").id;
         let receiver = {
@@ -161,7 +177,7 @@ fn rx_drop_vs_item_vs_close() {
 /// credit is woken; nothing stays open.
 #[test]
 fn connection_loss_vs_send() {
-    loom::model(|| {
+    model(|| {
         let reg = registry(Parity::Odd);
         let id = reg.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("create").id;
         let sender = {
@@ -206,7 +222,7 @@ fn connection_loss_vs_send() {
 /// close arrive: every item is delivered, in order, then the end.
 #[test]
 fn bind_vs_early_items_vs_close() {
-    loom::model(|| {
+    model(|| {
         let reg = registry(Parity::Even);
         let decl = ChannelDecl { id: ChannelId(1), direction: ChannelDirection::CallerToHandler, initial_credit: 2 };
         reg.on_remote_announce(&[decl]).expect("announce");
@@ -241,5 +257,187 @@ fn bind_vs_early_items_vs_close() {
         assert_eq!(seen, [Bytes::from_static(b"a"), Bytes::from_static(b"b")], "order kept across bind");
         assert_eq!(reg.state_kind(id), None::<StateKind>);
         assert!(matches!(reg.poll_recv(id, &mut cx), Poll::Ready(Ok(None)) | Poll::Ready(Err(RecvError::Reset))));
+    });
+}
+
+/// A waker that raises a flag under a loom mutex and signals a loom condvar.
+/// (Unparking the thread instead would also wake it while it is blocked on an
+/// unrelated loom mutex, which loom rejects.)
+#[derive(Default)]
+struct Wakeup {
+    woken: loom::sync::Mutex<bool>,
+    cond: loom::sync::Condvar,
+}
+
+impl Wake for Wakeup {
+    fn wake(self: StdArc<Self>) {
+        *self.woken.lock().expect("wakeup lock") = true;
+        self.cond.notify_one();
+    }
+}
+
+/// Drives `future` on the current loom thread, sleeping on the condvar
+/// between polls. A wake that never comes leaves the thread blocked, which
+/// loom reports as a deadlock: that is how the models detect a lost wake-up.
+/// (loom's own `block_on` needs its `futures` feature and one more crate.)
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let wakeup = StdArc::new(Wakeup::default());
+    let waker = Waker::from(wakeup.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+        let mut woken = wakeup.woken.lock().expect("wakeup lock");
+        while !*woken {
+            woken = wakeup.cond.wait(woken).expect("wakeup wait");
+        }
+        *woken = false;
+    }
+}
+
+/// Model 5 — control mailbox full vs a drop-path request. The bounded queue
+/// (capacity 1) is full and an async caller waits on it while a `Drop` posts on
+/// the reserved lane; the run loop (this thread) must be woken for every
+/// request (a lost wake-up is a loom deadlock), take each exactly once, keep
+/// FIFO on the queue, and never need more than the bounded space.
+#[test]
+fn mailbox_full_vs_drop_request() {
+    use tokio::sync::oneshot;
+    use vox_core::session::control::{ControlMsg, DropRequest, mailbox};
+    use vox_core::wire::{ConnectionId, Metadata};
+
+    fn close(id: u64) -> ControlMsg {
+        // The reply receiver is dropped: the model only checks delivery.
+        let (reply, _) = oneshot::channel();
+        ControlMsg::CloseConnection { id: ConnectionId(id), metadata: Metadata::new(), reply }
+    }
+
+    model(|| {
+        let (tx, mut rx) = mailbox(1);
+        assert!(block_on(tx.send(close(1))).is_ok(), "first request fills the queue");
+        let caller = {
+            let tx = tx.clone();
+            thread::spawn(move || block_on(tx.send(close(3))).is_ok())
+        };
+        let dropper = {
+            let tx = tx.clone();
+            thread::spawn(move || tx.post(DropRequest::ConnectionDropped(ConnectionId(5))))
+        };
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            match block_on(rx.recv()) {
+                Some(ControlMsg::CloseConnection { id, .. }) => got.push(('q', id.0)),
+                Some(ControlMsg::ConnectionDropped(id)) => got.push(('d', id.0)),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(tx.reserved_len() <= 1, "reserved lane grew beyond one mark per connection");
+        }
+        assert!(caller.join().expect("caller"), "the waiting caller got its place");
+        dropper.join().expect("dropper");
+        let queued: Vec<u64> = got.iter().filter(|(lane, _)| *lane == 'q').map(|(_, id)| *id).collect();
+        assert_eq!(queued, [1, 3], "queue lane is FIFO and lossless: {got:?}");
+        assert_eq!(got.iter().filter(|(lane, _)| *lane == 'd').count(), 1, "drop request exactly once: {got:?}");
+        assert_eq!(tx.reserved_len(), 0);
+        assert!(tx.queue_high_water() <= tx.queue_capacity(), "queue stayed bounded");
+    });
+}
+
+/// Model 6 — `close_connection` vs traffic on that connection. The session
+/// ends the connection and then queues its `CloseConnection`; concurrently a
+/// caller sends a request and a handler finishes an inbound request, and the
+/// peer's response to the call may arrive. Every send asks the connection's
+/// real `Liveness` gate under the one connection lock, as `ConnectionCore`
+/// does. Checked: nothing of the connection follows its `CloseConnection`,
+/// the close is queued once, and the call ends in exactly one outcome (its
+/// response, or the typed loss, never both or neither).
+#[test]
+fn close_connection_vs_inbound_traffic() {
+    use std::collections::HashMap;
+    use vox_core::driver::channel::LossCause;
+    use vox_core::driver::liveness::Liveness;
+    use vox_core::sync::Mutex;
+
+    #[derive(Debug, PartialEq)]
+    enum Out {
+        Request,
+        HandlerResponse,
+        Close,
+    }
+
+    #[derive(Debug)]
+    enum Outcome {
+        Response,
+        Lost(LossCause),
+    }
+
+    /// The state `ConnectionCore` keeps under its lock, reduced to what this
+    /// race touches; the queue stands for the session's outbound path.
+    #[derive(Default)]
+    struct Conn {
+        live: Liveness,
+        calls: HashMap<u64, ()>,
+        handlers: HashMap<u64, ()>,
+        outbound: Vec<Out>,
+        outcomes: Vec<Outcome>,
+    }
+
+    model(|| {
+        let conn = Arc::new(Mutex::new(Conn::default()));
+        conn.lock().handlers.insert(2, ());
+        // Caller: `send_request` — admit, register the call, queue, atomically.
+        let caller = {
+            let conn = conn.clone();
+            thread::spawn(move || {
+                let mut c = conn.lock();
+                match c.live.admit() {
+                    Ok(()) => {
+                        c.calls.insert(1, ());
+                        c.outbound.push(Out::Request);
+                    }
+                    Err(cause) => c.outcomes.push(Outcome::Lost(cause)),
+                }
+            })
+        };
+        // Handler: `finish_handler` — the response leaves only while live.
+        let handler = {
+            let conn = conn.clone();
+            thread::spawn(move || {
+                let mut c = conn.lock();
+                if c.live.admit().is_ok() && c.handlers.remove(&2).is_some() {
+                    c.outbound.push(Out::HandlerResponse);
+                }
+            })
+        };
+        // Session run loop: the peer's response to call 1 if it was sent
+        // (`on_response`), then `close_connection` (`on_lost`, then owe the
+        // CloseConnection).
+        {
+            let mut c = conn.lock();
+            if !c.live.is_lost() && c.calls.remove(&1).is_some() {
+                c.outcomes.push(Outcome::Response);
+            }
+        }
+        {
+            let mut c = conn.lock();
+            if c.live.end(LossCause::ConnectionClosed) {
+                let failed: Vec<u64> = c.calls.drain().map(|(id, ())| id).collect();
+                c.handlers.clear();
+                for _ in failed {
+                    c.outcomes.push(Outcome::Lost(LossCause::ConnectionClosed));
+                }
+            }
+        }
+        assert!(!conn.lock().live.end(LossCause::SessionShutdown), "the gate ends once");
+        conn.lock().outbound.push(Out::Close);
+        caller.join().expect("caller");
+        handler.join().expect("handler");
+        let c = conn.lock();
+        let close_at = c.outbound.iter().position(|m| *m == Out::Close).expect("close queued");
+        assert_eq!(close_at, c.outbound.len() - 1, "nothing follows CloseConnection: {:?}", c.outbound);
+        assert_eq!(c.outcomes.len(), 1, "the call ends exactly once: {:?}", c.outcomes);
+        assert!(matches!(c.outcomes[0], Outcome::Response | Outcome::Lost(LossCause::ConnectionClosed)));
+        assert_eq!(c.live.cause(), Some(&LossCause::ConnectionClosed));
     });
 }

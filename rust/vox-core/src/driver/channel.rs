@@ -12,7 +12,7 @@
 
 mod error;
 mod inner;
-mod mutant;
+pub(crate) mod mutant;
 mod state;
 mod table;
 

@@ -12,6 +12,7 @@
 use super::channel::{LossCause, Registry, RegistryConfig, Violation as ChannelViolation};
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
+use super::liveness::Liveness;
 use crate::session::outbound::{Outbound, OutboundPermit};
 use crate::sync::Mutex;
 use crate::wire::{
@@ -60,7 +61,7 @@ enum CallEntry {
 }
 
 struct CoreState {
-    lost: Option<LossCause>,
+    lost: Liveness,
     requests: IdAllocator,
     calls: HashMap<RequestId, CallEntry>,
     // Inbound requests in flight; the sender stops the handler.
@@ -131,7 +132,7 @@ impl ConnectionCore {
             outbound,
             slots,
             state: Mutex::new(CoreState {
-                lost: None,
+                lost: Liveness::Live,
                 requests: IdAllocator::new(local_parity),
                 calls: HashMap::new(),
                 handlers: HashMap::new(),
@@ -161,7 +162,7 @@ impl ConnectionCore {
 
     /// Why the connection ended, if it has.
     pub fn lost(&self) -> Option<LossCause> {
-        self.state.lock().lost.clone()
+        self.state.lock().lost.cause().cloned()
     }
 
     // ------------------------------------------------------------ sending
@@ -185,7 +186,7 @@ impl ConnectionCore {
 
     pub(crate) fn send_with(&self, permit: OutboundPermit<'_>, payload: Payload) -> Result<(), LossCause> {
         let st = self.state.lock();
-        if let Some(c) = &st.lost {
+        if let Err(c) = st.lost.admit() {
             return Err(c.clone());
         }
         permit.send(Message { connection_id: self.id, payload });
@@ -201,7 +202,7 @@ impl ConnectionCore {
         item: Blob,
     ) -> Result<(), super::channel::SendError> {
         let st = self.state.lock();
-        if let Some(c) = &st.lost {
+        if let Err(c) = st.lost.admit() {
             return Err(super::channel::SendError::ConnectionLost(c.clone()));
         }
         self.registry.spend_credit(id)?;
@@ -257,7 +258,7 @@ impl ConnectionCore {
         let (reply_tx, reply_rx) = oneshot::channel();
         let (id, decls) = {
             let mut st = self.state.lock();
-            if let Some(c) = &st.lost {
+            if let Err(c) = st.lost.admit() {
                 return Err(c.clone().into());
             }
             let Some(raw) = st.requests.allocate() else {
@@ -289,7 +290,7 @@ impl ConnectionCore {
     fn cancel(&self, id: RequestId) {
         let waker = {
             let mut st = self.state.lock();
-            if st.lost.is_some() {
+            if st.lost.is_lost() {
                 return;
             }
             match st.calls.remove(&id) {
@@ -318,7 +319,7 @@ impl ConnectionCore {
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>, out: &mut Vec<Payload>) -> Poll<bool> {
         {
             let mut st = self.state.lock();
-            if st.lost.is_some() {
+            if st.lost.is_lost() {
                 return Poll::Ready(false);
             }
             while let Some(id) = st.cancels_due.pop_front() {
@@ -355,10 +356,9 @@ impl ConnectionCore {
     pub(crate) fn on_lost(&self, cause: LossCause) {
         let (calls, handlers, waker) = {
             let mut st = self.state.lock();
-            if st.lost.is_some() {
+            if !st.lost.end(cause.clone()) {
                 return;
             }
-            st.lost = Some(cause.clone());
             st.cancels_due.clear();
             (std::mem::take(&mut st.calls), std::mem::take(&mut st.handlers), st.flush_waker.take())
         };
@@ -434,7 +434,7 @@ impl ConnectionCore {
         let (stop_tx, stop_rx) = oneshot::channel();
         {
             let mut st = self.state.lock();
-            if st.lost.is_some() {
+            if st.lost.is_lost() {
                 return Ok(());
             }
             // rule: rpc.request.id
@@ -465,7 +465,7 @@ impl ConnectionCore {
 
     fn on_response(&self, id: RequestId, ret: ResponseBody, metadata: Metadata) -> Result<(), Violation> {
         let mut st = self.state.lock();
-        if st.lost.is_some() {
+        if st.lost.is_lost() {
             return Ok(());
         }
         match st.calls.remove(&id) {
@@ -504,7 +504,7 @@ impl ConnectionCore {
 
     fn finish_handler(&self, permit: OutboundPermit<'_>, id: RequestId, ret: ResponseBody, metadata: Metadata) {
         let mut st = self.state.lock();
-        if st.lost.is_some() || st.handlers.remove(&id).is_none() {
+        if st.lost.is_lost() || st.handlers.remove(&id).is_none() {
             return;
         }
         // Removing the entry and queueing the response under one lock: the

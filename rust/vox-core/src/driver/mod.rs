@@ -8,6 +8,7 @@ mod core;
 mod error;
 mod handle;
 mod handler;
+pub mod liveness;
 
 pub use core::{ConnectionCore, CoreStats, Violation};
 pub use error::CallError;

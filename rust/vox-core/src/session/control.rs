@@ -15,12 +15,11 @@
 
 use super::SessionError;
 use super::handle::ConnectionHandle;
-use crate::sync::Mutex;
+use crate::driver::channel::mutant;
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, Signal};
 use crate::wire::{ConnectionId, ConnectionSettings, Metadata};
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// A request to the session run loop.
 #[derive(Debug)]
@@ -60,7 +59,7 @@ struct Reserved {
 
 struct Shared {
     reserved: Mutex<Reserved>,
-    wake: Notify,
+    wake: Signal,
     queue_high_water: AtomicUsize,
     capacity: usize,
 }
@@ -84,7 +83,7 @@ pub fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         reserved: Mutex::new(Reserved::default()),
-        wake: Notify::new(),
+        wake: Signal::new(),
         queue_high_water: AtomicUsize::new(0),
         capacity,
     });
@@ -117,9 +116,11 @@ impl MailboxTx {
                 DropRequest::ConnectionDropped(id) => r.dropped.push_back(id),
             }
         }
-        // notify_one stores a permit if the run loop is not waiting yet, so
-        // the wake-up cannot be lost.
-        self.shared.wake.notify_one();
+        // `notify` stores a permit if the run loop is not waiting yet, so
+        // the wake-up cannot be lost (loom model 5 checks this).
+        if !mutant::active("mailbox_wake_skipped") {
+            self.shared.wake.notify();
+        }
     }
 
     /// The most messages ever waiting in the bounded queue at once.
@@ -178,14 +179,14 @@ impl MailboxRx {
             }
             tokio::select! {
                 biased;
-                _ = self.shared.wake.notified() => continue,
+                _ = self.shared.wake.wait() => continue,
                 m = self.queue.recv() => {
                     if m.is_some() {
                         return m;
                     }
                     // Every async sender is gone; the reserved lane may still
                     // be posted to by drops, so keep waiting on it.
-                    self.shared.wake.notified().await;
+                    self.shared.wake.wait().await;
                 }
             }
         }

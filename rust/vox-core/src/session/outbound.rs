@@ -111,6 +111,14 @@ pub fn spawn_writer(
     (outbound, task)
 }
 
+/// An outbound path with no writer, for in-crate model tests that need a
+/// `ConnectionCore` but never send.
+#[cfg(test)]
+pub(crate) fn detached(capacity: usize) -> (Outbound, mpsc::Receiver<Message>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity: capacity.max(1) }) }, rx)
+}
+
 fn encode(msg: Message) -> Result<Bytes, String> {
     wire::encode("ConduitMsg", &ConduitMsg::Message(msg)).map(Bytes::from).map_err(|e| e.to_string())
 }

@@ -223,3 +223,8 @@ impl ConnTable {
         self.entries.drain().map(|(_, e)| e).collect()
     }
 }
+
+// Property test of this table against a reference model (issue 5, ADR 0001).
+#[cfg(test)]
+#[path = "table_model.rs"]
+mod model;

@@ -1,0 +1,240 @@
+//! The connection table against a small, obviously-correct reference model
+//! (proptest; `PROPTEST_CASES`, default 1,000). Random sequences of local and
+//! peer events, illegal ones included — reused and wrong-parity ids, answers
+//! for connections we never opened, closes crossing ours, late messages — are
+//! applied to the real [`ConnTable`] the way the run loop applies them, and
+//! every verdict is compared with the model's.
+//!
+//! The model keeps the full history of every id (no bounded window to get
+//! wrong) plus the release order; "still remembered" is then simply "among
+//! the last `cap` releases".
+
+use super::*;
+use crate::driver::ConnectionCore;
+use crate::session::outbound;
+use crate::wire::ConnectionSettings;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefState {
+    PendingOutbound,
+    Open,
+    Released(Released),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Open,
+    PendingOutbound,
+    Late,
+    Violation,
+}
+
+struct Reference {
+    parity: Parity,
+    cap: usize,
+    ids: BTreeMap<u64, RefState>,
+    released: Vec<u64>,
+    highest_local: u64,
+    highest_peer: u64,
+    late: u64,
+}
+
+impl Reference {
+    fn live(&self) -> usize {
+        self.ids.values().filter(|s| matches!(s, RefState::PendingOutbound | RefState::Open)).count()
+    }
+
+    fn remembered(&self, id: u64) -> bool {
+        self.released.iter().rev().take(self.cap).any(|r| *r == id)
+    }
+
+    fn release(&mut self, id: u64, how: Released) {
+        self.ids.insert(id, RefState::Released(how));
+        self.released.push(id);
+    }
+
+    fn verdict(&mut self, id: u64) -> Verdict {
+        match self.ids.get(&id) {
+            Some(RefState::Open) => return Verdict::Open,
+            Some(RefState::PendingOutbound) => return Verdict::PendingOutbound,
+            Some(RefState::Released(how)) if self.remembered(id) => {
+                return match how {
+                    Released::ByUs => {
+                        self.late += 1;
+                        Verdict::Late
+                    }
+                    Released::ByPeer => Verdict::Violation,
+                };
+            }
+            _ => {}
+        }
+        let highest = if Parity::of(id) == self.parity { self.highest_local } else { self.highest_peer };
+        if id <= highest {
+            self.late += 1;
+            Verdict::Late
+        } else {
+            Verdict::Violation
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// `open_connection` from a local caller.
+    OpenOutbound,
+    /// The peer's `OpenConnection`, then our acceptor's decision.
+    PeerOpen { id: u64, accept: bool },
+    /// The peer's `AcceptConnection` / `RejectConnection`.
+    PeerAnswer { id: u64, accept: bool },
+    /// `close_connection` or the last caller dropped.
+    LocalClose { id: u64 },
+    /// The peer's `CloseConnection` (possibly crossing ours).
+    PeerClose { id: u64 },
+    /// Any other message on the connection.
+    Message { id: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = 1u64..16;
+    prop_oneof![
+        2 => Just(Op::OpenOutbound),
+        2 => (id.clone(), any::<bool>()).prop_map(|(id, accept)| Op::PeerOpen { id, accept }),
+        2 => (id.clone(), any::<bool>()).prop_map(|(id, accept)| Op::PeerAnswer { id, accept }),
+        2 => id.clone().prop_map(|id| Op::LocalClose { id }),
+        2 => id.clone().prop_map(|id| Op::PeerClose { id }),
+        3 => id.prop_map(|id| Op::Message { id }),
+    ]
+}
+
+fn core(id: ConnectionId, parity: Parity, out: &outbound::Outbound) -> Arc<ConnectionCore> {
+    let settings = ConnectionSettings::default();
+    ConnectionCore::new(id, parity, settings.clone(), settings, out.clone(), None, 4)
+}
+
+fn judge(lookup: Lookup<'_>) -> Verdict {
+    match lookup {
+        Lookup::Open(_) => Verdict::Open,
+        Lookup::PendingOutbound => Verdict::PendingOutbound,
+        Lookup::Late => Verdict::Late,
+        Lookup::Violation(_) => Verdict::Violation,
+    }
+}
+
+fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (out, _rx) = outbound::detached(4);
+    let mut table = ConnTable::new(parity, cap);
+    let mut model = Reference {
+        parity,
+        cap,
+        ids: BTreeMap::new(),
+        released: Vec::new(),
+        highest_local: 0,
+        highest_peer: 0,
+        late: 0,
+    };
+    let mut replies = Vec::new();
+    for op in ops {
+        match op {
+            Op::OpenOutbound => {
+                let (reply, rx) = oneshot::channel();
+                replies.push(rx);
+                let Ok((id, conn_parity)) = table.open_outbound(ConnectionSettings::default(), reply) else {
+                    return Err(TestCaseError::fail("id space exhausted in a short run"));
+                };
+                // rule connection.parity: ours, increasing, never the root.
+                prop_assert_eq!(id.0, model.highest_local + if model.highest_local == 0 { parity.first() } else { 2 });
+                prop_assert_eq!(conn_parity, parity);
+                model.highest_local = id.0;
+                model.ids.insert(id.0, RefState::PendingOutbound);
+            }
+            Op::PeerOpen { id, accept } => {
+                let legal = Parity::of(id) != parity && id > model.highest_peer;
+                let got = table.check_inbound_open(ConnectionId(id));
+                prop_assert_eq!(got.is_ok(), legal, "inbound open {}: {:?}", id, got);
+                if legal {
+                    model.highest_peer = id;
+                    if accept {
+                        prop_assert!(table.insert_open(ConnectionId(id), core(ConnectionId(id), parity, &out)).is_ok());
+                        model.ids.insert(id, RefState::Open);
+                    } else {
+                        table.reject_inbound(ConnectionId(id));
+                        model.release(id, Released::ByPeer);
+                    }
+                }
+            }
+            Op::PeerAnswer { id, accept } => {
+                let event = if accept { ConnEvent::PeerAccepted } else { ConnEvent::PeerRejected };
+                let legal = model.ids.get(&id) == Some(&RefState::PendingOutbound);
+                let got = table.take_pending(ConnectionId(id), event);
+                prop_assert_eq!(got.is_ok(), legal, "answer for {}", id);
+                if legal {
+                    if accept {
+                        table.set_open(ConnectionId(id), core(ConnectionId(id), parity, &out));
+                        model.ids.insert(id, RefState::Open);
+                    } else {
+                        model.release(id, Released::ByPeer);
+                    }
+                }
+            }
+            Op::LocalClose { id } => {
+                let legal = model.ids.get(&id) == Some(&RefState::Open);
+                let got = table.release(ConnectionId(id), Released::ByUs);
+                prop_assert_eq!(got.is_some(), legal, "local close of {}", id);
+                if legal {
+                    model.release(id, Released::ByUs);
+                }
+            }
+            Op::PeerClose { id } => {
+                // The run loop's order: release, else a crossing close, else judge.
+                if model.ids.get(&id) == Some(&RefState::Open) {
+                    prop_assert!(table.release(ConnectionId(id), Released::ByPeer).is_some());
+                    model.release(id, Released::ByPeer);
+                } else {
+                    prop_assert!(table.release(ConnectionId(id), Released::ByPeer).is_none());
+                    let crossing =
+                        model.remembered(id) && model.ids.get(&id) == Some(&RefState::Released(Released::ByUs));
+                    prop_assert_eq!(table.released_by_us(ConnectionId(id)), crossing, "crossing close of {}", id);
+                    if crossing {
+                        table.mark_peer_closed(ConnectionId(id));
+                        model.ids.insert(id, RefState::Released(Released::ByPeer));
+                    } else {
+                        let expected = model.verdict(id);
+                        prop_assert_eq!(judge(table.lookup(ConnectionId(id))), expected, "close of {}", id);
+                    }
+                }
+            }
+            Op::Message { id } => {
+                let expected = model.verdict(id);
+                prop_assert_eq!(judge(table.lookup(ConnectionId(id))), expected, "message on {}", id);
+            }
+        }
+        // Invariants after every step.
+        prop_assert_eq!(table.len(), model.live());
+        prop_assert_eq!(table.late_messages, model.late);
+        prop_assert!(table.tombstones.len() <= cap, "tombstones stay within their bound");
+    }
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    // PROPTEST_CASES overrides the default 1,000 (see `.ci/proofs`).
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Rules connection.open, connection.parity, connection.close and
+    /// connection.close.crossing: the table's verdicts equal the model's.
+    #[test]
+    fn connection_table_matches_reference_model(
+        odd in any::<bool>(),
+        cap in 0usize..5,
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        run(if odd { Parity::Odd } else { Parity::Even }, cap, ops)?;
+    }
+}
