@@ -6,7 +6,6 @@
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType, TraitItem, TraitItemFn, Type,
     parse_macro_input,
@@ -19,9 +18,20 @@ use syn::{
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     let attr = TokenStream2::from(attr);
     let item = parse_macro_input!(item as ItemTrait);
+    // On error, the trait is still emitted (without the vox attributes) so
+    // the only errors the user sees are the ones pointing at the signature.
+    let mut fallback = item.clone();
+    for ti in &mut fallback.items {
+        if let TraitItem::Fn(f) = ti {
+            f.attrs.retain(|a| !a.path().is_ident("vox"));
+        }
+    }
     match expand(attr, item) {
         Ok(tokens) => tokens.into(),
-        Err(e) => e.to_compile_error().into(),
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote!(#e #fallback).into()
+        }
     }
 }
 
@@ -169,29 +179,29 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
     let sig = &f.sig;
     let before = errors.0.is_some();
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(
-            sig.fn_token.span(),
+        errors.push(syn::Error::new_spanned(
+            sig,
             format!("vox service methods must be `async fn`: write `async fn {}(&self, ..)`", sig.ident),
         ));
     }
     if let Some(b) = &f.default {
-        errors.push(syn::Error::new(b.span(), "vox service methods cannot have a default body"));
+        errors.push(syn::Error::new_spanned(b, "vox service methods cannot have a default body"));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push(syn::Error::new(sig.generics.span(), "vox service methods cannot be generic"));
+        errors.push(syn::Error::new_spanned(&sig.generics, "vox service methods cannot be generic"));
     }
     if sig.constness.is_some() || sig.unsafety.is_some() || sig.abi.is_some() || sig.variadic.is_some() {
-        errors.push(syn::Error::new(sig.span(), "vox service methods must be plain `async fn`"));
+        errors.push(syn::Error::new_spanned(sig, "vox service methods must be plain `async fn`"));
     }
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
-        Some(other @ FnArg::Receiver(_)) => errors.push(syn::Error::new(
-            other.span(),
+        Some(other @ FnArg::Receiver(_)) => errors.push(syn::Error::new_spanned(
+            other,
             "vox service methods must take `&self` (not `self`, `&mut self` or a typed receiver)",
         )),
-        Some(other) => errors.push(syn::Error::new(
-            other.span(),
+        Some(other) => errors.push(syn::Error::new_spanned(
+            other,
             format!("vox service methods must take `&self` first: write `async fn {}(&self, ..)`", sig.ident),
         )),
         None => errors.push(syn::Error::new(
@@ -202,28 +212,28 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
     let mut args = Vec::new();
     for input in inputs {
         let FnArg::Typed(pt) = input else {
-            errors.push(syn::Error::new(input.span(), "unexpected receiver"));
+            errors.push(syn::Error::new_spanned(input, "unexpected receiver"));
             continue;
         };
         let name = match &*pt.pat {
             Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => pi.ident.clone(),
             other => {
-                errors.push(syn::Error::new(other.span(), "vox service arguments must be plain names"));
+                errors.push(syn::Error::new_spanned(other, "vox service arguments must be plain names"));
                 continue;
             }
         };
         let ty = (*pt.ty).clone();
         if let Some(inner) = find_channel_inside(&ty) {
-            errors.push(syn::Error::new(
-                inner.span(),
+            errors.push(syn::Error::new_spanned(
+                inner,
                 "channels (`Tx`/`Rx`) are only allowed as top-level arguments, never inside collections, \
                  `Option`s, tuples or other types (PROTOCOL.md rule rpc.channel)",
             ));
             continue;
         }
         if matches!(ty, Type::Reference(_) | Type::ImplTrait(_) | Type::Infer(_)) {
-            errors.push(syn::Error::new(
-                ty.span(),
+            errors.push(syn::Error::new_spanned(
+                ty,
                 "vox service arguments must be owned types (they are decoded from the request)",
             ));
             continue;
@@ -235,8 +245,8 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) => {
             if let Some(ch) = find_channel(ty) {
-                errors.push(syn::Error::new(
-                    ch.span(),
+                errors.push(syn::Error::new_spanned(
+                    ch,
                     "channels (`Tx`/`Rx`) are not allowed in return types or errors; \
                      pass a `Tx<T>` argument to stream results back (PROTOCOL.md rule rpc.channel)",
                 ));
@@ -262,10 +272,10 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
 fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> {
     let mut errors = Errors::default();
     if !attr.is_empty() {
-        errors.push(syn::Error::new(attr.span(), "#[service] takes no arguments"));
+        errors.push(syn::Error::new_spanned(attr, "#[service] takes no arguments"));
     }
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-        errors.push(syn::Error::new(item.generics.span(), "vox service traits cannot be generic"));
+        errors.push(syn::Error::new_spanned(&item.generics, "vox service traits cannot be generic"));
     }
     let mut methods = Vec::new();
     for ti in &item.items {
@@ -276,7 +286,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 }
             }
             other => {
-                errors.push(syn::Error::new(other.span(), "vox service traits may only contain `async fn` methods"))
+                errors.push(syn::Error::new_spanned(other, "vox service traits may only contain `async fn` methods"))
             }
         }
     }
