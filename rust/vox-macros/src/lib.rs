@@ -68,8 +68,8 @@ struct Arg {
 
 enum Output {
     Unit,
-    Plain(Type),
-    Fallible { ok: Type, err: Type },
+    Plain(Box<Type>),
+    Fallible { ok: Box<Type>, err: Box<Type> },
 }
 
 struct Method {
@@ -255,9 +255,9 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
                 Some(mut ts) => {
                     let err = ts.pop().expect("two types");
                     let ok = ts.pop().expect("two types");
-                    Output::Fallible { ok, err }
+                    Output::Fallible { ok: Box::new(ok), err: Box::new(err) }
                 }
-                None => Output::Plain((**ty).clone()),
+                None => Output::Plain(ty.clone()),
             }
         }
     };
