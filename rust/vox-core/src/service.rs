@@ -32,7 +32,7 @@ use std::sync::Arc;
 ///   `fn m(&self, ..) -> impl Future<Output = R> + Send` and `Send + Sync +
 ///   'static` added as supertraits; implementors still write `async fn`;
 /// - `CalculatorClient`: built from a connection's [`Caller`]
-///   ([`CalculatorClient::new`], [`Client::from_caller`], or
+///   (`CalculatorClient::new`, [`Client::from_caller`], or
 ///   [`OpenClient::open`] on a session handle), with one `async` method per
 ///   trait method taking the same arguments. A method returning `R` returns
 ///   `Result<R, CallError>`; a method returning `Result<T, E>` returns

@@ -369,3 +369,18 @@ async fn a_shared_implementation_serves_every_connection() {
     }
     assert_eq!(imp.calls.load(Ordering::Relaxed), 3);
 }
+
+/// A service with no methods still expands.
+#[vox_core::service]
+pub trait Nothing {}
+
+struct NothingImpl;
+impl Nothing for NothingImpl {}
+
+#[tokio::test]
+async fn a_service_without_methods_answers_unknown_method() {
+    let (_s, c) = sessions(SessionBuilder::new().handler(NothingDispatcher::new(NothingImpl))).await;
+    assert!(NothingClient::METHODS.is_empty());
+    let r = c.root.caller.call::<_, ()>(MethodId::from_names("Nothing", "x"), &(), vec![]).await;
+    assert_eq!(r, Err(CallError::UnknownMethod));
+}

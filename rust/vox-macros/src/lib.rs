@@ -525,6 +525,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
 
             impl<S: #trait_name> #vc::driver::Handler for #dispatcher<S> {
                 fn handle(&self, call: #vc::driver::Call) -> #vc::driver::BoxFuture {
+                    #[allow(unused_variables)]
                     let __service = self.service.clone();
                     ::std::boxed::Box::pin(async move {
                         #[allow(unused_mut)]
