@@ -8,7 +8,10 @@
 pub mod conduit;
 pub mod driver;
 pub mod link;
+pub mod service;
 pub mod session;
 pub mod sync;
 pub mod transport;
 pub mod wire;
+
+pub use service::service;

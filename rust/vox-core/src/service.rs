@@ -1,0 +1,483 @@
+//! Typed services: what the [`service`](macro@service) macro generates code
+//! against.
+//!
+//! - [`Client`]: a generated `<Name>Client`, built from a connection's
+//!   [`Caller`]; [`OpenClient::open`] opens a virtual connection to a named
+//!   service and returns the client in one call.
+//! - [`ServiceDispatcher`]: a generated `<Name>Dispatcher<S>`, a
+//!   [`Handler`] that serves an implementation `S` of the trait.
+//! - [`ServiceRouter`]: serves several services; as an [`Acceptor`] it
+//!   accepts inbound virtual connections by the service name in their
+//!   `OpenConnection` metadata ([`SERVICE_KEY`]) and rejects unknown names
+//!   with a reason ([`REJECT_REASON_KEY`]); as a [`Handler`] (say on the root
+//!   connection) it routes each call by method id.
+//! - [`ServiceError`]: what a call to a method returning `Result<T, E>`
+//!   reports: the handler's own error decoded as `E`, or a [`CallError`].
+//! - [`MethodInfo`]: the per-method table (`<Name>Client::METHODS`), with the
+//!   retry policy from `#[vox(idem)]` and `#[vox(persist)]`.
+
+use crate::driver::{BoxFuture, Call, CallError, ChannelArg, Handler, Rx, Tx};
+use crate::session::{AcceptDecision, Acceptor, Caller, ConnectionRequest, SessionError, SessionHandle};
+use crate::wire::{self, ConnectionSettings, Metadata, MethodId, kebab};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Turns a trait of `async fn` methods into a vox service.
+///
+/// On `trait Calculator` it generates:
+///
+/// - the trait itself, with every `async fn m(&self, ..) -> R` rewritten to
+///   `fn m(&self, ..) -> impl Future<Output = R> + Send` and `Send + Sync +
+///   'static` added as supertraits; implementors still write `async fn`;
+/// - `CalculatorClient`: built from a connection's [`Caller`]
+///   (`CalculatorClient::new`, [`Client::from_caller`], or
+///   [`OpenClient::open`] on a session handle), with one `async` method per
+///   trait method taking the same arguments. A method returning `R` returns
+///   `Result<R, CallError>`; a method returning `Result<T, E>` returns
+///   `Result<T, ServiceError<E>>`, where [`ServiceError::User`] carries the
+///   handler's `Err(e)` decoded as `E`;
+/// - `CalculatorDispatcher<S>`: a [`Handler`] serving an implementation `S`.
+///   It decodes the non-channel arguments (as a tuple, in order), binds the
+///   `Tx`/`Rx` arguments by index in argument order, and answers `Ok(v)` with
+///   the value, `Err(e)` as a user error, undecodable arguments or
+///   mismatched channels with `InvalidPayload`, and unknown method ids with
+///   `UnknownMethod`;
+/// - `SERVICE_NAME` and `METHODS` (a [`MethodInfo`] per method, in
+///   declaration order) on both generated types.
+///
+/// Method ids follow PROTOCOL.md section 7: `MethodId::from_names("Calculator",
+/// "method_name")`, the kebab-cased names hashed with BLAKE3.
+///
+/// Arguments are owned types that implement `Serialize + DeserializeOwned`,
+/// or channel ends: `Rx<T>` means the handler receives (the caller creates
+/// `(tx, rx) = channel()`, passes `rx` and keeps `tx`), `Tx<T>` means the
+/// handler sends. Channels are recognised by the type names `Tx` and `Rx`;
+/// they are only allowed as top-level arguments: in a return type, an error
+/// type, or inside a `Vec`, `Option`, tuple or any other type they are a
+/// compile error. So are methods that are not `async fn`, that do not take
+/// `&self`, that are generic or have a default body.
+///
+/// Method attributes: `#[vox(idem)]` marks a method idempotent (may be
+/// re-executed after an ambiguous failure), `#[vox(persist)]` asks for its
+/// outcome to be kept in the operation table (PROTOCOL.md section 10). They
+/// are recorded in `METHODS`.
+///
+/// # Example
+///
+/// ```
+/// use vox_core::driver::{Rx, Tx, channel};
+/// use vox_core::service::{OpenClient, ServiceError, ServiceRouter};
+/// use vox_core::session::SessionBuilder;
+/// use vox_core::wire::ConnectionSettings;
+///
+/// /// Arithmetic over the wire.
+/// #[vox_core::service]
+/// pub trait Calculator {
+///     /// Adds two numbers.
+///     #[vox(idem)]
+///     async fn add(&self, a: i64, b: i64) -> i64;
+///     /// Divides, failing on zero.
+///     async fn divide(&self, a: i64, b: i64) -> Result<i64, String>;
+///     /// Sums the numbers the caller streams.
+///     async fn sum(&self, numbers: Rx<i64>) -> i64;
+///     /// Streams `from, from - 1, .., 0` back.
+///     async fn countdown(&self, from: u32, out: Tx<u32>);
+/// }
+///
+/// struct Calc;
+///
+/// impl Calculator for Calc {
+///     async fn add(&self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+///     async fn divide(&self, a: i64, b: i64) -> Result<i64, String> {
+///         if b == 0 { Err("division by zero".into()) } else { Ok(a / b) }
+///     }
+///     async fn sum(&self, mut numbers: Rx<i64>) -> i64 {
+///         let mut total = 0;
+///         while let Ok(Some(n)) = numbers.recv().await {
+///             total += n;
+///         }
+///         total
+///     }
+///     async fn countdown(&self, from: u32, mut out: Tx<u32>) {
+///         for i in (0..=from).rev() {
+///             if out.send(&i).await.is_err() {
+///                 break;
+///             }
+///         }
+///         let _ = out.close().await;
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (a, b) = vox_core::link::memory_pair(Default::default());
+/// let server = SessionBuilder::new()
+///     .handler(CalculatorDispatcher::new(Calc))
+///     .acceptor(ServiceRouter::new().serve(CalculatorDispatcher::new(Calc)));
+/// let (server, client) =
+///     tokio::join!(server.establish_acceptor(a), SessionBuilder::new().establish_initiator(b));
+/// let (_server, client) = (server?, client?);
+///
+/// // On the root connection.
+/// let calc = CalculatorClient::new(client.root.caller.clone());
+/// assert_eq!(calc.add(2, 3).await?, 5);
+/// assert_eq!(calc.divide(1, 0).await, Err(ServiceError::User("division by zero".to_string())));
+///
+/// // Streaming both ways.
+/// let (mut tx, rx) = channel::<i64>();
+/// let feed = async move {
+///     for n in 1..=10 {
+///         tx.send(&n).await?;
+///     }
+///     tx.close().await
+/// };
+/// let (total, fed) = tokio::join!(calc.sum(rx), feed);
+/// fed?;
+/// assert_eq!(total?, 55);
+///
+/// let (tx, mut rx) = channel::<u32>();
+/// let collect = async move {
+///     let mut got = Vec::new();
+///     while let Some(n) = rx.recv().await? {
+///         got.push(n);
+///     }
+///     Ok::<_, vox_core::driver::ChannelError>(got)
+/// };
+/// let (done, got) = tokio::join!(calc.countdown(2, tx), collect);
+/// done?;
+/// assert_eq!(got?, vec![2, 1, 0]);
+///
+/// // On a virtual connection opened by service name.
+/// let calc2 = client.handle.open::<CalculatorClient>(ConnectionSettings::default()).await?;
+/// assert_eq!(calc2.add(40, 2).await?, 42);
+///
+/// // The policy table.
+/// assert!(CalculatorClient::METHODS[0].idem);
+/// assert_eq!(CalculatorClient::METHODS[1].name, "divide");
+/// # Ok(()) }
+/// ```
+pub use vox_macros::service;
+
+/// The `OpenConnection` metadata key naming the service a virtual connection
+/// is for (a string; matched in kebab case, so `Calculator` and `calculator`
+/// are the same service).
+pub const SERVICE_KEY: &str = "vox-service";
+
+/// The `RejectConnection` metadata key with a readable reason.
+pub const REJECT_REASON_KEY: &str = "vox-reject-reason";
+
+/// One method of a service, as declared: its names and retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MethodInfo {
+    /// The service (trait) name.
+    pub service: &'static str,
+    /// The method name as written in the trait.
+    pub name: &'static str,
+    /// `#[vox(idem)]`: executing the call twice has the same effect as once,
+    /// so it may be re-executed after an ambiguous failure.
+    pub idem: bool,
+    /// `#[vox(persist)]`: the outcome is kept in the operation table.
+    pub persist: bool,
+    /// Whether the method takes `Tx`/`Rx` arguments.
+    pub has_channels: bool,
+}
+
+impl MethodInfo {
+    /// The method id (PROTOCOL.md section 7).
+    ///
+    /// ```
+    /// use vox_core::service::MethodInfo;
+    /// use vox_core::wire::MethodId;
+    /// let m = MethodInfo { service: "Testbed", name: "echo", idem: false, persist: false, has_channels: false };
+    /// assert_eq!(m.id(), MethodId::from_names("Testbed", "echo"));
+    /// ```
+    pub fn id(&self) -> MethodId {
+        MethodId::from_names(self.service, self.name)
+    }
+
+    /// Finds the method with id `id` in a `METHODS` table.
+    pub fn find(methods: &'static [MethodInfo], id: MethodId) -> Option<&'static MethodInfo> {
+        methods.iter().find(|m| m.id() == id)
+    }
+}
+
+/// What a call to a method declared as returning `Result<T, E>` reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError<E> {
+    /// The handler returned `Err(e)`.
+    #[error("the service returned an error: {0}")]
+    User(E),
+    /// The call itself failed (see [`CallError`]); an application error that
+    /// could not be decoded as `E` is [`CallError::InvalidResponse`].
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+impl<E> ServiceError<E> {
+    /// The handler's own error, if that is what this is.
+    pub fn user(&self) -> Option<&E> {
+        match self {
+            ServiceError::User(e) => Some(e),
+            ServiceError::Call(_) => None,
+        }
+    }
+
+    /// Whether the same call may be attempted again (never for a user error).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServiceError::User(_) => false,
+            ServiceError::Call(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// A generated `<Name>Client`.
+pub trait Client: Sized + Clone + Send + Sync + 'static {
+    /// The service name.
+    const SERVICE_NAME: &'static str;
+    /// The method table, in declaration order.
+    const METHODS: &'static [MethodInfo];
+    /// A client calling over `caller`'s connection.
+    fn from_caller(caller: Caller) -> Self;
+    /// The connection's caller.
+    fn caller(&self) -> &Caller;
+}
+
+/// A generated `<Name>Dispatcher<S>`: a handler for one service.
+pub trait ServiceDispatcher: Handler + Clone {
+    /// The service name.
+    const SERVICE_NAME: &'static str;
+    /// The method table, in declaration order.
+    const METHODS: &'static [MethodInfo];
+}
+
+/// Opens typed clients on virtual connections.
+///
+/// ```no_run
+/// # #[vox_core::service] pub trait Calculator { async fn add(&self, a: i64, b: i64) -> i64; }
+/// # async fn demo(handle: vox_core::session::SessionHandle) -> Result<(), Box<dyn std::error::Error>> {
+/// use vox_core::service::OpenClient;
+/// let calc = handle.open::<CalculatorClient>(Default::default()).await?;
+/// println!("{}", calc.add(1, 2).await?);
+/// // Dropping the client (its last caller) closes the connection.
+/// # Ok(()) }
+/// ```
+pub trait OpenClient {
+    /// Opens a virtual connection for `C`'s service (its name goes in the
+    /// `OpenConnection` metadata under [`SERVICE_KEY`]) and returns the
+    /// client. A rejection is [`SessionError::Rejected`]; see
+    /// [`reject_reason`].
+    fn open<C: Client>(&self, settings: ConnectionSettings) -> impl Future<Output = Result<C, SessionError>> + Send {
+        self.open_with::<C>(settings, Metadata::new())
+    }
+
+    /// Like [`open`](OpenClient::open), with extra metadata after the
+    /// service name.
+    fn open_with<C: Client>(
+        &self,
+        settings: ConnectionSettings,
+        metadata: Metadata,
+    ) -> impl Future<Output = Result<C, SessionError>> + Send;
+}
+
+impl OpenClient for SessionHandle {
+    async fn open_with<C: Client>(&self, settings: ConnectionSettings, metadata: Metadata) -> Result<C, SessionError> {
+        let mut md = Metadata::new().with_str(SERVICE_KEY, C::SERVICE_NAME, 0);
+        md.0.extend(metadata.0);
+        let conn = self.open_connection(settings, md).await?;
+        Ok(C::from_caller(conn.caller))
+    }
+}
+
+/// The readable reason in a rejection's metadata, if any.
+pub fn reject_reason(error: &SessionError) -> Option<&str> {
+    match error {
+        SessionError::Rejected { metadata } => metadata.get_str(REJECT_REASON_KEY),
+        _ => None,
+    }
+}
+
+struct Entry {
+    name: &'static str,
+    handler: Arc<dyn Handler>,
+}
+
+/// Serves several services.
+///
+/// - As an [`Acceptor`]: accepts an inbound virtual connection whose
+///   `OpenConnection` metadata names a served service ([`SERVICE_KEY`]) and
+///   serves it with that service's dispatcher; rejects any other, with the
+///   reason under [`REJECT_REASON_KEY`].
+/// - As a [`Handler`]: routes each call to the service owning its method id
+///   (method ids include the service name), `UnknownMethod` otherwise.
+///
+/// ```
+/// # #[vox_core::service] pub trait Calculator { async fn add(&self, a: i64, b: i64) -> i64; }
+/// # struct Calc;
+/// # impl Calculator for Calc { async fn add(&self, a: i64, b: i64) -> i64 { a + b } }
+/// use vox_core::service::ServiceRouter;
+/// use vox_core::session::SessionBuilder;
+/// let router = ServiceRouter::new().serve(CalculatorDispatcher::new(Calc));
+/// assert_eq!(router.service_names(), vec!["Calculator"]);
+/// let builder = SessionBuilder::new().handler(router.clone()).acceptor(router);
+/// # drop(builder);
+/// ```
+#[derive(Clone, Default)]
+pub struct ServiceRouter {
+    inner: Arc<RouterInner>,
+}
+
+#[derive(Default)]
+struct RouterInner {
+    settings: ConnectionSettings,
+    by_name: BTreeMap<String, Entry>,
+    by_method: HashMap<MethodId, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for ServiceRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRouter").field("services", &self.service_names()).finish()
+    }
+}
+
+impl ServiceRouter {
+    /// No services; accepted connections get default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn inner_mut(&mut self) -> &mut RouterInner {
+        if Arc::get_mut(&mut self.inner).is_none() {
+            // Shared: copy the table before changing it.
+            let copy = RouterInner {
+                settings: self.inner.settings.clone(),
+                by_name: self
+                    .inner
+                    .by_name
+                    .iter()
+                    .map(|(k, e)| (k.clone(), Entry { name: e.name, handler: e.handler.clone() }))
+                    .collect(),
+                by_method: self.inner.by_method.clone(),
+            };
+            self.inner = Arc::new(copy);
+        }
+        Arc::get_mut(&mut self.inner).expect("unique after copy")
+    }
+
+    /// Serves `dispatcher`'s service. A service of the same name served
+    /// before is replaced.
+    pub fn serve<D: ServiceDispatcher>(mut self, dispatcher: D) -> Self {
+        let handler: Arc<dyn Handler> = Arc::new(dispatcher);
+        let inner = self.inner_mut();
+        if let Some(old) =
+            inner.by_name.insert(kebab(D::SERVICE_NAME), Entry { name: D::SERVICE_NAME, handler: handler.clone() })
+        {
+            let old_name = old.name;
+            inner.by_method.retain(|_, h| !Arc::ptr_eq(h, &old.handler));
+            tracing::debug!(service = old_name, "service replaced in router");
+        }
+        for m in D::METHODS {
+            inner.by_method.insert(m.id(), handler.clone());
+        }
+        self
+    }
+
+    /// Our settings for accepted connections.
+    pub fn settings(mut self, settings: ConnectionSettings) -> Self {
+        self.inner_mut().settings = settings;
+        self
+    }
+
+    /// The names of the served services, sorted.
+    pub fn service_names(&self) -> Vec<&'static str> {
+        self.inner.by_name.values().map(|e| e.name).collect()
+    }
+
+    /// The handler serving `service` (matched in kebab case).
+    pub fn handler_for(&self, service: &str) -> Option<Arc<dyn Handler>> {
+        self.inner.by_name.get(&kebab(service)).map(|e| e.handler.clone())
+    }
+}
+
+impl Acceptor for ServiceRouter {
+    fn decide(&self, request: &ConnectionRequest) -> AcceptDecision {
+        let reason = match request.metadata.get_str(SERVICE_KEY) {
+            None => format!("no `{SERVICE_KEY}` entry in the OpenConnection metadata: cannot tell which service"),
+            Some(name) => match self.inner.by_name.get(&kebab(name)) {
+                Some(entry) => {
+                    return AcceptDecision::Accept {
+                        settings: self.inner.settings.clone(),
+                        metadata: Metadata::new().with_str(SERVICE_KEY, entry.name, 0),
+                        handler: Some(entry.handler.clone()),
+                    };
+                }
+                None => format!("unknown service {name:?}; served here: {}", self.service_names().join(", ")),
+            },
+        };
+        AcceptDecision::Reject(Metadata::new().with_str(REJECT_REASON_KEY, reason, 0))
+    }
+}
+
+impl Handler for ServiceRouter {
+    fn handle(&self, call: Call) -> BoxFuture {
+        match self.inner.by_method.get(&call.method_id) {
+            Some(h) => h.handle(call),
+            None => Box::pin(async move { call.reply.unknown_method() }),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T> Sealed for crate::driver::Tx<T> {}
+    impl<T> Sealed for crate::driver::Rx<T> {}
+}
+
+/// A channel end a client can hand to a call ([`Tx`] or [`Rx`]).
+pub trait IntoChannelArg: sealed::Sealed {
+    /// The end as a call argument, or `None` if it came from a handler.
+    fn into_channel_arg(self) -> Option<ChannelArg>;
+}
+
+impl<T> IntoChannelArg for Tx<T> {
+    fn into_channel_arg(self) -> Option<ChannelArg> {
+        self.into_arg()
+    }
+}
+
+impl<T> IntoChannelArg for Rx<T> {
+    fn into_channel_arg(self) -> Option<ChannelArg> {
+        self.into_arg()
+    }
+}
+
+/// Support code for generated services; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    /// Hands a client's channel argument over, or fails the call.
+    pub fn channel_arg<C: IntoChannelArg>(end: C, name: &'static str) -> Result<ChannelArg, CallError> {
+        end.into_channel_arg().ok_or_else(|| {
+            CallError::SendFailed(format!(
+                "channel argument `{name}` is not a fresh end from `channel()` (ends bound by a handler cannot be passed on)"
+            ))
+        })
+    }
+
+    /// Decodes a user error as `E`.
+    pub fn typed<T, E: DeserializeOwned>(r: Result<T, CallError>) -> Result<T, ServiceError<E>> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(CallError::User(blob)) => match wire::decode::<E>("user error", blob.bytes()) {
+                Ok(e) => Err(ServiceError::User(e)),
+                Err(d) => Err(ServiceError::Call(CallError::InvalidResponse(d.to_string()))),
+            },
+            Err(e) => Err(ServiceError::Call(e)),
+        }
+    }
+}
