@@ -73,6 +73,8 @@ pub struct Peer {
     /// The subject's root connection settings.
     pub subject_root: ConnectionSettings,
     next_nonce: u64,
+    /// Responses read while waiting for another one.
+    stashed: Vec<(u64, RequestId, ResponseBody)>,
 }
 
 impl Peer {
@@ -84,6 +86,7 @@ impl Peer {
             subject_parity: Parity::Odd,
             subject_root: ConnectionSettings::default(),
             next_nonce: 0x5eed,
+            stashed: Vec::new(),
         }
     }
 
@@ -164,33 +167,55 @@ impl Peer {
         }
     }
 
-    /// Waits for the response to request `id` on `conn`.
+    /// Waits for the response to request `id` on `conn`; responses to other
+    /// requests read meanwhile are kept for later, other messages skipped.
     pub async fn response(&mut self, conn: u64, id: u64) -> CaseResult<ResponseBody> {
-        let m = self
-            .expect_where(&format!("the response to request {id} on connection {conn}"), |m| {
-                m.connection_id.0 == conn && matches!(&m.payload, Payload::Response { id: r, .. } if r.0 == id)
-            })
-            .await?;
-        match m.payload {
-            Payload::Response { ret, .. } => Ok(ret),
-            _ => unreachable_response(),
+        if let Some(i) = self.stashed.iter().position(|(c, r, _)| *c == conn && r.0 == id) {
+            return Ok(self.stashed.swap_remove(i).2);
         }
+        loop {
+            let m = self.expect(&format!("the response to request {id} on connection {conn}")).await?;
+            match m.payload {
+                Payload::Response { id: r, ret, .. } if m.connection_id.0 == conn && r.0 == id => return Ok(ret),
+                Payload::Response { id: r, ret, .. } => self.stashed.push((m.connection_id.0, r, ret)),
+                Payload::ProtocolError { description } => {
+                    fail!("the subject sent ProtocolError({description:?}) while the harness waited for response {id}")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a response to `id` on `conn` was read and kept.
+    pub fn has_stashed(&self, conn: u64, id: u64) -> bool {
+        self.stashed.iter().any(|(c, r, _)| *c == conn && r.0 == id)
     }
 
     /// A round trip: sends a `Ping` and collects everything the subject
     /// sends before the matching `Pong`. Because the link is ordered, any
     /// message the subject sent before it handled the ping is in the list.
     pub async fn barrier(&mut self) -> CaseResult<Vec<Message>> {
+        match self.try_barrier().await? {
+            (before, false) => Ok(before),
+            (_, true) => fail!("the subject closed the link while the harness waited for a Pong (round trip)"),
+        }
+    }
+
+    /// Like [`Peer::barrier`], but the subject may end the link instead of
+    /// answering; returns what came before and whether the link ended.
+    pub async fn try_barrier(&mut self) -> CaseResult<(Vec<Message>, bool)> {
         self.next_nonce += 1;
         let nonce = self.next_nonce;
         self.send(0, Payload::Ping { nonce }).await?;
         let mut before = Vec::new();
         loop {
-            let m = self.expect("a Pong (round trip through the subject)").await?;
+            let Some(m) = self.recv("a Pong (round trip through the subject)").await? else {
+                return Ok((before, true));
+            };
             match &m.payload {
                 Payload::Pong { nonce: n } if *n == nonce => {
                     ensure!(m.connection_id.is_root(), "session.message.connection-id: Pong on connection {}", m.connection_id);
-                    return Ok(before);
+                    return Ok((before, false));
                 }
                 Payload::ProtocolError { description } => {
                     fail!("the subject sent ProtocolError({description:?}) for a valid exchange")
@@ -322,6 +347,3 @@ impl Peer {
     }
 }
 
-fn unreachable_response<T>() -> CaseResult<T> {
-    Err(CaseError::Failed("internal: matched a non-response".into()))
-}

@@ -93,6 +93,18 @@ impl Running {
         }
     }
 
+    /// Ends a case: on success the subject must exit 0; on failure the
+    /// subject's exit status and stderr are added to the message.
+    pub async fn conclude(self, result: CaseResult) -> CaseResult {
+        match result {
+            Ok(()) => self.finish().await,
+            Err(e) => match self.finish().await {
+                Ok(()) => Err(e),
+                Err(f) => Err(CaseError::Failed(format!("{e} [subject: {f}]"))),
+            },
+        }
+    }
+
     async fn early_exit(&mut self) -> CaseError {
         let status = self.child.wait().await;
         let err = self.stderr().await;

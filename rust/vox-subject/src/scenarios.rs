@@ -197,5 +197,15 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
         }
         other => return Err(SubjectError::Config(format!("unknown CLIENT_SCENARIO {other:?}"))),
     }
-    Ok(())
+    // A graceful end: releasing the root ends the session once everything
+    // queued has been written (rule rpc.caller.liveness); exiting before
+    // that would cut off the last messages.
+    let handle = session.handle.clone();
+    drop(caller);
+    drop(session);
+    match tokio::time::timeout(Duration::from_secs(10), handle.closed()).await {
+        Ok(CloseReason::RootReleased) => Ok(()),
+        Ok(other) => Err(f(format!("the session ended with {other:?} after the scenario"))),
+        Err(_) => Err(f("the session did not end after the root caller was dropped".into())),
+    }
 }

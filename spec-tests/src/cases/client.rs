@@ -9,7 +9,7 @@ use crate::{ensure, fail};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use vox_core::wire::{
-    self, Blob, ChannelDecl, ChannelDirection, ChannelId, ConnectionSettings, Message, Metadata, MethodId, Parity,
+    self, Blob, ChannelDecl, ChannelDirection, ConnectionSettings, Message, Metadata, MethodId, Parity,
     Payload, RequestId, ResponseBody,
 };
 
@@ -96,8 +96,14 @@ async fn client(cmd: &SubjectCmd, scenario: &str) -> CaseResult<(Running, Peer)>
 
 pub async fn client_basic_calls(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "basic_calls").await?;
-    serve_plain_until_eof(&mut peer).await?;
-    running.finish().await
+    let r = client_basic_calls_body(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn client_basic_calls_body(peer: &mut Peer) -> CaseResult {
+    serve_plain_until_eof(peer).await?;
+    Ok(())
 }
 
 /// Waits for a request for `method`, checks it, returns (id, args, channels).
@@ -121,7 +127,13 @@ async fn expect_request(peer: &mut Peer, method: &str) -> CaseResult<(RequestId,
 
 pub async fn client_sum_channel_respects_credit(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "sum_channel").await?;
-    let (id, _, channels) = expect_request(&mut peer, "sum").await?;
+    let r = client_sum_channel_respects_credit_body(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn client_sum_channel_respects_credit_body(peer: &mut Peer) -> CaseResult {
+    let (id, _, channels) = expect_request(peer, "sum").await?;
     let [c] = channels.as_slice() else { fail!("rpc.request: sum announced {channels:?}, expected one channel") };
     ensure!(c.direction == ChannelDirection::CallerToHandler, "rpc.channel: sum's channel direction {:?}", c.direction);
     let ch = c.id;
@@ -131,15 +143,28 @@ pub async fn client_sum_channel_respects_credit(cmd: SubjectCmd) -> CaseResult {
     let mut got = Vec::new();
     loop {
         if credit == 0 {
-            for m in peer.barrier().await? {
-                if matches!(m.payload, Payload::ChannelItem { .. } | Payload::CloseChannel { .. }) {
-                    fail!("rpc.flow-control.credit: the subject sent {:?} with no credit left", m.payload.kind());
+            let (before, ended) = peer.try_barrier().await?;
+            let mut closed = false;
+            for m in before {
+                match m.payload {
+                    Payload::ChannelItem { .. } => fail!("rpc.flow-control.credit: the subject sent an item with no credit left"),
+                    Payload::CloseChannel { id, .. } if id == ch => closed = true,
+                    other => fail!("unexpected {other:?}"),
                 }
             }
+            if closed {
+                break;
+            }
+            ensure!(!ended, "rpc.channel.lifecycle: the subject ended after {} of 100 items without CloseChannel", got.len());
             peer.send(0, Payload::GrantCredit { id: ch, additional: 7 }).await?;
             credit += 7;
         }
-        let m = peer.expect("sum items").await?;
+        let Some(m) = peer.recv("sum items").await? else {
+            fail!(
+                "rpc.channel.lifecycle: the subject ended its session after {} of 100 items and no CloseChannel; the channel must outlive the response",
+                got.len()
+            );
+        };
         match m.payload {
             Payload::ChannelItem { id, item } if id == ch => {
                 credit -= 1;
@@ -151,12 +176,18 @@ pub async fn client_sum_channel_respects_credit(cmd: SubjectCmd) -> CaseResult {
     }
     ensure!(got == (1..=100).collect::<Vec<i32>>(), "rpc.channel.lifecycle: items {got:?}");
     peer.expect_closed("the subject to finish").await?;
-    running.finish().await
+    Ok(())
 }
 
 pub async fn client_generate_channel(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "generate_channel").await?;
-    let (id, args, channels) = expect_request(&mut peer, "generate").await?;
+    let r = client_generate_channel_body(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn client_generate_channel_body(peer: &mut Peer) -> CaseResult {
+    let (id, args, channels) = expect_request(peer, "generate").await?;
     let n: u32 = wire::decode("args", &args.0)?;
     let [c] = channels.as_slice() else { fail!("rpc.request: generate announced {channels:?}") };
     ensure!(c.direction == ChannelDirection::HandlerToCaller, "rpc.channel: direction {:?}", c.direction);
@@ -179,16 +210,22 @@ pub async fn client_generate_channel(cmd: SubjectCmd) -> CaseResult {
     while let Some(m) = peer.recv("the end of the scenario").await? {
         ensure!(matches!(m.payload, Payload::GrantCredit { .. }), "unexpected {:?}", m.payload);
     }
-    running.finish().await
+    Ok(())
 }
 
 pub async fn client_respects_max_concurrent_requests(cmd: SubjectCmd) -> CaseResult {
     let settings = ConnectionSettings { max_concurrent_requests: 1, ..ConnectionSettings::default() };
     let (running, mut peer) = subject::client(&cmd, "concurrent_echo", settings).await?;
+    let r = one_at_a_time(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn one_at_a_time(peer: &mut Peer) -> CaseResult {
     for n in 0..8 {
         let m = peer.expect(&format!("echo request {n}")).await?;
         let Payload::Request { id, method_id, args, .. } = m.payload else { fail!("unexpected {:?}", m.payload) };
-        for other in peer.barrier().await? {
+        if let Some(other) = peer.barrier().await?.first() {
             fail!(
                 "rpc.flow-control.max-concurrent-requests: we advertised 1, but the subject sent {} while request {} was in flight",
                 other.payload.kind(),
@@ -197,67 +234,103 @@ pub async fn client_respects_max_concurrent_requests(cmd: SubjectCmd) -> CaseRes
         }
         peer.send(0, respond(id, answer(method_id, &args)?)).await?;
     }
-    peer.expect_closed("the subject to finish").await?;
-    running.finish().await
+    peer.expect_closed("the subject to finish").await
 }
 
 pub async fn client_virtual_connection_close_crossing(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "virtual_connection").await?;
+    let r = virtual_connection(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn virtual_connection(peer: &mut Peer) -> CaseResult {
     let m = peer.expect("OpenConnection").await?;
     let conn = m.connection_id.0;
-    let Payload::OpenConnection { parity, .. } = m.payload else { fail!("connection.open: expected OpenConnection, got {:?}", m.payload) };
+    let Payload::OpenConnection { parity, .. } = m.payload else {
+        fail!("connection.open: expected OpenConnection, got {:?}", m.payload)
+    };
     ensure!(
         Parity::of(conn) == peer.subject_parity && conn != 0,
         "connection.open: the subject opened id {conn}, not of its session parity {:?}",
         peer.subject_parity
     );
-    for early in peer.barrier().await? {
+    if let Some(early) = peer.barrier().await?.first() {
         fail!("connection.open: the subject sent {:?} before AcceptConnection", early.payload.kind());
     }
-    peer.send(conn, Payload::AcceptConnection { settings: ConnectionSettings::default(), metadata: Metadata::new() }).await?;
+    peer.send(conn, Payload::AcceptConnection { settings: ConnectionSettings::default(), metadata: Metadata::new() })
+        .await?;
     let m = peer.expect("a request on the virtual connection").await?;
     let Payload::Request { id, method_id, args, .. } = m.payload else { fail!("unexpected {:?}", m.payload) };
     ensure!(m.connection_id.0 == conn, "the request came on {}", m.connection_id);
     ensure!(Parity::of(id.0) == parity, "connection.parity: request id {} on a {parity:?} connection", id.0);
     peer.send(conn, respond(id, answer(method_id, &args)?)).await?;
-    // Dropping its last caller closes the connection.
-    let m = peer.expect("CloseConnection (rpc.caller.liveness)").await?;
-    ensure!(
-        m.connection_id.0 == conn && matches!(m.payload, Payload::CloseConnection { .. }),
-        "rpc.caller.liveness: expected CloseConnection on {conn}, got {:?} on {}",
-        m.payload,
-        m.connection_id
-    );
-    // Our own close crosses theirs: both sides closing at once is fine.
-    peer.send(conn, Payload::CloseConnection { metadata: Metadata::new() }).await?;
-    serve_plain_until_eof(&mut peer).await?;
-    running.finish().await
+    // Dropping its last caller closes the connection (asynchronously: root
+    // calls may come first).
+    let mut closed = false;
+    while let Some(m) = peer.recv("CloseConnection and root calls").await? {
+        match m.payload {
+            Payload::CloseConnection { .. } if m.connection_id.0 == conn => {
+                ensure!(!closed, "connection.close: CloseConnection twice");
+                closed = true;
+                // Our own close crosses theirs: both sides closing is fine.
+                peer.send(conn, Payload::CloseConnection { metadata: Metadata::new() }).await?;
+            }
+            Payload::Request { id, method_id, args, .. } if m.connection_id.is_root() => {
+                peer.send(0, respond(id, answer(method_id, &args)?)).await?;
+            }
+            other => fail!("unexpected {other:?} on connection {}", m.connection_id),
+        }
+    }
+    ensure!(closed, "rpc.caller.liveness: the virtual connection's last caller was dropped but no CloseConnection came");
+    Ok(())
 }
 
 pub async fn client_cancel_late_response_ignored(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "cancel").await?;
-    let (id, _, _) = expect_request(&mut peer, "sleep_ms").await?;
-    let m = peer.expect("CancelRequest").await?;
-    ensure!(
-        matches!(m.payload, Payload::CancelRequest { id: c } if c == id),
-        "rpc.cancel: expected CancelRequest for {}, got {:?}",
-        id.0,
-        m.payload
-    );
-    // Our answer crosses the cancel: the subject must ignore it.
-    peer.send(0, respond(id, ok(&()))).await?;
-    serve_plain_until_eof(&mut peer).await?;
-    running.finish().await
+    let r = cancel(&mut peer).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn cancel(peer: &mut Peer) -> CaseResult {
+    let (sleeping, _, _) = expect_request(peer, "sleep_ms").await?;
+    let mut cancelled = false;
+    while let Some(m) = peer.recv("CancelRequest and further calls").await? {
+        match m.payload {
+            Payload::CancelRequest { id } if id == sleeping => {
+                cancelled = true;
+                // Our answer crosses the cancel: the subject must ignore it.
+                peer.send(0, respond(id, ok(&()))).await?;
+            }
+            Payload::Request { id, method_id, args, .. } => {
+                peer.send(0, respond(id, answer(method_id, &args)?)).await?;
+            }
+            other => fail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(cancelled, "rpc.cancel: the subject abandoned a call without sending CancelRequest");
+    Ok(())
 }
 
 pub async fn client_open_rejected(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "open_rejected").await?;
-    let m = peer.expect("OpenConnection").await?;
-    ensure!(matches!(m.payload, Payload::OpenConnection { .. }), "expected OpenConnection, got {:?}", m.payload);
-    peer.send(m.connection_id.0, Payload::RejectConnection { metadata: Metadata::new().with_str("reason", "full", 0) })
-        .await?;
-    serve_plain_until_eof(&mut peer).await?;
-    running.finish().await
+    let r = async {
+        let m = peer.expect("OpenConnection").await?;
+        ensure!(matches!(m.payload, Payload::OpenConnection { .. }), "expected OpenConnection, got {:?}", m.payload);
+        peer.send(m.connection_id.0, Payload::RejectConnection { metadata: Metadata::new().with_str("reason", "full", 0) })
+            .await?;
+        serve_plain_until_eof(&mut peer).await
+    }
+    .await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+enum Misbehave {
+    DuplicateResponse,
+    UnknownResponse,
+    ItemWithoutCredit,
 }
 
 /// The `await_protocol_error` scenario: the subject calls generate (never
@@ -265,20 +338,26 @@ pub async fn client_open_rejected(cmd: SubjectCmd) -> CaseResult {
 /// `ProtocolError`, close, and report a local protocol error.
 async fn subject_must_object(cmd: SubjectCmd, misbehave: Misbehave) -> CaseResult {
     let (running, mut peer) = client(&cmd, "await_protocol_error").await?;
-    let mut generate: Option<(RequestId, ChannelDecl)> = None;
+    let r = misbehave_on(&mut peer, misbehave).await;
+    drop(peer);
+    running.conclude(r).await
+}
+
+async fn misbehave_on(peer: &mut Peer, misbehave: Misbehave) -> CaseResult {
+    let mut generate: Option<ChannelDecl> = None;
     let mut echo: Option<RequestId> = None;
     while generate.is_none() || echo.is_none() {
         let m: Message = peer.expect("the generate and echo requests").await?;
         match m.payload {
-            Payload::Request { id, method_id, channels, .. } if method_id == mid("generate") => {
+            Payload::Request { method_id, channels, .. } if method_id == mid("generate") => {
                 let [c] = channels.as_slice() else { fail!("generate announced {channels:?}") };
-                generate = Some((id, *c));
+                generate = Some(*c);
             }
             Payload::Request { id, method_id, .. } if method_id == mid("echo") => echo = Some(id),
             other => fail!("unexpected {other:?}"),
         }
     }
-    let (Some((_, ch)), Some(echo)) = (generate, echo) else { fail!("internal") };
+    let (Some(ch), Some(echo)) = (generate, echo) else { fail!("internal: requests missing") };
     match misbehave {
         Misbehave::DuplicateResponse => {
             peer.send(0, respond(echo, ok("x"))).await?;
@@ -288,20 +367,14 @@ async fn subject_must_object(cmd: SubjectCmd, misbehave: Misbehave) -> CaseResul
             peer.send(0, respond(RequestId(echo.0 + 1000), ok("x"))).await?;
         }
         Misbehave::ItemWithoutCredit => {
+            // The subject never reads, so it never grants: one item beyond
+            // the initial credit is a violation.
             for i in 0..=ch.initial_credit {
                 peer.send(0, Payload::ChannelItem { id: ch.id, item: blob(&(i as i32)) }).await?;
             }
         }
     }
-    let _ = ChannelId(0);
-    peer.expect_protocol_error().await?;
-    running.finish().await
-}
-
-enum Misbehave {
-    DuplicateResponse,
-    UnknownResponse,
-    ItemWithoutCredit,
+    peer.expect_protocol_error().await.map(|_| ())
 }
 
 pub async fn client_duplicate_response_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
@@ -318,15 +391,20 @@ pub async fn client_item_without_credit_is_protocol_error(cmd: SubjectCmd) -> Ca
 
 pub async fn client_drop_root_ends_session(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = client(&cmd, "drop_root").await?;
-    let (id, args, _) = expect_request(&mut peer, "echo").await?;
-    peer.send(0, respond(id, answer(mid("echo"), &args)?)).await?;
-    while let Some(m) = peer.recv("the end of the session").await? {
-        ensure!(
-            !matches!(m.payload, Payload::CloseConnection { .. }),
-            "rpc.caller.liveness: the subject sent CloseConnection for connection {} (never for the root)",
-            m.connection_id
-        );
-        fail!("unexpected {:?} after the root caller was dropped", m.payload);
+    let r = async {
+        let (id, args, _) = expect_request(&mut peer, "echo").await?;
+        peer.send(0, respond(id, answer(mid("echo"), &args)?)).await?;
+        if let Some(m) = peer.recv("the end of the session").await? {
+            ensure!(
+                !matches!(m.payload, Payload::CloseConnection { .. }),
+                "rpc.caller.liveness: the subject sent CloseConnection for connection {} (never for the root)",
+                m.connection_id
+            );
+            fail!("unexpected {:?} after the root caller was dropped", m.payload);
+        }
+        Ok(())
     }
-    running.finish().await
+    .await;
+    drop(peer);
+    running.conclude(r).await
 }
