@@ -20,27 +20,37 @@ pub struct Outcome {
     pub case: &'static Case,
     /// `None` if it passed.
     pub failure: Option<String>,
+    /// Why the case is expected to fail (a known bug), if it is.
+    pub known: Option<String>,
 }
 
 impl Outcome {
     /// The report line.
     pub fn line(&self) -> String {
         let rules = self.case.rules.join(", ");
-        match &self.failure {
-            None => format!("PASS {} [{}]", self.case.name, rules),
-            Some(what) => format!("FAIL {} [{}]: {}", self.case.name, rules, what),
+        match (&self.failure, &self.known) {
+            (None, None) => format!("PASS {} [{}]", self.case.name, rules),
+            (None, Some(why)) => format!("XPASS {} [{}] (listed as known failure: {why})", self.case.name, rules),
+            (Some(what), None) => format!("FAIL {} [{}]: {}", self.case.name, rules, what),
+            (Some(what), Some(why)) => format!("XFAIL {} [{}]: {} (known: {why})", self.case.name, rules, what),
         }
+    }
+
+    /// Whether this outcome fails the run.
+    pub fn is_failure(&self) -> bool {
+        self.failure.is_some() && self.known.is_none()
     }
 }
 
 /// Runs every case whose name contains `filter`, in parallel, printing one
 /// line per case as it completes; returns the outcomes in table order.
-pub async fn run(filter: &str, cmd: SubjectCmd) -> Vec<Outcome> {
+pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)]) -> Vec<Outcome> {
     let sem = Arc::new(Semaphore::new(PARALLELISM));
     let mut set = tokio::task::JoinSet::new();
     for (index, case) in CASES.iter().enumerate().filter(|(_, c)| c.name.contains(filter)) {
         let sem = sem.clone();
         let cmd = cmd.clone();
+        let known = known.iter().find(|(n, _)| n == case.name).map(|(_, why)| why.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let failure = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(cmd)).await {
@@ -49,7 +59,7 @@ pub async fn run(filter: &str, cmd: SubjectCmd) -> Vec<Outcome> {
                 Ok(Err(CaseError::Failed(e))) => Some(e),
                 Ok(Err(e)) => Some(e.to_string()),
             };
-            let outcome = Outcome { case, failure };
+            let outcome = Outcome { case, failure, known };
             println!("{}", outcome.line());
             (index, outcome)
         });
@@ -63,4 +73,16 @@ pub async fn run(filter: &str, cmd: SubjectCmd) -> Vec<Outcome> {
     }
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Parses a known-failures list: `<case> # <why>` per line, `#` comments.
+pub fn parse_known(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once('#') {
+            Some((name, why)) => (name.trim().to_string(), why.trim().to_string()),
+            None => (l.to_string(), "known failure".to_string()),
+        })
+        .collect()
 }
