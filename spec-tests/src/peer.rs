@@ -114,8 +114,11 @@ impl Peer {
 
     /// Sends a session message.
     pub async fn send(&mut self, connection_id: u64, payload: Payload) -> CaseResult {
-        self.send_value("ConduitMsg", &ConduitMsg::Message(Message { connection_id: ConnectionId(connection_id), payload }))
-            .await
+        self.send_value(
+            "ConduitMsg",
+            &ConduitMsg::Message(Message { connection_id: ConnectionId(connection_id), payload }),
+        )
+        .await
     }
 
     /// The next link message, `None` at end of stream (or after a link
@@ -214,7 +217,11 @@ impl Peer {
             };
             match &m.payload {
                 Payload::Pong { nonce: n } if *n == nonce => {
-                    ensure!(m.connection_id.is_root(), "session.message.connection-id: Pong on connection {}", m.connection_id);
+                    ensure!(
+                        m.connection_id.is_root(),
+                        "session.message.connection-id: Pong on connection {}",
+                        m.connection_id
+                    );
                     return Ok((before, false));
                 }
                 Payload::ProtocolError { description } => {
@@ -252,7 +259,9 @@ impl Peer {
     pub async fn expect_closed(&mut self, what: &str) -> CaseResult {
         loop {
             match self.recv_raw(what).await {
-                Err(CaseError::Timeout(_)) => fail!("session.protocol-error: the subject did not close the link ({what})"),
+                Err(CaseError::Timeout(_)) => {
+                    fail!("session.protocol-error: the subject did not close the link ({what})")
+                }
                 Err(e) => return Err(e),
                 Ok(None) => return Ok(()),
                 Ok(Some(_)) => continue,
@@ -269,7 +278,12 @@ impl Peer {
         let hello = self.expect_hello().await?;
         self.subject_parity = hello.parity;
         self.subject_root = hello.root_settings;
-        let answer = HelloYourself { protocol_version: PROTOCOL_VERSION, root_settings: settings, features: vec![], resume_key: None };
+        let answer = HelloYourself {
+            protocol_version: PROTOCOL_VERSION,
+            root_settings: settings,
+            features: vec![],
+            resume_key: None,
+        };
         self.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::HelloYourself(answer))).await?;
         match self.recv_conduit("LetsGo").await? {
             Some(ConduitMsg::Handshake(HandshakeMsg::LetsGo)) => Ok(()),
@@ -303,7 +317,11 @@ impl Peer {
     pub async fn expect_hello(&mut self) -> CaseResult<Hello> {
         match self.recv_conduit("Hello").await? {
             Some(ConduitMsg::Handshake(HandshakeMsg::Hello(h))) => {
-                ensure!(h.protocol_version == PROTOCOL_VERSION, "session.handshake: Hello version {}", h.protocol_version);
+                ensure!(
+                    h.protocol_version == PROTOCOL_VERSION,
+                    "session.handshake: Hello version {}",
+                    h.protocol_version
+                );
                 Ok(h)
             }
             other => fail!("session.handshake: expected Hello, got {other:?}"),
@@ -313,14 +331,23 @@ impl Peer {
     /// Initiator side of the prologue and the handshake (the subject
     /// listens), with the harness taking `parity`.
     pub async fn initiate_session(&mut self, parity: Parity) -> CaseResult {
-        self.initiate_prologue(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode: ConduitMode::Bare })
-            .await?;
+        self.initiate_prologue(TransportHello {
+            magic: TRANSPORT_MAGIC,
+            version: TRANSPORT_VERSION,
+            mode: ConduitMode::Bare,
+        })
+        .await?;
         self.initiate_handshake(parity).await
     }
 
     /// Initiator side of the handshake only (after the prologue).
     pub async fn initiate_handshake(&mut self, parity: Parity) -> CaseResult {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, parity, root_settings: ConnectionSettings::default(), features: vec![] };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            parity,
+            root_settings: ConnectionSettings::default(),
+            features: vec![],
+        };
         self.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
         match self.recv_conduit("HelloYourself").await? {
             Some(ConduitMsg::Handshake(HandshakeMsg::HelloYourself(hy))) => {
@@ -346,4 +373,3 @@ impl Peer {
         }
     }
 }
-

@@ -17,9 +17,16 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("virtual_connection", "opens a virtual connection, echoes on it, drops its caller, then echoes on the root"),
     ("cancel", "sleep_ms(60000) abandoned after 100 ms, then echo"),
     ("open_rejected", "opens a virtual connection and expects a rejection"),
-    ("await_protocol_error", "calls echo and generate(100) (never reading), expects the session to end with a local protocol error"),
+    (
+        "await_protocol_error",
+        "calls echo and generate(100) (never reading), expects the session to end with a local protocol error",
+    ),
     ("drop_root", "echo, then drops the root caller and expects the session to end"),
     ("establish_fails", "expects the prologue or handshake to fail"),
+    (
+        "release_after_close",
+        "sum(Rx<i32>) answered early; then sends 1 and 2, closes the channel and releases the root at once",
+    ),
 ];
 
 fn fail(scenario: &str, what: impl Into<String>) -> SubjectError {
@@ -50,7 +57,8 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
             if e != "hello" {
                 return Err(f(format!("echo returned {e:?}")));
             }
-            let q: i64 = caller.call(mid("divide"), &(7i64, 2i64), vec![]).await.map_err(|e| f(format!("divide: {e}")))?;
+            let q: i64 =
+                caller.call(mid("divide"), &(7i64, 2i64), vec![]).await.map_err(|e| f(format!("divide: {e}")))?;
             if q != 3 {
                 return Err(f(format!("divide(7, 2) returned {q}")));
             }
@@ -112,6 +120,18 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
                 return Err(f(format!("generate delivered {got:?}")));
             }
         }
+        "release_after_close" => {
+            let (mut tx, rx) = channel::<i32>();
+            let arg = rx.into_arg().ok_or_else(|| f("rx into_arg".into()))?;
+            let total: i64 = caller.call(mid("sum"), &(), vec![arg]).await.map_err(|e| f(format!("sum: {e}")))?;
+            if total != 3 {
+                return Err(f(format!("sum returned {total}")));
+            }
+            for i in 1..=2 {
+                tx.send(&i).await.map_err(|e| f(format!("send {i}: {e}")))?;
+            }
+            tx.close().await.map_err(|e| f(format!("close: {e}")))?;
+        }
         "concurrent_echo" => {
             let calls = (0..8).map(|i| {
                 let c = caller.clone();
@@ -135,7 +155,8 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
                 .open_connection(ConnectionSettings::default(), Metadata::new().with_str("purpose", "spec", 0))
                 .await
                 .map_err(|e| f(format!("open: {e}")))?;
-            let s: String = conn.caller.call(mid("echo"), &"virtual".to_string(), vec![]).await.map_err(|e| f(e.to_string()))?;
+            let s: String =
+                conn.caller.call(mid("echo"), &"virtual".to_string(), vec![]).await.map_err(|e| f(e.to_string()))?;
             if s != "virtual" {
                 return Err(f(format!("echo on the virtual connection returned {s:?}")));
             }

@@ -19,7 +19,14 @@ fn close(id: u64) -> Payload {
 
 /// Receives `generate` output on channel `ch` as the receiver granting
 /// `grant` at a time, checking the subject never exceeds its credit.
-async fn receive_generated(peer: &mut Peer, req: u64, ch: u64, initial: u32, grant: u32, n: u32) -> CaseResult<Vec<i32>> {
+async fn receive_generated(
+    peer: &mut Peer,
+    req: u64,
+    ch: u64,
+    initial: u32,
+    grant: u32,
+    n: u32,
+) -> CaseResult<Vec<i32>> {
     let mut credit = initial;
     let mut got = Vec::new();
     let mut response: Option<ResponseBody> = None;
@@ -31,7 +38,10 @@ async fn receive_generated(peer: &mut Peer, req: u64, ch: u64, initial: u32, gra
             for m in peer.barrier().await? {
                 match m.payload {
                     Payload::ChannelItem { id, .. } if id.0 == ch => {
-                        fail!("rpc.flow-control.credit: the subject sent item {} on channel {ch} with no credit left", got.len())
+                        fail!(
+                            "rpc.flow-control.credit: the subject sent item {} on channel {ch} with no credit left",
+                            got.len()
+                        )
                     }
                     Payload::CloseChannel { id, .. } if id.0 == ch => closed = true,
                     Payload::Response { id, ret, .. } if id.0 == req => response = Some(ret),
@@ -117,7 +127,9 @@ pub async fn rpc_channel_transform_both_directions(cmd: SubjectCmd) -> CaseResul
     while !(closed && done) {
         let m = peer.expect("transform output").await?;
         match m.payload {
-            Payload::ChannelItem { id, item } if id.0 == down => got.push(vox_core::wire::decode::<String>("item", &item.0)?),
+            Payload::ChannelItem { id, item } if id.0 == down => {
+                got.push(vox_core::wire::decode::<String>("item", &item.0)?)
+            }
             Payload::CloseChannel { id, .. } if id.0 == down => closed = true,
             Payload::Response { id, ret, .. } if id.0 == req => {
                 let () = ok_value(&ret)?;

@@ -7,7 +7,11 @@ use crate::{ensure, fail};
 use vox_core::wire::{ConnectionSettings, Metadata, Parity, Payload};
 
 fn open(parity: Parity) -> Payload {
-    Payload::OpenConnection { parity, settings: ConnectionSettings::default(), metadata: Metadata::new().with_str("who", "spec-tests", 0) }
+    Payload::OpenConnection {
+        parity,
+        settings: ConnectionSettings::default(),
+        metadata: Metadata::new().with_str("who", "spec-tests", 0),
+    }
 }
 
 fn close_conn() -> Payload {
@@ -20,7 +24,10 @@ async fn open_accepted(peer: &mut Peer, conn: u64, parity: Parity) -> CaseResult
     let m = peer.expect("AcceptConnection").await?;
     match m.payload {
         Payload::AcceptConnection { settings, .. } if m.connection_id.0 == conn => {
-            ensure!(settings.max_concurrent_requests > 0, "session.connection-settings: accept advertises {settings:?}");
+            ensure!(
+                settings.max_concurrent_requests > 0,
+                "session.connection-settings: accept advertises {settings:?}"
+            );
             Ok(())
         }
         other => fail!("connection.open: expected AcceptConnection on {conn}, got {other:?} on {}", m.connection_id),

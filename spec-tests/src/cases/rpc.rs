@@ -92,7 +92,13 @@ pub async fn rpc_unknown_method_keeps_connection(cmd: SubjectCmd) -> CaseResult 
     let (a, b) = (peer.own_id(0), peer.own_id(1));
     peer.send(
         0,
-        Payload::Request { id: RequestId(a), method_id: MethodId::from_names("Testbed", "no_such_method"), args: blob(&()), channels: vec![], metadata: Metadata::new() },
+        Payload::Request {
+            id: RequestId(a),
+            method_id: MethodId::from_names("Testbed", "no_such_method"),
+            args: blob(&()),
+            channels: vec![],
+            metadata: Metadata::new(),
+        },
     )
     .await?;
     let body = peer.response(0, a).await?;
@@ -108,7 +114,13 @@ pub async fn rpc_invalid_payload_keeps_connection(cmd: SubjectCmd) -> CaseResult
     // A string length prefix far beyond the bytes that follow.
     peer.send(
         0,
-        Payload::Request { id: RequestId(a), method_id: mid("echo"), args: vox_core::wire::Blob(bytes::Bytes::from_static(&[0xff, 0x7f, 1])), channels: vec![], metadata: Metadata::new() },
+        Payload::Request {
+            id: RequestId(a),
+            method_id: mid("echo"),
+            args: vox_core::wire::Blob(bytes::Bytes::from_static(&[0xff, 0x7f, 1])),
+            channels: vec![],
+            metadata: Metadata::new(),
+        },
     )
     .await?;
     let body = peer.response(0, a).await?;
@@ -194,7 +206,9 @@ pub async fn rpc_response_one_per_request_pipelined(cmd: SubjectCmd) -> CaseResu
     while answered < 32 {
         let m = peer.expect("32 responses").await?;
         if let Payload::Response { id, .. } = m.payload {
-            let Some(count) = seen.get_mut(&id.0) else { fail!("rpc.response.one-per-request: response to unknown id {}", id.0) };
+            let Some(count) = seen.get_mut(&id.0) else {
+                fail!("rpc.response.one-per-request: response to unknown id {}", id.0)
+            };
             *count += 1;
             ensure!(*count == 1, "rpc.response.one-per-request: second response for id {}", id.0);
             answered += 1;
@@ -226,9 +240,20 @@ pub async fn rpc_metadata_order_duplicates_and_flags(cmd: SubjectCmd) -> CaseRes
         MetadataEntry { key: "secret".into(), value: MetadataValue::Bytes(vec![1, 2, 3].into()), flags: SENSITIVE },
         MetadataEntry { key: "x-unknown-key".into(), value: MetadataValue::String("ignored".into()), flags: 0 },
     ]);
-    peer.send(0, Payload::Request { id: RequestId(id), method_id: mid("echo"), args: blob("meta"), channels: vec![], metadata: sent.clone() })
+    peer.send(
+        0,
+        Payload::Request {
+            id: RequestId(id),
+            method_id: mid("echo"),
+            args: blob("meta"),
+            channels: vec![],
+            metadata: sent.clone(),
+        },
+    )
+    .await?;
+    let m = peer
+        .expect_where("the echo response", |m| matches!(&m.payload, Payload::Response { id: r, .. } if r.0 == id))
         .await?;
-    let m = peer.expect_where("the echo response", |m| matches!(&m.payload, Payload::Response { id: r, .. } if r.0 == id)).await?;
     let Payload::Response { ret, metadata, .. } = m.payload else { fail!("internal") };
     let s: String = ok_value(&ret)?;
     ensure!(s == "meta", "echo returned {s:?}");

@@ -14,7 +14,9 @@ pub async fn session_keepalive_ping_pong(cmd: SubjectCmd) -> CaseResult {
         let m = peer.expect("a Pong").await?;
         match m.payload {
             Payload::Pong { nonce: n } if n == nonce && m.connection_id.is_root() => {}
-            other => fail!("session.keepalive: Ping({nonce}) answered with {other:?} on connection {}", m.connection_id),
+            other => {
+                fail!("session.keepalive: Ping({nonce}) answered with {other:?} on connection {}", m.connection_id)
+            }
         }
     }
     drop(peer);
@@ -24,8 +26,15 @@ pub async fn session_keepalive_ping_pong(cmd: SubjectCmd) -> CaseResult {
 pub async fn session_message_ping_on_virtual_connection_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = subject::server(&cmd).await?;
     let conn = peer.own_id(0);
-    peer.send(conn, Payload::OpenConnection { parity: peer.parity(), settings: ConnectionSettings::default(), metadata: Metadata::new() })
-        .await?;
+    peer.send(
+        conn,
+        Payload::OpenConnection {
+            parity: peer.parity(),
+            settings: ConnectionSettings::default(),
+            metadata: Metadata::new(),
+        },
+    )
+    .await?;
     peer.expect_where("AcceptConnection", |m| matches!(m.payload, Payload::AcceptConnection { .. })).await?;
     peer.send(conn, Payload::Ping { nonce: 1 }).await?;
     peer.expect_protocol_error().await?;

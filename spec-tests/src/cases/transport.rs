@@ -19,7 +19,10 @@ fn hello(magic: [u8; 4], version: u16, mode: ConduitMode) -> TransportMsg {
 
 /// Sends a prologue hello on a fresh link to a listening subject and returns
 /// the subject's answer (`None` if it closed without one) and the peer.
-async fn prologue_answer(cmd: &SubjectCmd, msg: &TransportMsg) -> CaseResult<(subject::Running, Peer, Option<TransportMsg>)> {
+async fn prologue_answer(
+    cmd: &SubjectCmd,
+    msg: &TransportMsg,
+) -> CaseResult<(subject::Running, Peer, Option<TransportMsg>)> {
     let (running, addr) = subject::listen(cmd).await?;
     let mut peer = Peer::new(subject::dial(addr).await?);
     peer.send_value("TransportMsg", msg).await?;
@@ -43,7 +46,9 @@ pub async fn transport_prologue_bare_accepted_raw_frames(cmd: SubjectCmd) -> Cas
     let n = u32::from_le_bytes(len) as usize;
     ensure!(n < 1024, "transport.stream: answer length prefix {n} is implausible");
     let mut answer = vec![0u8; n];
-    tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer)).await.map_err(|_| timeout("TransportAccept body"))??;
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer))
+        .await
+        .map_err(|_| timeout("TransportAccept body"))??;
     match wire::decode_slice::<TransportMsg>("TransportMsg", &answer)? {
         TransportMsg::Accept { mode: ConduitMode::Bare } => {}
         other => fail!("transport.prologue: expected Accept {{ Bare }}, got {other:?}"),
@@ -86,7 +91,8 @@ pub async fn transport_prologue_unknown_version_rejected(cmd: SubjectCmd) -> Cas
 }
 
 pub async fn transport_prologue_bad_magic_closes(cmd: SubjectCmd) -> CaseResult {
-    let (running, _peer, answer) = prologue_answer(&cmd, &hello(*b"HTTP", TRANSPORT_VERSION, ConduitMode::Bare)).await?;
+    let (running, _peer, answer) =
+        prologue_answer(&cmd, &hello(*b"HTTP", TRANSPORT_VERSION, ConduitMode::Bare)).await?;
     ensure!(
         !matches!(answer, Some(TransportMsg::Accept { .. })),
         "transport.prologue: a hello with bad magic was accepted"
@@ -126,9 +132,18 @@ pub async fn link_rx_oversized_frame_closes_without_waiting(cmd: SubjectCmd) -> 
 pub async fn session_handshake_acceptor_version_mismatch_sorry(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
     let mut peer = Peer::new(subject::dial(addr).await?);
-    peer.initiate_prologue(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode: ConduitMode::Bare })
-        .await?;
-    let hello = Hello { protocol_version: 999, parity: Parity::Odd, root_settings: ConnectionSettings::default(), features: vec![] };
+    peer.initiate_prologue(TransportHello {
+        magic: TRANSPORT_MAGIC,
+        version: TRANSPORT_VERSION,
+        mode: ConduitMode::Bare,
+    })
+    .await?;
+    let hello = Hello {
+        protocol_version: 999,
+        parity: Parity::Odd,
+        root_settings: ConnectionSettings::default(),
+        features: vec![],
+    };
     peer.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
     match peer.recv_conduit("Sorry").await? {
         Some(ConduitMsg::Handshake(HandshakeMsg::Sorry { .. })) => {}
@@ -141,9 +156,18 @@ pub async fn session_handshake_acceptor_version_mismatch_sorry(cmd: SubjectCmd) 
 pub async fn session_handshake_acceptor_sorry_instead_of_letsgo_closes(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
     let mut peer = Peer::new(subject::dial(addr).await?);
-    peer.initiate_prologue(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode: ConduitMode::Bare })
-        .await?;
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, parity: Parity::Odd, root_settings: ConnectionSettings::default(), features: vec![] };
+    peer.initiate_prologue(TransportHello {
+        magic: TRANSPORT_MAGIC,
+        version: TRANSPORT_VERSION,
+        mode: ConduitMode::Bare,
+    })
+    .await?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        parity: Parity::Odd,
+        root_settings: ConnectionSettings::default(),
+        features: vec![],
+    };
     peer.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
     match peer.recv_conduit("HelloYourself").await? {
         Some(ConduitMsg::Handshake(HandshakeMsg::HelloYourself(_))) => {}
@@ -166,7 +190,11 @@ pub async fn session_parity_acceptor_takes_opposite(cmd: SubjectCmd) -> CaseResu
     // An odd connection id is the subject's own: opening it is a violation.
     peer.send(
         1,
-        Payload::OpenConnection { parity: Parity::Even, settings: ConnectionSettings::default(), metadata: Default::default() },
+        Payload::OpenConnection {
+            parity: Parity::Even,
+            settings: ConnectionSettings::default(),
+            metadata: Default::default(),
+        },
     )
     .await?;
     peer.expect_protocol_error().await?;
@@ -197,7 +225,12 @@ pub async fn session_handshake_initiator_version_mismatch_sorry(cmd: SubjectCmd)
     let mut peer = Peer::new(link);
     peer.accept_prologue().await?;
     peer.expect_hello().await?;
-    let hy = HelloYourself { protocol_version: 999, root_settings: ConnectionSettings::default(), features: vec![], resume_key: None };
+    let hy = HelloYourself {
+        protocol_version: 999,
+        root_settings: ConnectionSettings::default(),
+        features: vec![],
+        resume_key: None,
+    };
     peer.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::HelloYourself(hy))).await?;
     match peer.recv_conduit("Sorry").await? {
         Some(ConduitMsg::Handshake(HandshakeMsg::Sorry { .. })) => {}
