@@ -238,7 +238,9 @@ impl Peer {
     pub async fn expect_protocol_error(&mut self) -> CaseResult<String> {
         loop {
             match self.recv("a ProtocolError").await {
-                Err(CaseError::Failed(e)) => fail!("{e}"),
+                Err(CaseError::Timeout(_)) => fail!(
+                    "session.protocol-error: no ProtocolError within {PATIENCE:?}; the subject accepted the violation"
+                ),
                 Err(e) => return Err(e),
                 Ok(None) => fail!("session.protocol-error: the subject closed the link without sending ProtocolError"),
                 Ok(Some(Message { connection_id, payload: Payload::ProtocolError { description } })) => {
