@@ -1,0 +1,244 @@
+//! The case table. Every case names the rules it covers and the direction.
+
+use crate::error::CaseResult;
+use crate::subject::SubjectCmd;
+use std::future::Future;
+use std::pin::Pin;
+
+mod channels;
+mod client;
+mod connections;
+mod rpc;
+mod session;
+mod transport;
+
+/// A running case.
+pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
+
+/// Who drives the exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The subject initiates the link and serves; the harness calls it.
+    HarnessCalls,
+    /// The subject initiates the link and runs a client scenario; the
+    /// harness plays the Testbed server.
+    SubjectCalls,
+    /// The subject listens (link, transport and session acceptor); the
+    /// harness initiates.
+    SubjectAccepts,
+}
+
+/// One conformance case.
+#[derive(Debug)]
+pub struct Case {
+    /// Unique name, in rule-id style.
+    pub name: &'static str,
+    /// Rule ids of `docs/spec/protocol.md` it covers.
+    pub rules: &'static [&'static str],
+    /// Who drives.
+    pub direction: Direction,
+    /// The case itself.
+    pub run: fn(SubjectCmd) -> CaseFuture,
+}
+
+macro_rules! case {
+    ($m:ident :: $f:ident, $dir:ident, [$($r:literal),* $(,)?]) => {
+        Case { name: stringify!($f), rules: &[$($r),*], direction: Direction::$dir, run: |c| Box::pin($m::$f(c)) }
+    };
+}
+
+/// Every case.
+pub static CASES: &[Case] = &[
+    // ---- link, transport prologue, handshake (subject accepts)
+    case!(
+        transport::transport_prologue_bare_accepted_raw_frames,
+        SubjectAccepts,
+        ["transport.prologue", "transport.stream", "link.message", "conduit.bare", "session.handshake"]
+    ),
+    case!(
+        transport::transport_prologue_stable_rejected_no_fallback,
+        SubjectAccepts,
+        ["transport.prologue.no-fallback", "transport.prologue.reject-close"]
+    ),
+    case!(
+        transport::transport_prologue_unknown_version_rejected,
+        SubjectAccepts,
+        ["transport.prologue", "transport.prologue.reject-close"]
+    ),
+    case!(transport::transport_prologue_bad_magic_closes, SubjectAccepts, ["transport.prologue"]),
+    case!(transport::transport_prologue_garbage_closes, SubjectAccepts, ["transport.prologue", "link.rx.error"]),
+    case!(
+        transport::link_rx_oversized_frame_closes_without_waiting,
+        SubjectAccepts,
+        ["link.tx.max-size", "link.rx.error", "transport.stream"]
+    ),
+    case!(transport::session_handshake_acceptor_version_mismatch_sorry, SubjectAccepts, ["session.handshake"]),
+    case!(transport::session_handshake_acceptor_sorry_instead_of_letsgo_closes, SubjectAccepts, ["session.handshake"]),
+    case!(
+        transport::session_parity_acceptor_takes_opposite,
+        SubjectAccepts,
+        ["session.parity", "session.handshake", "connection.open"]
+    ),
+    // ---- prologue and handshake (subject initiates)
+    case!(
+        transport::transport_prologue_initiator_refuses_other_mode,
+        SubjectCalls,
+        ["transport.prologue.no-fallback", "transport.prologue"]
+    ),
+    case!(transport::transport_prologue_initiator_reject_closes, SubjectCalls, ["transport.prologue.reject-close"]),
+    case!(transport::session_handshake_initiator_version_mismatch_sorry, SubjectCalls, ["session.handshake"]),
+    case!(transport::session_handshake_initiator_sorry_closes, SubjectCalls, ["session.handshake"]),
+    // ---- session (harness calls)
+    case!(session::session_keepalive_ping_pong, HarnessCalls, ["session.keepalive", "session.message.connection-id"]),
+    case!(
+        session::session_message_ping_on_virtual_connection_is_protocol_error,
+        HarnessCalls,
+        ["session.message.connection-id", "session.protocol-error"]
+    ),
+    case!(
+        session::session_message_undecodable_is_protocol_error,
+        HarnessCalls,
+        ["session.message", "session.protocol-error"]
+    ),
+    case!(
+        session::session_message_handshake_after_established_is_protocol_error,
+        HarnessCalls,
+        ["session.handshake", "session.protocol-error"]
+    ),
+    case!(session::session_protocol_error_from_peer_ends_session, HarnessCalls, ["session.protocol-error"]),
+    case!(
+        session::link_rx_eof_ends_session_cleanly,
+        HarnessCalls,
+        ["link.rx.eof", "session.handshake", "session.parity"]
+    ),
+    // ---- requests and responses (harness calls)
+    case!(
+        rpc::rpc_request_testbed_calls,
+        HarnessCalls,
+        ["rpc.request", "session.message", "session.symmetry", "conduit.bare"]
+    ),
+    case!(rpc::rpc_echo_bytes_size_sweep, HarnessCalls, ["link.message", "transport.stream", "rpc.request"]),
+    case!(rpc::rpc_error_scope_user_errors, HarnessCalls, ["rpc.error.scope"]),
+    case!(rpc::rpc_unknown_method_keeps_connection, HarnessCalls, ["rpc.unknown-method", "rpc.error.scope"]),
+    case!(rpc::rpc_invalid_payload_keeps_connection, HarnessCalls, ["rpc.invalid-payload", "rpc.error.scope"]),
+    case!(rpc::rpc_pipelining_slow_handler_does_not_block, HarnessCalls, ["rpc.pipelining", "link.order"]),
+    case!(rpc::rpc_cancel_gets_cancelled_response, HarnessCalls, ["rpc.cancel", "rpc.response.one-per-request"]),
+    case!(rpc::rpc_cancel_crossing_after_response_is_ignored, HarnessCalls, ["rpc.cancel.crossing"]),
+    case!(
+        rpc::rpc_request_id_wrong_parity_is_protocol_error,
+        HarnessCalls,
+        ["rpc.request.id", "session.protocol-error"]
+    ),
+    case!(rpc::rpc_request_id_in_flight_is_protocol_error, HarnessCalls, ["rpc.request.id"]),
+    case!(
+        rpc::rpc_response_one_per_request_pipelined,
+        HarnessCalls,
+        ["rpc.response.one-per-request", "rpc.pipelining"]
+    ),
+    case!(rpc::rpc_response_never_requested_is_protocol_error, HarnessCalls, ["rpc.response.one-per-request"]),
+    case!(rpc::rpc_metadata_order_duplicates_and_flags, HarnessCalls, ["rpc.metadata"]),
+    case!(
+        rpc::rpc_max_concurrent_requests_exceeded_is_protocol_error,
+        HarnessCalls,
+        ["rpc.flow-control.max-concurrent-requests", "session.connection-settings"]
+    ),
+    // ---- channels (harness calls)
+    case!(
+        channels::rpc_channel_generate_in_order_with_credit,
+        HarnessCalls,
+        ["rpc.channel", "rpc.channel.item", "rpc.flow-control.credit", "link.order", "rpc.channel.close"]
+    ),
+    case!(channels::rpc_flow_control_zero_initial_credit_waits_for_grant, HarnessCalls, ["rpc.flow-control.credit"]),
+    case!(
+        channels::rpc_channel_sum_early_items,
+        HarnessCalls,
+        ["rpc.channel.early-items", "rpc.channel.allocation", "rpc.channel"]
+    ),
+    case!(
+        channels::rpc_channel_transform_both_directions,
+        HarnessCalls,
+        ["rpc.channel", "rpc.channel.allocation", "rpc.channel.close"]
+    ),
+    case!(
+        channels::rpc_flow_control_early_item_beyond_credit_is_protocol_error,
+        HarnessCalls,
+        ["rpc.flow-control.credit", "rpc.channel.early-items"]
+    ),
+    case!(channels::rpc_channel_close_item_after_close_is_protocol_error, HarnessCalls, ["rpc.channel.close"]),
+    case!(channels::rpc_channel_unknown_id_is_protocol_error, HarnessCalls, ["rpc.channel.unknown"]),
+    case!(
+        channels::rpc_channel_wrong_direction_is_protocol_error,
+        HarnessCalls,
+        ["rpc.channel.unknown", "rpc.channel"]
+    ),
+    case!(channels::rpc_channel_allocation_wrong_parity_is_protocol_error, HarnessCalls, ["rpc.channel.allocation"]),
+    case!(channels::rpc_channel_reset_stops_sender, HarnessCalls, ["rpc.channel.reset", "rpc.channel.crossing"]),
+    case!(
+        channels::rpc_channel_crossing_late_messages_tolerated,
+        HarnessCalls,
+        ["rpc.channel.crossing", "rpc.channel.lifecycle"]
+    ),
+    // ---- connections (harness calls)
+    case!(
+        connections::connection_open_accept_and_call,
+        HarnessCalls,
+        ["connection.open", "connection.parity", "session.connection-settings"]
+    ),
+    case!(connections::connection_open_wrong_parity_is_protocol_error, HarnessCalls, ["connection.open"]),
+    case!(connections::connection_open_id_in_use_is_protocol_error, HarnessCalls, ["connection.open"]),
+    case!(connections::connection_message_before_open_is_protocol_error, HarnessCalls, ["connection.open"]),
+    case!(connections::connection_open_rejection_over_limit, HarnessCalls, ["connection.open.rejection"]),
+    case!(
+        connections::connection_parity_request_id_follows_opener,
+        HarnessCalls,
+        ["connection.parity", "rpc.request.id"]
+    ),
+    case!(connections::connection_root_close_is_protocol_error, HarnessCalls, ["connection.root"]),
+    case!(
+        connections::connection_close_then_message_is_protocol_error,
+        HarnessCalls,
+        ["connection.close", "connection.close.crossing"]
+    ),
+    case!(connections::connection_close_cancels_in_flight_handlers, HarnessCalls, ["connection.close"]),
+    // ---- the subject calls the harness
+    case!(
+        client::client_basic_calls,
+        SubjectCalls,
+        ["session.symmetry", "session.parity", "rpc.request", "rpc.request.id", "rpc.channel.allocation"]
+    ),
+    case!(
+        client::client_sum_channel_respects_credit,
+        SubjectCalls,
+        ["rpc.flow-control.credit", "rpc.channel.lifecycle", "rpc.channel.close", "rpc.channel.allocation"]
+    ),
+    case!(
+        client::client_channel_close_survives_root_release,
+        SubjectCalls,
+        ["rpc.channel.close", "rpc.caller.liveness", "rpc.channel.lifecycle"]
+    ),
+    case!(
+        client::client_generate_channel,
+        SubjectCalls,
+        ["rpc.channel", "rpc.channel.item", "rpc.flow-control.credit", "link.order"]
+    ),
+    case!(
+        client::client_respects_max_concurrent_requests,
+        SubjectCalls,
+        ["rpc.flow-control.max-concurrent-requests", "session.connection-settings"]
+    ),
+    case!(
+        client::client_virtual_connection_close_crossing,
+        SubjectCalls,
+        ["connection.open", "connection.close", "connection.close.crossing", "rpc.caller.liveness", "session.parity"]
+    ),
+    case!(client::client_cancel_late_response_ignored, SubjectCalls, ["rpc.cancel", "rpc.cancel.crossing"]),
+    case!(client::client_open_rejected, SubjectCalls, ["connection.open.rejection"]),
+    case!(
+        client::client_duplicate_response_is_protocol_error,
+        SubjectCalls,
+        ["rpc.response.one-per-request", "session.protocol-error"]
+    ),
+    case!(client::client_response_never_requested_is_protocol_error, SubjectCalls, ["rpc.response.one-per-request"]),
+    case!(client::client_item_without_credit_is_protocol_error, SubjectCalls, ["rpc.flow-control.credit"]),
+    case!(client::client_drop_root_ends_session, SubjectCalls, ["rpc.caller.liveness"]),
+];

@@ -1,0 +1,169 @@
+//! Starting the subject process in its three modes.
+
+use crate::error::{CaseError, CaseResult};
+use crate::fail;
+use crate::peer::{PATIENCE, Peer};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use vox_core::link::{self, Link, LinkConfig};
+use vox_core::wire::ConnectionSettings;
+
+/// How to start the subject: a shell command line.
+#[derive(Clone, Debug)]
+pub struct SubjectCmd(pub String);
+
+impl SubjectCmd {
+    /// `SUBJECT_CMD`, or the `vox-subject` binary next to the running
+    /// harness executable.
+    pub fn from_env() -> SubjectCmd {
+        if let Ok(cmd) = std::env::var("SUBJECT_CMD")
+            && !cmd.trim().is_empty()
+        {
+            return SubjectCmd(cmd);
+        }
+        let exe = std::env::current_exe().ok();
+        let dir = exe.as_ref().and_then(|e| e.parent()).map(|d| d.to_path_buf()).unwrap_or_default();
+        // Integration tests run from `target/<profile>/deps`.
+        let candidates = [dir.join("vox-subject"), dir.join("..").join("vox-subject")];
+        let found = candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]);
+        SubjectCmd(shell_quote(&found.to_string_lossy()))
+    }
+
+    fn spawn(&self, envs: &[(&str, &str)], stdout: bool) -> CaseResult<Child> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!("exec {}", self.0));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd.spawn()?)
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A running subject process.
+pub struct Running {
+    child: Child,
+}
+
+impl Running {
+    async fn stderr(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = tokio::time::timeout(PATIENCE, e.read_to_string(&mut out)).await;
+        }
+        out.trim().replace('\n', " | ")
+    }
+
+    /// Waits for the subject to exit and requires success (exit 0).
+    pub async fn finish(mut self) -> CaseResult {
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Err(_) => fail!("the subject did not exit after the session ended (hang)"),
+            Ok(s) => s?,
+        };
+        if !status.success() {
+            let err = self.stderr().await;
+            fail!("the subject exited with {status}: {err}");
+        }
+        Ok(())
+    }
+
+    /// Waits for the subject to exit and requires that it did not crash
+    /// (no signal, no panic exit code 101).
+    pub async fn finish_no_crash(mut self) -> CaseResult {
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Err(_) => fail!("the subject did not exit after the session ended (hang)"),
+            Ok(s) => s?,
+        };
+        match status.code() {
+            Some(101) | None => {
+                let err = self.stderr().await;
+                fail!("the subject crashed ({status}): {err}")
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Ends a case: on success the subject must exit 0; on failure the
+    /// subject's exit status and stderr are added to the message.
+    pub async fn conclude(self, result: CaseResult) -> CaseResult {
+        match result {
+            Ok(()) => self.finish().await,
+            Err(e) => match self.finish().await {
+                Ok(()) => Err(e),
+                Err(f) => Err(CaseError::Failed(format!("{e} [subject: {f}]"))),
+            },
+        }
+    }
+
+    async fn early_exit(&mut self) -> CaseError {
+        let status = self.child.wait().await;
+        let err = self.stderr().await;
+        CaseError::Failed(format!("the subject exited before connecting ({status:?}): {err}"))
+    }
+}
+
+/// Starts the subject in `mode` against a fresh harness listener and returns
+/// the accepted link.
+pub async fn connect_in(cmd: &SubjectCmd, mode: &str, scenario: &str) -> CaseResult<(Running, Link)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let child = cmd.spawn(&[("PEER_ADDR", &addr), ("SUBJECT_MODE", mode), ("CLIENT_SCENARIO", scenario)], false)?;
+    let mut running = Running { child };
+    let accepted = tokio::select! {
+        a = tokio::time::timeout(PATIENCE, listener.accept()) => a,
+        e = running.early_exit() => return Err(e),
+    };
+    let (stream, _) = accepted.map_err(|_| CaseError::Timeout("the subject to connect".into()))??;
+    stream.set_nodelay(true)?;
+    Ok((running, link::tcp(stream, LinkConfig::default())))
+}
+
+/// Subject in `server` mode, handshake done with default harness settings.
+pub async fn server(cmd: &SubjectCmd) -> CaseResult<(Running, Peer)> {
+    let (running, link) = connect_in(cmd, "server", "").await?;
+    let mut peer = Peer::new(link);
+    peer.accept_session(ConnectionSettings::default()).await?;
+    Ok((running, peer))
+}
+
+/// Subject in `client` mode running `scenario`, handshake done with the
+/// given root settings for the harness.
+pub async fn client(cmd: &SubjectCmd, scenario: &str, settings: ConnectionSettings) -> CaseResult<(Running, Peer)> {
+    let (running, link) = connect_in(cmd, "client", scenario).await?;
+    let mut peer = Peer::new(link);
+    peer.accept_session(settings).await?;
+    Ok((running, peer))
+}
+
+/// Subject in `listen` mode: returns the address it printed.
+pub async fn listen(cmd: &SubjectCmd) -> CaseResult<(Running, SocketAddr)> {
+    let mut child = cmd.spawn(&[("SUBJECT_MODE", "listen")], true)?;
+    let Some(stdout) = child.stdout.take() else { fail!("internal: no stdout pipe") };
+    let mut running = Running { child };
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::select! {
+        l = tokio::time::timeout(PATIENCE, lines.next_line()) => l,
+        e = running.early_exit() => return Err(e),
+    };
+    let line = line.map_err(|_| CaseError::Timeout("LISTENING <addr> on the subject's stdout".into()))??;
+    let Some(addr) = line.as_deref().and_then(|l| l.strip_prefix("LISTENING ")) else {
+        fail!("the subject printed {line:?} instead of LISTENING <addr>");
+    };
+    let addr = addr.trim().parse().map_err(|e| CaseError::Failed(format!("bad address {addr:?}: {e}")))?;
+    Ok((running, addr))
+}
+
+/// Connects a link to a listening subject.
+pub async fn dial(addr: SocketAddr) -> CaseResult<Link> {
+    Ok(link::connect_tcp(addr, LinkConfig::default()).await?)
+}
