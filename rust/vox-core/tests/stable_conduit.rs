@@ -223,3 +223,29 @@ fn stable_resume_key_fresh_and_long() {
         }
     });
 }
+
+// rule: stable.resume-key — a client that gives up on a link the server
+// still sees as alive resumes on a new one; the server swaps links.
+#[test]
+fn stable_resume_while_server_sees_old_link_alive() {
+    run(async {
+        let ((ctx, crx), (stx, srx), net) = pair(vec![], config(4096)).await;
+        let (ctx, stx, crx, srx) = tokio::join!(pump(ctx, 20), pump(stx, 20), drain(crx, 20), drain(srx, 20));
+        // Only the client declares the link dead; it stays up physically.
+        let dials_before = net.dials.load(std::sync::atomic::Ordering::Relaxed);
+        ctx.break_link();
+        let mut crx = crx;
+        let mut srx = srx;
+        for i in 20..40 {
+            ctx.send(&ping(i)).await.unwrap();
+            stx.send(&ping(i)).await.unwrap();
+            assert_eq!(nonce(&srx.recv().await.unwrap().unwrap()), i);
+            assert_eq!(nonce(&crx.recv().await.unwrap().unwrap()), i);
+        }
+        // The client's frames could only flow on a new link.
+        assert!(net.dials.load(std::sync::atomic::Ordering::Relaxed) > dials_before, "no redial happened");
+        let (a, b) = tokio::join!(ctx.close(), stx.close());
+        a.unwrap();
+        b.unwrap();
+    });
+}

@@ -9,9 +9,10 @@ use super::outbound::spawn_writer;
 use super::phase::SessionPhase;
 use super::run::RunLoop;
 use super::table::ConnTable;
-use crate::conduit;
+use crate::conduit::{self, ConduitRx, ConduitTx};
+use crate::conduit::stable::{self, StableAccepted, StableConfig, StableRegistry};
 use crate::driver::{ConnectionCore, Handler};
-use crate::link::{self, Link, LinkConfig};
+use crate::link::{self, Link, LinkConfig, LinkSource, TcpSource};
 use crate::transport::{self, AcceptModes};
 use crate::wire::{ConduitMode, ConnectionId, ConnectionSettings, Metadata, PROTOCOL_VERSION, Parity};
 use std::collections::VecDeque;
@@ -54,6 +55,14 @@ pub struct SessionConfig {
     pub link: LinkConfig,
     /// The protocol version to announce (tests use other values).
     pub protocol_version: u32,
+    /// Which conduit the initiator asks for: `Bare` (default) or `Stable`
+    /// (survives link breaks; needs a way to redial, see
+    /// [`SessionBuilder::connect`]).
+    pub conduit: ConduitMode,
+    /// Whether an acceptor agrees to `Stable` conduits (default: yes).
+    pub accept_stable: bool,
+    /// Stable-conduit settings (replay limit, recovery timeout, backoff).
+    pub stable: StableConfig,
 }
 
 impl Default for SessionConfig {
@@ -70,6 +79,9 @@ impl Default for SessionConfig {
             linger: Duration::from_secs(5),
             link: LinkConfig::default(),
             protocol_version: PROTOCOL_VERSION,
+            conduit: ConduitMode::Bare,
+            accept_stable: true,
+            stable: StableConfig::default(),
         }
     }
 }
@@ -151,6 +163,19 @@ pub struct SessionBuilder {
     config: SessionConfig,
     root_handler: Option<Arc<dyn Handler>>,
     acceptor: Option<Arc<dyn Acceptor>>,
+    /// Live stable conduits of sessions accepted through this builder (and
+    /// its clones), so a client coming back on a new link finds its own.
+    stable_registry: StableRegistry,
+}
+
+/// What an inbound link turned out to be.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new session.
+    New(Session),
+    /// A new link for the stable conduit of an existing session; that
+    /// session carries on by itself (rule `session.resume`).
+    Resumed,
 }
 
 impl SessionBuilder {
@@ -212,46 +237,150 @@ impl SessionBuilder {
         self
     }
 
-    /// Runs the initiator side over `link`.
+    /// Runs the initiator side over `link` with a bare conduit (a link
+    /// alone cannot be redialed; for a stable conduit use
+    /// [`establish_stable`](Self::establish_stable) or [`connect`](Self::connect)).
     pub async fn establish_initiator(self, link: Link) -> Result<Session, SessionError> {
         let timeout = self.config.handshake_timeout;
-        let parity = self.config.parity;
-        let root = self.config.root_settings.clone();
-        let version = self.config.protocol_version;
-        let setup = async move {
+        let setup = async {
             let mut link = link;
-            transport::initiate(&mut link, ConduitMode::Bare).await?;
-            let (tx, mut rx) = conduit::bare(link);
-            let negotiated = handshake::initiate(&tx, &mut rx, parity, root, version).await?;
-            Ok::<_, SessionError>((tx, rx, negotiated))
+            if let Err(e) = transport::initiate(&mut link, ConduitMode::Bare).await {
+                let _ = link.tx.close().await;
+                return Err(e.into());
+            }
+            let (tx, rx) = conduit::bare(link);
+            self.initiator_handshake(tx, rx).await
         };
         let (tx, rx, negotiated) =
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
         Ok(self.start(tx, rx, negotiated))
     }
 
-    /// Runs the acceptor side over `link`.
-    pub async fn establish_acceptor(self, link: Link) -> Result<Session, SessionError> {
+    /// Runs the initiator side over a stable conduit (rule `conduit.stable`):
+    /// `source` gives the first link and every replacement after a break.
+    /// `first`, if given, is an already dialed first link.
+    pub async fn establish_stable(
+        self,
+        source: Arc<dyn LinkSource>,
+        first: Option<Link>,
+    ) -> Result<Session, SessionError> {
         let timeout = self.config.handshake_timeout;
-        let root = self.config.root_settings.clone();
-        let setup = async move {
-            let mut link = link;
-            // rule: transport.prologue.reject-close — on error the link is
-            // dropped here, which closes it.
-            transport::accept(&mut link, AcceptModes::default()).await?;
-            let (tx, mut rx) = conduit::bare(link);
-            let negotiated = handshake::accept(&tx, &mut rx, root).await?;
-            Ok::<_, SessionError>((tx, rx, negotiated))
+        let setup = async {
+            let first = match first {
+                Some(l) => l,
+                None => source.dial().await.map_err(|e| SessionError::Setup(e.to_string()))?,
+            };
+            let (tx, rx) = stable::connect_over(first, source, self.config.stable.clone())
+                .await
+                .map_err(|e| SessionError::Setup(e.to_string()))?;
+            let (tx, rx) = conduit::from_stable(tx, rx);
+            self.initiator_handshake(tx, rx).await
         };
         let (tx, rx, negotiated) =
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
         Ok(self.start(tx, rx, negotiated))
     }
 
-    /// Connects over TCP and runs the initiator side.
-    pub async fn connect(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Session, SessionError> {
-        let link = link::connect_tcp(addr, self.config.link.clone()).await?;
-        self.establish_initiator(link).await
+    async fn initiator_handshake(
+        &self,
+        tx: ConduitTx,
+        mut rx: ConduitRx,
+    ) -> Result<(ConduitTx, ConduitRx, Negotiated), SessionError> {
+        let c = &self.config;
+        match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version).await {
+            Ok(n) => Ok((tx, rx, n)),
+            Err(e) => {
+                // rule: session.handshake — after Sorry the link is closed;
+                // closing (not dropping) makes sure the Sorry leaves first.
+                let _ = tx.close().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs the acceptor side over `link`. A link that resumes an existing
+    /// stable conduit is not a new session: use
+    /// [`establish_acceptor_any`](Self::establish_acceptor_any) (or
+    /// [`Listener::accept`], which handles it) to tell the two apart.
+    pub async fn establish_acceptor(self, link: Link) -> Result<Session, SessionError> {
+        match self.establish_acceptor_any(link).await? {
+            Accepted::New(s) => Ok(s),
+            Accepted::Resumed => {
+                Err(SessionError::Setup("the link resumed an existing session's stable conduit".into()))
+            }
+        }
+    }
+
+    /// Runs the acceptor side over `link`: a new session, or a new link for
+    /// an existing session's stable conduit.
+    pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
+        let timeout = self.config.handshake_timeout;
+        let modes = AcceptModes { bare: true, stable: self.config.accept_stable };
+        let setup = async {
+            let mut link = link;
+            let mode = match transport::accept(&mut link, modes).await {
+                Ok(m) => m,
+                Err(e) => {
+                    // rule: transport.prologue.reject-close — close (not
+                    // drop) so the reject reaches the peer before the end.
+                    let _ = link.tx.close().await;
+                    return Err(e.into());
+                }
+            };
+            let (tx, mut rx) = match mode {
+                ConduitMode::Bare => conduit::bare(link),
+                ConduitMode::Stable => {
+                    match self.stable_registry.accept(link, self.config.stable.clone()).await {
+                        Ok(StableAccepted::New(tx, rx)) => conduit::from_stable(tx, rx),
+                        Ok(StableAccepted::Resumed) => return Ok(None),
+                        Err(e) => return Err(SessionError::Setup(e.to_string())),
+                    }
+                }
+            };
+            match handshake::accept(&tx, &mut rx, self.config.root_settings.clone()).await {
+                Ok(n) => Ok(Some((tx, rx, n))),
+                Err(e) => {
+                    let _ = tx.close().await;
+                    Err(e.into())
+                }
+            }
+        };
+        let out = tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
+        Ok(match out {
+            Some((tx, rx, negotiated)) => Accepted::New(self.start(tx, rx, negotiated)),
+            None => Accepted::Resumed,
+        })
+    }
+
+    /// Connects over TCP and runs the initiator side, with the conduit of
+    /// [`SessionConfig::conduit`]; a stable conduit redials `addr` after a
+    /// break.
+    pub async fn connect(self, addr: impl ToString) -> Result<Session, SessionError> {
+        let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
+        match self.config.conduit {
+            ConduitMode::Bare => {
+                let link = source.dial().await?;
+                self.establish_initiator(link).await
+            }
+            ConduitMode::Stable => self.establish_stable(Arc::new(source), None).await,
+        }
+    }
+
+    /// Like [`connect`](Self::connect), but waits for a server that is not
+    /// up yet (rule `session.initial-connect-waiting`): transient failures
+    /// to connect (refused, reset, timed out) are retried with the stable
+    /// config's backoff until `timeout`; then the last one is reported. A
+    /// permanent failure (the peer rejects us, the handshake fails) is
+    /// reported at once.
+    pub async fn connect_waiting(self, addr: impl ToString, timeout: Duration) -> Result<Session, SessionError> {
+        let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
+        let first = link::connect_waiting(&source, &self.config.stable.backoff, timeout)
+            .await
+            .map_err(|e| SessionError::Setup(e.to_string()))?;
+        match self.config.conduit {
+            ConduitMode::Bare => self.establish_initiator(first).await,
+            ConduitMode::Stable => self.establish_stable(Arc::new(source), Some(first)).await,
+        }
     }
 
     /// Binds a TCP listener that accepts sessions with these settings.
@@ -260,7 +389,7 @@ impl SessionBuilder {
         Ok(Listener { tcp, builder: self })
     }
 
-    fn start(self, tx: conduit::ConduitTx, rx: conduit::ConduitRx, negotiated: Negotiated) -> Session {
+    fn start(self, tx: ConduitTx, rx: ConduitRx, negotiated: Negotiated) -> Session {
         let config = Arc::new(self.config);
         let (finish_tx, finish_rx) = oneshot::channel();
         let (outbound, writer) = spawn_writer(tx, config.outbound_capacity, finish_rx);
@@ -328,10 +457,17 @@ impl Listener {
         Ok((link::tcp(stream, self.builder.config.link.clone()), addr))
     }
 
-    /// Accepts one connection and runs the acceptor handshake on it.
+    /// Accepts connections until one starts a new session, and returns it.
+    /// Links that resume an existing session's stable conduit are attached
+    /// to it on the way (rule `session.resume`).
     pub async fn accept(&self) -> Result<Session, SessionError> {
-        let (link, _) = self.accept_link().await?;
-        self.builder.clone().establish_acceptor(link).await
+        loop {
+            let (link, _) = self.accept_link().await?;
+            match self.builder.clone().establish_acceptor_any(link).await? {
+                Accepted::New(s) => return Ok(s),
+                Accepted::Resumed => continue,
+            }
+        }
     }
 
     /// The builder used for accepted sessions.

@@ -16,6 +16,7 @@ mod run;
 mod table;
 
 pub use builder::{
+    Accepted,
     AcceptDecision, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder, SessionConfig,
 };
 pub use handle::{Caller, ConnectionHandle, SessionHandle};

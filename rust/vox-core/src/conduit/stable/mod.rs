@@ -525,23 +525,23 @@ async fn send_encoded<T: serde::Serialize>(tx: &LinkTx, what: &'static str, v: &
 
 /// Client: prologue and hello on a fresh link. Returns the link and the
 /// server's answer.
-async fn client_hello(
-    source: &dyn LinkSource,
+async fn hello_on(
+    mut link: Link,
     hello: ClientHello,
     limit: Duration,
 ) -> Result<(Link, ServerHello), StableSetupError> {
     let attempt = async {
-        let mut link = source.dial().await?;
         transport::initiate(&mut link, ConduitMode::Stable).await?;
         send_encoded(&link.tx, "ClientHello", &hello).await?;
         match recv_decoded::<StableHelloReply>(&mut link, "StableHelloReply").await? {
-            StableHelloReply::Welcome(sh) => Ok((link, sh)),
+            StableHelloReply::Welcome(sh) => Ok(sh),
             StableHelloReply::UnknownKey { reason } => Err(StableSetupError::UnknownKey(reason)),
         }
     };
-    tokio::time::timeout(limit, attempt)
+    let sh = tokio::time::timeout(limit, attempt)
         .await
-        .map_err(|_| StableSetupError::Hello(format!("no answer to ClientHello within {limit:?}")))?
+        .map_err(|_| StableSetupError::Hello(format!("no answer to ClientHello within {limit:?}")))??;
+    Ok((link, sh))
 }
 
 /// Opens a new stable conduit through `source` (client side). The conduit
@@ -550,8 +550,19 @@ pub async fn connect(
     source: Arc<dyn LinkSource>,
     config: StableConfig,
 ) -> Result<(StableTx, StableRx), StableSetupError> {
+    let link = source.dial().await?;
+    connect_over(link, source, config).await
+}
+
+/// Like [`connect`], with the first link already dialed (for example by
+/// [`crate::link::connect_waiting`]).
+pub async fn connect_over(
+    link: Link,
+    source: Arc<dyn LinkSource>,
+    config: StableConfig,
+) -> Result<(StableTx, StableRx), StableSetupError> {
     let (link, sh) =
-        client_hello(&*source, ClientHello { resume_key: None, last_received: None }, config.hello_timeout).await?;
+        hello_on(link, ClientHello { resume_key: None, last_received: None }, config.hello_timeout).await?;
     if sh.last_received.is_some() {
         return Err(StableSetupError::Hello("a new conduit's ServerHello claims frames were received".into()));
     }
@@ -585,7 +596,12 @@ async fn redial(shared: Arc<Shared>, source: Arc<dyn LinkSource>) {
             }
             let hello = ClientHello { resume_key: Some(shared.key.clone()), last_received: shared.last_received() };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match client_hello(&*source, hello, left.min(shared.config.hello_timeout)).await {
+            let dialed = match tokio::time::timeout(left, source.dial()).await {
+                Ok(Ok(link)) => hello_on(link, hello, left.min(shared.config.hello_timeout)).await,
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(StableSetupError::Hello("dial timed out".into())),
+            };
+            match dialed {
                 // A different key means a new server session: never treat it as resumed.
                 Ok((_, sh)) if sh.resume_key != shared.key => {
                     break Err(StableEnd::UnknownKey("the server answered with a different session's key".into()));
