@@ -240,7 +240,8 @@ async fn session_initial_connect_waiting_reports_last_error_on_timeout() {
         l.local_addr().unwrap().port()
     };
     let mut b = SessionBuilder::new();
-    b.config_mut().stable.backoff = Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(20), factor: 2 };
+    b.config_mut().stable.backoff =
+        Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(20), factor: 2 };
     let err = b.connect_waiting(format!("127.0.0.1:{port}"), Duration::from_millis(300)).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("gave up after") && text.contains("last error"), "{text}");

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vox_core::conduit::stable::{self, StableAccepted, StableConfig, StableEnd, StableRegistry, StableRx, StableTx};
 use vox_core::conduit::ConduitError;
+use vox_core::conduit::stable::{self, StableAccepted, StableConfig, StableEnd, StableRegistry, StableRx, StableTx};
 use vox_core::link::{self, Backoff, Link, LinkConfig, LinkError, LinkSource};
 use vox_core::transport::{self, AcceptModes};
 use vox_core::wire::{ConduitMode, ConduitMsg, ConnectionId, Message, Payload};
@@ -188,10 +188,7 @@ fn stable_resume_after_server_restart_reports_session_loss() {
         *net.registry.lock().unwrap() = StableRegistry::new();
         ctx.break_link();
         let err = crx.recv().await.expect_err("session loss");
-        assert!(
-            matches!(err, ConduitError::Stable(StableEnd::UnknownKey(_))),
-            "expected UnknownKey, got {err:?}"
-        );
+        assert!(matches!(err, ConduitError::Stable(StableEnd::UnknownKey(_))), "expected UnknownKey, got {err:?}");
     });
 }
 

@@ -55,6 +55,8 @@ fn decode_everything(input: &[u8]) -> Result<(), TestCaseError> {
         decode_slice::<vox_core::wire::ClientHello>("ClientHello", input).is_ok(),
         decode_slice::<vox_core::wire::ServerHello>("ServerHello", input).is_ok(),
         decode_slice::<vox_core::wire::StableFrame>("StableFrame", input).is_ok(),
+        decode_slice::<vox_core::wire::StableHelloReply>("StableHelloReply", input).is_ok(),
+        decode_slice::<vox_core::wire::StableMsg>("StableMsg", input).is_ok(),
         decode_slice::<Metadata>("Metadata", input).is_ok(),
     ];
     let bytes_ok: Vec<bool> = decode_with_every_decoder(&bytes).iter().map(Result::is_ok).collect();
@@ -324,6 +326,8 @@ fn decode_as(decoder: &str, bytes: &Bytes) -> Result<Vector, DecodeError> {
         "ClientHello",
         "ServerHello",
         "StableFrame",
+        "StableHelloReply",
+        "StableMsg",
         "Metadata",
     ]
     .iter()

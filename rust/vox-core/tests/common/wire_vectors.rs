@@ -7,7 +7,7 @@ use vox_core::wire::{
     Blob, ChannelDecl, ChannelDirection, ChannelId, ClientHello, ConduitMode, ConduitMsg, ConnectionId,
     ConnectionSettings, DecodeError, HandshakeMsg, Hello, HelloYourself, Message, MetadataValue, MethodId,
     NO_PROPAGATE, Parity, Payload, RequestId, ResponseBody, ResumeKey, SENSITIVE, ServerHello, StableFrame,
-    TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg, decode, encode,
+    StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg, decode, encode,
 };
 use vox_core::wire::{Metadata, PROTOCOL_VERSION};
 
@@ -22,6 +22,8 @@ pub enum Vector {
     ClientHello(ClientHello),
     ServerHello(ServerHello),
     StableFrame(StableFrame),
+    StableHelloReply(StableHelloReply),
+    StableMsg(StableMsg),
     Metadata(Metadata),
 }
 
@@ -36,6 +38,8 @@ impl Vector {
             Vector::ClientHello(_) => "ClientHello",
             Vector::ServerHello(_) => "ServerHello",
             Vector::StableFrame(_) => "StableFrame",
+            Vector::StableHelloReply(_) => "StableHelloReply",
+            Vector::StableMsg(_) => "StableMsg",
             Vector::Metadata(_) => "Metadata",
         }
     }
@@ -51,6 +55,8 @@ impl Vector {
             Vector::ClientHello(v) => encode(what, v),
             Vector::ServerHello(v) => encode(what, v),
             Vector::StableFrame(v) => encode(what, v),
+            Vector::StableHelloReply(v) => encode(what, v),
+            Vector::StableMsg(v) => encode(what, v),
             Vector::Metadata(v) => encode(what, v),
         };
         encoded.unwrap_or_else(|e| panic!("encoding a {what} failed: {e}"))
@@ -67,6 +73,8 @@ impl Vector {
             Vector::ClientHello(_) => Vector::ClientHello(decode(what, input)?),
             Vector::ServerHello(_) => Vector::ServerHello(decode(what, input)?),
             Vector::StableFrame(_) => Vector::StableFrame(decode(what, input)?),
+            Vector::StableHelloReply(_) => Vector::StableHelloReply(decode(what, input)?),
+            Vector::StableMsg(_) => Vector::StableMsg(decode(what, input)?),
             Vector::Metadata(_) => Vector::Metadata(decode(what, input)?),
         })
     }
@@ -83,6 +91,8 @@ pub fn decode_with_every_decoder(input: &Bytes) -> Vec<Result<Vector, DecodeErro
         decode("ClientHello", input).map(Vector::ClientHello),
         decode("ServerHello", input).map(Vector::ServerHello),
         decode("StableFrame", input).map(Vector::StableFrame),
+        decode("StableHelloReply", input).map(Vector::StableHelloReply),
+        decode("StableMsg", input).map(Vector::StableMsg),
         decode("Metadata", input).map(Vector::Metadata),
     ]
 }
@@ -309,6 +319,23 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
             "stable.frame.wrap",
             Vector::StableFrame(StableFrame { seq: u32::MAX, ack: Some(u32::MAX - 1), item: Blob::default() }),
         ),
+        (
+            "stable.reply.welcome",
+            Vector::StableHelloReply(StableHelloReply::Welcome(ServerHello {
+                resume_key: example_resume_key(),
+                last_received: Some(7),
+            })),
+        ),
+        (
+            "stable.reply.unknown_key",
+            Vector::StableHelloReply(StableHelloReply::UnknownKey { reason: "gone".into() }),
+        ),
+        (
+            "stable.msg.frame",
+            Vector::StableMsg(StableMsg::Frame(StableFrame { seq: 1, ack: Some(0), item: Blob::default() })),
+        ),
+        ("stable.msg.ack", Vector::StableMsg(StableMsg::Ack { ack: 300 })),
+        ("stable.msg.bye", Vector::StableMsg(StableMsg::Bye)),
     ]);
     out
 }
