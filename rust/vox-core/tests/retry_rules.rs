@@ -41,20 +41,18 @@ struct Net {
     sessions: tokio::sync::mpsc::Sender<Session>,
 }
 
-fn dial(net: Arc<Net>) -> impl std::future::Future<Output = Result<Link, LinkError>> + Send + 'static {
-    async move {
-        net.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cut = net.cuts.lock().unwrap().pop_front();
-        let (client, server, _fault) = link::faulty_pair(LinkConfig::default(), cut);
-        let builder = net.server.clone();
-        let sessions = net.sessions.clone();
-        tokio::spawn(async move {
-            if let Ok(Accepted::New(s)) = builder.establish_acceptor_any(server).await {
-                let _ = sessions.send(s).await;
-            }
-        });
-        Ok(client)
-    }
+async fn dial(net: Arc<Net>) -> Result<Link, LinkError> {
+    net.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cut = net.cuts.lock().unwrap().pop_front();
+    let (client, server, _fault) = link::faulty_pair(LinkConfig::default(), cut);
+    let builder = net.server.clone();
+    let sessions = net.sessions.clone();
+    tokio::spawn(async move {
+        if let Ok(Accepted::New(s)) = builder.establish_acceptor_any(server).await {
+            let _ = sessions.send(s).await;
+        }
+    });
+    Ok(client)
 }
 
 proptest! {

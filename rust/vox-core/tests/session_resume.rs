@@ -25,20 +25,18 @@ struct Net {
 }
 
 impl Net {
-    fn dial(net: Arc<Net>) -> impl std::future::Future<Output = Result<Link, LinkError>> + Send + 'static {
-        async move {
-            let cut = net.cuts.lock().unwrap().pop_front().flatten();
-            let (client, server, fault) = link::faulty_pair(LinkConfig::default(), cut);
-            net.faults.lock().unwrap().push(fault);
-            let builder = net.server.lock().unwrap().clone();
-            let sessions = net.sessions.clone();
-            tokio::spawn(async move {
-                if let Ok(Accepted::New(s)) = builder.establish_acceptor_any(server).await {
-                    let _ = sessions.send(s).await;
-                }
-            });
-            Ok(client)
-        }
+    async fn dial(net: Arc<Net>) -> Result<Link, LinkError> {
+        let cut = net.cuts.lock().unwrap().pop_front().flatten();
+        let (client, server, fault) = link::faulty_pair(LinkConfig::default(), cut);
+        net.faults.lock().unwrap().push(fault);
+        let builder = net.server.lock().unwrap().clone();
+        let sessions = net.sessions.clone();
+        tokio::spawn(async move {
+            if let Ok(Accepted::New(s)) = builder.establish_acceptor_any(server).await {
+                let _ = sessions.send(s).await;
+            }
+        });
+        Ok(client)
     }
 }
 
@@ -150,15 +148,10 @@ async fn session_resume_held_link_backpressures_then_recovers() {
     // With the link held, sends stop being accepted after the credit and
     // the bounded queues are used up.
     let mut sent = 0i32;
-    loop {
-        match tokio::time::timeout(Duration::from_millis(200), tx.send(&sent)).await {
-            Ok(r) => {
-                r.expect("send");
-                sent += 1;
-                assert!(sent < 100_000, "sender never saw backpressure");
-            }
-            Err(_) => break,
-        }
+    while let Ok(r) = tokio::time::timeout(Duration::from_millis(200), tx.send(&sent)).await {
+        r.expect("send");
+        sent += 1;
+        assert!(sent < 100_000, "sender never saw backpressure");
     }
     net.faults.lock().unwrap()[0].cut();
     for i in sent..sent + 100 {

@@ -43,24 +43,22 @@ struct Net {
 }
 
 impl Net {
-    fn dial(net: Arc<Self>) -> impl std::future::Future<Output = Result<Link, LinkError>> + Send + 'static {
-        async move {
-            net.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let cut = net.cuts.lock().unwrap().pop_front();
-            let (client, mut server, _fault) = link::faulty_pair(LinkConfig::default(), cut);
-            let serve = net.clone();
-            tokio::spawn(async move {
-                let modes = AcceptModes { bare: false, stable: true };
-                if !matches!(transport::accept(&mut server, modes).await, Ok(ConduitMode::Stable)) {
-                    return;
-                }
-                let registry = serve.registry.lock().unwrap().clone();
-                if let Ok(StableAccepted::New(tx, rx)) = registry.accept(server, serve.config.clone()).await {
-                    let _ = serve.new_conduits.send((tx, rx)).await;
-                }
-            });
-            Ok(client)
-        }
+    async fn dial(net: Arc<Self>) -> Result<Link, LinkError> {
+        net.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cut = net.cuts.lock().unwrap().pop_front();
+        let (client, mut server, _fault) = link::faulty_pair(LinkConfig::default(), cut);
+        let serve = net.clone();
+        tokio::spawn(async move {
+            let modes = AcceptModes { bare: false, stable: true };
+            if !matches!(transport::accept(&mut server, modes).await, Ok(ConduitMode::Stable)) {
+                return;
+            }
+            let registry = serve.registry.lock().unwrap().clone();
+            if let Ok(StableAccepted::New(tx, rx)) = registry.accept(server, serve.config.clone()).await {
+                let _ = serve.new_conduits.send((tx, rx)).await;
+            }
+        });
+        Ok(client)
     }
 }
 

@@ -9,8 +9,8 @@ use super::outbound::spawn_writer;
 use super::phase::SessionPhase;
 use super::run::RunLoop;
 use super::table::ConnTable;
-use crate::conduit::{self, ConduitRx, ConduitTx};
 use crate::conduit::stable::{self, StableAccepted, StableConfig, StableRegistry};
+use crate::conduit::{self, ConduitRx, ConduitTx};
 use crate::driver::{ConnectionCore, Handler};
 use crate::link::{self, Link, LinkConfig, LinkSource, TcpSource};
 use crate::transport::{self, AcceptModes};
@@ -329,13 +329,11 @@ impl SessionBuilder {
             };
             let (tx, mut rx) = match mode {
                 ConduitMode::Bare => conduit::bare(link),
-                ConduitMode::Stable => {
-                    match self.stable_registry.accept(link, self.config.stable.clone()).await {
-                        Ok(StableAccepted::New(tx, rx)) => conduit::from_stable(tx, rx),
-                        Ok(StableAccepted::Resumed) => return Ok(None),
-                        Err(e) => return Err(SessionError::Setup(e.to_string())),
-                    }
-                }
+                ConduitMode::Stable => match self.stable_registry.accept(link, self.config.stable.clone()).await {
+                    Ok(StableAccepted::New(tx, rx)) => conduit::from_stable(tx, rx),
+                    Ok(StableAccepted::Resumed) => return Ok(None),
+                    Err(e) => return Err(SessionError::Setup(e.to_string())),
+                },
             };
             match handshake::accept(&tx, &mut rx, self.config.root_settings.clone()).await {
                 Ok(n) => Ok(Some((tx, rx, n))),

@@ -16,8 +16,8 @@ mod run;
 mod table;
 
 pub use builder::{
-    Accepted,
-    AcceptDecision, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder, SessionConfig,
+    AcceptDecision, Accepted, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder,
+    SessionConfig,
 };
 pub use handle::{Caller, ConnectionHandle, SessionHandle};
 pub use phase::{CloseReason, ConnState, PhaseError, SessionPhase};

@@ -326,10 +326,7 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
                 last_received: Some(7),
             })),
         ),
-        (
-            "stable.reply.unknown_key",
-            Vector::StableHelloReply(StableHelloReply::UnknownKey { reason: "gone".into() }),
-        ),
+        ("stable.reply.unknown_key", Vector::StableHelloReply(StableHelloReply::UnknownKey { reason: "gone".into() })),
         (
             "stable.msg.frame",
             Vector::StableMsg(StableMsg::Frame(StableFrame { seq: 1, ack: Some(0), item: Blob::default() })),

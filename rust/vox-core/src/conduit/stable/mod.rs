@@ -22,13 +22,13 @@ use crate::link::{Backoff, Link, LinkError, LinkRx, LinkSource, LinkTx};
 // std's Arc, not the loom shim's: the conduit needs `Weak` (for the
 // registry) and is not part of the loom models.
 use crate::sync::Mutex;
-use std::sync::Arc;
 use crate::transport;
 use crate::wire::{
     self, Blob, ClientHello, ConduitMode, ConduitMsg, ResumeKey, ServerHello, StableHelloReply, StableMsg,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -713,7 +713,8 @@ impl StableRegistry {
         let live = found.filter(|s| !matches!(s.core.lock().phase, Phase::Closed(_)));
         let Some(shared) = live else {
             let reason = "unknown or expired resume key".to_string();
-            send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::UnknownKey { reason: reason.clone() }).await?;
+            send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::UnknownKey { reason: reason.clone() })
+                .await?;
             let _ = link.tx.close().await;
             return Err(StableSetupError::UnknownKey(reason));
         };

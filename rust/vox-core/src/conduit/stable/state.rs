@@ -45,7 +45,9 @@ pub enum StableError {
     },
     /// On resume the peer said it had received less than it had already
     /// acknowledged, so frames it needs are no longer in the replay buffer.
-    #[error("stable conduit: peer resumes after seq {peer_last:?}, but frames up to {first_kept:?} were acknowledged and dropped")]
+    #[error(
+        "stable conduit: peer resumes after seq {peer_last:?}, but frames up to {first_kept:?} were acknowledged and dropped"
+    )]
     ReplayGap {
         /// What the peer says it received last.
         peer_last: Option<u32>,
