@@ -57,7 +57,8 @@ pub struct AcceptModes {
 
 impl Default for AcceptModes {
     fn default() -> Self {
-        // The stable conduit is not built yet; see `initiate`'s reject reason.
+        // Bare only: accepting `stable` also needs a registry of live stable
+        // conduits, which session acceptors have (`SessionConfig::accept_stable`).
         AcceptModes { bare: true, stable: false }
     }
 }
@@ -105,10 +106,12 @@ pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, 
     } else {
         match hello.mode {
             // rule: transport.prologue.no-fallback
-            ConduitMode::Stable if !modes.stable => {
-                Some("conduit mode `stable` is not supported by this acceptor (vox-core has no stable conduit yet); use `bare`".to_string())
+            ConduitMode::Stable if !modes.stable => Some(
+                "conduit mode `stable` is not supported by this acceptor (it is switched off); use `bare`".to_string(),
+            ),
+            ConduitMode::Bare if !modes.bare => {
+                Some("conduit mode `bare` is not supported by this acceptor".to_string())
             }
-            ConduitMode::Bare if !modes.bare => Some("conduit mode `bare` is not supported by this acceptor".to_string()),
             _ => None,
         }
     };

@@ -222,7 +222,9 @@ async fn session_handshake_initiator_refuses_acceptor_of_other_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_prologue_no_fallback_stable_mode_is_rejected_and_link_closed() {
     local(async move {
-        let listener = server_builder().listen("127.0.0.1:0").await.expect("listen");
+        let mut builder = server_builder();
+        builder.config_mut().accept_stable = false;
+        let listener = builder.listen("127.0.0.1:0").await.expect("listen");
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { listener.accept().await });
         let mut link = link::connect_tcp(addr, LinkConfig::default()).await.expect("connect");
