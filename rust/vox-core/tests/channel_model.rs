@@ -587,7 +587,8 @@ fn step(
                 None => Err(ViolationKind::UnknownChannel),
                 Some(c) => match &mut c.side {
                     Side::Rx(_) => Err(ViolationKind::WrongDirection),
-                    Side::Tx { peer_reset: true, .. } => Err(ViolationKind::GrantAfterReset),
+                    // A grant after the receiver's own reset breaks no rule: ignored.
+                    Side::Tx { peer_reset: true, .. } => Ok(()),
                     Side::Tx { state: Tx::Pending { credit, .. } | Tx::Open { credit }, .. } => {
                         if *credit + u64::from(*n) > u64::from(u32::MAX) {
                             Err(ViolationKind::GrantOverflow)

@@ -210,11 +210,33 @@ fn rpc_channel_reset_sender_sees_reset_and_close_not_needed() {
     registry.local_close(id).unwrap();
     assert_eq!(registry.on_remote_reset(id), Ok(RemoteOutcome::Applied));
     assert_eq!(flush(&registry), vec![]);
-    // The receiver may not reset twice, nor grant after its reset.
+    // The receiver may not reset twice.
     let id = caller_sending(&registry, 1);
     registry.on_remote_reset(id).unwrap();
     assert_eq!(registry.on_remote_reset(id), Err(violation(id, ViolationKind::ResetAfterReset)));
-    assert_eq!(registry.on_remote_grant(id, 1), Err(violation(id, ViolationKind::GrantAfterReset)));
+}
+
+#[test]
+fn rpc_channel_crossing_grant_after_receivers_own_reset_is_ignored_and_counted() {
+    // PROTOCOL.md names no rule against it, and grants after a channel ended
+    // are ignored: tolerated in every sender state that knows of the reset.
+    let registry = caller();
+    // Open, then reset: Closed(Reset) with the handle still there.
+    let id = caller_sending(&registry, 1);
+    assert_eq!(registry.on_remote_reset(id), Ok(RemoteOutcome::Applied));
+    assert_eq!(registry.on_remote_grant(id, 1), Ok(RemoteOutcome::GrantAfterResetIgnored));
+    assert_eq!(credit(&registry, id), Poll::Ready(Err(SendError::Reset)), "the grant revives nothing");
+    // Handle gone: the tombstone judges it the same way.
+    registry.sender_dropped(id);
+    assert_eq!(registry.state_kind(id), None);
+    assert_eq!(registry.on_remote_grant(id, u32::MAX), Ok(RemoteOutcome::GrantAfterResetIgnored));
+    // Handler side: reset before bind (early), then a grant.
+    let registry = handler();
+    let id = ChannelId(1);
+    registry.on_remote_announce(&[decl(1, ChannelDirection::HandlerToCaller, 1)]).unwrap();
+    assert_eq!(registry.on_remote_reset(id), Ok(RemoteOutcome::Buffered));
+    assert_eq!(registry.on_remote_grant(id, 1), Ok(RemoteOutcome::GrantAfterResetIgnored));
+    assert_eq!(registry.stats().grants_after_reset_ignored, 1);
 }
 
 // --- rpc.channel.early-items

@@ -879,3 +879,116 @@ async fn session_shutdown_from_sync_context_ends_session_with_shutdown() {
     let r = within("open", client.handle.open_connection(ConnectionSettings::default(), Metadata::new())).await;
     assert!(matches!(r, Err(SessionError::Closed(CloseReason::Shutdown))), "{r:?}");
 }
+
+// ------------------------------------------ rpc.caller.liveness: graceful end
+
+/// A runtime initiator facing a raw acceptor over a link that holds ONE
+/// message, with an outbound queue of ONE place: while the raw peer does not
+/// read, a few messages fill every buffer and the runtime's writer is stuck,
+/// so whatever becomes due next has to wait for room.
+async fn raw_acceptor_tight() -> (Session, RawPeer) {
+    let (mut a, b) = vox_core::link::memory_pair(vox_core::link::LinkConfig { send_queue: 1, ..Default::default() });
+    let raw = async move {
+        vox_core::transport::accept(&mut a, vox_core::transport::AcceptModes::default()).await.expect("prologue");
+        let (tx, mut rx) = vox_core::conduit::bare(a);
+        let negotiated =
+            vox_core::session::handshake::accept(&tx, &mut rx, ConnectionSettings::default()).await.expect("handshake");
+        RawPeer { tx, rx, negotiated }
+    };
+    let mut builder = SessionBuilder::new();
+    builder.config_mut().outbound_capacity = 1;
+    let (c, r) = tokio::join!(builder.establish_initiator(b), raw);
+    (c.expect("session"), r)
+}
+
+/// Reads everything until the link ends.
+async fn read_to_end(raw: &mut RawPeer) -> Vec<Message> {
+    let mut all = Vec::new();
+    while let Some(m) = raw.recv().await {
+        all.push(m);
+    }
+    all
+}
+
+#[tokio::test]
+async fn rpc_caller_liveness_root_release_still_sends_channel_close_queued_before_it() {
+    let (client, mut raw) = raw_acceptor_tight().await;
+    let Session { handle, root, .. } = client;
+    let (mut tx, rx) = channel::<i32>();
+    let caller = root.caller.clone();
+    let call = tokio::spawn(async move { caller.call::<_, i64>(mid("sum"), &(), vec![rx.into_arg().unwrap()]).await });
+    let req = raw.recv_until(|m| matches!(m.payload, Payload::Request { .. })).await;
+    let Payload::Request { id, channels, .. } = req.payload else { unreachable!() };
+    let ch = channels[0].id;
+    raw.send(0, ok_response(id, &0i64)).await;
+    assert_eq!(within("sum", call).await.unwrap().unwrap(), 0);
+    // The raw peer stops reading: item 1 fills the link, the writer holds
+    // item 2, item 3 fills the outbound queue (its place was only free once
+    // the writer took item 2).
+    for i in 0..3 {
+        within("send", tx.send(&i)).await.unwrap();
+    }
+    within("close", tx.close()).await.unwrap();
+    // Releasing the root ends the session while the close is still owed.
+    drop(root);
+    let all = read_to_end(&mut raw).await;
+    let closes: Vec<_> =
+        all.iter().filter(|m| matches!(m.payload, Payload::CloseChannel { id, .. } if id == ch)).collect();
+    assert_eq!(closes.len(), 1, "the accepted close was lost at root release: {all:?}");
+    let last_item = all.iter().rposition(|m| matches!(m.payload, Payload::ChannelItem { .. })).unwrap();
+    let close_at = all.iter().position(|m| matches!(m.payload, Payload::CloseChannel { .. })).unwrap();
+    assert!(close_at > last_item, "close before an item: {all:?}");
+    assert_eq!(within("closed", handle.closed()).await, CloseReason::RootReleased);
+}
+
+#[tokio::test]
+async fn rpc_cancel_request_of_dropped_call_survives_root_release() {
+    let (client, mut raw) = raw_acceptor_tight().await;
+    let Session { handle, root, .. } = client;
+    let (mut tx, rx) = channel::<i32>();
+    let caller = root.caller.clone();
+    let call = tokio::spawn(async move { caller.call::<_, i64>(mid("sum"), &(), vec![rx.into_arg().unwrap()]).await });
+    let req = raw.recv_until(|m| matches!(m.payload, Payload::Request { .. })).await;
+    let Payload::Request { id, .. } = req.payload else { unreachable!() };
+    // Fill link, writer and outbound queue as above, so the cancel must wait.
+    for i in 0..3 {
+        within("send", tx.send(&i)).await.unwrap();
+    }
+    call.abort();
+    assert!(within("abort", call).await.unwrap_err().is_cancelled());
+    drop(tx);
+    drop(root);
+    let all = read_to_end(&mut raw).await;
+    assert!(
+        all.iter().any(|m| matches!(m.payload, Payload::CancelRequest { id: c } if c == id)),
+        "the cancel of the dropped call was lost at root release: {all:?}"
+    );
+    assert_eq!(within("closed", handle.closed()).await, CloseReason::RootReleased);
+}
+
+#[tokio::test]
+async fn rpc_cancel_request_precedes_requests_made_after_the_drop() {
+    let (client, mut raw) = raw_acceptor(SessionBuilder::new(), ConnectionSettings::default()).await;
+    let caller = client.root.caller.clone();
+    let (a, b) = ("first".to_string(), "second".to_string());
+    let mut first = Box::pin(caller.call::<_, String>(mid("echo"), &a, vec![]));
+    let req = tokio::select! {
+        biased;
+        r = &mut first => panic!("call answered without a response: {r:?}"),
+        m = raw.recv_until(|m| matches!(m.payload, Payload::Request { .. })) => m,
+    };
+    let Payload::Request { id: first_id, .. } = req.payload else { unreachable!() };
+    drop(first);
+    // The next call is made right after the drop, on this task, before the
+    // connection's flush task had a chance to run.
+    let mut second = Box::pin(caller.call::<_, String>(mid("echo"), &b, vec![]));
+    let next = tokio::select! {
+        biased;
+        r = &mut second => panic!("call answered without a response: {r:?}"),
+        m = raw.recv_until(|m| matches!(m.payload, Payload::Request { .. } | Payload::CancelRequest { .. })) => m,
+    };
+    assert!(
+        matches!(next.payload, Payload::CancelRequest { id } if id == first_id),
+        "a request made after the drop overtook its cancel: {next:?}"
+    );
+}

@@ -226,6 +226,40 @@ pub async fn rpc_channel_reset_stops_sender(cmd: SubjectCmd) -> CaseResult {
     running.finish().await
 }
 
+/// The receiver resets and then, in the same direction, still grants: no
+/// rule forbids it and grants after a channel ended are ignored, so the
+/// sender must not call it a protocol error.
+pub async fn rpc_channel_crossing_grant_after_own_reset_tolerated(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    let (req, ch) = (peer.own_id(0), peer.own_id(0));
+    peer.send(0, request(req, "generate", &1_000_000u32, vec![decl(ch, TO_CALLER, 2)])).await?;
+    peer.expect_where("a first item", |m| matches!(m.payload, Payload::ChannelItem { .. })).await?;
+    peer.send(0, Payload::ResetChannel { id: ChannelId(ch), metadata: Metadata::new() }).await?;
+    peer.send(0, Payload::GrantCredit { id: ChannelId(ch), additional: 4 }).await?;
+    loop {
+        let m = peer.expect("the generate response after the reset and grant").await?;
+        match m.payload {
+            Payload::ChannelItem { .. } | Payload::CloseChannel { .. } => {}
+            Payload::Response { id, ret, .. } if id.0 == req => {
+                let () = ok_value(&ret)?;
+                break;
+            }
+            Payload::ProtocolError { description } => {
+                fail!(
+                    "rpc.channel.crossing: a grant after the receiver's own reset was called a violation: {description}"
+                )
+            }
+            other => fail!("unexpected {other:?}"),
+        }
+    }
+    let id = peer.own_id(1);
+    peer.send(0, request(id, "echo", "alive", vec![])).await?;
+    let s: String = ok_value(&peer.response(0, id).await?)?;
+    ensure!(s == "alive", "echo returned {s:?}");
+    drop(peer);
+    running.finish().await
+}
+
 pub async fn rpc_channel_crossing_late_messages_tolerated(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = subject::server(&cmd).await?;
     let (req, ch) = (peer.own_id(0), peer.own_id(0));

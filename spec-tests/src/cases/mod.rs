@@ -174,6 +174,11 @@ pub static CASES: &[Case] = &[
     case!(channels::rpc_channel_allocation_wrong_parity_is_protocol_error, HarnessCalls, ["rpc.channel.allocation"]),
     case!(channels::rpc_channel_reset_stops_sender, HarnessCalls, ["rpc.channel.reset", "rpc.channel.crossing"]),
     case!(
+        channels::rpc_channel_crossing_grant_after_own_reset_tolerated,
+        HarnessCalls,
+        ["rpc.channel.crossing", "rpc.channel.reset"]
+    ),
+    case!(
         channels::rpc_channel_crossing_late_messages_tolerated,
         HarnessCalls,
         ["rpc.channel.crossing", "rpc.channel.lifecycle"]

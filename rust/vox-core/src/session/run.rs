@@ -386,14 +386,35 @@ impl RunLoop {
         }
         tracing::debug!(%reason, "session ending");
         let cause = reason.loss_cause();
-        self.root.on_lost(cause.clone());
+        let mut cores = vec![self.root.clone()];
         for entry in self.table.drain() {
             match entry {
-                Entry::Open { core } => core.on_lost(cause.clone()),
+                Entry::Open { core } => cores.push(core),
                 Entry::PendingOutbound { reply, .. } => {
                     let _ = reply.send(Err(SessionError::Closed(reason.clone())));
                 }
             }
+        }
+        if drain {
+            // What the application handed over before the end (a channel
+            // close, the cancel of a dropped call) is already accepted for
+            // sending and must not be lost to the connection loss below:
+            // let every flush task queue what is due first (rule:
+            // rpc.caller.liveness — releasing the root ends the session
+            // gracefully). `linger` bounds it if the peer stopped reading.
+            // One after the other is enough: every flush task makes progress
+            // meanwhile, each wait only observes its task's end.
+            let flushes = async {
+                for core in &cores {
+                    core.drain_flush().await;
+                }
+            };
+            if tokio::time::timeout(self.config.linger, flushes).await.is_err() {
+                tracing::debug!("flush tasks did not finish within linger; dropping what they still owe");
+            }
+        }
+        for core in &cores {
+            core.on_lost(cause.clone());
         }
         // Owed messages (a pong, a close) were decided before the end: they
         // go first. A graceful end waits for room; a violation only takes

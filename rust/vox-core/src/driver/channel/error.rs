@@ -54,9 +54,6 @@ pub enum ViolationKind {
     /// A second `ResetChannel` ([rpc.channel.reset]).
     #[error("second ResetChannel")]
     ResetAfterReset,
-    /// A `GrantCredit` after the receiver itself reset the channel ([rpc.channel.reset]).
-    #[error("GrantCredit after the receiver reset the channel")]
-    GrantAfterReset,
     /// An item beyond the credit granted so far ([rpc.flow-control.credit]).
     #[error("item sent without credit")]
     ItemWithoutCredit,
@@ -201,6 +198,10 @@ pub enum RemoteOutcome {
     CrossingIgnored,
     /// For an id whose state is gone: tolerated, counted ([rpc.channel.crossing]).
     DiscardedLate,
+    /// A `GrantCredit` sent by the receiver after its own `ResetChannel`:
+    /// pointless but named by no rule as a violation, and grants after a
+    /// channel ended are ignored ([rpc.channel.crossing]); ignored, counted.
+    GrantAfterResetIgnored,
     /// The connection is gone; ignored.
     ConnectionLost,
 }
@@ -226,6 +227,8 @@ pub struct ChannelStats {
     pub late_messages: u64,
     /// Grants, resets and closes that crossed our own close or reset.
     pub crossing_ignored: u64,
+    /// Grants the receiver sent after its own reset (ignored).
+    pub grants_after_reset_ignored: u64,
     /// The deepest any delivery or early buffer has been (high-water mark).
     pub max_queue_depth: usize,
 }

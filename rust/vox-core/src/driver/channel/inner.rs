@@ -163,6 +163,11 @@ impl Inner {
     fn tolerated(&mut self, id: ChannelId, verdict: Verdict) -> RemoteOutcome {
         match verdict {
             Verdict::Late => RemoteOutcome::DiscardedLate,
+            Verdict::GrantAfterReset => {
+                self.counters.grants_after_reset_ignored = self.counters.grants_after_reset_ignored.saturating_add(1);
+                tracing::debug!(channel = %id, "grant after the receiver's own reset, ignored");
+                RemoteOutcome::GrantAfterResetIgnored
+            }
             Verdict::Crossing | Verdict::DiscardAfterReset => {
                 self.counters.crossing_ignored = self.counters.crossing_ignored.saturating_add(1);
                 tracing::debug!(channel = %id, "channel message crossed our close or reset, ignored");

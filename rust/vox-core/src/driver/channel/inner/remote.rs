@@ -42,6 +42,8 @@ pub(super) enum Verdict {
     Crossing,
     /// The id's state is gone: a late message.
     Late,
+    /// A grant from the receiver after its own reset.
+    GrantAfterReset,
 }
 
 /// rule: rpc.channel.crossing — what is tolerated after a channel ended,
@@ -60,7 +62,9 @@ pub(super) fn judge_ended(role: Role, peer_ended: &mut bool, msg: Msg) -> Result
             *peer_ended = true;
             Ok(Verdict::Crossing)
         }
-        Msg::Grant if *peer_ended => Err(ViolationKind::GrantAfterReset),
+        // The receiver reset and still granted: it broke no rule, the grant
+        // just has nothing left to add to.
+        Msg::Grant if *peer_ended => Ok(Verdict::GrantAfterReset),
         Msg::Grant => Ok(Verdict::Crossing),
         Msg::Reset if *peer_ended => Err(ViolationKind::ResetAfterReset),
         Msg::Reset => {
@@ -85,7 +89,8 @@ impl Inner {
         let Some(entry) = self.channels.get_mut(&id) else {
             return match self.absent(id, Msg::Item)? {
                 Verdict::DiscardAfterReset => Ok(self.discard_after_reset(id)),
-                Verdict::Late | Verdict::Crossing => Ok(ItemOutcome::DiscardedLate),
+                // Only grants get this verdict, never an item.
+                Verdict::Late | Verdict::Crossing | Verdict::GrantAfterReset => Ok(ItemOutcome::DiscardedLate),
             };
         };
         if entry.role != Role::Receiver {
@@ -126,7 +131,7 @@ impl Inner {
             ChannelState::Closing(Closing::ReceiverResetPending) => Ok(self.discard_after_reset(id)),
             ChannelState::Closed(closed) => match judge_ended(Role::Receiver, &mut closed.peer_ended, Msg::Item)? {
                 Verdict::DiscardAfterReset => Ok(self.discard_after_reset(id)),
-                Verdict::Late | Verdict::Crossing => Ok(ItemOutcome::DiscardedLate),
+                Verdict::Late | Verdict::Crossing | Verdict::GrantAfterReset => Ok(ItemOutcome::DiscardedLate),
             },
             _ => Err(ViolationKind::WrongDirection),
         }
@@ -246,7 +251,7 @@ impl Inner {
         match &mut entry.state {
             ChannelState::Pending(Early::Sending { credit, reset }) => {
                 if *reset {
-                    return Err(ViolationKind::GrantAfterReset);
+                    return Ok(self.tolerated(id, Verdict::GrantAfterReset));
                 }
                 *credit = credit.checked_add(additional).ok_or(ViolationKind::GrantOverflow)?;
                 Ok(RemoteOutcome::Buffered)
