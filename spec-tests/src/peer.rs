@@ -9,9 +9,10 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use vox_core::link::{Link, LinkRx, LinkTx};
 use vox_core::wire::{
-    self, Blob, ChannelDecl, ChannelDirection, ChannelId, ConduitMode, ConduitMsg, ConnectionId, ConnectionSettings,
-    HandshakeMsg, Hello, HelloYourself, Message, Metadata, MethodId, PROTOCOL_VERSION, Parity, Payload, RequestId,
-    ResponseBody, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
+    self, Blob, ChannelDecl, ChannelDirection, ChannelId, ClientHello, ConduitMode, ConduitMsg, ConnectionId,
+    ConnectionSettings, HandshakeMsg, Hello, HelloYourself, Message, Metadata, MethodId, PROTOCOL_VERSION, Parity,
+    Payload, RequestId, ResponseBody, ResumeKey, StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC,
+    TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
 
 /// How long the harness waits for any one thing from the subject: only a
@@ -372,6 +373,265 @@ impl Peer {
                 other => fail!("transport.prologue: expected Accept {{ {mode:?} }}, got {other:?}"),
             },
             None => fail!("transport.prologue: the subject closed the link instead of accepting"),
+        }
+    }
+}
+
+// ------------------------------------------------------- stable conduit
+
+/// The harness end of a stable conduit (rules `conduit.stable`, `stable.*`)
+/// over one link: raw `ClientHello`, raw frames. It numbers its own frames,
+/// checks the subject's numbering (`stable.seq`) and acks (`stable.ack`),
+/// and acknowledges the subject's frames only when `ack_subject` is set.
+pub struct StablePeer {
+    /// Sending half of the current link.
+    pub tx: LinkTx,
+    /// Receiving half of the current link.
+    pub rx: LinkRx,
+    /// The seq of the harness's next frame.
+    pub next_seq: u32,
+    /// The seq the subject's next frame must carry.
+    pub subject_next: u32,
+    /// Whether the harness's frames acknowledge the subject's.
+    pub ack_subject: bool,
+    /// The highest ack the subject sent (on a frame or alone).
+    pub subject_ack: Option<u32>,
+    /// The subject's session parity.
+    pub subject_parity: Parity,
+    /// Every frame received from the subject on this link, in order.
+    pub log: Vec<StableFrame>,
+    next_nonce: u64,
+}
+
+/// Sends the stable prologue and `hello` on a fresh link to `addr`; returns
+/// the link and the subject's answer (`None` if it closed without one).
+pub async fn stable_hello(
+    addr: std::net::SocketAddr,
+    hello: ClientHello,
+) -> CaseResult<(LinkTx, LinkRx, Option<StableHelloReply>)> {
+    let mut peer = Peer::new(vox_core::link::connect_tcp(addr, vox_core::link::LinkConfig::default()).await?);
+    peer.initiate_prologue(TransportHello {
+        magic: TRANSPORT_MAGIC,
+        version: TRANSPORT_VERSION,
+        mode: ConduitMode::Stable,
+    })
+    .await?;
+    peer.send_value("ClientHello", &hello).await?;
+    let reply = match peer.recv_raw("StableHelloReply").await? {
+        None => None,
+        Some(b) => Some(wire::decode::<StableHelloReply>("StableHelloReply", &b)?),
+    };
+    Ok((peer.tx, peer.rx, reply))
+}
+
+impl StablePeer {
+    /// Wraps a link whose hello exchange is done. `next_seq` is the seq of
+    /// the harness's next frame, `subject_next` the one the subject's next
+    /// frame must carry.
+    pub fn new(tx: LinkTx, rx: LinkRx, next_seq: u32, subject_next: u32) -> StablePeer {
+        StablePeer {
+            tx,
+            rx,
+            next_seq,
+            subject_next,
+            ack_subject: true,
+            subject_ack: None,
+            subject_parity: Parity::Even,
+            log: Vec::new(),
+            next_nonce: 0x57ab,
+        }
+    }
+
+    /// A new conduit on a fresh link: `ClientHello { None, None }` must be
+    /// answered by `Welcome` with a key of at least 16 bytes and no
+    /// `last_received`. Returns the peer and the key.
+    pub async fn open(addr: std::net::SocketAddr) -> CaseResult<(StablePeer, ResumeKey)> {
+        let (tx, rx, reply) = stable_hello(addr, ClientHello { resume_key: None, last_received: None }).await?;
+        let sh = match reply {
+            Some(StableHelloReply::Welcome(sh)) => sh,
+            other => fail!("conduit.stable: a new ClientHello was answered with {other:?}, expected Welcome"),
+        };
+        ensure!(
+            sh.resume_key.0.len() >= 16,
+            "stable.resume-key: the key has {} bytes, fewer than 16",
+            sh.resume_key.0.len()
+        );
+        ensure!(
+            sh.last_received.is_none(),
+            "conduit.stable: a new conduit's ServerHello says seq {:?} was received",
+            sh.last_received
+        );
+        Ok((StablePeer::new(tx, rx, 0, 0), sh.resume_key))
+    }
+
+    /// The frame the harness sends next for `msg` (without sending it).
+    pub fn frame(&mut self, msg: &ConduitMsg) -> CaseResult<StableFrame> {
+        let item = Blob(Bytes::from(wire::encode("ConduitMsg", msg)?));
+        let ack = if self.ack_subject { self.subject_next.checked_sub(1) } else { None };
+        let frame = StableFrame { seq: self.next_seq, ack, item };
+        self.next_seq = self.next_seq.wrapping_add(1);
+        Ok(frame)
+    }
+
+    /// Sends one stable message as is.
+    pub async fn send_stable(&mut self, msg: &StableMsg) -> CaseResult {
+        self.tx.send(Bytes::from(wire::encode("StableMsg", msg)?)).await?;
+        Ok(())
+    }
+
+    /// Wraps `msg` in the next frame and sends it; returns the frame.
+    pub async fn send_conduit(&mut self, msg: &ConduitMsg) -> CaseResult<StableFrame> {
+        let frame = self.frame(msg)?;
+        self.send_stable(&StableMsg::Frame(frame.clone())).await?;
+        Ok(frame)
+    }
+
+    /// Sends a session message in the next frame.
+    pub async fn send(&mut self, connection_id: u64, payload: Payload) -> CaseResult<StableFrame> {
+        self.send_conduit(&ConduitMsg::Message(Message { connection_id: ConnectionId(connection_id), payload })).await
+    }
+
+    fn check_ack(&mut self, ack: u32) -> CaseResult {
+        ensure!(
+            self.next_seq.checked_sub(1).is_some_and(|last| ack <= last),
+            "stable.ack: the subject acknowledged seq {ack}, but the harness's last frame was {:?}",
+            self.next_seq.checked_sub(1)
+        );
+        if let Some(prev) = self.subject_ack {
+            ensure!(ack >= prev, "stable.ack: the subject's ack went back from {prev} to {ack}");
+        }
+        self.subject_ack = Some(ack);
+        Ok(())
+    }
+
+    /// The next stable message, `None` at end of stream (or a link error).
+    pub async fn recv_stable(&mut self, what: &str) -> CaseResult<Option<StableMsg>> {
+        match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
+            Err(_) => Err(CaseError::Timeout(what.to_string())),
+            Ok(Ok(Some(b))) => Ok(Some(wire::decode::<StableMsg>("StableMsg", &b)?)),
+            Ok(Ok(None)) | Ok(Err(_)) => Ok(None),
+        }
+    }
+
+    /// The subject's next frame (stand-alone acks are checked and skipped),
+    /// checked for `stable.seq` and `stable.ack`; `None` at end of stream.
+    pub async fn recv_frame(&mut self, what: &str) -> CaseResult<Option<StableFrame>> {
+        loop {
+            match self.recv_stable(what).await? {
+                None => return Ok(None),
+                Some(StableMsg::Ack { ack }) => self.check_ack(ack)?,
+                Some(StableMsg::Bye) => {
+                    fail!("conduit.stable: the subject said Bye while the harness waited for {what}")
+                }
+                Some(StableMsg::Frame(f)) => {
+                    ensure!(
+                        f.seq == self.subject_next,
+                        "stable.seq: the subject's frame has seq {}, expected {}",
+                        f.seq,
+                        self.subject_next
+                    );
+                    self.subject_next = f.seq.wrapping_add(1);
+                    if let Some(ack) = f.ack {
+                        self.check_ack(ack)?;
+                    }
+                    self.log.push(f.clone());
+                    return Ok(Some(f));
+                }
+            }
+        }
+    }
+
+    /// The conduit message in the subject's next frame.
+    pub async fn recv_conduit(&mut self, what: &str) -> CaseResult<(StableFrame, ConduitMsg)> {
+        let Some(f) = self.recv_frame(what).await? else {
+            fail!("the subject closed the link while the harness waited for {what}");
+        };
+        let msg = wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)?;
+        Ok((f, msg))
+    }
+
+    /// Initiator side of the session handshake inside frames, the harness
+    /// taking `parity`.
+    pub async fn initiate_handshake(&mut self, parity: Parity) -> CaseResult {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            parity,
+            root_settings: ConnectionSettings::default(),
+            features: vec![],
+        };
+        self.send_conduit(&ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
+        match self.recv_conduit("HelloYourself").await?.1 {
+            ConduitMsg::Handshake(HandshakeMsg::HelloYourself(hy)) => {
+                ensure!(hy.protocol_version == PROTOCOL_VERSION, "session.handshake: version {}", hy.protocol_version);
+                self.subject_parity = parity.opposite();
+            }
+            other => fail!("session.handshake: expected HelloYourself in a frame, got {other:?}"),
+        }
+        self.send_conduit(&ConduitMsg::Handshake(HandshakeMsg::LetsGo)).await?;
+        Ok(())
+    }
+
+    /// Waits for the response to request `id` on the root; other session
+    /// messages are skipped, a ProtocolError fails the case.
+    pub async fn response(&mut self, id: u64) -> CaseResult<ResponseBody> {
+        loop {
+            match self.recv_conduit(&format!("the response to request {id}")).await?.1 {
+                ConduitMsg::Message(Message { connection_id, payload: Payload::Response { id: r, ret, .. } })
+                    if connection_id.is_root() && r.0 == id =>
+                {
+                    return Ok(ret);
+                }
+                ConduitMsg::Message(Message { payload: Payload::ProtocolError { description }, .. }) => {
+                    fail!("the subject sent ProtocolError({description:?}) while the harness waited for response {id}")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Calls `echo(text)` as request `id` and checks the answer.
+    pub async fn echo(&mut self, id: u64, text: &str) -> CaseResult {
+        self.send(0, request(id, "echo", text, vec![])).await?;
+        let s: String = ok_value(&self.response(id).await?)?;
+        ensure!(s == text, "echo({text:?}) returned {s:?}");
+        Ok(())
+    }
+
+    /// A round trip through the subject (Ping/Pong in frames); returns the
+    /// session messages that came before the Pong.
+    pub async fn barrier(&mut self) -> CaseResult<Vec<Message>> {
+        self.next_nonce += 1;
+        let nonce = self.next_nonce;
+        self.send(0, Payload::Ping { nonce }).await?;
+        let mut before = Vec::new();
+        loop {
+            match self.recv_conduit("a Pong (round trip through the subject)").await?.1 {
+                ConduitMsg::Message(Message { payload: Payload::Pong { nonce: n }, .. }) if n == nonce => {
+                    return Ok(before);
+                }
+                ConduitMsg::Message(Message { payload: Payload::ProtocolError { description }, .. }) => {
+                    fail!("the subject sent ProtocolError({description:?}) for a valid exchange")
+                }
+                ConduitMsg::Message(m) => before.push(m),
+                ConduitMsg::Handshake(h) => fail!("session.message: handshake message {h:?} after the handshake"),
+            }
+        }
+    }
+
+    /// Ends the conduit on purpose (`Bye`) and waits for the link to close.
+    pub async fn bye(mut self) -> CaseResult {
+        self.send_stable(&StableMsg::Bye).await?;
+        self.expect_closed("the link to close after Bye").await
+    }
+
+    /// Reads until the link closes (anything may come first).
+    pub async fn expect_closed(&mut self, what: &str) -> CaseResult {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
+                Err(_) => fail!("the subject did not close the link ({what})"),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) | Ok(Err(_)) => return Ok(()),
+            }
         }
     }
 }

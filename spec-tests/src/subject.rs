@@ -147,7 +147,14 @@ pub async fn client(cmd: &SubjectCmd, scenario: &str, settings: ConnectionSettin
 
 /// Subject in `listen` mode: returns the address it printed.
 pub async fn listen(cmd: &SubjectCmd) -> CaseResult<(Running, SocketAddr)> {
-    let mut child = cmd.spawn(&[("SUBJECT_MODE", "listen")], true)?;
+    listen_with(cmd, &[]).await
+}
+
+/// Like [`listen`], with extra environment variables for the subject.
+pub async fn listen_with(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<(Running, SocketAddr)> {
+    let mut all = vec![("SUBJECT_MODE", "listen")];
+    all.extend_from_slice(envs);
+    let mut child = cmd.spawn(&all, true)?;
     let Some(stdout) = child.stdout.take() else { fail!("internal: no stdout pipe") };
     let mut running = Running { child };
     let mut lines = BufReader::new(stdout).lines();

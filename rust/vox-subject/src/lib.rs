@@ -5,7 +5,8 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `SUBJECT_MODE` | `server` (default): connect to `PEER_ADDR` as link and session initiator and serve Testbed on the root and on every accepted virtual connection until the session ends, then exit 0. `client`: connect to `PEER_ADDR` and run `CLIENT_SCENARIO` against the harness (which plays the Testbed server); exit 0 on success, 1 with a message on stderr otherwise. `listen`: listen on `127.0.0.1:0`, print `LISTENING <addr>` on stdout, accept one link as transport and session acceptor, serve Testbed until that session ends (or fails to establish), then exit 0. |
+//! | `SUBJECT_MODE` | `server` (default): connect to `PEER_ADDR` as link and session initiator and serve Testbed on the root and on every accepted virtual connection until the session ends, then exit 0. `client`: connect to `PEER_ADDR` and run `CLIENT_SCENARIO` against the harness (which plays the Testbed server); exit 0 on success, 1 with a message on stderr otherwise. `listen`: listen on `127.0.0.1:0`, print `LISTENING <addr>` on stdout, accept one link as transport and session acceptor, serve Testbed until that session ends (or fails to establish), then exit 0. While that session lives, further links are accepted too: one that resumes its stable conduit (rule `session.resume`) is attached to it, a second new session is refused. |
+//! | `SUBJECT_ACCEPT_STABLE` | mode `listen`: `0` refuses stable conduits in the transport prologue (`SessionConfig::accept_stable = false`, for rule `transport.prologue.no-fallback`); `1` or unset accepts them (the default). |
 //! | `PEER_ADDR` | `host:port` of the harness (modes `server` and `client`). |
 //! | `CLIENT_SCENARIO` | the scenario name for mode `client` (see [`scenarios::SCENARIOS`]). |
 //!

@@ -17,22 +17,54 @@ async fn serve() -> Result<(), SubjectError> {
     Ok(())
 }
 
+/// `SUBJECT_ACCEPT_STABLE=0` makes the listening subject refuse stable
+/// conduits (any other value, or none, accepts them).
+fn listen_builder() -> Result<vox_core::session::SessionBuilder, SubjectError> {
+    let mut builder = server_builder();
+    match std::env::var("SUBJECT_ACCEPT_STABLE").as_deref() {
+        Err(_) | Ok("1") => {}
+        Ok("0") => builder.config_mut().accept_stable = false,
+        Ok(other) => return Err(SubjectError::Config(format!("SUBJECT_ACCEPT_STABLE={other:?} (0 or 1)"))),
+    }
+    Ok(builder)
+}
+
 async fn listen() -> Result<(), SubjectError> {
-    let listener = server_builder().listen("127.0.0.1:0").await?;
+    let listener = listen_builder()?.listen("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "LISTENING {addr}")?;
         out.flush()?;
     }
-    match listener.accept().await {
-        Ok(session) => {
-            let reason = session.handle.closed().await;
-            eprintln!("vox-subject: session ended: {reason:?}");
-        }
+    let session = match listener.accept().await {
+        Ok(session) => session,
         // A refused or failed establishment is an outcome, not a crash.
-        Err(e) => eprintln!("vox-subject: no session: {e}"),
-    }
+        Err(e) => {
+            eprintln!("vox-subject: no session: {e}");
+            return Ok(());
+        }
+    };
+    // Keep accepting while the session lives: `Listener::accept` attaches
+    // links that resume its stable conduit (rule `session.resume`); another
+    // new session is refused by dropping it.
+    let more = async {
+        loop {
+            match listener.accept().await {
+                Ok(other) => {
+                    eprintln!("vox-subject: refusing a second session");
+                    drop(other);
+                }
+                Err(e) => eprintln!("vox-subject: link refused: {e}"),
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = session.handle.closed() => reason,
+        // `more` never ends.
+        () = more => return Ok(()),
+    };
+    eprintln!("vox-subject: session ended: {reason:?}");
     Ok(())
 }
 

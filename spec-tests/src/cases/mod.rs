@@ -10,6 +10,7 @@ mod client;
 mod connections;
 mod rpc;
 mod session;
+mod stable;
 mod transport;
 
 /// A running case.
@@ -78,6 +79,25 @@ pub static CASES: &[Case] = &[
         transport::session_parity_acceptor_takes_opposite,
         SubjectAccepts,
         ["session.parity", "session.handshake", "connection.open"]
+    ),
+    // ---- stable conduit and resume (subject accepts)
+    case!(
+        stable::conduit_stable_hello_issues_resume_key,
+        SubjectAccepts,
+        ["conduit.stable", "stable.resume-key", "stable.seq", "stable.ack", "session.handshake"]
+    ),
+    case!(stable::stable_seq_duplicate_frame_ignored, SubjectAccepts, ["stable.seq", "rpc.response.one-per-request"]),
+    case!(stable::stable_seq_gap_is_error, SubjectAccepts, ["stable.seq"]),
+    case!(
+        stable::stable_replay_buffer_resends_unacked_after_reconnect,
+        SubjectAccepts,
+        ["stable.replay-buffer", "session.resume", "stable.ack"]
+    ),
+    case!(stable::stable_resume_key_unknown_rejected, SubjectAccepts, ["stable.resume-key"]),
+    case!(
+        stable::session_resume_new_server_session_not_resumed,
+        SubjectAccepts,
+        ["session.resume", "stable.resume-key"]
     ),
     // ---- prologue and handshake (subject initiates)
     case!(

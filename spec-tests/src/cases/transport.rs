@@ -68,12 +68,20 @@ fn timeout(what: &str) -> crate::CaseError {
 }
 
 pub async fn transport_prologue_stable_rejected_no_fallback(cmd: SubjectCmd) -> CaseResult {
-    let (running, mut peer, answer) =
-        prologue_answer(&cmd, &hello(TRANSPORT_MAGIC, TRANSPORT_VERSION, ConduitMode::Stable)).await?;
+    // The subject accepts stable by default; `SUBJECT_ACCEPT_STABLE=0` makes
+    // it refuse, which is when falling back to bare would be tempting.
+    let (running, addr) = subject::listen_with(&cmd, &[("SUBJECT_ACCEPT_STABLE", "0")]).await?;
+    let mut peer = Peer::new(subject::dial(addr).await?);
+    peer.send_value("TransportMsg", &hello(TRANSPORT_MAGIC, TRANSPORT_VERSION, ConduitMode::Stable)).await?;
+    let answer = match peer.recv_raw("the prologue answer").await? {
+        None => None,
+        Some(b) => Some(wire::decode::<TransportMsg>("TransportMsg", &b)?),
+    };
     match answer {
-        // The subject may support stable; then it must accept stable, never bare.
-        Some(TransportMsg::Accept { mode: ConduitMode::Stable }) => return running.finish_no_crash().await,
         Some(TransportMsg::Reject { .. }) => {}
+        Some(TransportMsg::Accept { mode: ConduitMode::Stable }) => {
+            fail!("transport.prologue.no-fallback: the subject accepted stable despite SUBJECT_ACCEPT_STABLE=0")
+        }
         other => fail!("transport.prologue.no-fallback: asked for stable, got {other:?}"),
     }
     peer.expect_closed("the link to close after TransportReject").await?;

@@ -1,0 +1,220 @@
+//! The stable conduit (rules `conduit.stable`, `stable.*`) and session
+//! resume (`session.resume`), with the subject listening and the harness
+//! playing the client over raw links.
+
+use crate::error::CaseResult;
+use crate::peer::{StablePeer, ok_value, request, stable_hello};
+use crate::subject::{self, SubjectCmd};
+use crate::{ensure, fail};
+use bytes::Bytes;
+use vox_core::wire::{
+    self, Blob, ClientHello, ConduitMsg, Message, Parity, Payload, ResumeKey, StableHelloReply, StableMsg,
+};
+
+/// A listening subject, a new stable conduit to it and the session
+/// handshake inside frames (the harness takes odd parity).
+async fn stable_session(
+    cmd: &SubjectCmd,
+) -> CaseResult<(subject::Running, std::net::SocketAddr, StablePeer, ResumeKey)> {
+    let (running, addr) = subject::listen(cmd).await?;
+    let (mut peer, key) = StablePeer::open(addr).await?;
+    peer.initiate_handshake(Parity::Odd).await?;
+    Ok((running, addr, peer, key))
+}
+
+pub async fn conduit_stable_hello_issues_resume_key(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        for (id, text) in [(1u64, "stable"), (3, "again")] {
+            peer.send(0, request(id, "echo", text, vec![])).await?;
+            let sent = peer.next_seq - 1;
+            let s: String = ok_value(&peer.response(id).await?)?;
+            ensure!(s == text, "echo({text:?}) returned {s:?}");
+            // rule: stable.ack — the subject answered, so it delivered the request's frame.
+            ensure!(
+                peer.subject_ack.is_some_and(|a| a >= sent),
+                "stable.ack: the subject answered the request in frame {sent} but acknowledges only {:?}",
+                peer.subject_ack
+            );
+        }
+        // rule: stable.seq — recv_frame checked every frame against 0, 1, 2, ...
+        let seqs: Vec<u32> = peer.log.iter().map(|f| f.seq).collect();
+        ensure!(seqs.len() >= 3, "conduit.stable: only {} frames from the subject", seqs.len());
+        ensure!(seqs.first() == Some(&0), "stable.seq: the subject's first frame is {:?}, not 0", seqs.first());
+        peer.bye().await
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_seq_duplicate_frame_ignored(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        let frame = peer.frame(&ConduitMsg::Message(Message {
+            connection_id: wire::ConnectionId::ROOT,
+            payload: request(1, "echo", "once", vec![]),
+        }))?;
+        // The same frame twice in a row: the second is a duplicate to drop
+        // (delivered, it would repeat request 1 while it is in flight).
+        peer.send_stable(&StableMsg::Frame(frame.clone())).await?;
+        peer.send_stable(&StableMsg::Frame(frame)).await?;
+        peer.send(0, request(3, "echo", "after", vec![])).await?;
+        let mut answers = Vec::new();
+        while !answers.contains(&3) {
+            match peer.recv_conduit("the responses to requests 1 and 3").await?.1 {
+                ConduitMsg::Message(Message { payload: Payload::Response { id, .. }, .. }) => answers.push(id.0),
+                ConduitMsg::Message(Message { payload: Payload::ProtocolError { description }, .. }) => {
+                    fail!("stable.seq: the duplicate frame was delivered: ProtocolError({description:?})")
+                }
+                _ => {}
+            }
+        }
+        for m in peer.barrier().await? {
+            if let Payload::Response { id, .. } = m.payload {
+                answers.push(id.0);
+            }
+        }
+        let ones = answers.iter().filter(|&&id| id == 1).count();
+        ensure!(ones == 1, "stable.seq: {ones} responses to request 1, sent once in a duplicated frame");
+        peer.bye().await
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_seq_gap_is_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        peer.echo(1, "before the gap").await?;
+        // Skip one seq: a reliable link plus replay cannot lose a frame.
+        peer.next_seq += 1;
+        peer.send(0, request(3, "echo", "after the gap", vec![])).await?;
+        loop {
+            match peer.recv_stable("the link to close after a seq gap").await {
+                Err(crate::CaseError::Timeout(_)) => {
+                    fail!("stable.seq: the subject kept the conduit open after a frame skipped a seq")
+                }
+                Err(e) => return Err(e),
+                Ok(None) => return Ok(()),
+                Ok(Some(StableMsg::Frame(f))) => {
+                    if let Ok(ConduitMsg::Message(Message { payload: Payload::Response { id, .. }, .. })) =
+                        wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)
+                    {
+                        ensure!(id.0 != 3, "stable.seq: the subject delivered the frame after a gap and answered it");
+                    }
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_replay_buffer_resends_unacked_after_reconnect(cmd: SubjectCmd) -> CaseResult {
+    let (running, addr, mut peer, key) = stable_session(&cmd).await?;
+    let result = async {
+        // The harness never acknowledges: everything the subject sent stays
+        // in its replay buffer.
+        peer.ack_subject = false;
+        for (id, text) in [(1u64, "one"), (3, "two"), (5, "three")] {
+            peer.echo(id, text).await?;
+        }
+        let last = peer.subject_next - 1;
+        ensure!(last >= 3, "conduit.stable: only {} frames from the subject", last + 1);
+        // Claim the last two frames were lost with the link.
+        let claimed = last - 2;
+        let harness_last = peer.next_seq - 1;
+        let old_log = std::mem::take(&mut peer.log);
+        // Drop the link without Bye, as a network failure would.
+        drop(peer);
+
+        let hello = ClientHello { resume_key: Some(key.clone()), last_received: Some(claimed) };
+        let (tx, rx, reply) = stable_hello(addr, hello).await?;
+        let sh = match reply {
+            Some(StableHelloReply::Welcome(sh)) => sh,
+            other => fail!("session.resume: resuming with the live key was answered with {other:?}"),
+        };
+        ensure!(sh.resume_key == key, "stable.resume-key: the resumed conduit's Welcome carries another key");
+        ensure!(
+            sh.last_received == Some(harness_last),
+            "session.resume: Welcome says the subject received up to {:?}, but it answered frame {harness_last}",
+            sh.last_received
+        );
+        let mut peer = StablePeer::new(tx, rx, harness_last.wrapping_add(1), claimed + 1);
+        peer.ack_subject = false;
+        // rule: stable.replay-buffer — frames claimed+1..=last again, same
+        // seq (checked by recv_frame) and same content, before anything new.
+        for seq in claimed + 1..=last {
+            let Some(f) = peer.recv_frame(&format!("the replay of frame {seq}")).await? else {
+                fail!("stable.replay-buffer: the subject closed the resumed link before replaying frame {seq}");
+            };
+            let original = old_log.iter().find(|o| o.seq == seq).map(|o| &o.item);
+            ensure!(original == Some(&f.item), "stable.replay-buffer: replayed frame {seq} differs from the original");
+        }
+        peer.ack_subject = true;
+        peer.echo(7, "resumed").await?;
+        ensure!(
+            peer.log.first().map(|f| f.seq) == Some(claimed + 1),
+            "stable.replay-buffer: the replay did not come first"
+        );
+        peer.bye().await
+    }
+    .await;
+    running.conclude(result).await
+}
+
+/// A key the subject never issued (it draws 16+ random bytes).
+fn foreign_key() -> ResumeKey {
+    ResumeKey(Blob(Bytes::from_static(b"vox-spec-tests: not a real resume key")))
+}
+
+pub async fn stable_resume_key_unknown_rejected(cmd: SubjectCmd) -> CaseResult {
+    let (running, addr) = subject::listen(&cmd).await?;
+    let result = async {
+        let hello = ClientHello { resume_key: Some(foreign_key()), last_received: Some(4) };
+        let (_tx, mut rx, reply) = stable_hello(addr, hello).await?;
+        match reply {
+            Some(StableHelloReply::UnknownKey { .. }) => {}
+            other => fail!("stable.resume-key: an unknown key was answered with {other:?}, expected UnknownKey"),
+        }
+        expect_link_end(&mut rx).await
+    }
+    .await;
+    running.conclude(result).await
+}
+
+async fn expect_link_end(rx: &mut vox_core::link::LinkRx) -> CaseResult {
+    match tokio::time::timeout(crate::peer::PATIENCE, rx.recv()).await {
+        Err(_) => fail!("stable.resume-key: the link stayed open after UnknownKey"),
+        Ok(Ok(Some(b))) => {
+            fail!("stable.resume-key: {} more bytes after UnknownKey, expected the link to close", b.len())
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => Ok(()),
+    }
+}
+
+pub async fn session_resume_new_server_session_not_resumed(cmd: SubjectCmd) -> CaseResult {
+    let (first, _addr, mut peer, key) = stable_session(&cmd).await?;
+    peer.echo(1, "before the restart").await?;
+    let last = peer.subject_next - 1;
+    // The server goes away (killed: its sessions die with it) and a new
+    // process takes over.
+    drop(peer);
+    drop(first);
+    let (running, addr) = subject::listen(&cmd).await?;
+    let result = async {
+        let hello = ClientHello { resume_key: Some(key), last_received: Some(last) };
+        let (_tx, mut rx, reply) = stable_hello(addr, hello).await?;
+        match reply {
+            Some(StableHelloReply::UnknownKey { .. }) => {}
+            Some(StableHelloReply::Welcome(_)) => {
+                fail!("session.resume: a new server process welcomed a key from before its restart")
+            }
+            None => fail!("stable.resume-key: the new server closed the link without UnknownKey"),
+        }
+        expect_link_end(&mut rx).await
+    }
+    .await;
+    running.conclude(result).await
+}
