@@ -206,6 +206,9 @@ struct Rounds {
     up: [Vec<f64>; 2],
 }
 
+/// A target's text and its test on (vox, baseline).
+type TargetCheck = (&'static str, fn(f64, f64) -> bool);
+
 const BASE: usize = 0;
 const VOX: usize = 1;
 
@@ -240,40 +243,39 @@ async fn throughput(scale: &Scale, transport: Transport) -> Result<Vec<Row>, Ben
     let _ = pair.client.handle.shutdown();
     let tcp = transport == Transport::Tcp;
     let t = transport.name();
-    let row =
-        |workload, unit, figures: &mut [Vec<f64>; 2], target: Option<(&'static str, &dyn Fn(f64, f64) -> bool)>| {
-            let (base, vox) = (median(&mut figures[BASE]), median(&mut figures[VOX]));
-            Row {
-                workload,
-                transport: t,
-                unit,
-                vox,
-                baseline: Some(base),
-                target: target.map(|(text, pass)| Target { text, pass: pass(vox, base) }),
-            }
-        };
+    let row = |workload, unit, figures: &mut [Vec<f64>; 2], target: Option<TargetCheck>| {
+        let (base, vox) = (median(&mut figures[BASE]), median(&mut figures[VOX]));
+        Row {
+            workload,
+            transport: t,
+            unit,
+            vox,
+            baseline: Some(base),
+            target: target.map(|(text, pass)| Target { text, pass: pass(vox, base) }),
+        }
+    };
     Ok(vec![
         row(
             "sequential echo 64 B, median latency",
             "µs",
             &mut r.seq_med,
-            Some(("≤ 1.5x baseline", &|v, b| v <= 1.5 * b)),
+            Some(("≤ 1.5x baseline", |v, b| v <= 1.5 * b)),
         ),
         row("sequential echo 64 B, p99 latency", "µs", &mut r.seq_p99, None),
         row(
             "pipelined echo 64 B, 64 in flight",
             "calls/s",
             &mut r.pipelined,
-            tcp.then_some(("≥ 0.5x baseline", &|v, b| v >= 0.5 * b)),
+            tcp.then_some(("≥ 0.5x baseline", |v, b| v >= 0.5 * b)),
         ),
-        row("echo 1 MiB", "MiB/s", &mut r.big, Some(("≥ 0.6x baseline", &|v, b| v >= 0.6 * b))),
+        row("echo 1 MiB", "MiB/s", &mut r.big, Some(("≥ 0.6x baseline", |v, b| v >= 0.6 * b))),
         row(
             "stream u64 server→client",
             "items/s",
             &mut r.down,
-            tcp.then_some(("≥ 1,000,000 items/s", &|v, _| v >= 1e6)),
+            tcp.then_some(("≥ 1,000,000 items/s", |v, _| v >= 1e6)),
         ),
-        row("stream u64 client→server", "items/s", &mut r.up, tcp.then_some(("≥ 1,000,000 items/s", &|v, _| v >= 1e6))),
+        row("stream u64 client→server", "items/s", &mut r.up, tcp.then_some(("≥ 1,000,000 items/s", |v, _| v >= 1e6))),
     ])
 }
 
@@ -490,9 +492,9 @@ fn json(rows: &[Row], scale: &Scale) -> String {
         scale.quick, scale.rounds
     );
     for (i, r) in rows.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "    {{\"workload\": {}, \"transport\": {}, \"unit\": {}, \"vox\": {}, \"baseline\": {}, \"ratio\": {}, \"target\": {}, \"pass\": {}}}{}\n",
+            "    {{\"workload\": {}, \"transport\": {}, \"unit\": {}, \"vox\": {}, \"baseline\": {}, \"ratio\": {}, \"target\": {}, \"pass\": {}}}{}",
             json_str(r.workload),
             json_str(r.transport),
             json_str(r.unit),
