@@ -8,7 +8,13 @@
 //! one thing with the counting allocator and `/proc/self/status`.
 //!
 //! ```text
-//! cargo run -p vox-bench --release -- [--quick] [--rounds N] [--json PATH]
+//! cargo run -p vox-bench --release -- [--quick] [--rounds N] [--credit N] [--json PATH]
+//! ```
+//!
+//! `--credit N` gives the stream channels an initial credit of `N` instead of
+//! vox-core's default (16), to show how much the credit window limits streaming.
+//!
+//! ```text
 //! ```
 
 mod alloc;
@@ -126,12 +132,16 @@ fn parse_args() -> Result<Args, BenchError> {
             "--quick" => quick = true,
             "--json" => json = Some(it.next().ok_or_else(|| BenchError::Usage("--json needs a path".into()))?),
             "--child" => child = Some(it.next().ok_or_else(|| BenchError::Usage("--child needs a name".into()))?),
+            "--credit" => {
+                let n = it.next().and_then(|s| s.parse().ok());
+                vox::set_credit(n.ok_or_else(|| BenchError::Usage("--credit needs a number".into()))?);
+            }
             "--rounds" => {
                 let n = it.next().and_then(|s| s.parse().ok()).filter(|n: &usize| *n > 0);
                 rounds = Some(n.ok_or_else(|| BenchError::Usage("--rounds needs a positive number".into()))?);
             }
             "-h" | "--help" => {
-                return Err(BenchError::Usage("vox-bench [--quick] [--rounds N] [--json PATH]".into()));
+                return Err(BenchError::Usage("vox-bench [--quick] [--rounds N] [--credit N] [--json PATH]".into()));
             }
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }

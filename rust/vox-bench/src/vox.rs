@@ -4,16 +4,41 @@
 use crate::BenchError;
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use vox_core::driver::{Call, Handler, Rx, channel};
 use vox_core::link::{self, LinkConfig};
 use vox_core::session::{AcceptDecision, Caller, ConnectionRequest, Session, SessionBuilder};
 use vox_core::wire::{ConnectionSettings, Metadata, MethodId};
 
-/// The bench service's method ids.
-pub fn mid(name: &str) -> MethodId {
-    MethodId::from_names("Bench", name)
+/// The bench service's method ids, hashed once (hashing names per call
+/// would put blake3 into every measured call).
+pub struct Methods {
+    echo: MethodId,
+    generate: MethodId,
+    sum: MethodId,
+    hold: MethodId,
+}
+
+static METHODS: LazyLock<Methods> = LazyLock::new(|| {
+    let m = |name| MethodId::from_names("Bench", name);
+    Methods { echo: m("echo"), generate: m("generate"), sum: m("sum"), hold: m("hold") }
+});
+
+/// Initial credit of the channels the client creates (0: vox-core's default).
+static CREDIT: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the initial credit of stream channels (`--credit`); 0 keeps the default.
+pub fn set_credit(credit: u32) {
+    CREDIT.store(credit, Ordering::Relaxed);
+}
+
+fn stream_channel() -> (vox_core::driver::Tx<u64>, Rx<u64>) {
+    match CREDIT.load(Ordering::Relaxed) {
+        0 => channel::<u64>(),
+        c => vox_core::driver::channel_with_credit::<u64>(c),
+    }
 }
 
 /// Serializes a byte slice as one postcard byte string (length + bytes).
@@ -60,10 +85,11 @@ pub fn handler(held: Held) -> impl Handler + Clone {
         let held = held.clone();
         async move {
             let m = call.method_id;
-            if m == mid("echo") {
+            let ids = &*METHODS;
+            if m == ids.echo {
                 let Call { args, reply, .. } = call;
                 reply.ok_raw(args);
-            } else if m == mid("generate") {
+            } else if m == ids.generate {
                 let (n, mut tx) = match (call.decode_args::<u64>(), call.channels.tx::<u64>(0)) {
                     (Ok(n), Ok(tx)) => (n, tx),
                     _ => return call.reply.invalid_payload("expected (u64, Tx<u64>)"),
@@ -75,7 +101,7 @@ pub fn handler(held: Held) -> impl Handler + Clone {
                 }
                 let _ = tx.close().await;
                 call.reply.ok(&());
-            } else if m == mid("sum") {
+            } else if m == ids.sum {
                 let mut rx = match call.channels.rx::<u64>(0) {
                     Ok(rx) => rx,
                     Err(e) => return call.reply.invalid_payload(e),
@@ -85,7 +111,7 @@ pub fn handler(held: Held) -> impl Handler + Clone {
                     count += 1;
                 }
                 call.reply.ok(&count);
-            } else if m == mid("hold") {
+            } else if m == ids.hold {
                 match call.channels.rx::<u64>(0) {
                     Ok(rx) => {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(rx);
@@ -166,7 +192,7 @@ pub async fn pair(transport: Transport, server: SessionBuilder, client: SessionB
 }
 
 async fn echo(caller: &Caller, payload: &[u8]) -> Result<(), BenchError> {
-    let back: Buf = caller.call(mid("echo"), &BufRef(payload), vec![]).await?;
+    let back: Buf = caller.call(METHODS.echo, &BufRef(payload), vec![]).await?;
     if back.0.len() != payload.len() {
         return Err(BenchError::Check("vox echo has the wrong length"));
     }
@@ -213,9 +239,9 @@ pub async fn pipelined(
 /// The server streams `n` items to the client.
 pub async fn stream_down(caller: &Caller, n: u64) -> Result<Duration, BenchError> {
     let t = Instant::now();
-    let (tx, mut rx) = channel::<u64>();
+    let (tx, mut rx) = stream_channel();
     let arg = tx.into_arg().ok_or(BenchError::Check("unbound Tx"))?;
-    let call = caller.call::<u64, ()>(mid("generate"), &n, vec![arg]);
+    let call = caller.call::<u64, ()>(METHODS.generate, &n, vec![arg]);
     let collect = async move {
         let mut expected = 0u64;
         while let Some(i) = rx.recv().await? {
@@ -237,9 +263,9 @@ pub async fn stream_down(caller: &Caller, n: u64) -> Result<Duration, BenchError
 /// The client streams `n` items to the server.
 pub async fn stream_up(caller: &Caller, n: u64) -> Result<Duration, BenchError> {
     let t = Instant::now();
-    let (mut tx, rx) = channel::<u64>();
+    let (mut tx, rx) = stream_channel();
     let arg = rx.into_arg().ok_or(BenchError::Check("unbound Rx"))?;
-    let call = caller.call::<u64, u64>(mid("sum"), &n, vec![arg]);
+    let call = caller.call::<u64, u64>(METHODS.sum, &n, vec![arg]);
     let feed = async move {
         for i in 0..n {
             tx.send(&i).await?;
@@ -260,7 +286,7 @@ pub async fn stream_up(caller: &Caller, n: u64) -> Result<Duration, BenchError> 
 pub async fn hold_channel(caller: &Caller) -> Result<vox_core::driver::Tx<u64>, BenchError> {
     let (tx, rx) = channel::<u64>();
     let arg = rx.into_arg().ok_or(BenchError::Check("unbound Rx"))?;
-    caller.call::<(), ()>(mid("hold"), &(), vec![arg]).await?;
+    caller.call::<(), ()>(METHODS.hold, &(), vec![arg]).await?;
     Ok(tx)
 }
 
