@@ -226,7 +226,7 @@ async fn transport_prologue_no_fallback_stable_mode_is_rejected_and_link_closed(
         builder.config_mut().accept_stable = false;
         let listener = builder.listen("127.0.0.1:0").await.expect("listen");
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { listener.accept().await });
+        let server = tokio::spawn(async move { listener.accept_attempt().await });
         let mut link = link::connect_tcp(addr, LinkConfig::default()).await.expect("connect");
         let err =
             within("prologue", transport::initiate(&mut link, ConduitMode::Stable)).await.expect_err("stable rejected");
@@ -394,6 +394,6 @@ async fn session_handshake_timeout_drops_silent_tcp_peer() {
     let listener = server_builder().handshake_timeout(Duration::from_millis(200)).listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let r = within("listener accept", listener.accept()).await;
+    let r = within("listener accept", listener.accept_attempt()).await;
     assert!(matches!(r, Err(SessionError::HandshakeTimeout(d)) if d == Duration::from_millis(200)), "{r:?}");
 }

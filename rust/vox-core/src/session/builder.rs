@@ -384,7 +384,10 @@ impl SessionBuilder {
     /// Binds a TCP listener that accepts sessions with these settings.
     pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
-        Ok(Listener { tcp, builder: self })
+        let local_addr = tcp.local_addr().map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
+        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx));
+        Ok(Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), task })
     }
 
     fn start(self, tx: ConduitTx, rx: ConduitRx, negotiated: Negotiated) -> Session {
@@ -435,36 +438,100 @@ impl SessionBuilder {
     }
 }
 
+/// Outcomes (new sessions, per-link failures) a [`Listener`] holds until
+/// they are taken. New sessions wait for room (backpressure on setup);
+/// failures beyond it are dropped after being logged.
+const LISTENER_BACKLOG: usize = 16;
+
+/// Links whose prologue and handshake run at once; further TCP connections
+/// wait in the kernel's backlog.
+const MAX_CONCURRENT_SETUPS: usize = 64;
+
 /// Accepts sessions on a TCP listener.
+///
+/// A background task accepts TCP connections and runs each one's prologue
+/// and handshake in its own task, so a slow or silent peer holds up nobody,
+/// and links that resume an existing session's stable conduit are attached
+/// whether or not anyone is calling [`accept`](Self::accept) (rule
+/// `session.resume`). Dropping the listener stops accepting; sessions
+/// already established carry on.
 pub struct Listener {
+    local_addr: std::net::SocketAddr,
+    builder: SessionBuilder,
+    outcomes: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<Session, SessionError>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
     tcp: tokio::net::TcpListener,
     builder: SessionBuilder,
+    outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
+) {
+    let setups = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SETUPS));
+    loop {
+        let Ok(permit) = setups.clone().acquire_owned().await else { return };
+        let (stream, peer) = match tcp.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Per-connection accept errors (the peer reset before we
+                // took it, descriptor limits) do not end the listener.
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let link = link::tcp(stream, builder.config.link.clone());
+        let builder = builder.clone();
+        let outcomes = outcomes.clone();
+        tokio::spawn(async move {
+            let outcome = builder.establish_acceptor_any(link).await;
+            drop(permit);
+            match outcome {
+                Ok(Accepted::New(session)) => {
+                    let _ = outcomes.send(Ok(session)).await;
+                }
+                Ok(Accepted::Resumed) => tracing::debug!(%peer, "link resumed a stable conduit"),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "inbound link did not become a session");
+                    let _ = outcomes.try_send(Err(e));
+                }
+            }
+        });
+    }
 }
 
 impl Listener {
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tcp.local_addr()
+        Ok(self.local_addr)
     }
 
-    /// Accepts one TCP connection and returns its link (run
-    /// [`SessionBuilder::establish_acceptor`] on it, typically in its own
-    /// task so a slow peer cannot hold up the listener).
-    pub async fn accept_link(&self) -> Result<(Link, std::net::SocketAddr), SessionError> {
-        let (stream, addr) = self.tcp.accept().await.map_err(|e| SessionError::Setup(format!("accept: {e}")))?;
-        Ok((link::tcp(stream, self.builder.config.link.clone()), addr))
-    }
-
-    /// Accepts connections until one starts a new session, and returns it.
-    /// Links that resume an existing session's stable conduit are attached
-    /// to it on the way (rule `session.resume`).
+    /// The next new session. Links that fail their setup are logged and
+    /// skipped, so `while let Ok(s) = listener.accept().await` keeps
+    /// serving after a bad client; an error means the listener stopped.
     pub async fn accept(&self) -> Result<Session, SessionError> {
         loop {
-            let (link, _) = self.accept_link().await?;
-            match self.builder.clone().establish_acceptor_any(link).await? {
-                Accepted::New(s) => return Ok(s),
-                Accepted::Resumed => continue,
+            match self.accept_attempt().await {
+                Ok(s) => return Ok(s),
+                Err(SessionError::Closed(reason)) => return Err(SessionError::Closed(reason)),
+                Err(_) => continue,
             }
+        }
+    }
+
+    /// The next outcome of an inbound link: a new session, or why a link did
+    /// not become one (for tests and diagnostics). At most
+    /// `LISTENER_BACKLOG` (16) failures are held; older ones are dropped.
+    pub async fn accept_attempt(&self) -> Result<Session, SessionError> {
+        match self.outcomes.lock().await.recv().await {
+            Some(outcome) => outcome,
+            None => Err(SessionError::Closed(super::CloseReason::LinkError("the listener stopped".into()))),
         }
     }
 

@@ -76,9 +76,9 @@ pub enum StableEnd {
     /// The peer broke the stable-conduit rules.
     #[error(transparent)]
     Violation(#[from] StableError),
-    /// Redialing failed permanently.
-    #[error("redial failed: {0}")]
-    Redial(String),
+    /// The peer sent a link message that is not a `StableMsg`.
+    #[error("undecodable stable-conduit message from the peer: {0}")]
+    Undecodable(String),
 }
 
 #[derive(Debug)]
@@ -450,7 +450,7 @@ fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<ConduitMsg>,
     let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
         Ok(m) => m,
         Err(e) => {
-            shared.finish(StableEnd::Redial(format!("undecodable stable message: {e}")));
+            shared.finish(StableEnd::Undecodable(e.to_string()));
             return Err(e.into());
         }
     };
@@ -718,6 +718,17 @@ impl StableRegistry {
             let _ = link.tx.close().await;
             return Err(StableSetupError::UnknownKey(reason));
         };
+        // Judge the client's position before answering: a Welcome followed
+        // by a failed attach would look like a resume that then broke.
+        let position = shared.core.lock().sm.check_reattach(hello.last_received);
+        if let Err(e) = position {
+            let reason = format!("cannot resume: {e}");
+            send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::UnknownKey { reason: reason.clone() })
+                .await?;
+            let _ = link.tx.close().await;
+            shared.finish(StableEnd::Violation(e));
+            return Err(StableSetupError::UnknownKey(reason));
+        }
         let reply = ServerHello { resume_key: shared.key.clone(), last_received: shared.last_received() };
         send_encoded(&link.tx, "StableHelloReply", &StableHelloReply::Welcome(reply)).await?;
         shared.attach(link, hello.last_received).map_err(|e| StableSetupError::Hello(e.to_string()))?;

@@ -188,6 +188,25 @@ impl StableState {
         Ok(released)
     }
 
+    /// Whether [`Self::on_reattach`] with `peer_last` would succeed, without
+    /// changing anything (a server checks before it answers `Welcome`).
+    pub fn check_reattach(&self, peer_last: Option<u32>) -> Result<(), StableError> {
+        if let Some(ack) = peer_last {
+            if !seq_after(self.next_seq, ack) {
+                return Err(StableError::AckBeyondSent { ack, next: self.next_seq });
+            }
+        }
+        let first_kept = match self.replay.iter().find(|h| peer_last.is_none_or(|ack| seq_after(h.seq, ack))) {
+            Some(h) => h.seq,
+            None => self.next_seq,
+        };
+        let wanted = peer_last.map_or(0, |l| l.wrapping_add(1));
+        if wanted != first_kept {
+            return Err(StableError::ReplayGap { peer_last, first_kept });
+        }
+        Ok(())
+    }
+
     /// A new link replaced the old one and the peer says it received up to
     /// `peer_last`: release what it has, and transmit the rest again from the
     /// start, with the original seqs, before anything new.
@@ -246,5 +265,29 @@ mod tests {
         s.push(blob("b")).unwrap();
         s.on_ack(0).unwrap();
         assert!(matches!(s.on_reattach(None), Err(StableError::ReplayGap { .. })));
+    }
+
+    #[test]
+    fn check_reattach_agrees_with_on_reattach() {
+        for acked in [None, Some(0u32), Some(2)] {
+            let mut base = StableState::new(1024);
+            for i in ["a", "b", "c", "d"] {
+                base.push(blob(i)).unwrap();
+            }
+            if let Some(a) = acked {
+                base.on_ack(a).unwrap();
+            }
+            for peer_last in [None, Some(0), Some(1), Some(2), Some(3), Some(4), Some(u32::MAX)] {
+                let checked = base.check_reattach(peer_last);
+                let mut copy = StableState::new(1024);
+                for i in ["a", "b", "c", "d"] {
+                    copy.push(blob(i)).unwrap();
+                }
+                if let Some(a) = acked {
+                    copy.on_ack(a).unwrap();
+                }
+                assert_eq!(checked, copy.on_reattach(peer_last), "acked {acked:?}, peer_last {peer_last:?}");
+            }
+        }
     }
 }
