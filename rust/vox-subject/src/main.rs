@@ -37,7 +37,9 @@ async fn listen() -> Result<(), SubjectError> {
         writeln!(out, "LISTENING {addr}")?;
         out.flush()?;
     }
-    let session = match listener.accept().await {
+    // The first inbound link decides: its session, or why it failed (the
+    // harness checks the subject exits after a refused link).
+    let session = match listener.accept_attempt().await {
         Ok(session) => session,
         // A refused or failed establishment is an outcome, not a crash.
         Err(e) => {
@@ -45,12 +47,12 @@ async fn listen() -> Result<(), SubjectError> {
             return Ok(());
         }
     };
-    // Keep accepting while the session lives: `Listener::accept` attaches
-    // links that resume its stable conduit (rule `session.resume`); another
-    // new session is refused by dropping it.
+    // While the session lives, the listener keeps attaching links that
+    // resume its stable conduit (rule `session.resume`) by itself; this loop
+    // only logs other outcomes and refuses a second session by dropping it.
     let more = async {
         loop {
-            match listener.accept().await {
+            match listener.accept_attempt().await {
                 Ok(other) => {
                     eprintln!("vox-subject: refusing a second session");
                     drop(other);
