@@ -386,8 +386,9 @@ impl SessionBuilder {
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
         let local_addr = tcp.local_addr().map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
-        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx));
-        Ok(Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), task })
+        let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx, dropped_failures.clone()));
+        Ok(Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), dropped_failures, task })
     }
 
     fn start(self, tx: ConduitTx, rx: ConduitRx, negotiated: Negotiated) -> Session {
@@ -459,6 +460,7 @@ pub struct Listener {
     local_addr: std::net::SocketAddr,
     builder: SessionBuilder,
     outcomes: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<Session, SessionError>>>,
+    dropped_failures: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -472,6 +474,7 @@ async fn accept_loop(
     tcp: tokio::net::TcpListener,
     builder: SessionBuilder,
     outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
+    dropped_failures: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let setups = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SETUPS));
     loop {
@@ -489,6 +492,7 @@ async fn accept_loop(
         let link = link::tcp(stream, builder.config.link.clone());
         let builder = builder.clone();
         let outcomes = outcomes.clone();
+        let dropped_failures = dropped_failures.clone();
         tokio::spawn(async move {
             let outcome = builder.establish_acceptor_any(link).await;
             drop(permit);
@@ -499,7 +503,12 @@ async fn accept_loop(
                 Ok(Accepted::Resumed) => tracing::debug!(%peer, "link resumed a stable conduit"),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "inbound link did not become a session");
-                    let _ = outcomes.try_send(Err(e));
+                    // Failures never wait for room: a full backlog must not
+                    // hold a setup slot. One that does not fit is counted
+                    // (`Listener::dropped_failures`) after being logged above.
+                    if outcomes.try_send(Err(e)).is_err() {
+                        dropped_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         });
@@ -533,6 +542,12 @@ impl Listener {
             Some(outcome) => outcome,
             None => Err(SessionError::Closed(super::CloseReason::LinkError("the listener stopped".into()))),
         }
+    }
+
+    /// Per-link failures that were logged but not kept for
+    /// [`accept_attempt`](Self::accept_attempt) because its backlog was full.
+    pub fn dropped_failures(&self) -> u64 {
+        self.dropped_failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The builder used for accepted sessions.
