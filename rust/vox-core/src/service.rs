@@ -301,6 +301,7 @@ pub fn reject_reason(error: &SessionError) -> Option<&str> {
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     name: &'static str,
     handler: Arc<dyn Handler>,
@@ -331,7 +332,7 @@ pub struct ServiceRouter {
     inner: Arc<RouterInner>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct RouterInner {
     settings: ConnectionSettings,
     by_name: BTreeMap<String, Entry>,
@@ -351,21 +352,8 @@ impl ServiceRouter {
     }
 
     fn inner_mut(&mut self) -> &mut RouterInner {
-        if Arc::get_mut(&mut self.inner).is_none() {
-            // Shared: copy the table before changing it.
-            let copy = RouterInner {
-                settings: self.inner.settings.clone(),
-                by_name: self
-                    .inner
-                    .by_name
-                    .iter()
-                    .map(|(k, e)| (k.clone(), Entry { name: e.name, handler: e.handler.clone() }))
-                    .collect(),
-                by_method: self.inner.by_method.clone(),
-            };
-            self.inner = Arc::new(copy);
-        }
-        Arc::get_mut(&mut self.inner).expect("unique after copy")
+        // Shared with a clone (e.g. one given to the acceptor): copy on write.
+        Arc::make_mut(&mut self.inner)
     }
 
     /// Serves `dispatcher`'s service. A service of the same name served
