@@ -346,6 +346,7 @@ impl Peer {
     /// Initiator side of the handshake only (after the prologue).
     pub async fn initiate_handshake(&mut self, parity: Parity) -> CaseResult {
         let hello = Hello {
+            resume_key: None,
             protocol_version: PROTOCOL_VERSION,
             parity,
             root_settings: ConnectionSettings::default(),
@@ -554,6 +555,7 @@ impl StablePeer {
     /// taking `parity`.
     pub async fn initiate_handshake(&mut self, parity: Parity) -> CaseResult {
         let hello = Hello {
+            resume_key: None,
             protocol_version: PROTOCOL_VERSION,
             parity,
             root_settings: ConnectionSettings::default(),

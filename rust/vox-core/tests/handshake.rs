@@ -168,6 +168,7 @@ async fn session_handshake_sorry_closes_the_link() {
         within("prologue", transport::initiate(&mut b, ConduitMode::Bare)).await.expect("prologue");
         let (tx, mut rx) = conduit::bare(b);
         let hello = Hello {
+            resume_key: None,
             protocol_version: 99,
             parity: Parity::Odd,
             root_settings: ConnectionSettings::default(),

@@ -147,6 +147,7 @@ pub async fn session_handshake_acceptor_version_mismatch_sorry(cmd: SubjectCmd) 
     })
     .await?;
     let hello = Hello {
+        resume_key: None,
         protocol_version: 999,
         parity: Parity::Odd,
         root_settings: ConnectionSettings::default(),
@@ -171,6 +172,7 @@ pub async fn session_handshake_acceptor_sorry_instead_of_letsgo_closes(cmd: Subj
     })
     .await?;
     let hello = Hello {
+        resume_key: None,
         protocol_version: PROTOCOL_VERSION,
         parity: Parity::Odd,
         root_settings: ConnectionSettings::default(),

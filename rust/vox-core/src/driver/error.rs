@@ -24,6 +24,10 @@ pub enum CallError {
     /// The handler failed without replying (panic, dropped reply sink).
     #[error("handler failed: {0}")]
     HandlerFailed(String),
+    /// The peer's operation table refused the attempt (operation id conflict,
+    /// expired id, table full); nothing ran.
+    #[error("operation rejected by the peer: {0}")]
+    Rejected(String),
     /// The connection carrying the call ended.
     #[error("connection closed")]
     ConnectionClosed,
@@ -74,6 +78,7 @@ mod tests {
             CallError::InvalidPayload(String::new()),
             CallError::Cancelled,
             CallError::Indeterminate,
+            CallError::Rejected(String::new()),
             CallError::ProtocolError(String::new()),
         ] {
             assert!(!e.is_retryable(), "{e:?}");

@@ -166,6 +166,7 @@ impl Caller {
             ResponseBody::Cancelled => Err(CallError::Cancelled),
             ResponseBody::Indeterminate => Err(CallError::Indeterminate),
             ResponseBody::HandlerFailed { reason } => Err(CallError::HandlerFailed(reason)),
+            ResponseBody::Rejected { reason } => Err(CallError::Rejected(reason)),
         }
     }
 

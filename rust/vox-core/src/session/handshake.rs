@@ -79,7 +79,7 @@ pub async fn initiate(
     root_settings: ConnectionSettings,
     protocol_version: u32,
 ) -> Result<Negotiated, HandshakeError> {
-    let hello = Hello { protocol_version, parity, root_settings: root_settings.clone(), features: Vec::new() };
+    let hello = Hello { protocol_version, parity, root_settings: root_settings.clone(), features: Vec::new(), resume_key: None };
     tx.send(&ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
     match next(rx, "HelloYourself or Sorry").await? {
         HandshakeMsg::HelloYourself(hy) => {

@@ -100,7 +100,15 @@ pub struct Hello {
     /// Optional features the initiator supports.
     #[serde(deserialize_with = "bounded_seq")]
     pub features: Vec<String>,
+    /// The session to resume on this new conduit (rule `session.resume`),
+    /// as issued in an earlier `HelloYourself`; `None` for a new session.
+    pub resume_key: Option<ResumeKey>,
 }
+
+/// The feature an initiator lists in `Hello::features` to ask for a
+/// session resume key (rule `session.resume`). Without it the acceptor
+/// issues none, and the session ends with its conduit.
+pub const SESSION_RESUME_FEATURE: &str = "vox.session-resume";
 
 /// The acceptor's handshake answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +120,12 @@ pub struct HelloYourself {
     /// Optional features both sides support.
     #[serde(deserialize_with = "bounded_seq")]
     pub features: Vec<String>,
-    /// The key a client presents to resume this session (stable conduit).
+    /// The key an initiator presents in a later `Hello` to bind a
+    /// replacement conduit to this session (rule `session.resume`). Issued
+    /// only when the initiator listed [`SESSION_RESUME_FEATURE`]. In the
+    /// answer to a resuming `Hello` it repeats that key: the session was
+    /// resumed. An unknown key is answered with `Sorry`, never with a new
+    /// session.
     pub resume_key: Option<ResumeKey>,
 }
 
@@ -188,6 +201,12 @@ pub enum ResponseBody {
     /// The handler failed without replying (panic, dropped reply sink).
     HandlerFailed {
         /// What happened.
+        reason: String,
+    },
+    /// The session's operation table refused the attempt (operation id
+    /// conflict, expired id, table full); nothing ran (section 10).
+    Rejected {
+        /// Why.
         reason: String,
     },
 }

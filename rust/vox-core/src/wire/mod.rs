@@ -12,7 +12,8 @@ pub use codec::{Blob, DecodeError, EncodeError, MAX_PREALLOCATED_ELEMENTS, bound
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,
-    HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, ServerHello, StableFrame,
+    HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE, ServerHello,
+    StableFrame,
     StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
 pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, SENSITIVE};

@@ -133,6 +133,18 @@ fn handshakes() -> Vec<(&'static str, &'static str, HandshakeMsg)> {
                 parity: Parity::Odd,
                 root_settings: ConnectionSettings::default(),
                 features: vec!["retry".to_owned()],
+                resume_key: None,
+            }),
+        ),
+        (
+            "handshake.hello.resume",
+            "conduit.handshake.hello.resume",
+            HandshakeMsg::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                parity: Parity::Odd,
+                root_settings: ConnectionSettings::default(),
+                features: vec![vox_core::wire::SESSION_RESUME_FEATURE.to_owned()],
+                resume_key: Some(example_resume_key()),
             }),
         ),
         (
@@ -289,6 +301,10 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
         (
             "response.handler_failed",
             Vector::Message(response(ResponseBody::HandlerFailed { reason: "panic".to_owned() })),
+        ),
+        (
+            "response.rejected",
+            Vector::Message(response(ResponseBody::Rejected { reason: "conflict".to_owned() })),
         ),
         ("metadata.empty", Vector::Metadata(Metadata::new())),
         ("metadata.string", Vector::Metadata(md(&[("k", string("v"), 0)]))),
