@@ -417,6 +417,10 @@ impl Handler for ServiceRouter {
             None => Box::pin(async move { call.reply.unknown_method() }),
         }
     }
+
+    fn policy(&self, method: MethodId) -> crate::session::operations::MethodPolicy {
+        self.inner.by_method.get(&method).map(|h| h.policy(method)).unwrap_or_default()
+    }
 }
 
 mod sealed {

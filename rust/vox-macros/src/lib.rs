@@ -534,6 +534,14 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                         __call.reply.unknown_method()
                     })
                 }
+
+                fn policy(&self, method: #vc::wire::MethodId) -> #vc::session::operations::MethodPolicy {
+                    __METHODS
+                        .iter()
+                        .find(|m| m.id() == method)
+                        .map(|m| #vc::session::operations::MethodPolicy { idem: m.idem, persist: m.persist })
+                        .unwrap_or_default()
+                }
             }
 
             impl<S: #trait_name> #vc::service::ServiceDispatcher for #dispatcher<S> {

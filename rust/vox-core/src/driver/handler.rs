@@ -35,6 +35,17 @@ pub trait Handler: Send + Sync + 'static {
     /// without answering, panicking, or being cancelled each still produce
     /// exactly one (error) response.
     fn handle(&self, call: Call) -> BoxFuture;
+
+    /// The retry policy of `method` (PROTOCOL.md section 10), read by the
+    /// session's operation table when a request carries an operation id.
+    /// The default, volatile and non-idem, is the safe one: nothing is kept
+    /// and nothing is re-run. Generated dispatchers answer from their
+    /// `#[vox(idem)]` / `#[vox(persist)]` attributes; a wrapping handler
+    /// should forward this method to the handler it wraps.
+    fn policy(&self, method: MethodId) -> crate::session::operations::MethodPolicy {
+        let _ = method;
+        crate::session::operations::MethodPolicy::default()
+    }
 }
 
 impl<F, Fut> Handler for F
