@@ -227,7 +227,7 @@ async fn stream_attempt(
     (res, got, err)
 }
 
-async fn break_mid_stream(p: &Pair, method: &str, op: OpId) -> Vec<i32> {
+async fn break_mid_stream(p: &Pair, method: &str, op: OpId) {
     let (tx, mut rx) = channel_with_credit::<i32>(2);
     let args = bytes::Bytes::from(vox_core::wire::encode("args", &10u32).unwrap());
     let caller = p.client.root.caller.clone();
@@ -239,13 +239,20 @@ async fn break_mid_stream(p: &Pair, method: &str, op: OpId) -> Vec<i32> {
         got.push(rx.recv().await.unwrap().unwrap());
     }
     p.net.cut_current();
-    // rule: retry.channel.disconnect.closes — the old handles report the break.
-    let after = rx.recv().await;
-    assert!(after.is_err(), "old channel must report the break, got {after:?}");
+    // rule: retry.channel.disconnect.closes — the old handles report the
+    // break (items that were already in flight may still come first, in
+    // order; a clean end would be a lie).
+    loop {
+        match rx.recv().await {
+            Ok(Some(v)) => got.push(v),
+            Ok(None) => panic!("old channel ended cleanly across a break after {got:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(got.len() < 10 && got == (0..got.len() as i32).collect::<Vec<_>>(), "{got:?}");
     let err = call.await.unwrap().expect_err("the attempt's attachment died");
     assert!(err.is_retryable(), "{err:?}");
     p.client.handle.attached_after(1).await.unwrap();
-    got
 }
 
 // rule: retry.channel.recovery.non-idem — a non-idem call with channels that
@@ -254,7 +261,7 @@ async fn break_mid_stream(p: &Pair, method: &str, op: OpId) -> Vec<i32> {
 async fn channel_retry_non_idem_fails_closed_after_resume() {
     let p = pair(Duration::from_secs(10)).await;
     let op = p.client.handle.next_op_id();
-    assert_eq!(break_mid_stream(&p, "gen_non_idem", op).await, vec![0, 1]);
+    break_mid_stream(&p, "gen_non_idem", op).await;
     let (res, got, _) = stream_attempt(&p.client, "gen_non_idem", op, 10).await;
     assert_eq!(res.unwrap_err(), CallError::Indeterminate);
     assert!(got.is_empty(), "nothing may run again: {got:?}");
@@ -267,7 +274,7 @@ async fn channel_retry_non_idem_fails_closed_after_resume() {
 async fn channel_retry_idem_reruns_with_fresh_channels_after_resume() {
     let p = pair(Duration::from_secs(10)).await;
     let op = p.client.handle.next_op_id();
-    assert_eq!(break_mid_stream(&p, "gen_idem", op).await, vec![0, 1]);
+    break_mid_stream(&p, "gen_idem", op).await;
     let (res, got, err) = stream_attempt(&p.client, "gen_idem", op, 10).await;
     res.expect("re-executed");
     assert_eq!(err, None);
