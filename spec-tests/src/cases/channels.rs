@@ -19,7 +19,7 @@ fn close(id: u64) -> Payload {
 
 /// Receives `generate` output on channel `ch` as the receiver granting
 /// `grant` at a time, checking the subject never exceeds its credit.
-pub(super) async fn receive_generated(
+async fn receive_generated(
     peer: &mut Peer,
     req: u64,
     ch: u64,

@@ -16,7 +16,7 @@ use crate::{ensure, fail};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use vox_core::wire::{
-    Blob, ChannelDirection, Message, Parity, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE,
+    Blob, ChannelDirection, ChannelId, Message, Parity, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE,
 };
 
 /// The harness's session parity in these cases.
@@ -132,26 +132,46 @@ fn check_not_old(m: &Message, old_req: u64, old_ch: u64) -> CaseResult {
     }
 }
 
-/// The common start of the channel-retry cases: a resumable session, the
-/// first attempt of `method` with two items read, the break (TCP dropped),
-/// the resume, and the retry with the same op id and args on a fresh
-/// request id and a fresh channel id. Returns the subject, the resumed peer
-/// and the old and new (request, channel) ids.
-async fn break_and_retry(cmd: &SubjectCmd, method: &str) -> CaseResult<(Running, Peer, (u64, u64), (u64, u64))> {
-    let (running, addr, mut peer, key) = resumable_session(cmd).await?;
+/// The common part of the channel-retry cases, on a new resumable session:
+/// the first attempt of `method` with two items read, the break (TCP
+/// dropped), the resume, and the retry with the same op id and args on a
+/// fresh request id and a fresh channel id. Returns the resumed peer and
+/// the old and new (request, channel) ids.
+async fn break_and_retry(
+    mut peer: Peer,
+    addr: SocketAddr,
+    key: &ResumeKey,
+    method: &str,
+) -> CaseResult<(Peer, (u64, u64), (u64, u64))> {
     let op = 0x0b5e_55ed;
     let old = first_attempt(&mut peer, method, op).await?;
     // The break: the TCP connection goes away mid-stream, no goodbye.
     drop(peer);
-    let mut peer = resume(addr, &key).await?;
+    let mut peer = resume(addr, key).await?;
     let new = (peer.own_id(1), peer.own_id(1));
     peer.send(0, attempt(method, new.0, new.1, op)).await?;
-    Ok((running, peer, old, new))
+    Ok((peer, old, new))
+}
+
+/// Ends a case on a resumable session: while the harness still holds the
+/// session's link, the subject must be alive; it is then killed (it would
+/// otherwise keep the session for its recovery timeout).
+async fn end_alive(running: Running, result: CaseResult<Peer>) -> CaseResult {
+    match result {
+        Ok(peer) => {
+            let r = running.stop_alive().await;
+            drop(peer);
+            r
+        }
+        Err(e) => running.conclude_alive(Err(e)).await,
+    }
 }
 
 pub async fn channel_retry_non_idem_fails_closed(cmd: SubjectCmd) -> CaseResult {
-    let (running, mut peer, (old_req, old_ch), (req, ch)) = break_and_retry(&cmd, "generate_retry_non_idem").await?;
+    let (running, addr, peer, key) = resumable_session(&cmd).await?;
     let result = async {
+        let (mut peer, (old_req, old_ch), (req, ch)) =
+            break_and_retry(peer, addr, &key, "generate_retry_non_idem").await?;
         let no_item = |m: &Message| -> CaseResult {
             check_not_old(m, old_req, old_ch)?;
             if let Payload::ChannelItem { id, .. } = &m.payload
@@ -184,20 +204,18 @@ pub async fn channel_retry_non_idem_fails_closed(cmd: SubjectCmd) -> CaseResult 
             no_item(&m)?;
         }
         // The session still serves.
-        echo(&mut peer, 2, "after indeterminate").await
+        echo(&mut peer, 2, "after indeterminate").await?;
+        Ok(peer)
     }
     .await;
-    running.conclude_alive(result).await
+    end_alive(running, result).await
 }
 
 pub async fn channel_retry_idem_reruns_with_fresh_channels(cmd: SubjectCmd) -> CaseResult {
-    let (running, mut peer, (old_req, old_ch), (req, ch)) = break_and_retry(&cmd, "generate_retry_idem").await?;
+    let (running, addr, peer, key) = resumable_session(&cmd).await?;
     let result = async {
-        // receive_generated fails on anything but the fresh channel's items
-        // and close and the retry's response: nothing of the old attempt.
-        let got = super::channels::receive_generated(&mut peer, req, ch, CREDIT, CREDIT, N)
-            .await
-            .map_err(|e| crate::CaseError::Failed(format!("retry.channel.volatile.rebinding: {e}")))?;
+        let (mut peer, (old_req, old_ch), (req, ch)) = break_and_retry(peer, addr, &key, "generate_retry_idem").await?;
+        let got = receive_rerun(&mut peer, (old_req, old_ch), (req, ch)).await?;
         let want: Vec<i32> = (0..N as i32).collect();
         ensure!(
             got == want,
@@ -207,10 +225,66 @@ pub async fn channel_retry_idem_reruns_with_fresh_channels(cmd: SubjectCmd) -> C
             check_not_old(m, old_req, old_ch)?;
             fail!("retry.channel.volatile.rebinding: {:?} after the re-run completed", m.payload);
         }
-        echo(&mut peer, 2, "after the re-run").await
+        echo(&mut peer, 2, "after the re-run").await?;
+        Ok(peer)
     }
     .await;
-    running.conclude_alive(result).await
+    end_alive(running, result).await
+}
+
+/// Receives the re-run of the idem retry on its fresh channel `ch`: items
+/// within the fresh declaration's credit (granting [`CREDIT`] more whenever
+/// it runs out), `CloseChannel`, and an `Ok` response to `req`. Anything of
+/// the old attempt, or any other answer, fails at once.
+async fn receive_rerun(peer: &mut Peer, (old_req, old_ch): (u64, u64), (req, ch): (u64, u64)) -> CaseResult<Vec<i32>> {
+    const RULE: &str = "retry.channel.volatile.rebinding";
+    let mut credit = CREDIT;
+    let mut got = Vec::new();
+    let (mut closed, mut answered) = (false, false);
+    while !closed || !answered {
+        let batch = if credit == 0 && !closed {
+            // Everything the subject sent before our ping is now in; an
+            // item among it was sent without credit.
+            let before = peer.barrier().await?;
+            if !before.iter().any(|m| matches!(&m.payload, Payload::CloseChannel { id, .. } if id.0 == ch)) {
+                peer.send(0, Payload::GrantCredit { id: ChannelId(ch), additional: CREDIT }).await?;
+            }
+            before
+        } else {
+            vec![peer.expect("the re-run's items, close and response").await?]
+        };
+        let granted = credit == 0 && !closed;
+        for m in batch {
+            check_not_old(&m, old_req, old_ch)?;
+            match m.payload {
+                Payload::ChannelItem { id, item } if id.0 == ch => {
+                    ensure!(!closed, "rpc.channel.close: an item after CloseChannel on the re-run's channel");
+                    ensure!(
+                        credit > 0,
+                        "{RULE}: the re-run sent item {} on its fresh channel without credit (credit carried over?)",
+                        got.len()
+                    );
+                    credit -= 1;
+                    got.push(vox_core::wire::decode::<i32>("item", &item.0)?);
+                }
+                Payload::CloseChannel { id, .. } if id.0 == ch => closed = true,
+                Payload::Response { id, ret, .. } if id.0 == req => match ret {
+                    ResponseBody::Ok(_) => {
+                        let () = ok_value(&ret)?;
+                        answered = true;
+                    }
+                    other => {
+                        fail!("{RULE}: the retry of an idem call with channels was answered {other:?}, not re-run")
+                    }
+                },
+                other => fail!("{RULE}: unexpected {other:?} during the re-run"),
+            }
+        }
+        if granted && !closed {
+            credit += CREDIT;
+        }
+    }
+    Ok(got)
 }
 
 /// 32 bytes the subject never issued (drawn fresh for each run).
