@@ -86,6 +86,16 @@ impl Registry {
         Registry { inner: Mutex::new(Inner::new(config)) }
     }
 
+    /// An empty registry whose own channel ids continue after
+    /// `predecessor`'s: on a resumed session the new attachment's channels
+    /// never reuse an old id (rule `retry.channel.volatile.rebinding`).
+    pub(crate) fn succeeding(config: RegistryConfig, predecessor: &Registry) -> Registry {
+        let ids = predecessor.inner.lock().local_ids();
+        let mut inner = Inner::new(config);
+        inner.continue_local_ids(ids);
+        Registry { inner: Mutex::new(inner) }
+    }
+
     /// Runs one event under the lock, then wakes whoever it made runnable.
     fn with<R>(&self, event: impl FnOnce(&mut Inner, &mut Wakeups) -> R) -> R {
         let mut wakeups = Wakeups::default();

@@ -13,6 +13,8 @@ use super::channel::{LossCause, Registry, RegistryConfig, Violation as ChannelVi
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
 use super::liveness::Liveness;
+use super::ops::{Decision, SessionOps};
+use crate::session::operations::{ArgsDigest, Ticket, read_op_id};
 use crate::session::outbound::{Outbound, OutboundPermit};
 use crate::sync::Mutex;
 use crate::wire::{
@@ -116,6 +118,10 @@ pub struct ConnectionCore {
     slots: Arc<Semaphore>,
     state: Mutex<CoreState>,
     handler: Option<Arc<dyn Handler>>,
+    /// The session's operation table (section 10); `None` serves every
+    /// request as a plain call.
+    ops: Option<Arc<SessionOps>>,
+    max_channels: usize,
 }
 
 impl std::fmt::Debug for ConnectionCore {
@@ -135,13 +141,71 @@ impl ConnectionCore {
         outbound: Outbound,
         handler: Option<Arc<dyn Handler>>,
         max_channels: usize,
+        ops: Option<Arc<SessionOps>>,
     ) -> Arc<ConnectionCore> {
-        let registry = Registry::new(RegistryConfig {
+        let registry = Registry::new(Self::registry_config(local_parity, &local_settings, max_channels));
+        Self::build(
+            id,
             local_parity,
-            max_initial_credit: local_settings.max_initial_credit,
+            local_settings,
+            peer_settings,
+            outbound,
+            handler,
             max_channels,
-            tombstones: 1024,
-        });
+            ops,
+            registry,
+            None,
+        )
+    }
+
+    fn registry_config(local_parity: Parity, local: &ConnectionSettings, max_channels: usize) -> RegistryConfig {
+        RegistryConfig { local_parity, max_initial_credit: local.max_initial_credit, max_channels, tombstones: 1024 }
+    }
+
+    /// The same connection on a new attachment of a resumed session (rule
+    /// `session.resume`): same id, parity, handler and operation table, the
+    /// newly negotiated settings, a new outbound path, and nothing in flight.
+    /// Its request and channel ids continue above this core's, so nothing of
+    /// the old attachment's ids is reused (rule `retry.channel.volatile.rebinding`).
+    /// Call it after [`ConnectionCore::on_lost`] on this core.
+    pub(crate) fn successor(
+        &self,
+        outbound: Outbound,
+        local_settings: ConnectionSettings,
+        peer_settings: ConnectionSettings,
+    ) -> Arc<ConnectionCore> {
+        let registry = Registry::succeeding(
+            Self::registry_config(self.local_parity, &local_settings, self.max_channels),
+            &self.registry,
+        );
+        let requests = self.state.lock().requests.continuation();
+        Self::build(
+            self.id,
+            self.local_parity,
+            local_settings,
+            peer_settings,
+            outbound,
+            self.handler.clone(),
+            self.max_channels,
+            self.ops.clone(),
+            registry,
+            Some(requests),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        id: ConnectionId,
+        local_parity: Parity,
+        local_settings: ConnectionSettings,
+        peer_settings: ConnectionSettings,
+        outbound: Outbound,
+        handler: Option<Arc<dyn Handler>>,
+        max_channels: usize,
+        ops: Option<Arc<SessionOps>>,
+        registry: Registry,
+        requests: Option<IdAllocator>,
+    ) -> Arc<ConnectionCore> {
         let slots = Arc::new(Semaphore::new(peer_settings.max_concurrent_requests as usize));
         Arc::new(ConnectionCore {
             id,
@@ -153,7 +217,7 @@ impl ConnectionCore {
             slots,
             state: Mutex::new(CoreState {
                 lost: Liveness::Live,
-                requests: IdAllocator::new(local_parity),
+                requests: requests.unwrap_or_else(|| IdAllocator::new(local_parity)),
                 calls: HashMap::new(),
                 handlers: HashMap::new(),
                 cancels_due: VecDeque::new(),
@@ -162,6 +226,8 @@ impl ConnectionCore {
                 stats: CoreStats::default(),
             }),
             handler,
+            ops,
+            max_channels,
         })
     }
 
@@ -536,11 +602,47 @@ impl ConnectionCore {
             self.registry.on_remote_announce(&channels).map_err(|v| self.channel_violation(v))?;
             st.handlers.insert(id, Some(stop_tx));
         }
+        let has_channels = !channels.is_empty();
         let binder = ChannelBinder::new(self.clone(), channels);
+        let work = self.admit(method_id, &args, &metadata, has_channels);
         use tracing::Instrument;
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
-        tokio::spawn(run_handler(self.clone(), id, method_id, args, metadata, binder, stop_rx).instrument(span));
+        let attempt = Attempt { core: self.clone(), id, stop: stop_rx };
+        match work {
+            Work::Handle(op) => {
+                tokio::spawn(run_handler(attempt, method_id, args, metadata, binder, op).instrument(span));
+            }
+            Work::Attach { ops, op, waiter, outcome } => {
+                drop(binder);
+                tokio::spawn(run_attached(attempt, ops, op, waiter, outcome).instrument(span));
+            }
+            Work::Answer(body) => {
+                // Nothing runs: unbound channels are ended by the binder.
+                drop(binder);
+                tokio::spawn(attempt.answer(body).instrument(span));
+            }
+        }
         Ok(())
+    }
+
+    /// Section 10: a request that carries an operation id, on a connection
+    /// whose session keeps an operation table and serves calls, is admitted
+    /// against the table; anything else is a plain call.
+    fn admit(&self, method_id: MethodId, args: &Blob, metadata: &Metadata, has_channels: bool) -> Work {
+        let (Some(ops), Some(handler)) = (&self.ops, &self.handler) else { return Work::Handle(None) };
+        let op = match read_op_id(metadata) {
+            Ok(Some(op)) => op,
+            Ok(None) => return Work::Handle(None),
+            Err(e) => return Work::Answer(ResponseBody::InvalidPayload { reason: e.to_string() }),
+        };
+        // The args never embed channel ids (those travel in the request's
+        // channel list), so every attempt of one call digests the same.
+        let digest = ArgsDigest::of(&args.0);
+        match ops.admit(op, method_id, digest, handler.policy(method_id), has_channels) {
+            Decision::Run(ticket) => Work::Handle(Some(OpRun { ops: ops.clone(), ticket, has_channels })),
+            Decision::Attach { op, waiter, outcome } => Work::Attach { ops: ops.clone(), op, waiter, outcome },
+            Decision::Answer(body) => Work::Answer(body),
+        }
     }
 
     fn on_response(&self, id: RequestId, ret: ResponseBody, metadata: Metadata) -> Result<(), Violation> {
@@ -627,23 +729,76 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// Runs one inbound request: spawns the handler, waits for its one reply or
-/// a cancel, and sends exactly one response (rule: rpc.response.one-per-request).
-async fn run_handler(
+/// What an admitted request does (see [`ConnectionCore::admit`]).
+enum Work {
+    /// Run the handler; with an operation ticket if the table tracks it.
+    Handle(Option<OpRun>),
+    /// Wait for the live execution of the same operation.
+    Attach {
+        ops: Arc<SessionOps>,
+        op: crate::session::operations::OpId,
+        waiter: crate::session::operations::WaiterId,
+        outcome: oneshot::Receiver<ResponseBody>,
+    },
+    /// Answer without running anything.
+    Answer(ResponseBody),
+}
+
+/// The operation-table side of one execution.
+struct OpRun {
+    ops: Arc<SessionOps>,
+    ticket: Ticket,
+    has_channels: bool,
+}
+
+/// One inbound request in flight: answered exactly once through
+/// [`Attempt::answer`] unless its connection ended (rule
+/// `rpc.response.one-per-request`).
+struct Attempt {
     core: Arc<ConnectionCore>,
     id: RequestId,
+    /// Fires on `CancelRequest` (`Ok`) or when the connection ends (`Err`).
+    stop: oneshot::Receiver<()>,
+}
+
+impl Attempt {
+    async fn answer(self, body: ResponseBody) {
+        self.answer_with(body, Metadata::new()).await
+    }
+
+    async fn answer_with(self, body: ResponseBody, metadata: Metadata) {
+        let Ok(permit) = self.core.reserve().await else { return };
+        self.core.finish_handler(permit, self.id, body, metadata);
+    }
+}
+
+/// Runs one inbound request: spawns the handler, waits for its one reply or
+/// a cancel, and sends exactly one response (rule: rpc.response.one-per-request).
+///
+/// With an operation ticket, the outcome also goes to the table (and to the
+/// attempts attached to this execution). If the attachment dies meanwhile,
+/// an execution without channels keeps running so a retry can attach to it
+/// or get its outcome (`retry.duplicate.live`, `retry.duplicate.sealed`);
+/// one with channels is stopped and marked indeterminate, since its
+/// channels died with the attachment (`retry.channel.disconnect.closes`).
+async fn run_handler(
+    mut attempt: Attempt,
     method_id: MethodId,
     args: Blob,
     metadata: Metadata,
     binder: ChannelBinder,
-    mut stop: oneshot::Receiver<()>,
+    op: Option<OpRun>,
 ) {
     let (reply_tx, mut reply_rx) = oneshot::channel();
     let sink = ReplySink::new(reply_tx);
-    let task = match &core.handler {
+    let task = match &attempt.core.handler {
         Some(h) => {
             let call = Call { method_id, args: args.0, metadata, channels: binder, reply: sink };
-            Some(tokio::spawn(h.handle(call)))
+            let task = tokio::spawn(h.handle(call));
+            if let Some(op) = &op {
+                op.ops.started(op.ticket, task.abort_handle());
+            }
+            Some(task)
         }
         None => {
             // rule: rpc.unknown-method — no service on this connection.
@@ -653,18 +808,22 @@ async fn run_handler(
         }
     };
     let (ret, md) = tokio::select! {
-        r = &mut reply_rx => match r {
-            Ok(v) => v,
-            Err(_) => {
-                // The sink was dropped: by the handler itself, or while
-                // unwinding from a panic. Either way this is the one reply.
-                let reason = "handler ended without replying (it panicked or dropped its reply sink)".to_string();
-                (ResponseBody::HandlerFailed { reason }, Metadata::new())
+        r = &mut reply_rx => reply_or_failure(r),
+        s = &mut attempt.stop => {
+            if let (Some(op), Err(_)) = (&op, &s) {
+                if !op.has_channels {
+                    // The attachment died, the execution did not: its outcome
+                    // is owed to the operation, not to this dead attempt.
+                    let (ret, _) = reply_or_failure(reply_rx.await);
+                    op.ops.complete(op.ticket, &ret);
+                    return;
+                }
             }
-        },
-        s = &mut stop => {
             if let Some(t) = &task {
                 t.abort();
+            }
+            if let Some(op) = &op {
+                op.ops.interrupt(op.ticket);
             }
             if s.is_err() {
                 // The connection ended; nothing can be sent.
@@ -674,6 +833,49 @@ async fn run_handler(
             (ResponseBody::Cancelled, Metadata::new())
         }
     };
-    let Ok(permit) = core.reserve().await else { return };
-    core.finish_handler(permit, id, ret, md);
+    let ret = match &op {
+        // A superseded execution's completion is refused: its attempt's
+        // outcome is unknown to the caller's logical call.
+        Some(op) if !matches!(ret, ResponseBody::Cancelled) && !op.ops.complete(op.ticket, &ret) => {
+            ResponseBody::Indeterminate
+        }
+        _ => ret,
+    };
+    attempt.answer_with(ret, md).await
+}
+
+fn reply_or_failure(r: Result<(ResponseBody, Metadata), oneshot::error::RecvError>) -> (ResponseBody, Metadata) {
+    match r {
+        Ok(v) => v,
+        Err(_) => {
+            // The sink was dropped: by the handler itself, or while
+            // unwinding from a panic. Either way this is the one reply.
+            let reason = "handler ended without replying (it panicked or dropped its reply sink)".to_string();
+            (ResponseBody::HandlerFailed { reason }, Metadata::new())
+        }
+    }
+}
+
+/// An attempt attached to a live execution of its operation (rule
+/// `retry.duplicate.live`): answered with that execution's outcome.
+async fn run_attached(
+    mut attempt: Attempt,
+    ops: Arc<SessionOps>,
+    op: crate::session::operations::OpId,
+    waiter: crate::session::operations::WaiterId,
+    outcome: oneshot::Receiver<ResponseBody>,
+) {
+    let body = tokio::select! {
+        // The sender is only dropped unanswered if the table went away
+        // with its session; the outcome is then unknown.
+        r = outcome => r.unwrap_or(ResponseBody::Indeterminate),
+        s = &mut attempt.stop => {
+            ops.detach(op, waiter);
+            if s.is_err() {
+                return;
+            }
+            ResponseBody::Cancelled
+        }
+    };
+    attempt.answer(body).await
 }

@@ -9,6 +9,7 @@ mod error;
 mod handle;
 mod handler;
 pub mod liveness;
+pub(crate) mod ops;
 
 pub use core::{ConnectionCore, CoreStats, Violation};
 pub use error::CallError;

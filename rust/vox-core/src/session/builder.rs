@@ -4,21 +4,26 @@
 use super::SessionError;
 use super::control::mailbox;
 use super::handle::{Caller, ConnectionHandle, LiveToken, SessionHandle};
+use super::handle::{CoreRef, RootSlot};
 use super::handshake::{self, Negotiated};
-use super::outbound::spawn_writer;
+use super::handshake::{HelloDecision, ResumeRequest};
 use super::phase::SessionPhase;
-use super::run::RunLoop;
+use super::resume::{self, NewConduit, RedialError, Redialer, SessionRegistry, SessionResumeConfig};
+use super::run::{Attachment, Resume, ResumeSide, RunLoop};
 use super::table::ConnTable;
 use crate::conduit::stable::{self, StableAccepted, StableConfig, StableRegistry};
 use crate::conduit::{self, ConduitRx, ConduitTx};
+use crate::driver::ops::SessionOps;
 use crate::driver::{ConnectionCore, Handler};
 use crate::link::{self, Link, LinkConfig, LinkSource, TcpSource};
+use crate::session::operations::OperationConfig;
 use crate::transport::{self, AcceptModes};
-use crate::wire::{ConduitMode, ConnectionId, ConnectionSettings, Metadata, PROTOCOL_VERSION, Parity};
-use std::collections::VecDeque;
+use crate::wire::{
+    ConduitMode, ConnectionId, ConnectionSettings, Metadata, PROTOCOL_VERSION, Parity, SESSION_RESUME_FEATURE,
+};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Periodic ping settings (rule `session.keepalive`).
 #[derive(Clone, Debug)]
@@ -63,6 +68,11 @@ pub struct SessionConfig {
     pub accept_stable: bool,
     /// Stable-conduit settings (replay limit, recovery timeout, backoff).
     pub stable: StableConfig,
+    /// Session resume on a replacement conduit (rule `session.resume`).
+    pub session_resume: SessionResumeConfig,
+    /// The session's operation table (PROTOCOL.md section 10); `None`
+    /// serves requests with an operation id as plain calls.
+    pub operations: Option<OperationConfig>,
 }
 
 impl Default for SessionConfig {
@@ -82,6 +92,8 @@ impl Default for SessionConfig {
             conduit: ConduitMode::Bare,
             accept_stable: true,
             stable: StableConfig::default(),
+            session_resume: SessionResumeConfig::default(),
+            operations: Some(OperationConfig::default()),
         }
     }
 }
@@ -166,6 +178,9 @@ pub struct SessionBuilder {
     /// Live stable conduits of sessions accepted through this builder (and
     /// its clones), so a client coming back on a new link finds its own.
     stable_registry: StableRegistry,
+    /// Live resumable sessions accepted through this builder (and its
+    /// clones), so a resuming `Hello` finds its session.
+    session_registry: SessionRegistry,
 }
 
 /// What an inbound link turned out to be.
@@ -173,8 +188,9 @@ pub struct SessionBuilder {
 pub enum Accepted {
     /// A new session.
     New(Session),
-    /// A new link for the stable conduit of an existing session; that
-    /// session carries on by itself (rule `session.resume`).
+    /// A new link for the stable conduit of an existing session, or a new
+    /// conduit bound to an existing session by its resume key; that session
+    /// carries on by itself (rule `session.resume`).
     Resumed,
 }
 
@@ -238,8 +254,9 @@ impl SessionBuilder {
     }
 
     /// Runs the initiator side over `link` with a bare conduit (a link
-    /// alone cannot be redialed; for a stable conduit use
-    /// [`establish_stable`](Self::establish_stable) or [`connect`](Self::connect)).
+    /// alone cannot be redialed, so the session ends with it; for a stable
+    /// conduit or session resume use [`establish_resumable`](Self::establish_resumable)
+    /// or [`connect`](Self::connect)).
     pub async fn establish_initiator(self, link: Link) -> Result<Session, SessionError> {
         let timeout = self.config.handshake_timeout;
         let setup = async {
@@ -249,53 +266,65 @@ impl SessionBuilder {
                 return Err(e.into());
             }
             let (tx, rx) = conduit::bare(link);
-            self.initiator_handshake(tx, rx).await
+            initiator_handshake(&self.config, tx, rx, ResumeRequest::No).await
         };
-        let (tx, rx, negotiated) =
+        let conduit =
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
-        Ok(self.start(tx, rx, negotiated))
+        Ok(self.start(conduit, None))
     }
 
     /// Runs the initiator side over a stable conduit (rule `conduit.stable`):
     /// `source` gives the first link and every replacement after a break.
-    /// `first`, if given, is an already dialed first link.
+    /// `first`, if given, is an already dialed first link. (Same as
+    /// [`establish_resumable`](Self::establish_resumable) with
+    /// [`SessionConfig::conduit`] set to `Stable`.)
     pub async fn establish_stable(
+        mut self,
+        source: Arc<dyn LinkSource>,
+        first: Option<Link>,
+    ) -> Result<Session, SessionError> {
+        self.config.conduit = ConduitMode::Stable;
+        self.establish_resumable(source, first).await
+    }
+
+    /// Runs the initiator side with the conduit of [`SessionConfig::conduit`]
+    /// over links from `source` (`first`, if given, is an already dialed
+    /// first link). A stable conduit redials `source` after a link break;
+    /// with [`SessionResumeConfig::request`], a lost conduit is replaced by a
+    /// new one bound to the same session (rule `session.resume`).
+    pub async fn establish_resumable(
         self,
         source: Arc<dyn LinkSource>,
         first: Option<Link>,
     ) -> Result<Session, SessionError> {
         let timeout = self.config.handshake_timeout;
-        let setup = async {
-            let first = match first {
-                Some(l) => l,
-                None => source.dial().await.map_err(|e| SessionError::Setup(e.to_string()))?,
-            };
-            let (tx, rx) = stable::connect_over(first, source, self.config.stable.clone())
-                .await
-                .map_err(|e| SessionError::Setup(e.to_string()))?;
-            let (tx, rx) = conduit::from_stable(tx, rx);
-            self.initiator_handshake(tx, rx).await
-        };
-        let (tx, rx, negotiated) =
+        let request = if self.config.session_resume.request { ResumeRequest::New } else { ResumeRequest::No };
+        let config = self.config.clone();
+        let setup = open_initiator(&config, source.clone(), first, request);
+        let conduit =
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
-        Ok(self.start(tx, rx, negotiated))
-    }
-
-    async fn initiator_handshake(
-        &self,
-        tx: ConduitTx,
-        mut rx: ConduitRx,
-    ) -> Result<(ConduitTx, ConduitRx, Negotiated), SessionError> {
-        let c = &self.config;
-        match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version).await {
-            Ok(n) => Ok((tx, rx, n)),
-            Err(e) => {
-                // rule: session.handshake — after Sorry the link is closed;
-                // closing (not dropping) makes sure the Sorry leaves first.
-                let _ = tx.close().await;
-                Err(e.into())
-            }
-        }
+        let resume = conduit.negotiated.resume_key.clone().map(|key| {
+            let attempt_key = key.clone();
+            let attempt: resume::Attempt = Arc::new(move || {
+                let (config, source, key) = (config.clone(), source.clone(), attempt_key.clone());
+                Box::pin(async move {
+                    let timeout = config.handshake_timeout;
+                    let setup = open_initiator(&config, source, None, ResumeRequest::Resume(key));
+                    match tokio::time::timeout(timeout, setup).await {
+                        Ok(Ok(c)) => Ok(c),
+                        // Refused (unknown key) or incompatible: final.
+                        Ok(Err(SessionError::Setup(e))) if e.contains("refused") || e.contains("did not resume") => {
+                            Err(RedialError::Permanent(e))
+                        }
+                        Ok(Err(e)) => Err(RedialError::Transient(e.to_string())),
+                        Err(_) => Err(RedialError::Transient(format!("setup timed out after {timeout:?}"))),
+                    }
+                })
+            });
+            let redialer = Redialer { attempt, backoff: self.config.session_resume.backoff.clone() };
+            Resume { key, side: ResumeSide::Initiator { redialer, pending: None }, deadline: None }
+        });
+        Ok(self.start(conduit, resume))
     }
 
     /// Runs the acceptor side over `link`. A link that resumes an existing
@@ -311,8 +340,10 @@ impl SessionBuilder {
         }
     }
 
-    /// Runs the acceptor side over `link`: a new session, or a new link for
-    /// an existing session's stable conduit.
+    /// Runs the acceptor side over `link`: a new session, a new link for an
+    /// existing session's stable conduit, or a new conduit that resumes an
+    /// existing session by its key (rule `session.resume`). A key this
+    /// builder's sessions do not hold is refused with `Sorry`.
     pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
         let timeout = self.config.handshake_timeout;
         let modes = AcceptModes { bare: true, stable: self.config.accept_stable };
@@ -335,8 +366,47 @@ impl SessionBuilder {
                     Err(e) => return Err(SessionError::Setup(e.to_string())),
                 },
             };
-            match handshake::accept(&tx, &mut rx, self.config.root_settings.clone()).await {
-                Ok(n) => Ok(Some((tx, rx, n))),
+            let registry = &self.session_registry;
+            let offer = self.config.session_resume.offer;
+            let mut fresh = None;
+            let decide = |hello: &crate::wire::Hello| match &hello.resume_key {
+                Some(key) => match registry.lookup(key, hello.parity) {
+                    Ok(_) => HelloDecision::Resume(key.clone()),
+                    Err(reason) => HelloDecision::Refuse(reason),
+                },
+                None if offer && hello.features.iter().any(|f| f == SESSION_RESUME_FEATURE) => {
+                    match resume::fresh_key() {
+                        Ok(k) => {
+                            fresh = Some(k.clone());
+                            HelloDecision::New(Some(k))
+                        }
+                        Err(e) => HelloDecision::Refuse(e.to_string()),
+                    }
+                }
+                None => HelloDecision::New(None),
+            };
+            match handshake::accept_deciding(&tx, &mut rx, self.config.root_settings.clone(), decide).await {
+                Ok((negotiated, false)) => Ok(Some((NewConduit { tx, rx, negotiated }, fresh))),
+                Ok((negotiated, true)) => {
+                    // The session may have ended since the lookup: then the
+                    // link is closed, and the client's next attempt is refused.
+                    let key = negotiated.resume_key.clone();
+                    let mailbox =
+                        key.as_ref().and_then(|k| registry.lookup(k, negotiated.local_parity.opposite()).ok());
+                    match mailbox {
+                        Some(mb) => match mb
+                            .send(super::control::ControlMsg::Reattach(NewConduit { tx, rx, negotiated }))
+                            .await
+                        {
+                            Ok(()) => Ok(None),
+                            Err(_) => Err(SessionError::Setup("the resumed session ended during the handshake".into())),
+                        },
+                        None => {
+                            let _ = tx.close().await;
+                            Err(SessionError::Setup("the resumed session ended during the handshake".into()))
+                        }
+                    }
+                }
                 Err(e) => {
                     let _ = tx.close().await;
                     Err(e.into())
@@ -345,23 +415,28 @@ impl SessionBuilder {
         };
         let out = tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
         Ok(match out {
-            Some((tx, rx, negotiated)) => Accepted::New(self.start(tx, rx, negotiated)),
+            Some((conduit, key)) => {
+                let resume = key.map(|key| Resume {
+                    key,
+                    side: ResumeSide::Acceptor { registry: self.session_registry.clone() },
+                    deadline: None,
+                });
+                Accepted::New(self.start(conduit, resume))
+            }
             None => Accepted::Resumed,
         })
     }
 
     /// Connects over TCP and runs the initiator side, with the conduit of
     /// [`SessionConfig::conduit`]; a stable conduit redials `addr` after a
-    /// break.
+    /// break, and so does a session with [`SessionResumeConfig::request`].
     pub async fn connect(self, addr: impl ToString) -> Result<Session, SessionError> {
         let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
-        match self.config.conduit {
-            ConduitMode::Bare => {
-                let link = source.dial().await?;
-                self.establish_initiator(link).await
-            }
-            ConduitMode::Stable => self.establish_stable(Arc::new(source), None).await,
+        if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
+            let link = source.dial().await?;
+            return self.establish_initiator(link).await;
         }
+        self.establish_resumable(Arc::new(source), None).await
     }
 
     /// Like [`connect`](Self::connect), but waits for a server that is not
@@ -375,10 +450,10 @@ impl SessionBuilder {
         let first = link::connect_waiting(&source, &self.config.stable.backoff, timeout)
             .await
             .map_err(|e| SessionError::Setup(e.to_string()))?;
-        match self.config.conduit {
-            ConduitMode::Bare => self.establish_initiator(first).await,
-            ConduitMode::Stable => self.establish_stable(Arc::new(source), Some(first)).await,
+        if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
+            return self.establish_initiator(first).await;
         }
+        self.establish_resumable(Arc::new(source), Some(first)).await
     }
 
     /// Binds a TCP listener that accepts sessions with these settings.
@@ -391,50 +466,110 @@ impl SessionBuilder {
         Ok(Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), dropped_failures, task })
     }
 
-    fn start(self, tx: ConduitTx, rx: ConduitRx, negotiated: Negotiated) -> Session {
+    fn start(self, conduit: NewConduit, resume: Option<Resume>) -> Session {
         let config = Arc::new(self.config);
-        let (finish_tx, finish_rx) = oneshot::channel();
-        let (outbound, writer) = spawn_writer(tx, config.outbound_capacity, finish_rx);
+        let negotiated = conduit.negotiated.clone();
+        let link = Attachment::start(conduit, config.outbound_capacity);
         let (mailbox_tx, mailbox_rx) = mailbox(config.mailbox_capacity);
         let (closed_tx, closed_rx) = watch::channel(None);
+        let (generation_tx, generation_rx) = watch::channel(1);
+        let ops = config.operations.clone().map(|c| Arc::new(SessionOps::new(c)));
         let root_core = ConnectionCore::new(
             ConnectionId::ROOT,
             negotiated.local_parity,
             negotiated.local_root.clone(),
             negotiated.peer_root.clone(),
-            outbound.clone(),
+            link.outbound.clone(),
             self.root_handler,
             config.max_channels_per_connection,
+            ops.clone(),
         );
         tokio::spawn(root_core.clone().run_flush());
         let mut phase = SessionPhase::Handshaking;
         if let Err(e) = phase.on_established() {
             tracing::error!(error = %e, "fresh session not in Handshaking");
         }
+        if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &resume {
+            registry.insert(key.clone(), mailbox_tx.clone(), negotiated.local_parity.opposite());
+        }
+        let root_slot = RootSlot::new(root_core.clone());
         let run = RunLoop {
             phase,
             table: ConnTable::new(negotiated.local_parity, 1024),
-            root: root_core.clone(),
+            root: root_core,
+            root_slot: root_slot.clone(),
             root_released: false,
             mailbox: mailbox_rx,
             mailbox_tx: mailbox_tx.clone(),
-            outbound,
-            owed: VecDeque::new(),
-            conduit: rx,
+            link,
             config,
             shared: Arc::new(Shared { acceptor: self.acceptor }),
             closed_tx,
-            finish: Some(finish_tx),
-            writer,
+            generation_tx,
+            ops,
+            resume,
             ping_nonce: 0,
-            ping_outstanding: None,
         };
         tokio::spawn(run.run());
-        let caller = Caller { core: root_core, _live: LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT) };
+        let caller =
+            Caller { core: CoreRef::Root(root_slot), _live: LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT) };
         Session {
-            handle: SessionHandle { mailbox: mailbox_tx, closed: closed_rx },
+            handle: SessionHandle {
+                mailbox: mailbox_tx,
+                closed: closed_rx,
+                generation: generation_rx,
+                op_ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            },
             root: ConnectionHandle { id: ConnectionId::ROOT, caller },
             negotiated,
+        }
+    }
+}
+
+/// Dials (or takes `first`), runs the prologue for `config.conduit`, sets
+/// the conduit up and runs the initiator handshake.
+async fn open_initiator(
+    config: &SessionConfig,
+    source: Arc<dyn LinkSource>,
+    first: Option<Link>,
+    request: ResumeRequest,
+) -> Result<NewConduit, SessionError> {
+    let first = match first {
+        Some(l) => l,
+        None => source.dial().await.map_err(|e| SessionError::Setup(e.to_string()))?,
+    };
+    let (tx, rx) = match config.conduit {
+        ConduitMode::Bare => {
+            let mut link = first;
+            if let Err(e) = transport::initiate(&mut link, ConduitMode::Bare).await {
+                let _ = link.tx.close().await;
+                return Err(e.into());
+            }
+            conduit::bare(link)
+        }
+        ConduitMode::Stable => {
+            let (tx, rx) = stable::connect_over(first, source, config.stable.clone())
+                .await
+                .map_err(|e| SessionError::Setup(e.to_string()))?;
+            conduit::from_stable(tx, rx)
+        }
+    };
+    initiator_handshake(config, tx, rx, request).await
+}
+
+async fn initiator_handshake(
+    c: &SessionConfig,
+    tx: ConduitTx,
+    mut rx: ConduitRx,
+    request: ResumeRequest,
+) -> Result<NewConduit, SessionError> {
+    match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version, request).await {
+        Ok(negotiated) => Ok(NewConduit { tx, rx, negotiated }),
+        Err(e) => {
+            // rule: session.handshake — after Sorry the link is closed;
+            // closing (not dropping) makes sure the Sorry leaves first.
+            let _ = tx.close().await;
+            Err(e.into())
         }
     }
 }

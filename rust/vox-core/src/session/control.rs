@@ -48,6 +48,9 @@ pub enum ControlMsg {
     RootDropped,
     /// `SessionHandle::shutdown()` was called (reserved lane).
     Shutdown,
+    /// A replacement conduit for this session completed its handshake
+    /// (rule `session.resume`); the run loop binds it as the next attachment.
+    Reattach(super::resume::NewConduit),
 }
 
 #[derive(Default)]

@@ -16,6 +16,8 @@ use tokio::sync::{oneshot, watch};
 pub struct SessionHandle {
     pub(crate) mailbox: MailboxTx,
     pub(crate) closed: watch::Receiver<Option<CloseReason>>,
+    pub(crate) generation: watch::Receiver<u64>,
+    pub(crate) op_ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -76,6 +78,38 @@ impl SessionHandle {
         self.closed.borrow().clone()
     }
 
+    /// The current attachment's generation: 1 after the handshake, +1 each
+    /// time a replacement conduit is bound (rule `session.resume`).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Resolves once an attachment newer than `generation` is bound, with
+    /// its generation; fails if the session ends first.
+    pub async fn attached_after(&self, generation: u64) -> Result<u64, SessionError> {
+        let mut rx = self.generation.clone();
+        loop {
+            let g = *rx.borrow_and_update();
+            if g > generation {
+                return Ok(g);
+            }
+            if let Some(r) = self.close_reason() {
+                return Err(SessionError::Closed(r));
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.ended());
+            }
+        }
+    }
+
+    /// A new operation id for a logical call (rule `retry.op-id`): unique in
+    /// this session and increasing, as the peer's operation table expects.
+    /// Every attempt of the call carries the same id
+    /// ([`write_op_id`](super::operations::write_op_id)).
+    pub fn next_op_id(&self) -> super::operations::OpId {
+        super::operations::OpId(self.op_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    }
+
     /// The most requests ever waiting in the control mailbox's bounded queue.
     pub fn mailbox_high_water(&self) -> usize {
         self.mailbox.queue_high_water()
@@ -111,13 +145,45 @@ impl Drop for LiveToken {
 /// virtual connection is dropped, the connection is closed.
 #[derive(Clone)]
 pub struct Caller {
-    pub(crate) core: Arc<ConnectionCore>,
+    pub(crate) core: CoreRef,
     pub(crate) _live: Arc<LiveToken>,
+}
+
+/// Which driver core a caller uses. A virtual connection's core lives and
+/// dies with its attachment. The root connection survives a resume (rule
+/// `session.resume`), so its callers go through a slot the run loop points at
+/// the current attachment's root core.
+#[derive(Clone)]
+pub(crate) enum CoreRef {
+    Fixed(Arc<ConnectionCore>),
+    Root(Arc<RootSlot>),
+}
+
+/// The current attachment's root core.
+pub(crate) struct RootSlot(crate::sync::Mutex<Arc<ConnectionCore>>);
+
+impl RootSlot {
+    pub(crate) fn new(core: Arc<ConnectionCore>) -> Arc<RootSlot> {
+        Arc::new(RootSlot(crate::sync::Mutex::new(core)))
+    }
+
+    pub(crate) fn set(&self, core: Arc<ConnectionCore>) {
+        *self.0.lock() = core;
+    }
+}
+
+impl CoreRef {
+    fn get(&self) -> Arc<ConnectionCore> {
+        match self {
+            CoreRef::Fixed(c) => c.clone(),
+            CoreRef::Root(slot) => slot.0.lock().clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Caller").field("connection", &self.core.id()).finish()
+        f.debug_struct("Caller").field("connection", &self.core.get().id()).finish()
     }
 }
 
@@ -133,17 +199,17 @@ pub struct RawResponse {
 impl Caller {
     /// The connection this caller uses.
     pub fn connection_id(&self) -> ConnectionId {
-        self.core.id()
+        self.core.get().id()
     }
 
     /// Driver counters of the connection.
     pub fn stats(&self) -> CoreStats {
-        self.core.stats()
+        self.core.get().stats()
     }
 
     /// Channel counters of the connection.
     pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
-        self.core.registry.stats()
+        self.core.get().registry.stats()
     }
 
     /// Calls `method_id` with serialized `args` and the given channel ends.
@@ -156,8 +222,9 @@ impl Caller {
         metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
         use tracing::Instrument;
-        let span = tracing::debug_span!("call", conn = %self.core.id(), method = %method_id, channels = channels.len());
-        let (body, metadata) = self.core.call(method_id, Blob(args), &channels, metadata).instrument(span).await?;
+        let core = self.core.get();
+        let span = tracing::debug_span!("call", conn = %core.id(), method = %method_id, channels = channels.len());
+        let (body, metadata) = core.call(method_id, Blob(args), &channels, metadata).instrument(span).await?;
         match body {
             ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
             ResponseBody::User(b) => Err(CallError::User(b)),

@@ -2,7 +2,10 @@
 //! `HelloYourself` or `Sorry`, then `LetsGo` or `Sorry`.
 
 use crate::conduit::{ConduitError, ConduitRx, ConduitTx};
-use crate::wire::{ConduitMsg, ConnectionSettings, HandshakeMsg, Hello, HelloYourself, PROTOCOL_VERSION, Parity};
+use crate::wire::{
+    ConduitMsg, ConnectionSettings, HandshakeMsg, Hello, HelloYourself, PROTOCOL_VERSION, Parity, ResumeKey,
+    SESSION_RESUME_FEATURE,
+};
 
 /// What both sides agreed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +18,32 @@ pub struct Negotiated {
     pub peer_root: ConnectionSettings,
     /// The protocol version in use.
     pub protocol_version: u32,
+    /// The session's resume key, if the session is resumable (rule
+    /// `session.resume`).
+    pub resume_key: Option<ResumeKey>,
+}
+
+/// What the initiator asks for about resuming (rule `session.resume`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ResumeRequest {
+    /// A new session that ends with its conduit.
+    #[default]
+    No,
+    /// A new session with a resume key.
+    New,
+    /// Bind this conduit to the session with this key.
+    Resume(ResumeKey),
+}
+
+/// The acceptor's decision on a `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HelloDecision {
+    /// A new session, with this resume key (or none).
+    New(Option<ResumeKey>),
+    /// The `Hello` resumes the live session with this key.
+    Resume(ResumeKey),
+    /// `Sorry` with this reason.
+    Refuse(String),
 }
 
 /// Why the handshake failed. After any of these, no session exists.
@@ -38,6 +67,10 @@ pub enum HandshakeError {
         /// The reason sent to the peer.
         reason: String,
     },
+    /// The acceptor answered a resuming `Hello` without the session's key:
+    /// it does not hold the session, which must not be taken as resumed.
+    #[error("session handshake: the peer did not resume the session (it answered as a new session)")]
+    NotResumed,
     /// The peer sent something out of sequence.
     #[error("session handshake: unexpected {got} (expected {expected})")]
     Unexpected {
@@ -78,13 +111,30 @@ pub async fn initiate(
     parity: Parity,
     root_settings: ConnectionSettings,
     protocol_version: u32,
+    resume: ResumeRequest,
 ) -> Result<Negotiated, HandshakeError> {
-    let hello = Hello { protocol_version, parity, root_settings: root_settings.clone(), features: Vec::new(), resume_key: None };
+    let (features, presented) = match resume {
+        ResumeRequest::No => (Vec::new(), None),
+        ResumeRequest::New => (vec![SESSION_RESUME_FEATURE.to_owned()], None),
+        ResumeRequest::Resume(k) => (vec![SESSION_RESUME_FEATURE.to_owned()], Some(k)),
+    };
+    let hello = Hello {
+        protocol_version,
+        parity,
+        root_settings: root_settings.clone(),
+        features,
+        resume_key: presented.clone(),
+    };
     tx.send(&ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
     match next(rx, "HelloYourself or Sorry").await? {
         HandshakeMsg::HelloYourself(hy) => {
             if hy.protocol_version != protocol_version {
                 return Err(sorry(tx, version_mismatch(hy.protocol_version)).await);
+            }
+            // rule: session.resume — only the same key means "resumed".
+            if presented.is_some() && hy.resume_key != presented {
+                let _ = sorry(tx, "expected the resumed session's key".into()).await;
+                return Err(HandshakeError::NotResumed);
             }
             tx.send(&ConduitMsg::Handshake(HandshakeMsg::LetsGo)).await?;
             Ok(Negotiated {
@@ -92,6 +142,7 @@ pub async fn initiate(
                 local_root: root_settings,
                 peer_root: hy.root_settings,
                 protocol_version,
+                resume_key: hy.resume_key,
             })
         }
         HandshakeMsg::Sorry { reason } => Err(HandshakeError::Refused { reason }),
@@ -106,6 +157,25 @@ pub async fn accept(
     rx: &mut ConduitRx,
     root_settings: ConnectionSettings,
 ) -> Result<Negotiated, HandshakeError> {
+    let decide = |h: &Hello| match h.resume_key {
+        // rule: session.resume — never answer a resume with a new session.
+        Some(_) => {
+            HelloDecision::Refuse("unknown session resume key (this acceptor keeps no resumable sessions)".into())
+        }
+        None => HelloDecision::New(None),
+    };
+    accept_deciding(tx, rx, root_settings, decide).await.map(|(n, _)| n)
+}
+
+/// Acceptor side, with `decide` choosing between a new session (with or
+/// without a resume key), resuming a live one, and refusing. Returns the
+/// outcome and whether it resumed a session.
+pub async fn accept_deciding(
+    tx: &ConduitTx,
+    rx: &mut ConduitRx,
+    root_settings: ConnectionSettings,
+    decide: impl FnOnce(&Hello) -> HelloDecision,
+) -> Result<(Negotiated, bool), HandshakeError> {
     let hello = match next(rx, "Hello").await? {
         HandshakeMsg::Hello(h) => h,
         HandshakeMsg::Sorry { reason } => return Err(HandshakeError::Refused { reason }),
@@ -117,20 +187,31 @@ pub async fn accept(
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(sorry(tx, version_mismatch(hello.protocol_version)).await);
     }
+    let (resume_key, resumed) = match decide(&hello) {
+        HelloDecision::New(key) => (key, false),
+        HelloDecision::Resume(key) => (Some(key), true),
+        // rule: session.resume — an unknown key never becomes a new session.
+        HelloDecision::Refuse(reason) => return Err(sorry(tx, reason).await),
+    };
+    let features = if resume_key.is_some() { vec![SESSION_RESUME_FEATURE.to_owned()] } else { Vec::new() };
     let answer = HelloYourself {
         protocol_version: PROTOCOL_VERSION,
         root_settings: root_settings.clone(),
-        features: Vec::new(),
-        resume_key: None,
+        features,
+        resume_key: resume_key.clone(),
     };
     tx.send(&ConduitMsg::Handshake(HandshakeMsg::HelloYourself(answer))).await?;
     match next(rx, "LetsGo or Sorry").await? {
-        HandshakeMsg::LetsGo => Ok(Negotiated {
-            local_parity: hello.parity.opposite(),
-            local_root: root_settings,
-            peer_root: hello.root_settings,
-            protocol_version: PROTOCOL_VERSION,
-        }),
+        HandshakeMsg::LetsGo => Ok((
+            Negotiated {
+                local_parity: hello.parity.opposite(),
+                local_root: root_settings,
+                peer_root: hello.root_settings,
+                protocol_version: PROTOCOL_VERSION,
+                resume_key,
+            },
+            resumed,
+        )),
         HandshakeMsg::Sorry { reason } => Err(HandshakeError::Refused { reason }),
         other => Err(HandshakeError::Unexpected { expected: "LetsGo or Sorry", got: format!("{other:?}") }),
     }

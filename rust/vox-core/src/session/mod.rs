@@ -12,6 +12,7 @@ pub mod outbound;
 mod builder;
 mod handle;
 mod phase;
+pub mod resume;
 mod run;
 mod table;
 
@@ -21,6 +22,7 @@ pub use builder::{
 };
 pub use handle::{Caller, ConnectionHandle, SessionHandle};
 pub use phase::{CloseReason, ConnState, PhaseError, SessionPhase};
+pub use resume::SessionResumeConfig;
 
 use crate::link::LinkError;
 use crate::transport::PrologueError;
@@ -57,6 +59,11 @@ pub enum SessionError {
     /// Establishing the session failed.
     #[error("session setup failed: {0}")]
     Setup(String),
+    /// The session's conduit was lost and a replacement is not bound yet
+    /// (rule `session.resume`); try again once it is
+    /// ([`SessionHandle::attached_after`]).
+    #[error("the session is resuming on a new conduit; retry once it is attached")]
+    Resuming,
     /// The peer did not complete the prologue and handshake in time.
     #[error("session setup timed out after {0:?}")]
     HandshakeTimeout(std::time::Duration),

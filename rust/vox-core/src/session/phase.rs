@@ -20,6 +20,9 @@ pub enum CloseReason {
     KeepaliveTimeout,
     /// The root's last caller was dropped and no virtual connection was left.
     RootReleased,
+    /// The conduit was lost and no replacement was bound to the session in
+    /// time, or the peer no longer knows the session (rule `session.resume`).
+    ResumeFailed(String),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -32,6 +35,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::PeerProtocolError(d) => write!(f, "peer reported a protocol error: {d}"),
             CloseReason::KeepaliveTimeout => write!(f, "keepalive timeout: no pong in time"),
             CloseReason::RootReleased => write!(f, "root connection released and no virtual connection left"),
+            CloseReason::ResumeFailed(e) => write!(f, "session could not be resumed on a new conduit: {e}"),
         }
     }
 }
@@ -44,9 +48,10 @@ impl CloseReason {
             CloseReason::LocalProtocolError(d) | CloseReason::PeerProtocolError(d) => {
                 LossCause::ProtocolError(d.clone())
             }
-            CloseReason::PeerClosed | CloseReason::LinkError(_) | CloseReason::KeepaliveTimeout => {
-                LossCause::ConnectionClosed
-            }
+            CloseReason::PeerClosed
+            | CloseReason::LinkError(_)
+            | CloseReason::KeepaliveTimeout
+            | CloseReason::ResumeFailed(_) => LossCause::ConnectionClosed,
         }
     }
 }
@@ -61,13 +66,26 @@ pub struct PhaseError {
     pub event: &'static str,
 }
 
-/// The session phase.
+/// The session phase. Every attachment (a conduit bound to the session by
+/// a handshake) has a generation number, starting at 1; anything tied to an
+/// attachment lives in objects of that attachment only (its outbound path,
+/// writer, connection cores), so an event of an older generation has nothing
+/// of a newer one to act on (ADR 0003).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionPhase {
     /// Prologue and handshake running.
     Handshaking,
-    /// Messages flow.
-    Established,
+    /// Messages flow on attachment `generation`.
+    Established {
+        /// The current attachment.
+        generation: u64,
+    },
+    /// Attachment `lost` ended; waiting for a replacement conduit (rule
+    /// `session.resume`). Session-scoped state is kept.
+    Resuming {
+        /// The attachment that ended.
+        lost: u64,
+    },
     /// Tearing down.
     Closing(CloseReason),
     /// Ended.
@@ -78,27 +96,51 @@ impl SessionPhase {
     fn name(&self) -> &'static str {
         match self {
             SessionPhase::Handshaking => "Handshaking",
-            SessionPhase::Established => "Established",
+            SessionPhase::Established { .. } => "Established",
+            SessionPhase::Resuming { .. } => "Resuming",
             SessionPhase::Closing(_) => "Closing",
             SessionPhase::Closed(_) => "Closed",
         }
     }
 
-    /// Handshake completed.
+    /// Handshake completed: attachment 1.
     pub fn on_established(&mut self) -> Result<(), PhaseError> {
         match self {
             SessionPhase::Handshaking => {
-                *self = SessionPhase::Established;
+                *self = SessionPhase::Established { generation: 1 };
                 Ok(())
             }
             _ => Err(PhaseError { from: self.name(), event: "established" }),
         }
     }
 
+    /// The current attachment ended without ending the session.
+    pub fn on_attachment_lost(&mut self) -> Result<u64, PhaseError> {
+        match *self {
+            SessionPhase::Established { generation } => {
+                *self = SessionPhase::Resuming { lost: generation };
+                Ok(generation)
+            }
+            _ => Err(PhaseError { from: self.name(), event: "attachment lost" }),
+        }
+    }
+
+    /// A replacement conduit was bound: the next generation.
+    pub fn on_reattached(&mut self) -> Result<u64, PhaseError> {
+        match *self {
+            SessionPhase::Resuming { lost } => {
+                let generation = lost + 1;
+                *self = SessionPhase::Established { generation };
+                Ok(generation)
+            }
+            _ => Err(PhaseError { from: self.name(), event: "reattached" }),
+        }
+    }
+
     /// Teardown begins. Only the first reason counts.
     pub fn on_closing(&mut self, reason: CloseReason) -> Result<(), PhaseError> {
         match self {
-            SessionPhase::Handshaking | SessionPhase::Established => {
+            SessionPhase::Handshaking | SessionPhase::Established { .. } | SessionPhase::Resuming { .. } => {
                 *self = SessionPhase::Closing(reason);
                 Ok(())
             }
@@ -120,7 +162,7 @@ impl SessionPhase {
 
     /// Whether messages may flow.
     pub fn is_established(&self) -> bool {
-        matches!(self, SessionPhase::Established)
+        matches!(self, SessionPhase::Established { .. })
     }
 }
 
@@ -210,7 +252,14 @@ mod tests {
         let mut p = SessionPhase::Handshaking;
         p.on_established().unwrap();
         assert!(p.on_established().is_err());
+        assert!(p.on_reattached().is_err(), "no reattach while established");
+        assert_eq!(p.on_attachment_lost(), Ok(1));
+        assert!(p.on_attachment_lost().is_err(), "lost only once per attachment");
+        assert_eq!(p.on_reattached(), Ok(2));
+        assert_eq!(p, SessionPhase::Established { generation: 2 });
         p.on_closing(CloseReason::Shutdown).unwrap();
+        assert!(p.on_attachment_lost().is_err());
+        assert!(p.on_reattached().is_err());
         assert!(p.on_closing(CloseReason::PeerClosed).is_err(), "first reason wins");
         assert_eq!(p.on_closed().unwrap(), CloseReason::Shutdown);
         assert!(p.on_closed().is_err());

@@ -12,12 +12,16 @@
 use super::SessionError;
 use super::builder::{AcceptDecision, ConnectionRequest, SessionConfig, Shared};
 use super::control::{ControlMsg, MailboxRx, MailboxTx};
-use super::handle::{Caller, ConnectionHandle, LiveToken};
-use super::outbound::{Finish, Outbound};
+use super::handle::{Caller, ConnectionHandle, CoreRef, LiveToken, RootSlot};
+use super::outbound::{Finish, Outbound, spawn_writer};
 use super::phase::{CloseReason, ConnEvent, SessionPhase};
+use super::resume::{NewConduit, Redialer, SessionRegistry, redial};
 use super::table::{ConnTable, Entry, Lookup, Released};
 use crate::conduit::ConduitRx;
 use crate::driver::ConnectionCore;
+use crate::driver::channel::LossCause;
+use crate::driver::ops::SessionOps;
+use crate::wire::ResumeKey;
 use crate::wire::{ConduitMsg, ConnectionId, Message, Metadata, Payload};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,20 +35,69 @@ const OWED_CAPACITY: usize = 64;
 pub(crate) struct RunLoop {
     pub(crate) phase: SessionPhase,
     pub(crate) table: ConnTable,
+    /// The current attachment's root core; `root_slot` points callers at it.
     pub(crate) root: Arc<ConnectionCore>,
+    pub(crate) root_slot: Arc<RootSlot>,
     pub(crate) root_released: bool,
     pub(crate) mailbox: MailboxRx,
     pub(crate) mailbox_tx: MailboxTx,
-    pub(crate) outbound: Outbound,
-    pub(crate) owed: VecDeque<Message>,
-    pub(crate) conduit: ConduitRx,
+    /// Everything of the current attachment that the loop owns.
+    pub(crate) link: Attachment,
     pub(crate) config: Arc<SessionConfig>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) closed_tx: watch::Sender<Option<CloseReason>>,
-    pub(crate) finish: Option<oneshot::Sender<Finish>>,
-    pub(crate) writer: JoinHandle<Result<(), String>>,
+    pub(crate) generation_tx: watch::Sender<u64>,
+    pub(crate) ops: Option<Arc<SessionOps>>,
+    /// `Some` when the session outlives its conduit (rule `session.resume`).
+    pub(crate) resume: Option<Resume>,
     pub(crate) ping_nonce: u64,
+}
+
+/// The loop's part of one attachment. When the attachment ends, all of it
+/// is dropped together (the writer aborted), so nothing queued for an old
+/// attachment can reach a new conduit.
+pub(crate) struct Attachment {
+    pub(crate) outbound: Outbound,
+    /// `None` while resuming.
+    pub(crate) writer: Option<JoinHandle<Result<(), String>>>,
+    pub(crate) finish: Option<oneshot::Sender<Finish>>,
+    pub(crate) conduit: Option<ConduitRx>,
+    pub(crate) owed: VecDeque<Message>,
     pub(crate) ping_outstanding: Option<(u64, Instant)>,
+}
+
+impl Attachment {
+    pub(crate) fn start(conduit: NewConduit, capacity: usize) -> Attachment {
+        let (finish_tx, finish_rx) = oneshot::channel();
+        let (outbound, writer) = spawn_writer(conduit.tx, capacity, finish_rx);
+        Attachment {
+            outbound,
+            writer: Some(writer),
+            finish: Some(finish_tx),
+            conduit: Some(conduit.rx),
+            owed: VecDeque::new(),
+            ping_outstanding: None,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.writer.is_some()
+    }
+}
+
+/// How a resumable session gets its next conduit.
+pub(crate) struct Resume {
+    pub(crate) key: ResumeKey,
+    pub(crate) side: ResumeSide,
+    /// When `Resuming` gives up.
+    pub(crate) deadline: Option<Instant>,
+}
+
+pub(crate) enum ResumeSide {
+    /// We redial; the attempt's result arrives here.
+    Initiator { redialer: Redialer, pending: Option<oneshot::Receiver<Result<NewConduit, String>>> },
+    /// The listener routes a resuming `Hello` to us (`ControlMsg::Reattach`).
+    Acceptor { registry: SessionRegistry },
 }
 
 enum Event {
@@ -54,11 +107,50 @@ enum Event {
     Control(Option<ControlMsg>),
     Inbound(Result<Option<ConduitMsg>, crate::conduit::ConduitError>),
     Tick,
+    Redialed(Result<NewConduit, String>),
+    RecoveryTimeout,
 }
 
 enum Step {
     Continue,
+    /// The conduit is gone: resume if the session can, else end with it.
+    Lost(CloseReason),
     End(CloseReason, Option<Message>, bool),
+}
+
+async fn writer_end(
+    w: &mut Option<JoinHandle<Result<(), String>>>,
+) -> Result<Result<(), String>, tokio::task::JoinError> {
+    match w {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn inbound(c: &mut Option<ConduitRx>) -> Result<Option<ConduitMsg>, crate::conduit::ConduitError> {
+    match c {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// While resuming: the redial's result (initiator) or the recovery deadline.
+async fn resume_event(r: &mut Option<Resume>) -> Event {
+    let Some(Resume { deadline: Some(deadline), side, .. }) = r else { return std::future::pending().await };
+    let deadline = *deadline;
+    let redialed = async {
+        match side {
+            ResumeSide::Initiator { pending: Some(p), .. } => match p.await {
+                Ok(r) => r,
+                Err(_) => Err("the redial task ended without a result".into()),
+            },
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = redialed => Event::Redialed(r),
+        _ = tokio::time::sleep_until(deadline) => Event::RecoveryTimeout,
+    }
 }
 
 impl RunLoop {
@@ -68,20 +160,22 @@ impl RunLoop {
             if self.root_released && self.table.open_count() == 0 {
                 break (CloseReason::RootReleased, None, true);
             }
-            let can_take = self.owed.len() < OWED_CAPACITY;
+            let live = self.link.is_live();
+            let can_take = self.link.owed.len() < OWED_CAPACITY;
+            let link = &mut self.link;
             let event = tokio::select! {
                 biased;
-                w = &mut self.writer => Event::WriterEnded(w),
-                p = self.outbound.reserve(), if !self.owed.is_empty() => match p {
+                w = writer_end(&mut link.writer) => Event::WriterEnded(w),
+                p = link.outbound.reserve(), if live && !link.owed.is_empty() => match p {
                     Ok(p) => {
                         // Use the place we waited for, then move whatever
                         // else is owed and fits now, without waiting again.
-                        if let Some(m) = self.owed.pop_front() {
+                        if let Some(m) = link.owed.pop_front() {
                             p.send(m);
                         }
-                        while !self.owed.is_empty() {
-                            let Some(p) = self.outbound.try_reserve() else { break };
-                            if let Some(m) = self.owed.pop_front() {
+                        while !link.owed.is_empty() {
+                            let Some(p) = link.outbound.try_reserve() else { break };
+                            if let Some(m) = link.owed.pop_front() {
                                 p.send(m);
                             }
                         }
@@ -90,11 +184,12 @@ impl RunLoop {
                     Err(_) => Event::OutboundClosed,
                 },
                 m = self.mailbox.recv(), if can_take => Event::Control(m),
-                i = self.conduit.recv(), if can_take => Event::Inbound(i),
+                i = inbound(&mut link.conduit), if can_take => Event::Inbound(i),
+                e = resume_event(&mut self.resume) => e,
                 _ = async {
                     match ticker.as_mut() {
-                        Some(t) => { t.tick().await; }
-                        None => std::future::pending::<()>().await,
+                        Some(t) if live => { t.tick().await; }
+                        _ => std::future::pending::<()>().await,
                     }
                 } => Event::Tick,
             };
@@ -106,11 +201,21 @@ impl RunLoop {
                         Err(e) => CloseReason::LinkError(format!("writer task failed: {e}")),
                     };
                     // The finished handle must not be polled again.
-                    self.writer = tokio::spawn(async { Ok(()) });
-                    Step::End(reason, None, false)
+                    self.link.writer = None;
+                    Step::Lost(reason)
                 }
+                Event::Redialed(Ok(conduit)) => {
+                    self.reattach(conduit);
+                    Step::Continue
+                }
+                Event::Redialed(Err(e)) => Step::End(CloseReason::ResumeFailed(e), None, false),
+                Event::RecoveryTimeout => Step::End(
+                    CloseReason::ResumeFailed("no replacement conduit within the recovery timeout".into()),
+                    None,
+                    false,
+                ),
                 Event::OwedSent => Step::Continue,
-                Event::OutboundClosed => Step::End(CloseReason::LinkError("outbound path closed".into()), None, false),
+                Event::OutboundClosed => Step::Lost(CloseReason::LinkError("outbound path closed".into())),
                 Event::Control(Some(m)) => self.on_control(m),
                 Event::Control(None) => Step::Continue,
                 Event::Inbound(Ok(Some(ConduitMsg::Message(m)))) => self.on_message(m),
@@ -118,15 +223,26 @@ impl RunLoop {
                     format!("handshake message {h:?} after the session was established"),
                     "session.handshake",
                 ),
-                Event::Inbound(Ok(None)) => Step::End(CloseReason::PeerClosed, None, true),
+                Event::Inbound(Ok(None)) => match self.resume {
+                    // A bare link's end may be a break: a resumable session
+                    // waits for its peer to come back.
+                    Some(_) => Step::Lost(CloseReason::PeerClosed),
+                    None => Step::End(CloseReason::PeerClosed, None, true),
+                },
                 Event::Inbound(Err(crate::conduit::ConduitError::Decode(e))) => {
                     self.violation(format!("undecodable message: {e}"), "session.message")
                 }
-                Event::Inbound(Err(e)) => Step::End(CloseReason::LinkError(e.to_string()), None, false),
+                Event::Inbound(Err(e)) => Step::Lost(CloseReason::LinkError(e.to_string())),
                 Event::Tick => self.on_tick(),
             };
-            if let Step::End(reason, last, drain) = step {
-                break (reason, last, drain);
+            match step {
+                Step::Continue => {}
+                Step::Lost(reason) => {
+                    if let Err(reason) = self.detach(reason) {
+                        break (reason, None, false);
+                    }
+                }
+                Step::End(reason, last, drain) => break (reason, last, drain),
             }
         };
         self.teardown(end.0, end.1, end.2).await;
@@ -144,12 +260,100 @@ impl RunLoop {
     }
 
     fn owe(&mut self, m: Message) {
-        self.owed.push_back(m);
+        self.link.owed.push_back(m);
+    }
+
+    // ------------------------------------------------------------ resume
+
+    /// The conduit is gone. A resumable session keeps its session-scoped
+    /// state (connection namespace, operation table, handles) and waits for
+    /// a replacement; what was in flight on the lost attachment fails (rule
+    /// `session.resume`). Otherwise `Err` says why the session ends.
+    fn detach(&mut self, reason: CloseReason) -> Result<(), CloseReason> {
+        let Some(resume) = self.resume.as_mut() else { return Err(reason) };
+        let lost = match self.phase.on_attachment_lost() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "conduit loss outside Established");
+                return Err(reason);
+            }
+        };
+        tracing::info!(%reason, generation = lost, "session conduit lost; resuming");
+        // Pending calls fail retryably, handlers are stopped (or, for
+        // operations, handed to the table), channels report the break (rule
+        // `retry.channel.disconnect.closes`).
+        self.root.on_lost(LossCause::ConnectionClosed);
+        // Virtual connections end with the attachment: whether an open, an
+        // accept or a close crossed the break is unknowable, so neither side
+        // keeps any (the id namespace is kept: ids are never reused).
+        for entry in self.table.drain() {
+            match entry {
+                Entry::Open { core } => core.on_lost(LossCause::ConnectionClosed),
+                Entry::PendingOutbound { reply, .. } => {
+                    let _ = reply.send(Err(SessionError::Resuming));
+                }
+            }
+        }
+        if let Some(w) = self.link.writer.take() {
+            w.abort();
+        }
+        self.link.finish = None;
+        self.link.conduit = None;
+        self.link.owed.clear();
+        self.link.ping_outstanding = None;
+        resume.deadline = Some(Instant::now() + self.config.session_resume.recovery_timeout);
+        if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
+            let (tx, rx) = oneshot::channel();
+            let redialer = redialer.clone();
+            let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
+            tokio::spawn(async move {
+                let _ = tx.send(redial(redialer, deadline).await);
+            });
+            *pending = Some(rx);
+        }
+        Ok(())
+    }
+
+    /// Binds `conduit` as the next attachment. A resume that arrives while
+    /// we still think the old attachment is alive first detaches it: the
+    /// peer has given it up (rule `session.resume`).
+    fn reattach(&mut self, conduit: NewConduit) {
+        if self.phase.is_established() {
+            if let Err(reason) = self.detach(CloseReason::LinkError("replaced by a resumed conduit".into())) {
+                tracing::debug!(%reason, "reattach to a session that cannot resume");
+                return;
+            }
+        }
+        if self.root.local_parity != conduit.negotiated.local_parity {
+            tracing::warn!("resuming conduit negotiated another parity; dropped");
+            return;
+        }
+        let generation = match self.phase.on_reattached() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "reattach outside Resuming; conduit dropped");
+                return;
+            }
+        };
+        let negotiated = conduit.negotiated.clone();
+        self.link = Attachment::start(conduit, self.config.outbound_capacity);
+        let root = self.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
+        tokio::spawn(root.clone().run_flush());
+        self.root_slot.set(root.clone());
+        self.root = root;
+        if let Some(resume) = self.resume.as_mut() {
+            resume.deadline = None;
+            if let ResumeSide::Initiator { pending, .. } = &mut resume.side {
+                *pending = None;
+            }
+        }
+        tracing::info!(generation, "session resumed on a new conduit");
+        let _ = self.generation_tx.send(generation);
     }
 
     fn on_tick(&mut self) -> Step {
         let Some(k) = self.config.keepalive.clone() else { return Step::Continue };
-        if let Some((_, sent)) = self.ping_outstanding {
+        if let Some((_, sent)) = self.link.ping_outstanding {
             if sent.elapsed() >= k.timeout {
                 // rule: session.keepalive
                 return Step::End(CloseReason::KeepaliveTimeout, None, false);
@@ -157,7 +361,7 @@ impl RunLoop {
             return Step::Continue;
         }
         self.ping_nonce = self.ping_nonce.wrapping_add(1);
-        self.ping_outstanding = Some((self.ping_nonce, Instant::now()));
+        self.link.ping_outstanding = Some((self.ping_nonce, Instant::now()));
         self.owe(Message::root(Payload::Ping { nonce: self.ping_nonce }));
         Step::Continue
     }
@@ -167,6 +371,10 @@ impl RunLoop {
     fn on_control(&mut self, m: ControlMsg) -> Step {
         match m {
             ControlMsg::OpenConnection { settings, metadata, reply } => {
+                if !self.link.is_live() {
+                    let _ = reply.send(Err(SessionError::Resuming));
+                    return Step::Continue;
+                }
                 if self.table.len() >= self.config.max_connections {
                     let _ = reply.send(Err(SessionError::TooManyConnections { limit: self.config.max_connections }));
                     return Step::Continue;
@@ -206,7 +414,11 @@ impl RunLoop {
                 self.root_released = true;
                 Step::Continue
             }
-            ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, true),
+            ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.link.is_live()),
+            ControlMsg::Reattach(conduit) => {
+                self.reattach(conduit);
+                Step::Continue
+            }
         }
     }
 
@@ -234,8 +446,8 @@ impl RunLoop {
                 Step::Continue
             }
             Payload::Pong { nonce } if id.is_root() => {
-                if matches!(self.ping_outstanding, Some((n, _)) if n == nonce) {
-                    self.ping_outstanding = None;
+                if matches!(self.link.ping_outstanding, Some((n, _)) if n == nonce) {
+                    self.link.ping_outstanding = None;
                 }
                 Step::Continue
             }
@@ -254,7 +466,8 @@ impl RunLoop {
                 Ok((reply, local_settings, parity)) => {
                     let core = self.new_core(id, parity, local_settings, settings, None);
                     self.table.set_open(id, core.clone());
-                    let caller = Caller { core, _live: LiveToken::new(self.mailbox_tx.clone(), id) };
+                    let caller =
+                        Caller { core: CoreRef::Fixed(core), _live: LiveToken::new(self.mailbox_tx.clone(), id) };
                     // If the opener stopped waiting, dropping the handle
                     // closes the connection through the liveness rule.
                     let _ = reply.send(Ok(ConnectionHandle { id, caller }));
@@ -370,9 +583,10 @@ impl RunLoop {
             parity,
             local,
             peer,
-            self.outbound.clone(),
+            self.link.outbound.clone(),
             handler,
             self.config.max_channels_per_connection,
+            self.ops.clone(),
         );
         tokio::spawn(core.clone().run_flush());
         core
@@ -385,6 +599,9 @@ impl RunLoop {
             tracing::debug!(error = %e, "teardown in unexpected phase");
         }
         tracing::debug!(%reason, "session ending");
+        if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &self.resume {
+            registry.remove(key);
+        }
         let cause = reason.loss_cause();
         let mut cores = vec![self.root.clone()];
         for entry in self.table.drain() {
@@ -419,22 +636,24 @@ impl RunLoop {
         // Owed messages (a pong, a close) were decided before the end: they
         // go first. A graceful end waits for room; a violation only takes
         // the room there is, so a peer that stopped reading cannot stall us.
-        while let Some(m) = self.owed.pop_front() {
+        while let Some(m) = self.link.owed.pop_front() {
             if drain {
-                if self.outbound.send(m).await.is_err() {
+                if self.link.outbound.send(m).await.is_err() {
                     break;
                 }
-            } else if let Some(p) = self.outbound.try_reserve() {
+            } else if let Some(p) = self.link.outbound.try_reserve() {
                 p.send(m);
             } else {
                 break;
             }
         }
-        if let Some(f) = self.finish.take() {
+        if let Some(f) = self.link.finish.take() {
             let _ = f.send(Finish { last, drain, linger: self.config.linger });
         }
-        if let Err(e) = (&mut self.writer).await {
-            tracing::debug!(error = %e, "writer task ended abnormally");
+        if let Some(w) = self.link.writer.take() {
+            if let Err(e) = w.await {
+                tracing::debug!(error = %e, "writer task ended abnormally");
+            }
         }
         let reason = self.phase.on_closed().unwrap_or(reason);
         let _ = self.closed_tx.send(Some(reason));

@@ -110,7 +110,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn core(id: ConnectionId, parity: Parity, out: &outbound::Outbound) -> Arc<ConnectionCore> {
     let settings = ConnectionSettings::default();
-    ConnectionCore::new(id, parity, settings.clone(), settings, out.clone(), None, 4)
+    ConnectionCore::new(id, parity, settings.clone(), settings, out.clone(), None, 4, None)
 }
 
 fn judge(lookup: Lookup<'_>) -> Verdict {

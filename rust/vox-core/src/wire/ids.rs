@@ -145,6 +145,13 @@ impl IdAllocator {
         IdAllocator { next: Some(parity.first()) }
     }
 
+    /// Continues where `self` stands; the ids `self` handed out are never
+    /// handed out again by either (used when a connection's state is rebuilt
+    /// on a resumed session: new request and channel ids stay above the old).
+    pub fn continuation(&self) -> IdAllocator {
+        self.clone()
+    }
+
     /// The next id, or `None` when the id space is exhausted.
     pub fn allocate(&mut self) -> Option<u64> {
         let id = self.next?;

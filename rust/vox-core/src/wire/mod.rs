@@ -13,7 +13,6 @@ pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId,
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,
     HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE, ServerHello,
-    StableFrame,
-    StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
+    StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
 pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, SENSITIVE};

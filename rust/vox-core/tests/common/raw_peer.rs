@@ -71,9 +71,16 @@ pub async fn raw_initiator(server: SessionBuilder, parity: Parity) -> (Session, 
     let raw = async move {
         transport::initiate(&mut b, ConduitMode::Bare).await.expect("prologue");
         let (tx, mut rx) = conduit::bare(b);
-        let negotiated = handshake::initiate(&tx, &mut rx, parity, ConnectionSettings::default(), PROTOCOL_VERSION)
-            .await
-            .expect("handshake");
+        let negotiated = handshake::initiate(
+            &tx,
+            &mut rx,
+            parity,
+            ConnectionSettings::default(),
+            PROTOCOL_VERSION,
+            Default::default(),
+        )
+        .await
+        .expect("handshake");
         RawPeer { tx, rx, negotiated }
     };
     let (s, r) = tokio::join!(server.establish_acceptor(a), raw);

@@ -302,10 +302,7 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
             "response.handler_failed",
             Vector::Message(response(ResponseBody::HandlerFailed { reason: "panic".to_owned() })),
         ),
-        (
-            "response.rejected",
-            Vector::Message(response(ResponseBody::Rejected { reason: "conflict".to_owned() })),
-        ),
+        ("response.rejected", Vector::Message(response(ResponseBody::Rejected { reason: "conflict".to_owned() }))),
         ("metadata.empty", Vector::Metadata(Metadata::new())),
         ("metadata.string", Vector::Metadata(md(&[("k", string("v"), 0)]))),
         ("metadata.bytes", Vector::Metadata(md(&[("k", MetadataValue::Bytes(Blob::from(&b"\xde\xad"[..])), 0)]))),

@@ -192,6 +192,17 @@ impl Inner {
 
     // --- local events, caller side
 
+    /// Our channel id allocator, to continue from in a successor registry
+    /// (a resumed session never reuses an old attachment's channel ids).
+    pub(super) fn local_ids(&self) -> IdAllocator {
+        self.local_ids.continuation()
+    }
+
+    /// Starts allocating where `ids` stands (a fresh registry only).
+    pub(super) fn continue_local_ids(&mut self, ids: IdAllocator) {
+        self.local_ids = ids;
+    }
+
     pub(super) fn create_outgoing(
         &mut self,
         direction: ChannelDirection,
