@@ -1,4 +1,6 @@
-//! `spec-tests run [filter]` runs the conformance cases against the subject;
+//! `spec-tests run [filter] [--only <filter>] [--repeat <n>]` runs the
+//! conformance cases whose name contains the filter against the subject,
+//! `n` times in a row (default 1), stopping at the first failing run;
 //! `spec-tests coverage [--allow-pending]` maps the rules of
 //! `docs/spec/protocol.md` to cases; `spec-tests list` prints the table.
 
@@ -15,7 +17,33 @@ fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
-fn run(filter: &str) -> ExitCode {
+/// The options of `spec-tests run`.
+struct RunOpts {
+    filter: String,
+    repeat: u32,
+}
+
+fn parse_run(args: &[String]) -> Result<RunOpts, String> {
+    let mut opts = RunOpts { filter: String::new(), repeat: 1 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--only" => opts.filter = it.next().ok_or("--only needs a filter")?.clone(),
+            "--repeat" => {
+                let n = it.next().ok_or("--repeat needs a count")?;
+                opts.repeat = n.parse().map_err(|_| format!("--repeat {n:?}: not a count"))?;
+                if opts.repeat == 0 {
+                    return Err("--repeat 0: nothing to run".into());
+                }
+            }
+            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
+            other => opts.filter = other.to_string(),
+        }
+    }
+    Ok(opts)
+}
+
+fn run(opts: &RunOpts) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -33,21 +61,42 @@ fn run(filter: &str) -> ExitCode {
             .map(|t| runner::parse_known(&t))
             .unwrap_or_default(),
     };
-    let outcomes = rt.block_on(runner::run(filter, cmd, &known));
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_failure()).collect();
-    let xfail = outcomes.iter().filter(|o| o.failure.is_some() && o.known.is_some()).count();
-    println!(
-        "spec-tests: {} cases, {} passed, {} failed, {} known failures in {:.1?}",
-        outcomes.len(),
-        outcomes.len() - failed.len() - xfail,
-        failed.len(),
-        xfail,
-        started.elapsed()
-    );
-    for o in &failed {
-        println!("{}", o.line());
+    let repeat = opts.repeat;
+    for round in 1..=repeat {
+        // One run prints every case; repeated runs only failures.
+        let outcomes = rt.block_on(runner::run(&opts.filter, cmd.clone(), &known, repeat == 1));
+        let failed: Vec<_> = outcomes.iter().filter(|o| o.is_failure()).collect();
+        let xfail = outcomes.iter().filter(|o| o.failure.is_some() && o.known.is_some()).count();
+        let last = round == repeat || outcomes.is_empty() || !failed.is_empty();
+        if !last {
+            continue;
+        }
+        let of = if repeat > 1 { format!(" (run {round} of {repeat})") } else { String::new() };
+        println!(
+            "spec-tests: {} cases, {} passed, {} failed, {} known failures in {:.1?}{of}",
+            outcomes.len(),
+            outcomes.len() - failed.len() - xfail,
+            failed.len(),
+            xfail,
+            started.elapsed()
+        );
+        for o in &failed {
+            println!("{}", o.line());
+        }
+        if outcomes.is_empty() {
+            return ExitCode::FAILURE;
+        }
+        if !failed.is_empty() {
+            if repeat > 1 {
+                println!("spec-tests: run {round} of {repeat} failed (the {} run(s) before it passed)", round - 1);
+            }
+            return ExitCode::FAILURE;
+        }
     }
-    if outcomes.is_empty() || !failed.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if repeat > 1 {
+        println!("spec-tests: all {repeat} runs passed");
+    }
+    ExitCode::SUCCESS
 }
 
 fn coverage_cmd(allow_pending: bool) -> ExitCode {
@@ -102,7 +151,13 @@ fn coverage_cmd(allow_pending: bool) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("run") => run(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("run") => match parse_run(&args[1..]) {
+            Ok(opts) => run(&opts),
+            Err(e) => {
+                eprintln!("spec-tests run: {e}");
+                ExitCode::from(2)
+            }
+        },
         Some("coverage") => coverage_cmd(args.iter().any(|a| a == "--allow-pending")),
         Some("list") => {
             for c in CASES {
@@ -111,7 +166,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: spec-tests run [filter] | spec-tests coverage [--allow-pending] | spec-tests list");
+            eprintln!(
+                "usage: spec-tests run [filter] [--only <filter>] [--repeat <n>] | spec-tests coverage [--allow-pending] | spec-tests list"
+            );
             ExitCode::from(2)
         }
     }

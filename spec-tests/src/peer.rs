@@ -10,9 +10,9 @@ use std::time::Duration;
 use vox_core::link::{Link, LinkRx, LinkTx};
 use vox_core::wire::{
     self, Blob, ChannelDecl, ChannelDirection, ChannelId, ClientHello, ConduitMode, ConduitMsg, ConnectionId,
-    ConnectionSettings, HandshakeMsg, Hello, HelloYourself, Message, Metadata, MethodId, PROTOCOL_VERSION, Parity,
-    Payload, RequestId, ResponseBody, ResumeKey, StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC,
-    TRANSPORT_VERSION, TransportHello, TransportMsg,
+    ConnectionSettings, HandshakeMsg, Hello, HelloYourself, Message, Metadata, MetadataValue, MethodId, NO_PROPAGATE,
+    PROTOCOL_VERSION, Parity, Payload, RequestId, ResponseBody, ResumeKey, StableFrame, StableHelloReply, StableMsg,
+    TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
 
 /// How long the harness waits for any one thing from the subject: only a
@@ -61,6 +61,41 @@ pub fn user_value<T: DeserializeOwned>(body: &ResponseBody) -> CaseResult<T> {
         ResponseBody::User(b) => Ok(wire::decode("user error", &b.0)?),
         other => fail!("expected a User error response, got {other:?}"),
     }
+}
+
+/// The acceptor's answer to the harness's `Hello`.
+#[derive(Debug)]
+pub enum HelloAnswer {
+    /// The session is (being) established.
+    Yourself(HelloYourself),
+    /// No session.
+    Sorry(String),
+    /// The subject closed the link without answering.
+    Closed,
+}
+
+/// A `Hello` from the harness taking `parity`, listing `features`, resuming
+/// `resume_key` (or `None` for a new session).
+pub fn hello_msg(parity: Parity, features: &[&str], resume_key: Option<ResumeKey>) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        parity,
+        root_settings: ConnectionSettings::default(),
+        features: features.iter().map(|f| f.to_string()).collect(),
+        resume_key,
+    }
+}
+
+/// The metadata key of the operation id (`vox.op-id`, PROTOCOL.md section
+/// 10), spelled out here: the harness builds the entry by hand.
+pub const OP_ID_KEY: &str = "vox.op-id";
+
+/// Request metadata carrying operation id `op` (rule `retry.op-id`): a
+/// `U64` value flagged `NO_PROPAGATE`.
+pub fn op_id_metadata(op: u64) -> Metadata {
+    let mut md = Metadata::new();
+    md.push(OP_ID_KEY, MetadataValue::U64(op), NO_PROPAGATE);
+    md
 }
 
 /// One side of an established (or establishing) link.
@@ -361,6 +396,42 @@ impl Peer {
             }
             other => fail!("session.handshake: expected HelloYourself, got {other:?}"),
         }
+        self.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::LetsGo)).await
+    }
+
+    /// Bare prologue, then `hello` as the initiator; returns the subject's
+    /// answer without sending `LetsGo` (see [`Peer::hello`]).
+    pub async fn bare_hello(&mut self, hello: Hello) -> CaseResult<HelloAnswer> {
+        self.initiate_prologue(TransportHello {
+            magic: TRANSPORT_MAGIC,
+            version: TRANSPORT_VERSION,
+            mode: ConduitMode::Bare,
+        })
+        .await?;
+        self.hello(hello).await
+    }
+
+    /// Sends `hello` as the initiator and returns the subject's answer
+    /// (`HelloYourself` or `Sorry`), without sending `LetsGo`. On
+    /// `HelloYourself` the session fields are filled in from `hello.parity`.
+    pub async fn hello(&mut self, hello: Hello) -> CaseResult<HelloAnswer> {
+        let parity = hello.parity;
+        self.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::Hello(hello))).await?;
+        match self.recv_conduit("HelloYourself or Sorry").await? {
+            Some(ConduitMsg::Handshake(HandshakeMsg::HelloYourself(hy))) => {
+                ensure!(hy.protocol_version == PROTOCOL_VERSION, "session.handshake: version {}", hy.protocol_version);
+                self.subject_parity = parity.opposite();
+                self.subject_root = hy.root_settings.clone();
+                Ok(HelloAnswer::Yourself(hy))
+            }
+            Some(ConduitMsg::Handshake(HandshakeMsg::Sorry { reason })) => Ok(HelloAnswer::Sorry(reason)),
+            None => Ok(HelloAnswer::Closed),
+            Some(other) => fail!("session.handshake: expected HelloYourself or Sorry, got {other:?}"),
+        }
+    }
+
+    /// Sends `LetsGo`, completing the handshake as the initiator.
+    pub async fn lets_go(&mut self) -> CaseResult {
         self.send_value("ConduitMsg", &ConduitMsg::Handshake(HandshakeMsg::LetsGo)).await
     }
 

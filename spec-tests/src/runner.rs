@@ -43,8 +43,9 @@ impl Outcome {
 }
 
 /// Runs every case whose name contains `filter`, in parallel, printing one
-/// line per case as it completes; returns the outcomes in table order.
-pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)]) -> Vec<Outcome> {
+/// line per case as it completes (only the failing ones unless `verbose`);
+/// returns the outcomes in table order.
+pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)], verbose: bool) -> Vec<Outcome> {
     let sem = Arc::new(Semaphore::new(PARALLELISM));
     let mut set = tokio::task::JoinSet::new();
     for (index, case) in CASES.iter().enumerate().filter(|(_, c)| c.name.contains(filter)) {
@@ -60,7 +61,9 @@ pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)]) -> V
                 Ok(Err(e)) => Some(e.to_string()),
             };
             let outcome = Outcome { case, failure, known };
-            println!("{}", outcome.line());
+            if verbose || outcome.is_failure() {
+                println!("{}", outcome.line());
+            }
             (index, outcome)
         });
     }

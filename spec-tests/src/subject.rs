@@ -105,6 +105,47 @@ impl Running {
         }
     }
 
+    /// Ends a case whose session must still be alive (a resumable session
+    /// outlives its links for a recovery timeout, so the subject would not
+    /// exit soon by itself): the subject must still be running, then it is
+    /// killed. Call it while the harness still holds the session's link.
+    pub async fn stop_alive(self) -> CaseResult {
+        self.conclude_alive(Ok(())).await
+    }
+
+    /// Like [`Running::conclude`] for a session that must still be alive:
+    /// on success the subject must still be running (it is then killed);
+    /// on failure the subject is killed and its exit status, if it had
+    /// already exited, and stderr are added to the message.
+    pub async fn conclude_alive(mut self, result: CaseResult) -> CaseResult {
+        let exited = self.child.try_wait()?;
+        if exited.is_none() {
+            let _ = self.child.start_kill();
+            let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+        }
+        match (result, exited) {
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(status)) => {
+                let err = self.stderr().await;
+                fail!("the subject exited ({status}) while its session should still be alive: {err}")
+            }
+            (Err(e), exited) => {
+                let err = self.stderr().await;
+                let status = exited.map(|s| format!("exited with {s}")).unwrap_or_else(|| "killed".into());
+                Err(CaseError::Failed(format!("{e} [subject {status}: {err}]")))
+            }
+        }
+    }
+
+    /// Ends a case after which the subject may either have exited (then
+    /// with success) or still be running (then it is killed).
+    pub async fn conclude_stopped(mut self, result: CaseResult) -> CaseResult {
+        match self.child.try_wait()? {
+            Some(_) => self.conclude(result).await,
+            None => self.conclude_alive(result).await,
+        }
+    }
+
     async fn early_exit(&mut self) -> CaseError {
         let status = self.child.wait().await;
         let err = self.stderr().await;

@@ -48,7 +48,7 @@ async fn listen() -> Result<(), SubjectError> {
         }
     };
     // While the session lives, the listener keeps attaching links that
-    // resume its stable conduit (rule `session.resume`) by itself; this loop
+    // resume it (rule `session.resume`) by itself; this loop
     // only logs other outcomes and refuses a second session by dropping it.
     let more = async {
         loop {

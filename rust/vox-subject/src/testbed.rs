@@ -13,7 +13,8 @@
 //! hand-written in a small wrapper in front of the dispatcher.
 
 use serde::{Deserialize, Serialize};
-use vox_core::driver::{Call, Handler, Rx, Tx};
+use vox_core::driver::{BoxFuture, Call, Handler, Rx, Tx};
+use vox_core::session::operations::MethodPolicy;
 use vox_core::wire::{self, Blob, MethodId, ResponseBody};
 
 /// The error of `divide`.
@@ -89,10 +90,14 @@ pub trait Testbed {
     async fn echo_bytes(&self, b: Vec<u8>) -> Vec<u8>;
     /// Answers after `ms` milliseconds.
     async fn sleep_ms(&self, ms: u64);
-    /// As `generate` (until resume exists).
+    /// As `generate`, declared idempotent: after a session resume a retry
+    /// with the same operation id re-runs on its fresh channels (rule
+    /// `retry.channel.volatile.rebinding`).
     #[vox(idem)]
     async fn generate_retry_idem(&self, n: u32, out: Tx<i32>);
-    /// As `generate` (until resume exists).
+    /// As `generate`, non-idempotent (the default): after a session resume a
+    /// retry with the same operation id fails closed with `Indeterminate`
+    /// (rule `retry.channel.recovery.non-idem`).
     async fn generate_retry_non_idem(&self, n: u32, out: Tx<i32>);
 }
 
@@ -157,12 +162,27 @@ async fn generate(n: u32, mut out: Tx<i32>) {
 /// `TestbedDispatcher`. `echo` answers with the request's metadata as it
 /// would be forwarded (order kept, `NO_PROPAGATE` entries stripped), so a
 /// peer can check metadata handling on the wire.
-pub fn testbed() -> impl Handler + Clone {
-    let generated = TestbedDispatcher::new(Bed);
-    move |call: Call| {
-        let generated = generated.clone();
-        async move { if call.method_id == mid("echo") { echo(call) } else { generated.handle(call).await } }
+///
+/// It forwards [`Handler::policy`] to the dispatcher, so the session's
+/// operation table sees the `#[vox(idem)]` of `generate_retry_idem`.
+#[derive(Clone)]
+pub struct TestbedHandler {
+    generated: TestbedDispatcher<Bed>,
+}
+
+impl Handler for TestbedHandler {
+    fn handle(&self, call: Call) -> BoxFuture {
+        if call.method_id == mid("echo") { Box::pin(async move { echo(call) }) } else { self.generated.handle(call) }
     }
+
+    fn policy(&self, method: MethodId) -> MethodPolicy {
+        self.generated.policy(method)
+    }
+}
+
+/// The handler the subject serves (see [`TestbedHandler`]).
+pub fn testbed() -> TestbedHandler {
+    TestbedHandler { generated: TestbedDispatcher::new(Bed) }
 }
 
 fn echo(call: Call) {

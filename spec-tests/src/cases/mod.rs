@@ -8,6 +8,7 @@ use std::pin::Pin;
 mod channels;
 mod client;
 mod connections;
+mod resume;
 mod rpc;
 mod session;
 mod stable;
@@ -98,6 +99,20 @@ pub static CASES: &[Case] = &[
         stable::session_resume_new_server_session_not_resumed,
         SubjectAccepts,
         ["session.resume", "stable.resume-key"]
+    ),
+    // ---- session resume on a bare conduit, retry across it (subject accepts)
+    case!(resume::session_resume_without_feature_has_no_key, SubjectAccepts, ["session.resume", "session.handshake"]),
+    case!(resume::session_resume_unknown_key_is_refused, SubjectAccepts, ["session.resume", "session.handshake"]),
+    case!(resume::session_resume_while_old_link_still_open, SubjectAccepts, ["session.resume"]),
+    case!(
+        resume::channel_retry_non_idem_fails_closed,
+        SubjectAccepts,
+        ["retry.channel.recovery.non-idem", "retry.channel.disconnect.closes", "session.resume", "retry.op-id"]
+    ),
+    case!(
+        resume::channel_retry_idem_reruns_with_fresh_channels,
+        SubjectAccepts,
+        ["retry.channel.volatile.rebinding", "retry.channel.disconnect.closes", "session.resume", "retry.op-id"]
     ),
     // ---- prologue and handshake (subject initiates)
     case!(
