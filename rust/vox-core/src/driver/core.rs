@@ -133,6 +133,7 @@ impl std::fmt::Debug for ConnectionCore {
 impl ConnectionCore {
     /// A driver core for connection `id`, allocating request and channel ids
     /// of `local_parity`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ConnectionId,
         local_parity: Parity,
