@@ -9,10 +9,11 @@ use proptest::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vox_core::driver::{Call, channel};
+use vox_core::driver::{Call, CallError, channel};
 use vox_core::link::{self, Backoff, Link, LinkConfig, LinkError, LinkSource};
+use vox_core::session::operations::write_op_id;
 use vox_core::session::{Accepted, Session, SessionBuilder};
-use vox_core::wire::{ConduitMode, MethodId};
+use vox_core::wire::{ConduitMode, Metadata, MethodId};
 
 fn count_id() -> MethodId {
     MethodId::from_names("Counter", "execute")
@@ -107,6 +108,90 @@ proptest! {
                 assert_eq!(executions.get(&i).copied(), Some(1), "call {i} executed {:?} times", executions.get(&i));
             }
         });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+    /// rules: retry.op-id, retry.duplicate.live, retry.layers.no-silent-retry,
+    /// session.resume — a bare conduit is cut at random points, so whole
+    /// conduits are lost and calls in flight become ambiguous; the session
+    /// resumes on new conduits and the client retries every retryable
+    /// failure with the call's operation id. A non-idem call never executes
+    /// twice, and every call ends in its result or `Indeterminate` (the
+    /// execution finished and its outcome was not kept), never hangs.
+    #[test]
+    fn retry_op_ids_across_session_resumes_never_execute_twice(
+        cuts in proptest::collection::vec(1u64..40, 1..6),
+        calls in 1u32..24,
+        concurrent in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async move {
+            let executions = Arc::new(Mutex::new(HashMap::new()));
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let mut cuts = cuts;
+            // The first conduit must get through its handshake.
+            cuts[0] += 6;
+            // With this much traffic the first cut is certainly reached.
+            let must_redial = cuts[0] <= 12 && calls >= 10;
+            let net = Arc::new(Net { dials: Default::default(), cuts: Mutex::new(cuts.into()), server: counting_server(executions.clone()), sessions: tx });
+            let n = net.clone();
+            let source: Arc<dyn LinkSource> = Arc::new(move || dial(n.clone()));
+            let mut client = SessionBuilder::new();
+            let resume = &mut client.config_mut().session_resume;
+            resume.request = true;
+            resume.backoff = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(8), factor: 2 };
+            let client = client.establish_resumable(source, None).await.expect("client session");
+            let _server = rx.recv().await.expect("server session");
+            let client = &client;
+            let results: Vec<Result<u32, CallError>> = if concurrent {
+                futures_join_all((0..calls).map(|i| call_retrying(client, i)).collect()).await
+            } else {
+                let mut v = Vec::new();
+                for i in 0..calls {
+                    v.push(call_retrying(client, i).await);
+                }
+                v
+            };
+            if must_redial {
+                assert!(net.dials.load(std::sync::atomic::Ordering::Relaxed) >= 2, "the planned cut was never reached");
+            }
+            let executions = executions.lock().unwrap();
+            for (i, r) in results.into_iter().enumerate() {
+                let runs = executions.get(&(i as u32)).copied().unwrap_or(0);
+                assert!(runs <= 1, "call {i} executed {runs} times");
+                match r {
+                    Ok(v) => {
+                        assert_eq!(v, i as u32);
+                        assert_eq!(runs, 1, "call {i} answered without executing");
+                    }
+                    Err(CallError::Indeterminate) => assert_eq!(runs, 1, "Indeterminate only after an execution"),
+                    Err(e) => panic!("call {i} ended in {e:?}"),
+                }
+            }
+        });
+    }
+}
+
+/// One logical call: the same operation id on every attempt; a retryable
+/// failure waits for the next attachment and tries again.
+async fn call_retrying(session: &Session, i: u32) -> Result<u32, CallError> {
+    let mut md = Metadata::new();
+    write_op_id(&mut md, session.handle.next_op_id());
+    let args = bytes::Bytes::from(vox_core::wire::encode("args", &i).expect("encode"));
+    loop {
+        let seen = session.handle.generation();
+        match session.root.caller.call_raw(count_id(), args.clone(), vec![], md.clone()).await {
+            Ok(r) => return Ok(vox_core::wire::decode::<u32>("ret", &r.ret).expect("decode")),
+            Err(e) if e.is_retryable() => {
+                if session.handle.attached_after(seen).await.is_err() {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
