@@ -6,7 +6,7 @@
 use super::{Link, LinkConfig, LinkError, LinkRx, LinkTx, RxSource};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Size of the length prefix in front of every frame.
@@ -15,17 +15,14 @@ const PREFIX_LEN: usize = 4;
 /// The largest length a prefix can announce.
 const MAX_FRAME_LEN: usize = u32::MAX as usize;
 
-/// Most bytes the reader asks for in one read. Bounds how far the receive
-/// buffer grows ahead of the bytes that actually arrived.
+/// Most bytes the reader asks for in one read while its buffer is smaller
+/// than this; beyond, a read may ask for as much as is already buffered.
+/// Bounds how far the receive buffer grows ahead of the bytes that arrived.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Fewest bytes the reader asks for in one read, so that many small frames
 /// arrive in a single system call.
 const MIN_READ: usize = 8 * 1024;
-
-/// Buffer of the writer task; small frames are gathered here so a batch
-/// costs one write and one flush.
-const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Bytes the writer gathers from the queue before it flushes, so a busy
 /// sender cannot postpone the flush forever.
@@ -103,21 +100,33 @@ pub async fn connect_unix(path: impl AsRef<std::path::Path>, config: LinkConfig)
 
 /// The writer task: takes messages off the queue and writes them as frames
 /// until every sender is gone, then flushes and shuts the stream down.
-async fn write_frames<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, writer: W) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, writer);
+///
+/// Batching: after the first message it drains everything already queued
+/// (up to `BATCH_BYTES`); if that found more than one frame it yields once so
+/// that senders runnable right now can queue more, drains again, and only
+/// then writes. Small frames are copied
+/// into one contiguous buffer (prefix and body), large ones are written from
+/// their own `Bytes` without a copy, all with vectored writes, so a batch
+/// costs about one system call however many frames it holds. The queue
+/// stays bounded: at most one batch is taken off it at a time.
+async fn write_frames<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, mut writer: W) -> io::Result<()> {
+    let mut batch = Batch::default();
     let result = async {
         while let Some(msg) = queue.recv().await {
-            let mut batched = PREFIX_LEN + msg.len();
-            write_frame(&mut out, &msg).await?;
-            while batched < BATCH_BYTES {
-                let Ok(msg) = queue.try_recv() else { break };
-                batched += PREFIX_LEN + msg.len();
-                write_frame(&mut out, &msg).await?;
+            batch.push(msg)?;
+            drain(&mut queue, &mut batch)?;
+            if batch.frames > 1 && batch.bytes < BATCH_BYTES {
+                // Several senders are active: let the ones that are runnable
+                // right now add to this batch before paying for a write. A
+                // lone message (request/response traffic) is written at once.
+                tokio::task::yield_now().await;
+                drain(&mut queue, &mut batch)?;
             }
-            out.flush().await?;
+            batch.write_to(&mut writer).await?;
         }
+        writer.flush().await?;
         // rule: link.rx.eof — the shutdown is what lets the peer see the end.
-        out.shutdown().await
+        writer.shutdown().await
     }
     .await;
     if let Err(error) = &result {
@@ -128,14 +137,96 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, w
     result
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(out: &mut BufWriter<W>, msg: &[u8]) -> io::Result<()> {
-    // `LinkTx::send` already refused anything longer than `MAX_FRAME_LEN`.
-    let len = u32::try_from(msg.len()).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("message of {} bytes does not fit a frame", msg.len()))
-    })?;
-    // rule: transport.stream — 32-bit little-endian length, then the bytes.
-    out.write_all(&len.to_le_bytes()).await?;
-    out.write_all(msg).await
+/// Moves what is already queued into `batch`, up to `BATCH_BYTES`.
+fn drain(queue: &mut mpsc::Receiver<Bytes>, batch: &mut Batch) -> io::Result<()> {
+    while batch.bytes < BATCH_BYTES {
+        let Ok(msg) = queue.try_recv() else { break };
+        batch.push(msg)?;
+    }
+    Ok(())
+}
+
+/// Frames smaller than this are copied into the batch's contiguous buffer;
+/// larger ones are written from their own storage.
+const COPY_LIMIT: usize = 4 * 1024;
+
+/// The most slices handed to one vectored write (Linux accepts 1024).
+const MAX_IOVECS: usize = 64;
+
+/// One batch of frames on its way to the stream: a sequence of pieces, each
+/// either a run of small frames copied together or one large message body.
+#[derive(Default)]
+struct Batch {
+    /// Prefixes and small frames, copied.
+    small: BytesMut,
+    /// The pieces in order: completed runs of `small` and large bodies.
+    pieces: Vec<Bytes>,
+    /// Bytes in the batch, prefixes included.
+    bytes: usize,
+    /// Frames in the batch.
+    frames: usize,
+}
+
+impl Batch {
+    fn push(&mut self, msg: Bytes) -> io::Result<()> {
+        // `LinkTx::send` already refused anything longer than `MAX_FRAME_LEN`.
+        let len = u32::try_from(msg.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("message of {} bytes does not fit a frame", msg.len()))
+        })?;
+        self.bytes += PREFIX_LEN + msg.len();
+        self.frames += 1;
+        // rule: transport.stream — 32-bit little-endian length, then the bytes.
+        self.small.extend_from_slice(&len.to_le_bytes());
+        if msg.len() < COPY_LIMIT {
+            self.small.extend_from_slice(&msg);
+        } else {
+            self.pieces.push(self.small.split().freeze());
+            self.pieces.push(msg);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole batch and flushes; leaves the batch empty.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<()> {
+        if !self.small.is_empty() {
+            self.pieces.push(self.small.split().freeze());
+        }
+        let mut first = 0;
+        while first < self.pieces.len() {
+            let n = {
+                let end = self.pieces.len().min(first + MAX_IOVECS);
+                let slices: Vec<io::IoSlice<'_>> = self.pieces[first..end]
+                    .iter()
+                    .filter(|piece| !piece.is_empty())
+                    .map(|piece| io::IoSlice::new(piece))
+                    .collect();
+                if slices.is_empty() {
+                    first = end;
+                    continue;
+                }
+                writer.write_vectored(&slices).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // Drop what was written; keep the rest of a partly written piece.
+            let mut left = n;
+            while left > 0 {
+                let Some(piece) = self.pieces.get_mut(first) else { break };
+                if piece.len() <= left {
+                    left -= piece.len();
+                    first += 1;
+                } else {
+                    piece.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        self.pieces.clear();
+        self.bytes = 0;
+        self.frames = 0;
+        writer.flush().await
+    }
 }
 
 /// The receiving side of a stream link: reassembles frames from whatever
@@ -173,9 +264,13 @@ impl FrameReader {
                 }
                 None => PREFIX_LEN - self.buf.len(),
             };
-            // The buffer grows by at most one chunk per read, so its size
-            // follows the bytes that arrived, not the length the peer announced.
-            self.buf.reserve(missing.clamp(MIN_READ, READ_CHUNK));
+            // Each read asks for at most what is missing and at most
+            // `max(READ_CHUNK, bytes already buffered)`: a large frame is
+            // received through geometrically growing reads (a handful of
+            // reallocations for 1 MiB instead of one per 64 KiB), while the
+            // buffer still never grows beyond about twice the bytes that
+            // actually arrived, whatever length the peer announced.
+            self.buf.reserve(missing.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ));
             let read = self
                 .reader
                 .read_buf(&mut self.buf)
