@@ -115,12 +115,19 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, m
         while let Some(msg) = queue.recv().await {
             batch.push(msg)?;
             drain(&mut queue, &mut batch)?;
-            if batch.frames > 1 && batch.bytes < BATCH_BYTES {
-                // Several senders are active: let the ones that are runnable
-                // right now add to this batch before paying for a write. A
-                // lone message (request/response traffic) is written at once.
+            // Several senders are active: let the ones that are runnable
+            // right now add to this batch before paying for a write, as long
+            // as each yield brings more. A lone message (request/response
+            // traffic) is written at once.
+            let mut yields = 0;
+            while batch.frames > 1 && batch.bytes < BATCH_BYTES && yields < MAX_YIELDS {
+                let before = batch.frames;
                 tokio::task::yield_now().await;
                 drain(&mut queue, &mut batch)?;
+                yields += 1;
+                if batch.frames == before {
+                    break;
+                }
             }
             batch.write_to(&mut writer).await?;
         }
@@ -145,6 +152,9 @@ fn drain(queue: &mut mpsc::Receiver<Bytes>, batch: &mut Batch) -> io::Result<()>
     }
     Ok(())
 }
+
+/// Most times the writer yields to let a batch grow before writing it.
+const MAX_YIELDS: usize = 4;
 
 /// Frames smaller than this are copied into the batch's contiguous buffer;
 /// larger ones are written from their own storage.
