@@ -36,6 +36,7 @@ pub enum StateKind {
 /// (moved along with the queue between states) so a busy channel does not
 /// allocate per item.
 #[derive(Debug, Default)]
+#[allow(clippy::box_collection, reason = "the box is what makes an unused queue one pointer instead of four words")]
 pub struct ItemQueue(Option<Box<VecDeque<Bytes>>>);
 
 impl ItemQueue {
