@@ -310,3 +310,117 @@ impl FrameReader {
         Err(LinkError::Truncated { expected, got: self.buf.len() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A writer that takes at most `step` bytes per call, vectored or not,
+    /// so every piece boundary gets split somewhere.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.out.extend_from_slice(&buf[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames() -> Vec<Bytes> {
+        vec![
+            Bytes::new(),
+            Bytes::from_static(b"small"),
+            Bytes::from(vec![7u8; COPY_LIMIT + 3]),
+            Bytes::from(vec![9u8; COPY_LIMIT * 2]),
+            Bytes::from_static(b"tail"),
+        ]
+    }
+
+    fn expected() -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in frames() {
+            out.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_survives_partial_vectored_writes() {
+        for step in [1, 3, 4, 5, 4096, 1 << 20] {
+            let mut writer = Trickle { out: Vec::new(), step };
+            let mut batch = Batch::default();
+            for frame in frames() {
+                batch.push(frame).expect("fits a frame");
+            }
+            batch.write_to(&mut writer).await.expect("write");
+            assert_eq!(writer.out, expected(), "step {step}");
+            // The batch is reusable and empty afterwards.
+            assert_eq!((batch.bytes, batch.frames, batch.pieces.len(), batch.small.len()), (0, 0, 0, 0));
+            batch.push(Bytes::from_static(b"again")).expect("fits a frame");
+            batch.write_to(&mut writer).await.expect("write");
+            assert!(writer.out.ends_with(b"\x05\x00\x00\x00again"), "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_arrive_in_order_through_the_writer_task() {
+        let (near, far) = tokio::io::duplex(1024);
+        let (far_read, _far_write) = tokio::io::split(far);
+        let (_near_read, near_write) = tokio::io::split(near);
+        let (queue, pending) = mpsc::channel(4);
+        let writer = tokio::spawn(write_frames(pending, near_write));
+        let mut reader = FrameReader::new(Box::new(far_read));
+        let sent: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; usize::from(i) * 300])).collect();
+        let sender = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for msg in sent {
+                    queue.send(msg).await.expect("writer alive");
+                }
+            })
+        };
+        for msg in &sent {
+            let got = reader.read_frame(usize::MAX).await.expect("read").expect("a frame");
+            assert_eq!(&got, msg);
+        }
+        sender.await.expect("sender");
+        writer.await.expect("join").expect("writer ends cleanly");
+        assert!(reader.read_frame(usize::MAX).await.expect("eof").is_none());
+    }
+}
