@@ -106,7 +106,6 @@ enum SlotState {
 pub(crate) struct Pair {
     /// Index 0: the `Tx` end, 1: the `Rx` end.
     ends: Mutex<[SlotState; 2]>,
-    initial_credit: u32,
 }
 
 fn index(role: Role) -> usize {
@@ -121,18 +120,16 @@ pub(crate) enum ChannelSlot {
     /// Bound: the connection and the id (handler side from the start, caller
     /// side once the call bound it and the handle was used). No allocation.
     Bound { core: Arc<ConnectionCore>, id: ChannelId },
-    /// Caller side, possibly not bound yet.
-    Paired(Arc<Pair>),
+    /// Caller side, possibly not bound yet. The credit is only needed when
+    /// an end is handed to a call; kept here, not in the shared pair.
+    Paired(Arc<Pair>, u32),
     /// Handed to a call or closed: dropping the handle releases nothing.
     Gone,
 }
 
 impl ChannelSlot {
-    fn pair(initial_credit: u32) -> Arc<Pair> {
-        Arc::new(Pair {
-            ends: Mutex::new([SlotState::Unbound { waker: None }, SlotState::Unbound { waker: None }]),
-            initial_credit,
-        })
+    fn pair() -> Arc<Pair> {
+        Arc::new(Pair { ends: Mutex::new([SlotState::Unbound { waker: None }, SlotState::Unbound { waker: None }]) })
     }
 
     pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId, _role: Role) -> ChannelSlot {
@@ -145,7 +142,7 @@ impl ChannelSlot {
         let binding = match self {
             ChannelSlot::Bound { .. } => return Poll::Ready(Ok(())),
             ChannelSlot::Gone => return Poll::Ready(Err(ChannelError::Closed)),
-            ChannelSlot::Paired(pair) => {
+            ChannelSlot::Paired(pair, _) => {
                 let mut ends = pair.ends.lock();
                 match &mut ends[index(role)] {
                     SlotState::Bound { core, id } => (core.clone(), *id),
@@ -188,7 +185,7 @@ impl ChannelSlot {
     fn drop_end(&mut self, role: Role) {
         match std::mem::replace(self, ChannelSlot::Gone) {
             ChannelSlot::Bound { core, id } => release(&core, id, role),
-            ChannelSlot::Paired(pair) => {
+            ChannelSlot::Paired(pair, _) => {
                 let mut ends = pair.ends.lock();
                 let end = &mut ends[index(role)];
                 match std::mem::replace(end, SlotState::Abandoned) {
@@ -293,10 +290,10 @@ pub fn channel<T>() -> (Tx<T>, Rx<T>) {
 /// Creates an unbound channel pair with `initial_credit` (0 allowed: the
 /// sender waits for the receiver's first grant).
 pub fn channel_with_credit<T>(initial_credit: u32) -> (Tx<T>, Rx<T>) {
-    let pair = ChannelSlot::pair(initial_credit);
+    let pair = ChannelSlot::pair();
     (
-        Tx { slot: ChannelSlot::Paired(pair.clone()), _t: PhantomData },
-        Rx { slot: ChannelSlot::Paired(pair), _t: PhantomData },
+        Tx { slot: ChannelSlot::Paired(pair.clone(), initial_credit), _t: PhantomData },
+        Rx { slot: ChannelSlot::Paired(pair, initial_credit), _t: PhantomData },
     )
 }
 
@@ -326,9 +323,8 @@ pub struct Rx<T> {
 /// Hands one end of a caller-side pair to a call; the call binds the other
 /// end (`kept`). `None` for a handler-side (already bound) end.
 fn hand_over(slot: &mut ChannelSlot, kept: Role, direction: ChannelDirection) -> Option<ChannelArg> {
-    let ChannelSlot::Paired(pair) = slot else { return None };
-    let initial_credit = pair.initial_credit;
-    let pair = pair.clone();
+    let ChannelSlot::Paired(pair, initial_credit) = slot else { return None };
+    let (pair, initial_credit) = (pair.clone(), *initial_credit);
     // This end goes to the peer; dropping it must not release anything.
     *slot = ChannelSlot::Gone;
     Some(ChannelArg { direction, initial_credit, slot: SlotRef { pair, role: kept } })
