@@ -24,7 +24,7 @@ pub use error::{
     ChannelStats, CloseCause, ItemOutcome, LocalError, LossCause, RecvError, RemoteOutcome, SendError, Violation,
     ViolationKind,
 };
-pub use state::{ChannelState, Closed, Closing, Early, Half, RecvHalf, Role, StateKind};
+pub use state::{ChannelState, Closed, Closing, Early, Half, ItemQueue, RecvHalf, Role, StateKind};
 pub use table::transition_table;
 
 use crate::sync::Mutex;

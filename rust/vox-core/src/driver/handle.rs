@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// The default initial credit of a channel.
 pub const DEFAULT_INITIAL_CREDIT: u32 = 16;
@@ -84,88 +84,161 @@ impl From<RecvError> for ChannelError {
     }
 }
 
+/// What one end of a caller-side pair knows about its binding.
 enum SlotState {
-    Unbound,
-    Bound { core: Arc<ConnectionCore>, id: ChannelId },
-    Failed(String),
-    // This end was dropped before its call bound the channel.
+    /// Not bound yet; the end's handle may be waiting (at most one task: the
+    /// handle is not `Clone` and waits through `&mut self` or `self`).
+    Unbound {
+        waker: Option<Waker>,
+    },
+    Bound {
+        core: Arc<ConnectionCore>,
+        id: ChannelId,
+    },
+    /// The call failed before announcing the channel.
+    Failed(Arc<str>),
+    /// This end was dropped before its call bound the channel.
     Abandoned,
 }
 
-/// Shared between the two ends of a pair until it is bound.
-pub(crate) struct ChannelSlot {
-    state: Mutex<SlotState>,
-    bound: Notify,
-    role: Role,
+/// Both ends of a caller-side pair, in one allocation, until they are bound.
+/// A bound handle copies its binding out on first use and lets go of this.
+pub(crate) struct Pair {
+    /// Index 0: the `Tx` end, 1: the `Rx` end.
+    ends: Mutex<[SlotState; 2]>,
+}
+
+fn index(role: Role) -> usize {
+    match role {
+        Role::Sender => 0,
+        Role::Receiver => 1,
+    }
+}
+
+/// Where a handle finds its channel.
+pub(crate) enum ChannelSlot {
+    /// Bound: the connection and the id (handler side from the start, caller
+    /// side once the call bound it and the handle was used). No allocation.
+    Bound { core: Arc<ConnectionCore>, id: ChannelId },
+    /// Caller side, possibly not bound yet. The credit is only needed when
+    /// an end is handed to a call; kept here, not in the shared pair.
+    Paired(Arc<Pair>, u32),
+    /// Handed to a call or closed: dropping the handle releases nothing.
+    Gone,
 }
 
 impl ChannelSlot {
-    fn unbound(role: Role) -> Arc<ChannelSlot> {
-        Arc::new(ChannelSlot { state: Mutex::new(SlotState::Unbound), bound: Notify::new(), role })
+    fn pair() -> Arc<Pair> {
+        Arc::new(Pair { ends: Mutex::new([SlotState::Unbound { waker: None }, SlotState::Unbound { waker: None }]) })
     }
 
-    pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId, role: Role) -> Arc<ChannelSlot> {
-        Arc::new(ChannelSlot { state: Mutex::new(SlotState::Bound { core, id }), bound: Notify::new(), role })
+    pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId, _role: Role) -> ChannelSlot {
+        ChannelSlot::Bound { core, id }
     }
 
+    /// Looks at the pair once: `Ready` with the binding (cached in `self`)
+    /// or the reason there is none, `Pending` (waker registered) if unbound.
+    fn poll_bound(&mut self, role: Role, cx: Option<&mut Context<'_>>) -> Poll<Result<(), ChannelError>> {
+        let binding = match self {
+            ChannelSlot::Bound { .. } => return Poll::Ready(Ok(())),
+            ChannelSlot::Gone => return Poll::Ready(Err(ChannelError::Closed)),
+            ChannelSlot::Paired(pair, _) => {
+                let mut ends = pair.ends.lock();
+                match &mut ends[index(role)] {
+                    SlotState::Bound { core, id } => (core.clone(), *id),
+                    SlotState::Failed(reason) => {
+                        return Poll::Ready(Err(ChannelError::NotAnnounced(reason.to_string())));
+                    }
+                    SlotState::Abandoned => return Poll::Ready(Err(ChannelError::Closed)),
+                    SlotState::Unbound { waker } => {
+                        if let Some(cx) = cx {
+                            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                                *waker = Some(cx.waker().clone());
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+        };
+        // Cache the binding: later operations skip the pair's lock, and the
+        // pair is freed once the call's `ChannelArg` is gone too.
+        *self = ChannelSlot::Bound { core: binding.0, id: binding.1 };
+        Poll::Ready(Ok(()))
+    }
+
+    async fn wait_bound(&mut self, role: Role) -> Result<(Arc<ConnectionCore>, ChannelId), ChannelError> {
+        std::future::poll_fn(|cx| self.poll_bound(role, Some(cx))).await?;
+        self.current(role).ok_or(ChannelError::Closed)
+    }
+
+    fn current(&mut self, role: Role) -> Option<(Arc<ConnectionCore>, ChannelId)> {
+        match self.poll_bound(role, None) {
+            Poll::Ready(Ok(())) => match self {
+                ChannelSlot::Bound { core, id } => Some((core.clone(), *id)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn drop_end(&mut self, role: Role) {
+        match std::mem::replace(self, ChannelSlot::Gone) {
+            ChannelSlot::Bound { core, id } => release(&core, id, role),
+            ChannelSlot::Paired(pair, _) => {
+                let mut ends = pair.ends.lock();
+                let end = &mut ends[index(role)];
+                match std::mem::replace(end, SlotState::Abandoned) {
+                    SlotState::Bound { core, id } => {
+                        drop(ends);
+                        release(&core, id, role);
+                    }
+                    SlotState::Unbound { .. } => {}
+                    other => *end = other,
+                }
+            }
+            ChannelSlot::Gone => {}
+        }
+    }
+}
+
+/// The end of a pair that a call binds: the end the caller kept.
+pub(crate) struct SlotRef {
+    pair: Arc<Pair>,
+    role: Role,
+}
+
+impl SlotRef {
     /// Called by the call once the request is queued.
     pub(crate) fn bind(&self, core: Arc<ConnectionCore>, id: ChannelId, _announced_role: Role) {
-        let mut st = self.state.lock();
-        match *st {
+        let mut ends = self.pair.ends.lock();
+        let end = &mut ends[index(self.role)];
+        match end {
             SlotState::Abandoned => {
-                drop(st);
+                drop(ends);
                 release(&core, id, self.role);
             }
             _ => {
-                *st = SlotState::Bound { core, id };
-                drop(st);
-                self.bound.notify_waiters();
+                let waiting = std::mem::replace(end, SlotState::Bound { core, id });
+                drop(ends);
+                if let SlotState::Unbound { waker: Some(waker) } = waiting {
+                    waker.wake();
+                }
             }
         }
     }
 
     /// Called when the call failed before announcing the channel.
-    pub(crate) fn fail(&self, reason: String) {
-        let mut st = self.state.lock();
-        if matches!(*st, SlotState::Unbound) {
-            *st = SlotState::Failed(reason);
-            drop(st);
-            self.bound.notify_waiters();
-        }
-    }
-
-    async fn wait_bound(&self) -> Result<(Arc<ConnectionCore>, ChannelId), ChannelError> {
-        loop {
-            let notified = self.bound.notified();
-            tokio::pin!(notified);
-            // Register before checking so a bind in between is not missed.
-            notified.as_mut().enable();
-            match &*self.state.lock() {
-                SlotState::Bound { core, id } => return Ok((core.clone(), *id)),
-                SlotState::Failed(r) => return Err(ChannelError::NotAnnounced(r.clone())),
-                SlotState::Abandoned => return Err(ChannelError::Closed),
-                SlotState::Unbound => {}
+    fn fail(&self, reason: &str) {
+        let mut ends = self.pair.ends.lock();
+        let end = &mut ends[index(self.role)];
+        if let SlotState::Unbound { waker } = end {
+            let waker = waker.take();
+            *end = SlotState::Failed(Arc::from(reason));
+            drop(ends);
+            if let Some(waker) = waker {
+                waker.wake();
             }
-            notified.await;
-        }
-    }
-
-    fn current(&self) -> Option<(Arc<ConnectionCore>, ChannelId)> {
-        match &*self.state.lock() {
-            SlotState::Bound { core, id } => Some((core.clone(), *id)),
-            _ => None,
-        }
-    }
-
-    fn drop_end(&self) {
-        let mut st = self.state.lock();
-        match std::mem::replace(&mut *st, SlotState::Abandoned) {
-            SlotState::Bound { core, id } => {
-                drop(st);
-                release(&core, id, self.role);
-            }
-            SlotState::Unbound => {}
-            other => *st = other,
         }
     }
 }
@@ -183,7 +256,7 @@ fn release(core: &ConnectionCore, id: ChannelId, role: Role) {
 pub struct ChannelArg {
     pub(crate) direction: ChannelDirection,
     pub(crate) initial_credit: u32,
-    pub(crate) slot: Arc<ChannelSlot>,
+    pub(crate) slot: SlotRef,
 }
 
 impl ChannelArg {
@@ -193,7 +266,7 @@ impl ChannelArg {
 
     /// Marks the kept end as failed: the call never announced the channel.
     pub(crate) fn fail(&self, reason: &str) {
-        self.slot.fail(reason.to_string());
+        self.slot.fail(reason);
     }
 }
 
@@ -217,20 +290,11 @@ pub fn channel<T>() -> (Tx<T>, Rx<T>) {
 /// Creates an unbound channel pair with `initial_credit` (0 allowed: the
 /// sender waits for the receiver's first grant).
 pub fn channel_with_credit<T>(initial_credit: u32) -> (Tx<T>, Rx<T>) {
-    let tx_slot = ChannelSlot::unbound(Role::Sender);
-    let rx_slot = ChannelSlot::unbound(Role::Receiver);
-    let link = Arc::new(PairLink { tx: tx_slot.clone(), rx: rx_slot.clone() });
+    let pair = ChannelSlot::pair();
     (
-        Tx { slot: tx_slot, pair: Some((link.clone(), initial_credit)), _t: PhantomData },
-        Rx { slot: rx_slot, pair: Some((link, initial_credit)), _t: PhantomData },
+        Tx { slot: ChannelSlot::Paired(pair.clone(), initial_credit), _t: PhantomData },
+        Rx { slot: ChannelSlot::Paired(pair, initial_credit), _t: PhantomData },
     )
-}
-
-// Both ends of a caller-side pair, so whichever end goes into the call can
-// reach the other end's slot.
-struct PairLink {
-    tx: Arc<ChannelSlot>,
-    rx: Arc<ChannelSlot>,
 }
 
 /// Result of [`Tx::try_send`] when the item could not be sent now.
@@ -246,32 +310,45 @@ pub enum TrySendError<T> {
 
 /// The sending end of a channel.
 pub struct Tx<T> {
-    slot: Arc<ChannelSlot>,
-    pair: Option<(Arc<PairLink>, u32)>,
+    slot: ChannelSlot,
     _t: PhantomData<fn(T)>,
 }
 
 /// The receiving end of a channel.
 pub struct Rx<T> {
-    slot: Arc<ChannelSlot>,
-    pair: Option<(Arc<PairLink>, u32)>,
+    slot: ChannelSlot,
     _t: PhantomData<fn() -> T>,
 }
 
+/// Hands one end of a caller-side pair to a call; the call binds the other
+/// end (`kept`). `None` for a handler-side (already bound) end.
+fn hand_over(slot: &mut ChannelSlot, kept: Role, direction: ChannelDirection) -> Option<ChannelArg> {
+    let ChannelSlot::Paired(pair, initial_credit) = slot else { return None };
+    let (pair, initial_credit) = (pair.clone(), *initial_credit);
+    // This end goes to the peer; dropping it must not release anything.
+    *slot = ChannelSlot::Gone;
+    Some(ChannelArg { direction, initial_credit, slot: SlotRef { pair, role: kept } })
+}
+
+/// A trace span for one channel operation, built only when it is enabled.
+fn span(core: &ConnectionCore, id: ChannelId, end: &'static str) -> Option<tracing::Span> {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        Some(tracing::trace_span!("channel", conn = %core.id(), channel = %id, end))
+    } else {
+        None
+    }
+}
+
 impl<T> Tx<T> {
-    pub(crate) fn from_slot(slot: Arc<ChannelSlot>) -> Self {
-        Tx { slot, pair: None, _t: PhantomData }
+    pub(crate) fn from_slot(slot: ChannelSlot) -> Self {
+        Tx { slot, _t: PhantomData }
     }
 
     /// Hands this end to a call: the handler will send, the caller keeps the
     /// matching `Rx`. Fails if this end came from a handler's binder.
     pub fn into_arg(mut self) -> Option<ChannelArg> {
-        let (pair, credit) = self.pair.take()?;
-        // The caller keeps the Rx: that is the slot the call binds.
-        let slot = pair.rx.clone();
-        // This end goes to the peer; dropping it must not release anything.
-        *self.slot.state.lock() = SlotState::Failed("handed to a call".into());
-        Some(ChannelArg { direction: ChannelDirection::HandlerToCaller, initial_credit: credit, slot })
+        // The caller keeps the Rx: that is the end the call binds.
+        hand_over(&mut self.slot, Role::Receiver, ChannelDirection::HandlerToCaller)
     }
 
     /// Sends one item, waiting for credit (backpressure). Cancel-safe:
@@ -287,18 +364,27 @@ impl<T> Tx<T> {
     /// Sends one pre-serialized item.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
-        let (core, id) = self.slot.wait_bound().await?;
-        let span = tracing::trace_span!("channel", conn = %core.id(), channel = %id, end = "tx");
-        async {
+        if !matches!(self.slot, ChannelSlot::Bound { .. }) {
+            std::future::poll_fn(|cx| self.slot.poll_bound(Role::Sender, Some(cx))).await?;
+        }
+        let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
+        let (core, id) = (&**core, *id);
+        let send = async {
             std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
-            let permit = core.reserve().await?;
+            // Fast path: a free slot in the outbound queue needs no await.
+            let permit = match core.try_reserve() {
+                Some(permit) => permit,
+                None => core.reserve().await?,
+            };
             // One sender per channel: the credit seen above is still there
             // unless a reset or connection loss came in between, which is
             // then reported.
             core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
+        };
+        match span(core, id, "tx") {
+            Some(span) => send.instrument(span).await,
+            None => send.await,
         }
-        .instrument(span)
-        .await
     }
 
     /// Sends now or hands the item back: `Full` when there is no credit or
@@ -307,7 +393,7 @@ impl<T> Tx<T> {
     where
         T: Serialize,
     {
-        let Some((core, id)) = self.slot.current() else {
+        let Some((core, id)) = self.slot.current(Role::Sender) else {
             return Err(TrySendError::Full(item));
         };
         let bytes = match wire::encode("channel item", &item) {
@@ -328,34 +414,31 @@ impl<T> Tx<T> {
     }
 
     /// Closes the channel after the items already sent.
-    pub async fn close(self) -> Result<(), ChannelError> {
-        let (core, id) = self.slot.wait_bound().await?;
+    pub async fn close(mut self) -> Result<(), ChannelError> {
+        let (core, id) = self.slot.wait_bound(Role::Sender).await?;
         core.registry.local_close(id)?;
         // The close is made due in the registry and sent by the flush task,
-        // after every item this handle queued.
-        *self.slot.state.lock() = SlotState::Abandoned;
+        // after every item this handle queued; dropping must not release.
+        self.slot = ChannelSlot::Gone;
         Ok(())
     }
 }
 
 impl<T> Drop for Tx<T> {
     fn drop(&mut self) {
-        self.slot.drop_end();
+        self.slot.drop_end(Role::Sender);
     }
 }
 
 impl<T> Rx<T> {
-    pub(crate) fn from_slot(slot: Arc<ChannelSlot>) -> Self {
-        Rx { slot, pair: None, _t: PhantomData }
+    pub(crate) fn from_slot(slot: ChannelSlot) -> Self {
+        Rx { slot, _t: PhantomData }
     }
 
     /// Hands this end to a call: the handler will receive, the caller keeps
     /// the matching `Tx`. Fails if this end came from a handler's binder.
     pub fn into_arg(mut self) -> Option<ChannelArg> {
-        let (pair, credit) = self.pair.take()?;
-        let slot = pair.tx.clone();
-        *self.slot.state.lock() = SlotState::Failed("handed to a call".into());
-        Some(ChannelArg { direction: ChannelDirection::CallerToHandler, initial_credit: credit, slot })
+        hand_over(&mut self.slot, Role::Sender, ChannelDirection::CallerToHandler)
     }
 
     /// The next item: `Ok(Some(item))` in order, `Ok(None)` after the sender
@@ -373,9 +456,16 @@ impl<T> Rx<T> {
     /// The next pre-serialized item.
     pub async fn recv_raw(&mut self) -> Result<Option<Bytes>, ChannelError> {
         use tracing::Instrument;
-        let (core, id) = self.slot.wait_bound().await?;
-        let span = tracing::trace_span!("channel", conn = %core.id(), channel = %id, end = "rx");
-        let r = std::future::poll_fn(|cx| core.registry.poll_recv(id, cx)).instrument(span).await;
+        if !matches!(self.slot, ChannelSlot::Bound { .. }) {
+            std::future::poll_fn(|cx| self.slot.poll_bound(Role::Receiver, Some(cx))).await?;
+        }
+        let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
+        let (core, id) = (&**core, *id);
+        let recv = std::future::poll_fn(|cx| core.registry.poll_recv(id, cx));
+        let r = match span(core, id, "rx") {
+            Some(span) => recv.instrument(span).await,
+            None => recv.await,
+        };
         Ok(r?)
     }
 
@@ -387,6 +477,6 @@ impl<T> Rx<T> {
 
 impl<T> Drop for Rx<T> {
     fn drop(&mut self) {
-        self.slot.drop_end();
+        self.slot.drop_end(Role::Receiver);
     }
 }

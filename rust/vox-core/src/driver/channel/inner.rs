@@ -15,7 +15,7 @@ use super::error::{
 };
 use super::mutant;
 use super::state::{
-    ChannelState, Closed, Closing, Early, Entry, Half, RecvHalf, Role, StateKind, Tombstone, Tombstones,
+    ChannelState, Closed, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, StateKind, Tombstone, Tombstones,
 };
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId, IdAllocator, Metadata, Payload};
 use remote::{Msg, Verdict, judge_ended};
@@ -64,7 +64,7 @@ fn recv_result_for(cause: &CloseCause) -> Result<Option<Bytes>, RecvError> {
 }
 
 fn ended(cause: CloseCause, peer_ended: bool, observed: bool) -> ChannelState {
-    ChannelState::Closed(Closed { cause, peer_ended, observed })
+    ChannelState::Closed(Box::new(Closed { cause, peer_ended, observed }))
 }
 
 /// Where a local handle's event lands.
@@ -272,7 +272,7 @@ impl Inner {
                 ChannelDirection::CallerToHandler => (
                     Role::Receiver,
                     Early::Receiving {
-                        items: VecDeque::new(),
+                        items: ItemQueue::new(),
                         window: decl.initial_credit,
                         outstanding: decl.initial_credit,
                         closed: false,
@@ -714,7 +714,7 @@ impl Inner {
 
 impl RecvHalf {
     pub(super) fn new(window: u32) -> RecvHalf {
-        RecvHalf { queue: VecDeque::new(), window, outstanding: window, consumed_since_grant: 0, grant_pending: 0 }
+        RecvHalf { queue: ItemQueue::new(), window, outstanding: window, consumed_since_grant: 0, grant_pending: 0 }
     }
 
     /// The consumer took `count` items. Returns whether a grant became due:

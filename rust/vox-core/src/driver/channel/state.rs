@@ -30,6 +30,42 @@ pub enum StateKind {
     Closed,
 }
 
+/// A FIFO of channel items that costs one pointer while nothing was ever
+/// queued: most channels are idle most of the time, and every map entry pays
+/// for the largest state. The buffer is allocated on the first item and kept
+/// (moved along with the queue between states) so a busy channel does not
+/// allocate per item.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection, reason = "the box is what makes an unused queue one pointer instead of four words")]
+pub struct ItemQueue(Option<Box<VecDeque<Bytes>>>);
+
+impl ItemQueue {
+    /// An empty queue, without an allocation.
+    pub const fn new() -> ItemQueue {
+        ItemQueue(None)
+    }
+
+    /// Appends an item.
+    pub fn push_back(&mut self, item: Bytes) {
+        self.0.get_or_insert_with(Box::default).push_back(item);
+    }
+
+    /// Takes the oldest item.
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.len())
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The state of one channel, with everything the registry knows about it.
 #[derive(Debug)]
 pub enum ChannelState {
@@ -41,8 +77,10 @@ pub enum ChannelState {
     /// Ending: close or reset sent or received, not finished yet.
     Closing(Closing),
     /// Terminal. Removed from the map (into the tombstone window) once the
-    /// local handle has observed the end and no flush is owed for it.
-    Closed(Closed),
+    /// local handle has observed the end and no flush is owed for it. Boxed:
+    /// a channel is terminal only briefly, and unboxed its cause would make
+    /// every entry of the map larger.
+    Closed(Box<Closed>),
 }
 
 impl ChannelState {
@@ -64,7 +102,7 @@ pub enum Early {
     /// credit because no grant can have been sent yet.
     Receiving {
         /// Early items, in arrival order.
-        items: VecDeque<Bytes>,
+        items: ItemQueue,
         /// The receive window (the announced initial credit).
         window: u32,
         /// Credit the sender still holds (`window - items.len()`).
@@ -99,7 +137,7 @@ pub enum Half {
 #[derive(Debug)]
 pub struct RecvHalf {
     /// Delivered items not yet taken by `poll_recv`.
-    pub queue: VecDeque<Bytes>,
+    pub queue: ItemQueue,
     /// The window W (the channel's initial credit).
     pub window: u32,
     /// Credit the sender holds right now, as far as it has been told.
@@ -119,7 +157,7 @@ pub enum Closing {
     /// be taken before the receiver sees the end.
     ReceiverDraining {
         /// Items delivered before the close.
-        queue: VecDeque<Bytes>,
+        queue: ItemQueue,
     },
     /// We are the receiver and reset; our `ResetChannel` waits for the flush.
     /// Items still arriving are discarded and counted.
