@@ -332,3 +332,16 @@ async fn session_resume_gives_up_after_the_recovery_timeout() {
     let err = p.client.handle.open_connection(Default::default(), Metadata::new()).await.unwrap_err();
     assert!(matches!(err, SessionError::Closed(CloseReason::ResumeFailed(_))), "{err:?}");
 }
+
+// rule: session.resume, session.initial-connect-waiting — a refused dial
+// while resuming is transient: the client keeps redialing with backoff and
+// resumes once the peer is reachable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resume_retries_refused_dials() {
+    let p = pair(Duration::from_secs(10)).await;
+    p.net.plan.lock().unwrap().extend([false, false, false]);
+    p.net.cut_current();
+    assert_eq!(p.client.handle.attached_after(1).await.unwrap(), 2);
+    assert!(p.net.plan.lock().unwrap().is_empty(), "the refused dials were tried first");
+    assert_eq!(echo(&p.client, "back").await.unwrap(), "back");
+}

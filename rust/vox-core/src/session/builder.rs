@@ -6,7 +6,7 @@ use super::control::mailbox;
 use super::handle::{Caller, ConnectionHandle, LiveToken, SessionHandle};
 use super::handle::{CoreRef, RootSlot};
 use super::handshake::{self, Negotiated};
-use super::handshake::{HelloDecision, ResumeRequest};
+use super::handshake::{HandshakeError, HelloDecision, ResumeRequest};
 use super::phase::SessionPhase;
 use super::resume::{self, NewConduit, RedialError, Redialer, SessionRegistry, SessionResumeConfig};
 use super::run::{Attachment, Resume, ResumeSide, RunLoop};
@@ -266,7 +266,7 @@ impl SessionBuilder {
                 return Err(e.into());
             }
             let (tx, rx) = conduit::bare(link);
-            initiator_handshake(&self.config, tx, rx, ResumeRequest::No).await
+            initiator_handshake(&self.config, tx, rx, ResumeRequest::No).await.map_err(SessionError::from)
         };
         let conduit =
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
@@ -309,14 +309,9 @@ impl SessionBuilder {
                 let (config, source, key) = (config.clone(), source.clone(), attempt_key.clone());
                 Box::pin(async move {
                     let timeout = config.handshake_timeout;
-                    let setup = open_initiator(&config, source, None, ResumeRequest::Resume(key));
+                    let setup = open_initiator_classified(&config, source, None, ResumeRequest::Resume(key));
                     match tokio::time::timeout(timeout, setup).await {
-                        Ok(Ok(c)) => Ok(c),
-                        // Refused (unknown key) or incompatible: final.
-                        Ok(Err(SessionError::Setup(e))) if e.contains("refused") || e.contains("did not resume") => {
-                            Err(RedialError::Permanent(e))
-                        }
-                        Ok(Err(e)) => Err(RedialError::Transient(e.to_string())),
+                        Ok(r) => r,
                         Err(_) => Err(RedialError::Transient(format!("setup timed out after {timeout:?}"))),
                     }
                 })
@@ -534,27 +529,48 @@ async fn open_initiator(
     first: Option<Link>,
     request: ResumeRequest,
 ) -> Result<NewConduit, SessionError> {
+    open_initiator_classified(config, source, first, request).await.map_err(|e| match e {
+        RedialError::Transient(e) | RedialError::Permanent(e) => SessionError::Setup(e),
+    })
+}
+
+/// [`open_initiator`], telling failures worth another attempt (the link
+/// failed: dial, prologue, conduit, or the link closed during the
+/// handshake) from final ones (the peer refused or answered out of line).
+async fn open_initiator_classified(
+    config: &SessionConfig,
+    source: Arc<dyn LinkSource>,
+    first: Option<Link>,
+    request: ResumeRequest,
+) -> Result<NewConduit, RedialError> {
+    let transient = |e: String| RedialError::Transient(e);
     let first = match first {
         Some(l) => l,
-        None => source.dial().await.map_err(|e| SessionError::Setup(e.to_string()))?,
+        None => source.dial().await.map_err(|e| transient(e.to_string()))?,
     };
     let (tx, rx) = match config.conduit {
         ConduitMode::Bare => {
             let mut link = first;
             if let Err(e) = transport::initiate(&mut link, ConduitMode::Bare).await {
                 let _ = link.tx.close().await;
-                return Err(e.into());
+                return Err(transient(e.to_string()));
             }
             conduit::bare(link)
         }
         ConduitMode::Stable => {
             let (tx, rx) = stable::connect_over(first, source, config.stable.clone())
                 .await
-                .map_err(|e| SessionError::Setup(e.to_string()))?;
+                .map_err(|e| transient(e.to_string()))?;
             conduit::from_stable(tx, rx)
         }
     };
-    initiator_handshake(config, tx, rx, request).await
+    initiator_handshake(config, tx, rx, request).await.map_err(|e| match e {
+        HandshakeError::Conduit(_) | HandshakeError::PeerClosed => RedialError::Transient(e.to_string()),
+        HandshakeError::Refused { .. }
+        | HandshakeError::RefusedPeer { .. }
+        | HandshakeError::NotResumed
+        | HandshakeError::Unexpected { .. } => RedialError::Permanent(e.to_string()),
+    })
 }
 
 async fn initiator_handshake(
@@ -562,14 +578,14 @@ async fn initiator_handshake(
     tx: ConduitTx,
     mut rx: ConduitRx,
     request: ResumeRequest,
-) -> Result<NewConduit, SessionError> {
+) -> Result<NewConduit, HandshakeError> {
     match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version, request).await {
         Ok(negotiated) => Ok(NewConduit { tx, rx, negotiated }),
         Err(e) => {
             // rule: session.handshake — after Sorry the link is closed;
             // closing (not dropping) makes sure the Sorry leaves first.
             let _ = tx.close().await;
-            Err(e.into())
+            Err(e)
         }
     }
 }
