@@ -301,11 +301,12 @@ impl RunLoop {
         self.link.conduit = None;
         self.link.owed.clear();
         self.link.ping_outstanding = None;
-        resume.deadline = Some(Instant::now() + self.config.session_resume.recovery_timeout);
+        // One deadline for both: the loop gives up when the redial does.
+        let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
+        resume.deadline = Some(deadline);
         if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
             let (tx, rx) = oneshot::channel();
             let redialer = redialer.clone();
-            let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
             tokio::spawn(async move {
                 let _ = tx.send(redial(redialer, deadline).await);
             });
