@@ -7,7 +7,7 @@
 
 pub mod stable;
 
-use crate::link::{Link, LinkError, LinkRx, LinkTx};
+use crate::link::{FrameWriter, Link, LinkError, LinkRx, LinkSink, LinkTx};
 use crate::wire::{self, ConduitMsg, DecodeError, EncodeError};
 use bytes::Bytes;
 
@@ -80,6 +80,88 @@ impl ConduitTx {
         match self.kind {
             TxKind::Bare(link) => Ok(link.close().await?),
             TxKind::Stable(s) => s.close().await,
+        }
+    }
+}
+
+impl ConduitTx {
+    /// Turns this half into a [`ConduitWriter`] for a writer that owns it.
+    ///
+    /// On a bare stream link the writer takes the byte stream over and
+    /// encodes messages straight into its batch; otherwise messages go
+    /// through [`send_encoded`](ConduitTx::send_encoded) as before.
+    pub async fn into_writer(self) -> Result<ConduitWriter, ConduitError> {
+        let kind = match self.kind {
+            TxKind::Bare(link) => match link.into_sink().await? {
+                LinkSink::Frames(frames) => WriterKind::Frames(frames),
+                LinkSink::Queue(link) => WriterKind::Each(ConduitTx { kind: TxKind::Bare(link) }),
+            },
+            kind @ TxKind::Stable(_) => WriterKind::Each(ConduitTx { kind }),
+        };
+        Ok(ConduitWriter { kind })
+    }
+}
+
+/// The sending half of a conduit, owned by one writer that batches.
+///
+/// [`push`](ConduitWriter::push) adds messages and [`flush`](ConduitWriter::flush)
+/// sends what was added. Where the conduit has a byte stream of its own
+/// (a bare stream link), pushed messages wait in memory until the flush and
+/// then go out in one vectored write; otherwise each one is handed to the
+/// link or stable conduit as it is pushed and the flush does nothing.
+pub struct ConduitWriter {
+    kind: WriterKind,
+}
+
+enum WriterKind {
+    Frames(FrameWriter),
+    Each(ConduitTx),
+}
+
+impl ConduitWriter {
+    /// Adds one message. Fails if it cannot be encoded or is larger than the
+    /// link allows (then nothing was added), or if the conduit failed.
+    pub async fn push(&mut self, msg: &ConduitMsg) -> Result<(), ConduitError> {
+        match &mut self.kind {
+            WriterKind::Frames(frames) => {
+                frames.push_with(|buf| wire::encode_into("ConduitMsg", msg, buf).map_err(ConduitError::from))
+            }
+            WriterKind::Each(tx) => tx.send(msg).await,
+        }
+    }
+
+    /// Whether it is worth gathering more messages before a flush: bytes are
+    /// buffered, and fewer than [`BATCH_BYTES`](crate::link::BATCH_BYTES).
+    pub fn wants_more(&self) -> bool {
+        match &self.kind {
+            WriterKind::Frames(frames) => {
+                frames.pending_frames() > 0 && frames.pending_bytes() < crate::link::BATCH_BYTES
+            }
+            WriterKind::Each(_) => false,
+        }
+    }
+
+    /// Messages added since the last flush and not yet sent.
+    pub fn pending(&self) -> usize {
+        match &self.kind {
+            WriterKind::Frames(frames) => frames.pending_frames(),
+            WriterKind::Each(_) => 0,
+        }
+    }
+
+    /// Sends everything added so far.
+    pub async fn flush(&mut self) -> Result<(), ConduitError> {
+        match &mut self.kind {
+            WriterKind::Frames(frames) => Ok(frames.flush().await?),
+            WriterKind::Each(_) => Ok(()),
+        }
+    }
+
+    /// Sends what is left and closes the conduit (see [`ConduitTx::close`]).
+    pub async fn close(self) -> Result<(), ConduitError> {
+        match self.kind {
+            WriterKind::Frames(frames) => Ok(frames.shutdown().await?),
+            WriterKind::Each(tx) => tx.close().await,
         }
     }
 }

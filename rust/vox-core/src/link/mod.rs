@@ -8,11 +8,13 @@
 //! because the peer chooses the length prefixes.
 
 pub mod fault;
+mod frames;
 mod memory;
 pub mod source;
 mod stream;
 
 pub use fault::{FaultHandle, faulty_pair};
+pub use frames::{BATCH_BYTES, FrameWriter};
 pub use memory::memory_pair;
 pub use source::{Backoff, ConnectError, LinkSource, TcpSource, connect_waiting};
 pub use stream::{connect_tcp, stream, tcp};
@@ -20,7 +22,8 @@ pub use stream::{connect_tcp, stream, tcp};
 pub use stream::{connect_unix, unix};
 
 use bytes::Bytes;
-use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -73,7 +76,7 @@ pub enum LinkError {
         /// What the link was doing.
         context: &'static str,
         /// What the operating system or the transport reported.
-        source: io::Error,
+        source: std::io::Error,
     },
     /// The link no longer accepts messages: the receiving side is gone or
     /// the transport failed while writing.
@@ -118,14 +121,58 @@ impl Link {
 /// [`close`](LinkTx::close) know that nobody else will send.
 pub struct LinkTx {
     queue: mpsc::Sender<Bytes>,
-    /// Stream links only: the task that writes frames, returning how it ended.
-    writer: Option<JoinHandle<io::Result<()>>>,
+    /// Stream links only: the task that writes frames.
+    writer: Option<StreamWriter>,
     max_message_size: usize,
 }
 
+/// A stream link's writer task, and the flag that asks it to hand the
+/// stream back instead of shutting it down when its queue closes.
+struct StreamWriter {
+    task: JoinHandle<Result<Option<FrameWriter>, LinkError>>,
+    handoff: Arc<AtomicBool>,
+}
+
+/// What [`LinkTx::into_sink`] gives a writer that will own the link.
+pub enum LinkSink {
+    /// A stream link's byte stream, with everything sent so far written.
+    Frames(FrameWriter),
+    /// An in-process link: messages are handed over whole, as by
+    /// [`LinkTx::send`].
+    Queue(LinkTx),
+}
+
 impl LinkTx {
-    fn new(queue: mpsc::Sender<Bytes>, writer: Option<JoinHandle<io::Result<()>>>, max_message_size: usize) -> Self {
+    fn new(queue: mpsc::Sender<Bytes>, writer: Option<StreamWriter>, max_message_size: usize) -> Self {
         Self { queue, writer, max_message_size }
+    }
+
+    /// Gives the caller the link's sending side to drive itself.
+    ///
+    /// A stream link's writer task writes what was already queued, then
+    /// hands its stream over as a [`FrameWriter`] and ends, so that a
+    /// single writer (the session's) can batch and write frames itself
+    /// instead of passing every message through a second task. An
+    /// in-process link comes back unchanged.
+    ///
+    /// Fails if the stream failed while writing what was queued.
+    pub async fn into_sink(self) -> Result<LinkSink, LinkError> {
+        let Self { queue, writer, max_message_size } = self;
+        let Some(StreamWriter { task, handoff }) = writer else {
+            return Ok(LinkSink::Queue(LinkTx { queue, writer: None, max_message_size }));
+        };
+        // Set before the queue closes: the task reads it once it sees the close.
+        handoff.store(true, Ordering::SeqCst);
+        drop(queue);
+        match task.await {
+            Ok(Ok(Some(frames))) => Ok(LinkSink::Frames(frames)),
+            Ok(Ok(None)) => Err(LinkError::Closed),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(LinkError::Io {
+                context: "running the stream link writer task",
+                source: std::io::Error::other(join),
+            }),
+        }
     }
 
     /// Queues one whole message for transmission.
@@ -165,12 +212,13 @@ impl LinkTx {
         // The writer task ends once the queue is drained and every sender is gone.
         drop(queue);
         let Some(writer) = writer else { return Ok(()) };
-        match writer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(LinkError::Io { context: "writing to a stream link", source }),
-            Err(join) => {
-                Err(LinkError::Io { context: "running the stream link writer task", source: io::Error::other(join) })
-            }
+        match writer.task.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(LinkError::Io {
+                context: "running the stream link writer task",
+                source: std::io::Error::other(join),
+            }),
         }
     }
 }

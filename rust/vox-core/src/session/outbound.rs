@@ -2,11 +2,12 @@
 //!
 //! Every message of every connection is queued here and written by ONE
 //! writer task that owns the conduit's sending half; nothing else can reach
-//! the conduit. The queue is bounded: senders wait when it is full.
+//! the conduit. The queue is bounded: senders wait when it is full. The
+//! writer encodes what is queued into one batch and writes it with one
+//! vectored write (see [`ConduitWriter`]).
 
-use crate::conduit::ConduitTx;
-use crate::wire::{self, ConduitMsg, Message};
-use bytes::Bytes;
+use crate::conduit::{ConduitTx, ConduitWriter};
+use crate::wire::{ConduitMsg, Message};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -119,8 +120,42 @@ pub(crate) fn detached(capacity: usize) -> (Outbound, mpsc::Receiver<Message>) {
     (Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity: capacity.max(1) }) }, rx)
 }
 
-fn encode(msg: Message) -> Result<Bytes, String> {
-    wire::encode("ConduitMsg", &ConduitMsg::Message(msg)).map(Bytes::from).map_err(|e| e.to_string())
+/// Most times the writer yields to let a batch grow before writing it.
+const MAX_YIELDS: usize = 4;
+
+/// Adds `first` and whatever else is queued to the batch, then writes it.
+///
+/// When the queue had more than one message, several senders are active:
+/// the writer yields so that the ones runnable right now can add to this
+/// batch before it pays for a write, for as long as each yield brings more.
+/// A lone message (request/response traffic) is written at once.
+async fn write_batch(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>, first: Message) -> Result<(), String> {
+    push(out, first).await?;
+    gather(out, rx).await?;
+    let mut yields = 0;
+    while out.pending() > 1 && out.wants_more() && yields < MAX_YIELDS {
+        let before = out.pending();
+        tokio::task::yield_now().await;
+        gather(out, rx).await?;
+        yields += 1;
+        if out.pending() == before {
+            break;
+        }
+    }
+    out.flush().await.map_err(|e| e.to_string())
+}
+
+/// Moves what is already queued into the batch, while the batch wants more.
+async fn gather(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>) -> Result<(), String> {
+    while out.wants_more() {
+        let Ok(m) = rx.try_recv() else { break };
+        push(out, m).await?;
+    }
+    Ok(())
+}
+
+async fn push(out: &mut ConduitWriter, m: Message) -> Result<(), String> {
+    out.push(&ConduitMsg::Message(m)).await.map_err(|e| e.to_string())
 }
 
 async fn writer(
@@ -128,12 +163,15 @@ async fn writer(
     mut rx: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Finish>,
 ) -> Result<(), String> {
+    // The writer owns the conduit from here on; on a stream link it writes
+    // the frames itself, so a message takes one task hop to the socket.
+    let mut out = conduit.into_writer().await.map_err(|e| e.to_string())?;
     let how = loop {
         tokio::select! {
             biased;
             f = &mut finish => break f.ok(),
             m = rx.recv() => match m {
-                Some(m) => conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?,
+                Some(m) => write_batch(&mut out, &mut rx, m).await?,
                 // All senders gone: nothing more can be written.
                 None => break None,
             },
@@ -141,7 +179,7 @@ async fn writer(
     };
     rx.close();
     let Some(how) = how else {
-        return conduit.close().await.map_err(|e| e.to_string());
+        return out.close().await.map_err(|e| e.to_string());
     };
     let linger = how.linger;
     let work = async move {
@@ -151,14 +189,27 @@ async fn writer(
         // Without `drain`, only what is already queued goes, never what
         // senders still holding a place add later.
         loop {
-            let next = if how.drain { rx.recv().await } else { rx.try_recv().ok() };
-            let Some(m) = next else { break };
-            conduit.send_encoded(encode(m)?).await.map_err(|e| e.to_string())?;
+            match rx.try_recv() {
+                Ok(m) => push(&mut out, m).await?,
+                Err(mpsc::error::TryRecvError::Empty) if how.drain => {
+                    // Senders holding a place may still add: send what is
+                    // batched while waiting for them.
+                    out.flush().await.map_err(|e| e.to_string())?;
+                    match rx.recv().await {
+                        Some(m) => push(&mut out, m).await?,
+                        None => break,
+                    }
+                }
+                Err(_) => break,
+            }
+            if !out.wants_more() {
+                out.flush().await.map_err(|e| e.to_string())?;
+            }
         }
         if let Some(last) = how.last {
-            conduit.send_encoded(encode(last)?).await.map_err(|e| e.to_string())?;
+            push(&mut out, last).await?;
         }
-        conduit.close().await.map_err(|e| e.to_string())
+        out.close().await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(linger, work).await {
         Ok(r) => r,

@@ -50,6 +50,38 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     postcard::to_allocvec(value).map_err(|source| EncodeError { what, source })
 }
 
+/// Encodes a value with postcard at the end of `buf`, without a buffer of
+/// its own (the session writer encodes messages straight into its batch).
+/// On failure `buf` may hold part of the value; the caller truncates it.
+pub fn encode_into<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    buf: &mut bytes::BytesMut,
+) -> Result<(), EncodeError> {
+    postcard::serialize_with_flavor(value, Appender(buf)).map_err(|source| EncodeError { what, source })
+}
+
+/// A postcard output that appends to a `BytesMut`, copying slices whole.
+struct Appender<'a>(&'a mut bytes::BytesMut);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.extend_from_slice(&[data]);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes a whole message from `input`. Byte payloads ([`Blob`]) inside the
 /// message share `input`'s memory instead of being copied.
 pub fn decode<T: DeserializeOwned>(what: &'static str, input: &Bytes) -> Result<T, DecodeError> {
@@ -242,5 +274,14 @@ mod tests {
         let input = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         let err = decode::<super::super::Metadata>("metadata", &input);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn encode_into_appends_exactly_what_encode_returns() {
+        let value = (7u32, "text".to_string(), Blob::from(vec![3u8; 5000]));
+        let mut buf = bytes::BytesMut::from(&b"head"[..]);
+        encode_into("tuple", &value, &mut buf).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &encode("tuple", &value).unwrap()[..]);
     }
 }

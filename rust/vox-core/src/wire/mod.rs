@@ -8,7 +8,9 @@ mod ids;
 mod message;
 mod metadata;
 
-pub use codec::{Blob, DecodeError, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice, encode};
+pub use codec::{
+    Blob, DecodeError, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice, encode, encode_into,
+};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,

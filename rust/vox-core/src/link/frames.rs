@@ -1,0 +1,305 @@
+//! Writing length-prefixed frames in batches.
+//!
+//! A [`FrameWriter`] owns the write half of a byte stream. Frames pushed
+//! into it accumulate in memory and go out together in [`flush`]
+//! (FrameWriter::flush), with vectored writes: a batch of many frames costs
+//! about one system call. The stream link's own writer task uses it, and so
+//! does the session writer once it has taken the stream over
+//! ([`LinkTx::into_sink`](super::LinkTx::into_sink)), which is what keeps a
+//! message to one task hop between its sender and the socket.
+
+use super::LinkError;
+use bytes::{Buf, Bytes, BytesMut};
+use std::io;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Size of the length prefix in front of every frame.
+pub(super) const PREFIX_LEN: usize = 4;
+
+/// The largest length a prefix can announce.
+pub(super) const MAX_FRAME_LEN: usize = u32::MAX as usize;
+
+/// Bytes a writer gathers before it flushes, so a busy sender cannot
+/// postpone the flush forever (and a batch's memory stays bounded).
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Frames smaller than this are copied into the batch's contiguous buffer;
+/// larger ones are written from their own storage.
+const COPY_LIMIT: usize = 4 * 1024;
+
+/// The most slices handed to one vectored write (Linux accepts 1024).
+const MAX_IOVECS: usize = 64;
+
+/// The write half of a stream link with a batch of frames not yet written.
+///
+/// Nothing reaches the stream before [`flush`](FrameWriter::flush); the
+/// caller decides how much to gather (up to about [`BATCH_BYTES`]).
+pub struct FrameWriter {
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    batch: Batch,
+    max_message_size: usize,
+}
+
+impl FrameWriter {
+    pub(super) fn new(writer: Box<dyn AsyncWrite + Send + Unpin>, max_message_size: usize) -> FrameWriter {
+        FrameWriter { writer, batch: Batch::default(), max_message_size: max_message_size.min(MAX_FRAME_LEN) }
+    }
+
+    /// Adds one frame carrying `msg`.
+    ///
+    /// Fails with [`LinkError::TooLarge`] (and adds nothing) if `msg` is
+    /// longer than the link allows.
+    pub fn push(&mut self, msg: Bytes) -> Result<(), LinkError> {
+        // rule: link.tx.max-size
+        if msg.len() > self.max_message_size {
+            return Err(LinkError::TooLarge { size: msg.len(), max: self.max_message_size });
+        }
+        self.batch.push(msg);
+        Ok(())
+    }
+
+    /// Adds one frame whose body `encode` appends to the given buffer, so
+    /// the message is encoded straight into the batch without a buffer of
+    /// its own.
+    ///
+    /// If `encode` fails, or what it wrote is longer than the link allows
+    /// ([`LinkError::TooLarge`]), nothing is added.
+    pub fn push_with<E: From<LinkError>>(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.batch.small.len();
+        self.batch.small.extend_from_slice(&[0; PREFIX_LEN]);
+        if let Err(e) = encode(&mut self.batch.small) {
+            self.batch.small.truncate(start);
+            return Err(e);
+        }
+        let len = self.batch.small.len() - start - PREFIX_LEN;
+        // rule: link.tx.max-size
+        let prefix = match u32::try_from(len) {
+            Ok(prefix) if len <= self.max_message_size => prefix,
+            _ => {
+                self.batch.small.truncate(start);
+                return Err(LinkError::TooLarge { size: len, max: self.max_message_size }.into());
+            }
+        };
+        // rule: transport.stream — 32-bit little-endian length, then the bytes.
+        self.batch.small[start..start + PREFIX_LEN].copy_from_slice(&prefix.to_le_bytes());
+        self.batch.bytes += PREFIX_LEN + len;
+        self.batch.frames += 1;
+        Ok(())
+    }
+
+    /// Frames added since the last flush.
+    pub fn pending_frames(&self) -> usize {
+        self.batch.frames
+    }
+
+    /// Bytes (prefixes included) added since the last flush.
+    pub fn pending_bytes(&self) -> usize {
+        self.batch.bytes
+    }
+
+    /// Writes every frame added so far and flushes the stream.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.batch.write_to(&mut self.writer).await.map_err(write_error)
+    }
+
+    /// Writes what is left, flushes and shuts the write direction down; the
+    /// peer then sees end-of-stream after the last frame.
+    pub async fn shutdown(mut self) -> Result<(), LinkError> {
+        self.flush().await?;
+        // rule: link.rx.eof — the shutdown is what lets the peer see the end.
+        self.writer.shutdown().await.map_err(write_error)
+    }
+}
+
+fn write_error(source: io::Error) -> LinkError {
+    LinkError::Io { context: "writing to a stream link", source }
+}
+
+/// One batch of frames on its way to the stream: a sequence of pieces, each
+/// either a run of small frames copied together or one large message body.
+#[derive(Default)]
+struct Batch {
+    /// Prefixes and small frames, copied.
+    small: BytesMut,
+    /// The pieces in order: completed runs of `small` and large bodies.
+    pieces: Vec<Bytes>,
+    /// Bytes in the batch, prefixes included.
+    bytes: usize,
+    /// Frames in the batch.
+    frames: usize,
+}
+
+impl Batch {
+    /// Adds a frame; the caller checked that its length fits a prefix.
+    fn push(&mut self, msg: Bytes) {
+        let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
+        self.bytes += PREFIX_LEN + msg.len();
+        self.frames += 1;
+        // rule: transport.stream — 32-bit little-endian length, then the bytes.
+        self.small.extend_from_slice(&len.to_le_bytes());
+        if msg.len() < COPY_LIMIT {
+            self.small.extend_from_slice(&msg);
+        } else {
+            self.pieces.push(self.small.split().freeze());
+            self.pieces.push(msg);
+        }
+    }
+
+    /// Writes the whole batch and flushes; leaves the batch empty.
+    async fn write_to<W: AsyncWrite + Unpin + ?Sized>(&mut self, writer: &mut W) -> io::Result<()> {
+        if !self.small.is_empty() {
+            self.pieces.push(self.small.split().freeze());
+        }
+        let mut first = 0;
+        while first < self.pieces.len() {
+            let n = {
+                let end = self.pieces.len().min(first + MAX_IOVECS);
+                let slices: Vec<io::IoSlice<'_>> = self.pieces[first..end]
+                    .iter()
+                    .filter(|piece| !piece.is_empty())
+                    .map(|piece| io::IoSlice::new(piece))
+                    .collect();
+                if slices.is_empty() {
+                    first = end;
+                    continue;
+                }
+                writer.write_vectored(&slices).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // Drop what was written; keep the rest of a partly written piece.
+            let mut left = n;
+            while left > 0 {
+                let Some(piece) = self.pieces.get_mut(first) else { break };
+                if piece.len() <= left {
+                    left -= piece.len();
+                    first += 1;
+                } else {
+                    piece.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        self.pieces.clear();
+        self.bytes = 0;
+        self.frames = 0;
+        writer.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A writer that takes at most `step` bytes per call, vectored or not,
+    /// so every piece boundary gets split somewhere.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.out.extend_from_slice(&buf[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames() -> Vec<Bytes> {
+        vec![
+            Bytes::new(),
+            Bytes::from_static(b"small"),
+            Bytes::from(vec![7u8; COPY_LIMIT + 3]),
+            Bytes::from(vec![9u8; COPY_LIMIT * 2]),
+            Bytes::from_static(b"tail"),
+        ]
+    }
+
+    fn expected() -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in frames() {
+            out.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_survives_partial_vectored_writes() {
+        for step in [1, 3, 4, 5, 4096, 1 << 20] {
+            let mut writer = Trickle { out: Vec::new(), step };
+            let mut batch = Batch::default();
+            for frame in frames() {
+                batch.push(frame);
+            }
+            batch.write_to(&mut writer).await.expect("write");
+            assert_eq!(writer.out, expected(), "step {step}");
+            // The batch is reusable and empty afterwards.
+            assert_eq!((batch.bytes, batch.frames, batch.pieces.len(), batch.small.len()), (0, 0, 0, 0));
+            batch.push(Bytes::from_static(b"again"));
+            batch.write_to(&mut writer).await.expect("write");
+            assert!(writer.out.ends_with(b"\x05\x00\x00\x00again"), "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn encoded_and_pushed_frames_go_out_in_order_and_refused_ones_leave_nothing() {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut writer = FrameWriter::new(Box::new(near), 8);
+        writer.push(Bytes::from_static(b"one")).expect("fits");
+        writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(b"two")) }).expect("fits");
+        // Too long for the link: refused, and the batch is as before.
+        let too_long = writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(&[1; 9])) });
+        assert!(matches!(too_long, Err(LinkError::TooLarge { size: 9, max: 8 })), "{too_long:?}");
+        assert!(matches!(writer.push(Bytes::from(vec![1; 9])), Err(LinkError::TooLarge { size: 9, max: 8 })));
+        // An encoder that fails after writing part of its body adds nothing.
+        let failed = writer.push_with(|buf| {
+            buf.extend_from_slice(b"half");
+            Err(LinkError::Closed)
+        });
+        assert!(matches!(failed, Err(LinkError::Closed)));
+        assert_eq!((writer.pending_frames(), writer.pending_bytes()), (2, 14));
+        writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(b"three")) }).expect("fits");
+        writer.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"\x03\0\0\0one\x03\0\0\0two\x05\0\0\0three");
+    }
+}
