@@ -38,6 +38,30 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
             c.pipelined(&[7u8; 64], scale.pipelined, 64).await?;
             Ok(vec![("peak_rss".into(), peak_rss())])
         }
+        // For profilers (`perf record -- vox-bench --child profile-stream-down`):
+        // one vox workload over TCP, nothing else.
+        "profile-sequential" | "profile-pipelined" | "profile-stream-down" | "profile-stream-up" => {
+            let held: vox::Held = Arc::new(Mutex::new(Vec::new()));
+            let p = vox::pair(Transport::Tcp, vox::server_builder(held, 4096), vox::client_builder(4096)).await?;
+            let caller = &p.client.root.caller;
+            let t = std::time::Instant::now();
+            let n = match name {
+                "profile-sequential" => vox::sequential(caller, &[7u8; 64], scale.sequential * 10).await?.len() as f64,
+                "profile-pipelined" => {
+                    vox::pipelined(caller, &[7u8; 64], scale.pipelined, 64).await?;
+                    scale.pipelined as f64
+                }
+                "profile-stream-down" => {
+                    vox::stream_down(caller, scale.stream).await?;
+                    scale.stream as f64
+                }
+                _ => {
+                    vox::stream_up(caller, scale.stream).await?;
+                    scale.stream as f64
+                }
+            };
+            Ok(vec![("per_second".into(), n / t.elapsed().as_secs_f64())])
+        }
         other => Err(BenchError::Usage(format!("unknown child measurement {other:?}"))),
     }
 }

@@ -163,6 +163,8 @@ struct Rx {
     reset_owed: bool,
     /// `poll_recv` returned `Pending` and no item arrived since.
     waiting: bool,
+    /// Items taken since the last grant fell due.
+    since_grant: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -243,7 +245,27 @@ fn rx(bound: bool, window: u32) -> Side {
         stopped: None,
         reset_owed: false,
         waiting: false,
+        since_grant: 0,
     })
+}
+
+/// Receive-window tuning as the registry documents it: a grant falls due
+/// after `max(1, W / 2)` items taken; if the queue is empty then, the window
+/// doubles, up to `max_receive_window` (= `MAX_CREDIT` here; 4-byte items
+/// never reach the registry's byte bound).
+fn grow_window(rx: &mut Rx, max_window: &mut u32) {
+    if rx.window == 0 {
+        return;
+    }
+    rx.since_grant += 1;
+    if rx.since_grant < (rx.window / 2).max(1) {
+        return;
+    }
+    rx.since_grant = 0;
+    if rx.taken == rx.sent.len() {
+        rx.window = (rx.window * 2).min(MAX_CREDIT).max(rx.window);
+        *max_window = (*max_window).max(rx.window);
+    }
 }
 
 fn item_bytes(n: u32) -> Bytes {
@@ -424,6 +446,7 @@ fn step(
                         Some(End::Closed) => Poll::Ready(Ok(None)),
                         None if rx.taken < rx.sent.len() => {
                             rx.taken += 1;
+                            grow_window(rx, &mut m.max_window);
                             Poll::Ready(Ok(Some(rx.sent[rx.taken - 1])))
                         }
                         None if rx.peer_closed => Poll::Ready(Ok(None)),
@@ -723,6 +746,7 @@ fn run(events: &[Event]) -> Result<(), TestCaseError> {
         max_initial_credit: MAX_CREDIT,
         max_channels: 512,
         tombstones: 512,
+        max_receive_window: MAX_CREDIT,
     });
     let mut model = Model::default();
     let driver = Counted::new();

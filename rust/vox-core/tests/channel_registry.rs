@@ -35,7 +35,7 @@ fn wakes(counter: &CountingWaker) -> usize {
 }
 
 fn config(local_parity: Parity) -> RegistryConfig {
-    RegistryConfig { local_parity, max_initial_credit: 64, max_channels: 64, tombstones: 16 }
+    RegistryConfig { local_parity, max_initial_credit: 64, max_channels: 64, tombstones: 16, max_receive_window: 64 }
 }
 
 /// The caller side (odd ids) of a connection.
@@ -449,7 +449,77 @@ fn rpc_flow_control_credit_grants_batched_at_half_window() {
         assert!(recv(&registry, id).is_ready());
     }
     assert_eq!(wakes(&counter), 1, "the driver is woken when a grant becomes due");
-    assert_eq!(flush(&registry), vec![Payload::GrantCredit { id, additional: 4 }]);
+    // The consumer emptied the queue: the window doubles to 16 with this grant.
+    assert_eq!(flush(&registry), vec![Payload::GrantCredit { id, additional: 4 + 8 }]);
+}
+
+/// Takes `n` items from `id` after the peer sent them one at a time, each
+/// taken at once (a consumer that keeps up); returns the grants flushed.
+fn keep_up(registry: &Registry, id: ChannelId, n: usize, body: &Bytes) -> Vec<u32> {
+    let mut grants = Vec::new();
+    for _ in 0..n {
+        registry.on_remote_item(id, body.clone()).expect("within credit");
+        assert_eq!(recv(registry, id), Poll::Ready(Ok(Some(body.clone()))));
+        for p in flush(registry) {
+            if let Payload::GrantCredit { additional, .. } = p {
+                grants.push(additional);
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn rpc_flow_control_credit_window_grows_while_consumer_keeps_up_up_to_max_initial_credit() {
+    let registry = caller();
+    let id = caller_receiving(&registry, 4);
+    // W = 4, 8, 16, 32, 64 (the limit): each grant returns W/2 and adds W.
+    let grants = keep_up(&registry, id, 2 + 4 + 8 + 16 + 32 + 32 + 32, &item("x"));
+    assert_eq!(grants, vec![2 + 4, 4 + 8, 8 + 16, 16 + 32, 32, 32, 32]);
+    // The peer may now have 64 in flight, and no more.
+    for _ in 0..64 {
+        assert_eq!(registry.on_remote_item(id, item("x")), Ok(ItemOutcome::Delivered));
+    }
+    assert_eq!(registry.on_remote_item(id, item("x")), Err(violation(id, ViolationKind::ItemWithoutCredit)));
+}
+
+#[test]
+fn rpc_flow_control_credit_window_does_not_grow_for_a_slow_consumer() {
+    let registry = caller();
+    let id = caller_receiving(&registry, 8);
+    for _ in 0..8 {
+        assert_eq!(registry.on_remote_item(id, item("x")), Ok(ItemOutcome::Delivered));
+    }
+    for round in 0..20 {
+        // The consumer is behind: when its grant falls due, items are queued.
+        for _ in 0..4 {
+            assert!(recv(&registry, id).is_ready());
+        }
+        assert_eq!(flush(&registry), vec![Payload::GrantCredit { id, additional: 4 }], "round {round}");
+        for _ in 0..4 {
+            assert_eq!(registry.on_remote_item(id, item("x")), Ok(ItemOutcome::Delivered));
+        }
+        assert_eq!(
+            registry.on_remote_item(id, item("x")),
+            Err(violation(id, ViolationKind::ItemWithoutCredit)),
+            "round {round}: the window is still 8"
+        );
+    }
+}
+
+#[test]
+fn rpc_flow_control_credit_window_growth_is_bounded_by_bytes_for_large_items() {
+    let registry = caller();
+    let id = caller_receiving(&registry, 4);
+    // 64 KiB items: 256 KiB holds 4 of them, so the window stays at 4.
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    let grants = keep_up(&registry, id, 40, &big);
+    assert!(grants.iter().all(|g| *g == 2), "{grants:?}");
+    // 32 KiB items: the window may reach 8, not more.
+    let id = caller_receiving(&registry, 4);
+    let grants = keep_up(&registry, id, 40, &Bytes::from(vec![7u8; 32 * 1024]));
+    assert_eq!(grants[..2], [2 + 4, 4]);
+    assert!(grants[2..].iter().all(|g| *g == 4), "{grants:?}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Volume through one channel with credit 16 and a deliberately slow
 //! receiver (rules `rpc.channel`, `rpc.flow-control.credit`): every item
 //! arrives, in order, exactly once, and the receive buffer never grows past
-//! the credit.
+//! the window: the credit itself when window growth is off
+//! (`max_receive_window = 0`), `max_receive_window` when it is on.
 //!
 //! The memory case sends 1,000,000 items (about 17 s in a debug build on two
 //! cores, a few seconds in release); TCP sends 100,000.
@@ -12,6 +13,7 @@ mod common {
 
 use common::testbed::*;
 use std::time::{Duration, Instant};
+use vox_core::driver::channel::DEFAULT_MAX_RECEIVE_WINDOW;
 use vox_core::driver::{Call, Handler, channel_with_credit};
 use vox_core::session::{Session, SessionBuilder};
 
@@ -61,7 +63,7 @@ fn busy_pause() {
     }
 }
 
-async fn stream_slowly(client: &Session, n: u64) {
+async fn stream_slowly(client: &Session, n: u64, window_bound: usize) {
     let caller = &client.root.caller;
     let (tx, mut rx) = channel_with_credit::<u64>(CREDIT);
     let call = caller.call::<_, u64>(mid("count_up"), &n, vec![tx.into_arg().unwrap()]);
@@ -83,18 +85,23 @@ async fn stream_slowly(client: &Session, n: u64) {
     assert_eq!(sent.expect("call"), n);
     assert_eq!(received, n);
     let stats = caller.channel_stats();
-    assert!(stats.max_queue_depth <= CREDIT as usize, "the receive buffer is bounded by the credit: {stats:?}");
+    assert!(stats.max_queue_depth <= window_bound, "the receive buffer is bounded by the window: {stats:?}");
     eprintln!("{n} items in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_flow_control_credit_many_items_slow_receiver_memory_complete_and_in_order() {
-    let (_server, client) = memory_sessions(stress_builder(), SessionBuilder::new()).await;
-    stream_slowly(&client, MEMORY_ITEMS).await;
+    // Window growth off: the receive buffer is the credit, exactly.
+    let mut fixed = SessionBuilder::new();
+    fixed.config_mut().max_receive_window = 0;
+    let (_server, client) = memory_sessions(stress_builder(), fixed).await;
+    stream_slowly(&client, MEMORY_ITEMS, CREDIT as usize).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_flow_control_credit_many_items_slow_receiver_tcp_complete_and_in_order() {
+    // Default: the window may grow while the receiver keeps up, never past
+    // `max_receive_window`.
     let (_server, client) = tcp_sessions(stress_builder(), SessionBuilder::new()).await;
-    stream_slowly(&client, 100_000).await;
+    stream_slowly(&client, 100_000, DEFAULT_MAX_RECEIVE_WINDOW as usize).await;
 }

@@ -45,14 +45,40 @@ pub struct RegistryConfig {
     /// How many recently ended channel ids are remembered to judge late
     /// messages precisely.
     pub tombstones: usize,
+    /// How far a receiving channel's window may grow while its consumer
+    /// keeps up (receive-window tuning, see ADR 0001). A window never grows
+    /// past this, nor shrinks below its initial credit; at or below a
+    /// channel's initial credit, that channel's window stays fixed.
+    pub max_receive_window: u32,
 }
 
 impl RegistryConfig {
     /// Defaults for a connection whose local parity is `local_parity`:
-    /// initial credit up to 1024, 1024 live channels, 1024 tombstones.
+    /// initial credit up to 1024, 1024 live channels, 1024 tombstones,
+    /// receive windows up to 1024 items.
     pub fn new(local_parity: Parity) -> RegistryConfig {
-        RegistryConfig { local_parity, max_initial_credit: 1024, max_channels: 1024, tombstones: 1024 }
+        RegistryConfig {
+            local_parity,
+            max_initial_credit: 1024,
+            max_channels: 1024,
+            tombstones: 1024,
+            max_receive_window: DEFAULT_MAX_RECEIVE_WINDOW,
+        }
     }
+}
+
+/// Default of [`RegistryConfig::max_receive_window`] (and of the session's
+/// `SessionConfig::max_receive_window`), in items.
+pub const DEFAULT_MAX_RECEIVE_WINDOW: u32 = 1024;
+
+/// The channel limits a session applies to each of its connections: local
+/// choices, not negotiated with the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// See [`RegistryConfig::max_channels`].
+    pub max_channels: usize,
+    /// See [`RegistryConfig::max_receive_window`].
+    pub max_receive_window: u32,
 }
 
 /// Every channel of one connection (root or virtual).

@@ -9,7 +9,7 @@
 //! message of a connection can be queued after the session queued its
 //! `CloseConnection` or its teardown.
 
-use super::channel::{LossCause, Registry, RegistryConfig, Violation as ChannelViolation};
+use super::channel::{ChannelLimits, LossCause, Registry, RegistryConfig, Violation as ChannelViolation};
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
 use super::liveness::Liveness;
@@ -121,7 +121,7 @@ pub struct ConnectionCore {
     /// The session's operation table (section 10); `None` serves every
     /// request as a plain call.
     ops: Option<Arc<SessionOps>>,
-    max_channels: usize,
+    limits: ChannelLimits,
 }
 
 impl std::fmt::Debug for ConnectionCore {
@@ -141,26 +141,21 @@ impl ConnectionCore {
         peer_settings: ConnectionSettings,
         outbound: Outbound,
         handler: Option<Arc<dyn Handler>>,
-        max_channels: usize,
+        limits: ChannelLimits,
         ops: Option<Arc<SessionOps>>,
     ) -> Arc<ConnectionCore> {
-        let registry = Registry::new(Self::registry_config(local_parity, &local_settings, max_channels));
-        Self::build(
-            id,
-            local_parity,
-            local_settings,
-            peer_settings,
-            outbound,
-            handler,
-            max_channels,
-            ops,
-            registry,
-            None,
-        )
+        let registry = Registry::new(Self::registry_config(local_parity, &local_settings, limits));
+        Self::build(id, local_parity, local_settings, peer_settings, outbound, handler, limits, ops, registry, None)
     }
 
-    fn registry_config(local_parity: Parity, local: &ConnectionSettings, max_channels: usize) -> RegistryConfig {
-        RegistryConfig { local_parity, max_initial_credit: local.max_initial_credit, max_channels, tombstones: 1024 }
+    fn registry_config(local_parity: Parity, local: &ConnectionSettings, limits: ChannelLimits) -> RegistryConfig {
+        RegistryConfig {
+            local_parity,
+            max_initial_credit: local.max_initial_credit,
+            max_channels: limits.max_channels,
+            tombstones: 1024,
+            max_receive_window: limits.max_receive_window,
+        }
     }
 
     /// The same connection on a new attachment of a resumed session (rule
@@ -176,7 +171,7 @@ impl ConnectionCore {
         peer_settings: ConnectionSettings,
     ) -> Arc<ConnectionCore> {
         let registry = Registry::succeeding(
-            Self::registry_config(self.local_parity, &local_settings, self.max_channels),
+            Self::registry_config(self.local_parity, &local_settings, self.limits),
             &self.registry,
         );
         let requests = self.state.lock().requests.continuation();
@@ -187,7 +182,7 @@ impl ConnectionCore {
             peer_settings,
             outbound,
             self.handler.clone(),
-            self.max_channels,
+            self.limits,
             self.ops.clone(),
             registry,
             Some(requests),
@@ -202,7 +197,7 @@ impl ConnectionCore {
         peer_settings: ConnectionSettings,
         outbound: Outbound,
         handler: Option<Arc<dyn Handler>>,
-        max_channels: usize,
+        limits: ChannelLimits,
         ops: Option<Arc<SessionOps>>,
         registry: Registry,
         requests: Option<IdAllocator>,
@@ -228,7 +223,7 @@ impl ConnectionCore {
             }),
             handler,
             ops,
-            max_channels,
+            limits,
         })
     }
 

@@ -54,6 +54,14 @@ pub struct SessionConfig {
     pub outbound_capacity: usize,
     /// The most channels alive at once on one connection.
     pub max_channels_per_connection: usize,
+    /// How far the window of a channel this side receives on may grow while
+    /// its consumer keeps up, in items (default 1024). Receivers start at
+    /// the channel's initial credit (16 unless chosen otherwise) and double
+    /// the window whenever a grant falls due with nothing left queued, so a
+    /// fast stream is not held to one grant round trip per 8 items; a slow
+    /// consumer never grows it. Set it to 0 to keep every window at its
+    /// initial credit, i.e. receive buffers of exactly that many items.
+    pub max_receive_window: u32,
     /// How long a graceful end may spend writing the last messages.
     pub linger: Duration,
     /// Link settings for the TCP conveniences.
@@ -75,6 +83,15 @@ pub struct SessionConfig {
     pub operations: Option<OperationConfig>,
 }
 
+impl SessionConfig {
+    pub(crate) fn channel_limits(&self) -> crate::driver::channel::ChannelLimits {
+        crate::driver::channel::ChannelLimits {
+            max_channels: self.max_channels_per_connection,
+            max_receive_window: self.max_receive_window,
+        }
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
@@ -86,6 +103,7 @@ impl Default for SessionConfig {
             mailbox_capacity: 32,
             outbound_capacity: 256,
             max_channels_per_connection: 4096,
+            max_receive_window: crate::driver::channel::DEFAULT_MAX_RECEIVE_WINDOW,
             linger: Duration::from_secs(5),
             link: LinkConfig::default(),
             protocol_version: PROTOCOL_VERSION,
@@ -476,7 +494,7 @@ impl SessionBuilder {
             negotiated.peer_root.clone(),
             link.outbound.clone(),
             self.root_handler,
-            config.max_channels_per_connection,
+            config.channel_limits(),
             ops.clone(),
         );
         tokio::spawn(root_core.clone().run_flush());

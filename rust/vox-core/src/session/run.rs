@@ -586,7 +586,7 @@ impl RunLoop {
             peer,
             self.link.outbound.clone(),
             handler,
-            self.config.max_channels_per_connection,
+            self.config.channel_limits(),
             self.ops.clone(),
         );
         tokio::spawn(core.clone().run_flush());

@@ -110,7 +110,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn core(id: ConnectionId, parity: Parity, out: &outbound::Outbound) -> Arc<ConnectionCore> {
     let settings = ConnectionSettings::default();
-    ConnectionCore::new(id, parity, settings.clone(), settings, out.clone(), None, 4, None)
+    ConnectionCore::new(
+        id,
+        parity,
+        settings.clone(),
+        settings,
+        out.clone(),
+        None,
+        crate::driver::channel::ChannelLimits { max_channels: 4, max_receive_window: 16 },
+        None,
+    )
 }
 
 fn judge(lookup: Lookup<'_>) -> Verdict {

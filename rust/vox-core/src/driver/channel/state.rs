@@ -138,7 +138,8 @@ pub enum Half {
 pub struct RecvHalf {
     /// Delivered items not yet taken by `poll_recv`.
     pub queue: ItemQueue,
-    /// The window W (the channel's initial credit).
+    /// The window W: the channel's initial credit, grown while the consumer
+    /// keeps up (see `RecvHalf::consumed`).
     pub window: u32,
     /// Credit the sender holds right now, as far as it has been told.
     pub outstanding: u32,

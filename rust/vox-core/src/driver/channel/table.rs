@@ -18,7 +18,13 @@ type Event = fn(&Registry, ChannelId) -> String;
 
 /// Our side allocates odd ids; the peer announces even ones.
 fn config() -> RegistryConfig {
-    RegistryConfig { local_parity: Parity::Odd, max_initial_credit: 16, max_channels: 16, tombstones: 4 }
+    RegistryConfig {
+        local_parity: Parity::Odd,
+        max_initial_credit: 16,
+        max_channels: 16,
+        tombstones: 4,
+        max_receive_window: 16,
+    }
 }
 
 fn poll<T>(f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
