@@ -1212,3 +1212,49 @@ async fn rpc_call_error_is_retryable_as_produced_by_the_runtime() {
     assert_eq!(err, CallError::SessionShutdown);
     assert!(err.is_retryable());
 }
+
+#[tokio::test]
+async fn rpc_handler_work_after_its_reply_still_runs_and_cancel_drops_the_handler() {
+    // The handler runs inside its request's task: what it does after
+    // replying must still happen, and a cancel must drop (stop) it.
+    let (after_tx, mut after_rx) = mpsc::channel::<&'static str>(4);
+    let dropped = Arc::new(Notify::new());
+    let handler = {
+        let dropped = dropped.clone();
+        move |call: Call| {
+            let after_tx = after_tx.clone();
+            let dropped = dropped.clone();
+            async move {
+                if call.method_id == mid("reply_then_work") {
+                    call.reply.ok(&());
+                    tokio::task::yield_now().await;
+                    let _ = after_tx.send("worked after replying").await;
+                } else {
+                    // Parks until dropped; the guard tells the test it was.
+                    struct OnDrop(Arc<Notify>);
+                    impl Drop for OnDrop {
+                        fn drop(&mut self) {
+                            self.0.notify_one();
+                        }
+                    }
+                    let _guard = OnDrop(dropped);
+                    let _reply = call.reply;
+                    let _ = after_tx.send("parked").await;
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
+    let (_server, client) = memory_sessions(SessionBuilder::new().handler(handler), SessionBuilder::new()).await;
+    let caller = client.root.caller.clone();
+    within(caller.call::<_, ()>(mid("reply_then_work"), &(), vec![])).await.unwrap();
+    assert_eq!(within(after_rx.recv()).await, Some("worked after replying"));
+    let parked = tokio::spawn({
+        let caller = caller.clone();
+        async move { caller.call::<_, ()>(mid("park"), &(), vec![]).await }
+    });
+    // Once the handler runs, cancel by dropping the call.
+    assert_eq!(within(after_rx.recv()).await, Some("parked"));
+    parked.abort();
+    within(dropped.notified()).await;
+}

@@ -786,41 +786,33 @@ async fn run_handler(
     op: Option<OpRun>,
 ) {
     let (reply_tx, mut reply_rx) = oneshot::channel();
-    let sink = ReplySink::new(reply_tx);
-    let task = match &attempt.core.handler {
-        Some(h) => {
-            let call = Call { method_id, args: args.0, metadata, channels: binder, reply: sink };
-            let task = tokio::spawn(h.handle(call));
-            if let Some(op) = &op {
-                op.ops.started(op.ticket, task.abort_handle());
-            }
-            Some(task)
-        }
-        None => {
-            // rule: rpc.unknown-method — no service on this connection.
-            drop(binder);
-            sink.reply(ResponseBody::UnknownMethod, Metadata::new());
-            None
-        }
+    let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
+    let Some(running) = attempt.core.handler.as_ref().map(|h| h.handle(call)) else {
+        // rule: rpc.unknown-method — no service on this connection (the
+        // call's channels are ended with its binder).
+        return attempt.answer(ResponseBody::UnknownMethod).await;
     };
+    // Only a service can make the table track an execution (`admit`).
+    let Some(op) = op else {
+        return run_inline(attempt, Contained(Some(running)), reply_rx).await;
+    };
+    // An execution the operation table tracks runs as its own task: it may
+    // have to outlive this attempt (below) or be stopped by a later attempt
+    // that supersedes it (`SessionOps::admit`).
+    let task = tokio::spawn(running);
+    op.ops.started(op.ticket, task.abort_handle());
     let (ret, md) = tokio::select! {
         r = &mut reply_rx => reply_or_failure(r),
         s = &mut attempt.stop => {
-            if let (Some(op), Err(_)) = (&op, &s) {
-                if !op.has_channels {
-                    // The attachment died, the execution did not: its outcome
-                    // is owed to the operation, not to this dead attempt.
-                    let (ret, _) = reply_or_failure(reply_rx.await);
-                    op.ops.complete(op.ticket, &ret);
-                    return;
-                }
+            if s.is_err() && !op.has_channels {
+                // The attachment died, the execution did not: its outcome
+                // is owed to the operation, not to this dead attempt.
+                let (ret, _) = reply_or_failure(reply_rx.await);
+                op.ops.complete(op.ticket, &ret);
+                return;
             }
-            if let Some(t) = &task {
-                t.abort();
-            }
-            if let Some(op) = &op {
-                op.ops.interrupt(op.ticket);
-            }
+            task.abort();
+            op.ops.interrupt(op.ticket);
             if s.is_err() {
                 // The connection ended; nothing can be sent.
                 return;
@@ -829,15 +821,84 @@ async fn run_handler(
             (ResponseBody::Cancelled, Metadata::new())
         }
     };
-    let ret = match &op {
-        // A superseded execution's completion is refused: its attempt's
-        // outcome is unknown to the caller's logical call.
-        Some(op) if !matches!(ret, ResponseBody::Cancelled) && !op.ops.complete(op.ticket, &ret) => {
-            ResponseBody::Indeterminate
-        }
-        _ => ret,
+    // A superseded execution's completion is refused: its attempt's outcome
+    // is unknown to the caller's logical call.
+    let ret = if !matches!(ret, ResponseBody::Cancelled) && !op.ops.complete(op.ticket, &ret) {
+        ResponseBody::Indeterminate
+    } else {
+        ret
     };
     attempt.answer_with(ret, md).await
+}
+
+/// Runs a plain call's handler inside the request's own task: one spawn and
+/// one cross-task wake-up less per call than a task of its own. Cancelling
+/// or losing the connection drops the handler future, which is what aborting
+/// its task did; a panic is contained by [`Contained`]. A handler that goes
+/// on working after it replied is driven to its end after the response left.
+async fn run_inline(
+    mut attempt: Attempt,
+    mut handler: Contained,
+    mut reply_rx: oneshot::Receiver<(ResponseBody, Metadata)>,
+) {
+    let (ret, md) = loop {
+        tokio::select! {
+            biased;
+            r = &mut reply_rx => break reply_or_failure(r),
+            s = &mut attempt.stop => {
+                handler.stop();
+                if s.is_err() {
+                    // The connection ended; nothing can be sent.
+                    return;
+                }
+                // rule: rpc.cancel
+                break (ResponseBody::Cancelled, Metadata::new());
+            }
+            // Finished or panicked: its sink is gone, so `reply_rx` is ready.
+            () = &mut handler, if handler.is_running() => {}
+        }
+    };
+    attempt.answer_with(ret, md).await;
+    handler.await;
+}
+
+/// A handler future polled in place, with panics caught the way a task
+/// catches them: the panicking future is dropped (with it its reply sink,
+/// so the caller gets `HandlerFailed`) and the process goes on.
+struct Contained(Option<crate::driver::handler::BoxFuture>);
+
+impl Contained {
+    fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Drops the handler (cancellation); a panic while dropping is contained too.
+    fn stop(&mut self) {
+        let dead = self.0.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(dead)));
+    }
+}
+
+impl std::future::Future for Contained {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let Some(fut) = self.0.as_mut() else { return Poll::Ready(()) };
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                self.0 = None;
+                Poll::Ready(())
+            }
+            Err(_) => {
+                tracing::debug!("handler panicked");
+                // Dropping a future that panicked may panic again.
+                self.stop();
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 fn reply_or_failure(r: Result<(ResponseBody, Metadata), oneshot::error::RecvError>) -> (ResponseBody, Metadata) {
