@@ -39,10 +39,18 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
             Ok(vec![("peak_rss".into(), peak_rss())])
         }
         // For profilers (`perf record -- vox-bench --child profile-stream-down`):
-        // one vox workload over TCP, nothing else.
-        "profile-sequential" | "profile-pipelined" | "profile-stream-down" | "profile-stream-up" => {
+        // one vox workload over TCP (or the memory link, with `-memory`), nothing else.
+        profile if profile.starts_with("profile-") => {
+            let (name, transport) = match profile.strip_suffix("-memory") {
+                Some(name) => (name, Transport::Memory),
+                None => (profile, Transport::Tcp),
+            };
+            if !matches!(name, "profile-sequential" | "profile-pipelined" | "profile-stream-down" | "profile-stream-up")
+            {
+                return Err(BenchError::Usage(format!("unknown child measurement {profile:?}")));
+            }
             let held: vox::Held = Arc::new(Mutex::new(Vec::new()));
-            let p = vox::pair(Transport::Tcp, vox::server_builder(held, 4096), vox::client_builder(4096)).await?;
+            let p = vox::pair(transport, vox::server_builder(held, 4096), vox::client_builder(4096)).await?;
             let caller = &p.client.root.caller;
             let t = std::time::Instant::now();
             let n = match name {
