@@ -121,7 +121,7 @@ pub(crate) fn detached(capacity: usize) -> (Outbound, mpsc::Receiver<Message>) {
 }
 
 /// Most times the writer yields to let a batch grow before writing it.
-const MAX_YIELDS: usize = 4;
+const MAX_YIELDS: usize = 1;
 
 /// Adds `first` and whatever else is queued to the batch, then writes it.
 ///
