@@ -16,6 +16,7 @@ use super::error::{
 use super::mutant;
 use super::state::{
     ChannelState, Closed, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, StateKind, Tombstone, Tombstones,
+    WakerSlot,
 };
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId, IdAllocator, Metadata, Payload};
 use remote::{Msg, Verdict, judge_ended};
@@ -225,7 +226,8 @@ impl Inner {
             ChannelDirection::CallerToHandler => (Role::Sender, Half::Sending { credit: initial_credit }),
             ChannelDirection::HandlerToCaller => (Role::Receiver, Half::Receiving(RecvHalf::new(initial_credit))),
         };
-        self.channels.insert(id, Entry { role, queued: false, waker: None, state: ChannelState::Open(half) });
+        self.channels
+            .insert(id, Entry { role, queued: false, waker: WakerSlot::new(), state: ChannelState::Open(half) });
         Ok(ChannelDecl { id, direction, initial_credit })
     }
 
@@ -282,8 +284,10 @@ impl Inner {
                     (Role::Sender, Early::Sending { credit: decl.initial_credit, reset: false })
                 }
             };
-            self.channels
-                .insert(decl.id, Entry { role, queued: false, waker: None, state: ChannelState::Pending(early) });
+            self.channels.insert(
+                decl.id,
+                Entry { role, queued: false, waker: WakerSlot::new(), state: ChannelState::Pending(early) },
+            );
         }
         self.highest_remote = highest;
         Ok(())
@@ -368,7 +372,7 @@ impl Inner {
                 if *credit > 0 {
                     (Poll::Ready(Ok(())), false)
                 } else {
-                    register(&mut entry.waker, cx);
+                    entry.waker.register(cx);
                     (Poll::Pending, false)
                 }
             }
@@ -438,7 +442,7 @@ impl Inner {
                 // rule: rpc.channel.close — the close goes out through the flush,
                 // which the driver polls after enqueueing the items already sent.
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
-                entry.waker = None;
+                drop(entry.waker.take());
                 self.outbound.due(id, &mut entry.queued, wake);
                 (Ok(()), false)
             }
@@ -465,7 +469,7 @@ impl Inner {
             tracing::debug!(channel = %id, "sender_dropped on a channel where this side receives, ignored");
             return;
         }
-        entry.waker = None;
+        drop(entry.waker.take());
         match &mut entry.state {
             ChannelState::Open(Half::Sending { .. }) => {
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
@@ -528,7 +532,7 @@ impl Inner {
                     if half.waiting_on_empty() {
                         self.outbound.due(id, &mut entry.queued, wake);
                     }
-                    register(&mut entry.waker, cx);
+                    entry.waker.register(cx);
                     (Poll::Pending, false)
                 }
             },
@@ -559,7 +563,7 @@ impl Inner {
         let Some(entry) = self.channels.get_mut(&id) else {
             return Err(RecvError::UnknownChannel(id));
         };
-        entry.waker = None;
+        drop(entry.waker.take());
         let (result, dropped) = match &mut entry.state {
             ChannelState::Open(Half::Receiving(half)) => {
                 // rule: rpc.channel.reset — the reset leaves through the flush; a

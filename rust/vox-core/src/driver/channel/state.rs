@@ -1,7 +1,7 @@
 //! The per-channel state machine's data: one enum, the data of each state inside it.
 
 use std::collections::{HashMap, VecDeque};
-use std::task::Waker;
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 
@@ -187,9 +187,38 @@ pub(super) struct Entry {
     /// The local handle's waker (sender in `poll_credit`, receiver in
     /// `poll_recv`); kept here because it must survive the transition that
     /// has to wake it.
-    pub(super) waker: Option<Waker>,
+    pub(super) waker: WakerSlot,
     /// The state.
     pub(super) state: ChannelState,
+}
+
+/// The local handle's waker, one pointer while the handle never waited: an
+/// inline `Option<Waker>` is two words in every map entry, and most idle
+/// channels (a kept sender with credit, a receiver nobody polls) never
+/// register one. The box is allocated on the first registration and kept,
+/// like [`ItemQueue`]'s buffer, so a handle that waits per item does not
+/// allocate per wait.
+#[derive(Debug, Default)]
+pub(super) struct WakerSlot(Option<Box<Option<Waker>>>);
+
+impl WakerSlot {
+    /// An empty slot, without an allocation.
+    pub(super) const fn new() -> WakerSlot {
+        WakerSlot(None)
+    }
+
+    /// Keeps `cx`'s waker (unless the one held already wakes the same task).
+    pub(super) fn register(&mut self, cx: &Context<'_>) {
+        let slot: &mut Option<Waker> = self.0.get_or_insert_with(Box::default);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+    }
+
+    /// Takes the waker, if one is registered.
+    pub(super) fn take(&mut self) -> Option<Waker> {
+        self.0.as_mut()?.take()
+    }
 }
 
 /// What is remembered about a recently removed channel.
