@@ -64,8 +64,8 @@ fn recv_result_for(cause: &CloseCause) -> Result<Option<Bytes>, RecvError> {
     }
 }
 
-fn ended(cause: CloseCause, peer_ended: bool, observed: bool) -> ChannelState {
-    ChannelState::Closed(Box::new(Closed { cause, peer_ended, observed }))
+fn ended(role: Role, cause: CloseCause, peer_ended: bool, observed: bool) -> ChannelState {
+    ChannelState::Closed(Box::new(Closed { role, cause, peer_ended, observed }))
 }
 
 /// Where a local handle's event lands.
@@ -129,9 +129,10 @@ impl Inner {
         if !done {
             return;
         }
-        if let Some(Entry { role, state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
+        if let Some(Entry { state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
             if self.lost.is_none() {
-                self.tombstones.insert(id, Tombstone { role, cause: closed.cause, peer_ended: closed.peer_ended });
+                self.tombstones
+                    .insert(id, Tombstone { role: closed.role, cause: closed.cause, peer_ended: closed.peer_ended });
             }
         }
     }
@@ -140,7 +141,7 @@ impl Inner {
     /// its entry has nothing left to do. A call from the wrong end (a bug in
     /// the caller) must not take the other handle's entry with it.
     fn forget_after_loss(&mut self, id: ChannelId, role: Role) {
-        if self.channels.get(&id).is_some_and(|entry| entry.role == role) {
+        if self.channels.get(&id).is_some_and(|entry| entry.role() == role) {
             self.channels.remove(&id);
         }
     }
@@ -222,12 +223,11 @@ impl Inner {
         let raw = self.local_ids.allocate().ok_or(LocalError::IdSpaceExhausted)?;
         self.highest_local = Some(raw);
         let id = ChannelId(raw);
-        let (role, half) = match direction {
-            ChannelDirection::CallerToHandler => (Role::Sender, Half::Sending { credit: initial_credit }),
-            ChannelDirection::HandlerToCaller => (Role::Receiver, Half::Receiving(RecvHalf::new(initial_credit))),
+        let half = match direction {
+            ChannelDirection::CallerToHandler => Half::Sending { credit: initial_credit },
+            ChannelDirection::HandlerToCaller => Half::Receiving(RecvHalf::new(initial_credit)),
         };
-        self.channels
-            .insert(id, Entry { role, queued: false, waker: WakerSlot::new(), state: ChannelState::Open(half) });
+        self.channels.insert(id, Entry { queued: false, waker: WakerSlot::new(), state: ChannelState::Open(half) });
         Ok(ChannelDecl { id, direction, initial_credit })
     }
 
@@ -270,24 +270,17 @@ impl Inner {
         }
         for decl in decls {
             // The handler holds the other end from the caller: CallerToHandler means we receive.
-            let (role, early) = match decl.direction {
-                ChannelDirection::CallerToHandler => (
-                    Role::Receiver,
-                    Early::Receiving {
-                        items: ItemQueue::new(),
-                        window: decl.initial_credit,
-                        outstanding: decl.initial_credit,
-                        closed: false,
-                    },
-                ),
-                ChannelDirection::HandlerToCaller => {
-                    (Role::Sender, Early::Sending { credit: decl.initial_credit, reset: false })
-                }
+            let early = match decl.direction {
+                ChannelDirection::CallerToHandler => Early::Receiving {
+                    items: ItemQueue::new(),
+                    window: decl.initial_credit,
+                    outstanding: decl.initial_credit,
+                    closed: false,
+                },
+                ChannelDirection::HandlerToCaller => Early::Sending { credit: decl.initial_credit, reset: false },
             };
-            self.channels.insert(
-                decl.id,
-                Entry { role, queued: false, waker: WakerSlot::new(), state: ChannelState::Pending(early) },
-            );
+            self.channels
+                .insert(decl.id, Entry { queued: false, waker: WakerSlot::new(), state: ChannelState::Pending(early) });
         }
         self.highest_remote = highest;
         Ok(())
@@ -306,7 +299,7 @@ impl Inner {
             Early::Receiving { items, window, outstanding, closed } => {
                 let queue = mem::take(items);
                 match (*closed, queue.is_empty()) {
-                    (true, true) => ended(CloseCause::Closed, true, false),
+                    (true, true) => ended(Role::Receiver, CloseCause::Closed, true, false),
                     (true, false) => ChannelState::Closing(Closing::ReceiverDraining { queue }),
                     (false, _) => ChannelState::Open(Half::Receiving(RecvHalf {
                         queue,
@@ -319,7 +312,7 @@ impl Inner {
             }
             Early::Sending { credit, reset } => {
                 if *reset {
-                    ended(CloseCause::Reset, true, false)
+                    ended(Role::Sender, CloseCause::Reset, true, false)
                 } else {
                     ChannelState::Open(Half::Sending { credit: *credit })
                 }
@@ -338,7 +331,7 @@ impl Inner {
             return Gate::Refused(error);
         }
         match self.channels.get(&id) {
-            Some(entry) if entry.role != Role::Sender => Gate::Refused(SendError::WrongDirection(id)),
+            Some(entry) if entry.role() != Role::Sender => Gate::Refused(SendError::WrongDirection(id)),
             Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(SendError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
@@ -465,7 +458,7 @@ impl Inner {
             return;
         }
         let Some(entry) = self.channels.get_mut(&id) else { return };
-        if entry.role != Role::Sender {
+        if entry.role() != Role::Sender {
             tracing::debug!(channel = %id, "sender_dropped on a channel where this side receives, ignored");
             return;
         }
@@ -495,7 +488,7 @@ impl Inner {
             return Gate::Refused(error);
         }
         match self.channels.get(&id) {
-            Some(entry) if entry.role != Role::Receiver => Gate::Refused(RecvError::WrongDirection(id)),
+            Some(entry) if entry.role() != Role::Receiver => Gate::Refused(RecvError::WrongDirection(id)),
             Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(RecvError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
@@ -540,7 +533,7 @@ impl Inner {
                 // rule: rpc.channel.close — items delivered before the close are never lost.
                 Some(item) => (Poll::Ready(Ok(Some(item))), false),
                 None => {
-                    entry.state = ended(CloseCause::Closed, true, true);
+                    entry.state = ended(Role::Receiver, CloseCause::Closed, true, true);
                     (Poll::Ready(Ok(None)), true)
                 }
             },
@@ -576,7 +569,7 @@ impl Inner {
             ChannelState::Closing(Closing::ReceiverDraining { queue }) => {
                 // The sender already closed: there is nothing to stop.
                 let dropped = queue.len();
-                entry.state = ended(CloseCause::Closed, true, true);
+                entry.state = ended(Role::Receiver, CloseCause::Closed, true, true);
                 (Ok(()), dropped)
             }
             ChannelState::Closing(Closing::ReceiverResetPending) => (Ok(()), 0),
@@ -629,11 +622,11 @@ impl Inner {
                 }
                 ChannelState::Closing(Closing::SenderClosePending) => {
                     out.push(Payload::CloseChannel { id, metadata: Metadata::default() });
-                    entry.state = ended(CloseCause::Closed, false, true);
+                    entry.state = ended(Role::Sender, CloseCause::Closed, false, true);
                 }
                 ChannelState::Closing(Closing::ReceiverResetPending) => {
                     out.push(Payload::ResetChannel { id, metadata: Metadata::default() });
-                    entry.state = ended(CloseCause::Reset, false, true);
+                    entry.state = ended(Role::Receiver, CloseCause::Reset, false, true);
                 }
                 // Superseded since it became due (e.g. our close crossed the peer's reset).
                 _ => {}
@@ -675,7 +668,7 @@ impl Inner {
         };
         let text = match self.channels.get(&id) {
             Some(entry) => {
-                let role = match entry.role {
+                let role = match entry.role() {
                     Role::Sender => "send",
                     Role::Receiver => "recv",
                 };

@@ -93,6 +93,20 @@ impl ChannelState {
             ChannelState::Closed(_) => StateKind::Closed,
         }
     }
+
+    /// Our end of the channel: every live state belongs to one role only,
+    /// and a terminal one records it.
+    pub fn role(&self) -> Role {
+        match self {
+            ChannelState::Pending(Early::Receiving { .. })
+            | ChannelState::Open(Half::Receiving(_))
+            | ChannelState::Closing(Closing::ReceiverDraining { .. } | Closing::ReceiverResetPending) => Role::Receiver,
+            ChannelState::Pending(Early::Sending { .. })
+            | ChannelState::Open(Half::Sending { .. })
+            | ChannelState::Closing(Closing::SenderClosePending) => Role::Sender,
+            ChannelState::Closed(closed) => closed.role,
+        }
+    }
 }
 
 /// What a pending channel has collected before the handler binds it.
@@ -168,6 +182,8 @@ pub enum Closing {
 /// A terminal channel.
 #[derive(Debug)]
 pub struct Closed {
+    /// Our end of the channel, as it was while live.
+    pub role: Role,
     /// How it ended.
     pub cause: CloseCause,
     /// The peer's own terminal message (close from a sending peer, reset from
@@ -180,8 +196,6 @@ pub struct Closed {
 /// A map entry: the state plus the bits that outlive state changes.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// Our end of the channel; fixed at creation.
-    pub(super) role: Role,
     /// The id sits in the outbound FIFO (so it is there at most once).
     pub(super) queued: bool,
     /// The local handle's waker (sender in `poll_credit`, receiver in
@@ -190,6 +204,14 @@ pub(super) struct Entry {
     pub(super) waker: WakerSlot,
     /// The state.
     pub(super) state: ChannelState,
+}
+
+impl Entry {
+    /// Our end of the channel; fixed at creation. Read from the state rather
+    /// than stored: a field would make every entry of the map a word larger.
+    pub(super) fn role(&self) -> Role {
+        self.state.role()
+    }
 }
 
 /// The local handle's waker, one pointer while the handle never waited: an
