@@ -2,7 +2,7 @@
 //! current state and either performs one transition or returns a typed error,
 //! leaving the state untouched. Peer-driven methods never panic.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::mem;
 use std::task::{Context, Poll, Waker};
 
@@ -24,21 +24,38 @@ use remote::{Msg, Verdict, judge_ended};
 mod remote;
 
 /// Control messages owed to the peer: a FIFO of channel ids, each present at
-/// most once (guarded by `Entry::queued`); what to send is read from the
-/// channel's state at flush time, so repeated events coalesce.
+/// most once (guarded by `queued`); what to send is read from the channel's
+/// state at flush time, so repeated events coalesce. The membership set lives
+/// here rather than as a flag in each map entry: only channels with a flush
+/// owed pay for it, and a flag would make every entry a word larger.
 #[derive(Debug, Default)]
 struct Outbound {
     fifo: VecDeque<ChannelId>,
+    queued: HashSet<ChannelId>,
     waker: Option<Waker>,
 }
 
 impl Outbound {
-    fn due(&mut self, id: ChannelId, queued: &mut bool, wake: &mut Wakeups) {
-        if !*queued {
-            *queued = true;
+    fn due(&mut self, id: ChannelId, wake: &mut Wakeups) {
+        if self.queued.insert(id) {
             self.fifo.push_back(id);
         }
         wake.push(self.waker.take());
+    }
+
+    fn pop(&mut self) -> Option<ChannelId> {
+        let id = self.fifo.pop_front()?;
+        self.queued.remove(&id);
+        Some(id)
+    }
+
+    fn is_queued(&self, id: ChannelId) -> bool {
+        self.queued.contains(&id)
+    }
+
+    fn clear(&mut self) {
+        self.fifo.clear();
+        self.queued.clear();
     }
 }
 
@@ -123,7 +140,9 @@ impl Inner {
     /// flush is owed for it; it lives on as a tombstone.
     fn settle(&mut self, id: ChannelId) {
         let done = match self.channels.get(&id) {
-            Some(entry) => !entry.queued && matches!(&entry.state, ChannelState::Closed(c) if c.observed),
+            Some(entry) => {
+                !self.outbound.is_queued(id) && matches!(&entry.state, ChannelState::Closed(c) if c.observed)
+            }
             None => false,
         };
         if !done {
@@ -227,7 +246,7 @@ impl Inner {
             ChannelDirection::CallerToHandler => Half::Sending { credit: initial_credit },
             ChannelDirection::HandlerToCaller => Half::Receiving(RecvHalf::new(initial_credit)),
         };
-        self.channels.insert(id, Entry { queued: false, waker: WakerSlot::new(), state: ChannelState::Open(half) });
+        self.channels.insert(id, Entry { waker: WakerSlot::new(), state: ChannelState::Open(half) });
         Ok(ChannelDecl { id, direction, initial_credit })
     }
 
@@ -279,8 +298,7 @@ impl Inner {
                 },
                 ChannelDirection::HandlerToCaller => Early::Sending { credit: decl.initial_credit, reset: false },
             };
-            self.channels
-                .insert(decl.id, Entry { queued: false, waker: WakerSlot::new(), state: ChannelState::Pending(early) });
+            self.channels.insert(decl.id, Entry { waker: WakerSlot::new(), state: ChannelState::Pending(early) });
         }
         self.highest_remote = highest;
         Ok(())
@@ -436,7 +454,7 @@ impl Inner {
                 // which the driver polls after enqueueing the items already sent.
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
                 drop(entry.waker.take());
-                self.outbound.due(id, &mut entry.queued, wake);
+                self.outbound.due(id, wake);
                 (Ok(()), false)
             }
             ChannelState::Closing(Closing::SenderClosePending) => (Err(SendError::Closed), false),
@@ -467,7 +485,7 @@ impl Inner {
             ChannelState::Open(Half::Sending { .. }) => {
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
                 let wake = if mutant::active("drop_wake_skipped") { &mut Wakeups::default() } else { wake };
-                self.outbound.due(id, &mut entry.queued, wake);
+                self.outbound.due(id, wake);
             }
             ChannelState::Closed(closed) => {
                 closed.observed = true;
@@ -517,13 +535,13 @@ impl Inner {
             ChannelState::Open(Half::Receiving(half)) => match half.queue.pop_front() {
                 Some(item) => {
                     if half.consumed(item.len(), self.config.max_receive_window) {
-                        self.outbound.due(id, &mut entry.queued, wake);
+                        self.outbound.due(id, wake);
                     }
                     (Poll::Ready(Ok(Some(item))), false)
                 }
                 None => {
                     if half.waiting_on_empty() {
-                        self.outbound.due(id, &mut entry.queued, wake);
+                        self.outbound.due(id, wake);
                     }
                     entry.waker.register(cx);
                     (Poll::Pending, false)
@@ -563,7 +581,7 @@ impl Inner {
                 // grant still owed is superseded by it.
                 let dropped = half.queue.len();
                 entry.state = ChannelState::Closing(Closing::ReceiverResetPending);
-                self.outbound.due(id, &mut entry.queued, wake);
+                self.outbound.due(id, wake);
                 (Ok(()), dropped)
             }
             ChannelState::Closing(Closing::ReceiverDraining { queue }) => {
@@ -609,10 +627,9 @@ impl Inner {
 
     pub(super) fn poll_outbound(&mut self, cx: &Context<'_>, out: &mut Vec<Payload>) -> Poll<()> {
         let before = out.len();
-        while let Some(id) = self.outbound.fifo.pop_front() {
+        while let Some(id) = self.outbound.pop() {
             // An entry removed meanwhile (e.g. by connection loss) owes nothing.
             let Some(entry) = self.channels.get_mut(&id) else { continue };
-            entry.queued = false;
             match &mut entry.state {
                 ChannelState::Open(Half::Receiving(half)) if half.grant_pending > 0 => {
                     // rule: rpc.flow-control.credit — the sender only holds credit once told.
@@ -672,7 +689,7 @@ impl Inner {
                     Role::Sender => "send",
                     Role::Receiver => "recv",
                 };
-                let owed = if entry.queued { ", flush owed" } else { "" };
+                let owed = if self.outbound.is_queued(id) { ", flush owed" } else { "" };
                 let state = match &entry.state {
                     ChannelState::Pending(Early::Receiving { items, outstanding, closed, .. }) => {
                         format!("Pending(items={}, credit={outstanding}, closed={closed})", items.len())

@@ -193,11 +193,9 @@ pub struct Closed {
     pub observed: bool,
 }
 
-/// A map entry: the state plus the bits that outlive state changes.
+/// A map entry: the state plus the waker, which outlives state changes.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// The id sits in the outbound FIFO (so it is there at most once).
-    pub(super) queued: bool,
     /// The local handle's waker (sender in `poll_credit`, receiver in
     /// `poll_recv`); kept here because it must survive the transition that
     /// has to wake it.

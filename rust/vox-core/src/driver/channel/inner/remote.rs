@@ -280,7 +280,6 @@ impl Inner {
         // and wait for their handle to observe it.
         self.channels.retain(|_, entry| {
             wake.push(entry.waker.take());
-            entry.queued = false;
             if matches!(entry.state, ChannelState::Pending(_)) {
                 return false;
             }
@@ -288,7 +287,7 @@ impl Inner {
             entry.state = ended(role, CloseCause::ConnectionLost(cause.clone()), false, false);
             true
         });
-        self.outbound.fifo.clear();
+        self.outbound.clear();
         wake.push(self.outbound.waker.take());
         // Every later event answers with the loss, so no id needs remembering.
         self.tombstones.clear();
