@@ -2,7 +2,7 @@
 //! current state and either performs one transition or returns a typed error,
 //! leaving the state untouched. Peer-driven methods never panic.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::mem;
 use std::task::{Context, Poll, Waker};
 
@@ -16,6 +16,7 @@ use super::error::{
 use super::mutant;
 use super::state::{
     ChannelState, Closed, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, StateKind, Tombstone, Tombstones,
+    WakerSlot,
 };
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId, IdAllocator, Metadata, Payload};
 use remote::{Msg, Verdict, judge_ended};
@@ -23,21 +24,38 @@ use remote::{Msg, Verdict, judge_ended};
 mod remote;
 
 /// Control messages owed to the peer: a FIFO of channel ids, each present at
-/// most once (guarded by `Entry::queued`); what to send is read from the
-/// channel's state at flush time, so repeated events coalesce.
+/// most once (guarded by `queued`); what to send is read from the channel's
+/// state at flush time, so repeated events coalesce. The membership set lives
+/// here rather than as a flag in each map entry: only channels with a flush
+/// owed pay for it, and a flag would make every entry a word larger.
 #[derive(Debug, Default)]
 struct Outbound {
     fifo: VecDeque<ChannelId>,
+    queued: HashSet<ChannelId>,
     waker: Option<Waker>,
 }
 
 impl Outbound {
-    fn due(&mut self, id: ChannelId, queued: &mut bool, wake: &mut Wakeups) {
-        if !*queued {
-            *queued = true;
+    fn due(&mut self, id: ChannelId, wake: &mut Wakeups) {
+        if self.queued.insert(id) {
             self.fifo.push_back(id);
         }
         wake.push(self.waker.take());
+    }
+
+    fn pop(&mut self) -> Option<ChannelId> {
+        let id = self.fifo.pop_front()?;
+        self.queued.remove(&id);
+        Some(id)
+    }
+
+    fn is_queued(&self, id: ChannelId) -> bool {
+        self.queued.contains(&id)
+    }
+
+    fn clear(&mut self) {
+        self.fifo.clear();
+        self.queued.clear();
     }
 }
 
@@ -63,8 +81,8 @@ fn recv_result_for(cause: &CloseCause) -> Result<Option<Bytes>, RecvError> {
     }
 }
 
-fn ended(cause: CloseCause, peer_ended: bool, observed: bool) -> ChannelState {
-    ChannelState::Closed(Box::new(Closed { cause, peer_ended, observed }))
+fn ended(role: Role, cause: CloseCause, peer_ended: bool, observed: bool) -> ChannelState {
+    ChannelState::Closed(Box::new(Closed { role, cause, peer_ended, observed }))
 }
 
 /// Where a local handle's event lands.
@@ -122,15 +140,18 @@ impl Inner {
     /// flush is owed for it; it lives on as a tombstone.
     fn settle(&mut self, id: ChannelId) {
         let done = match self.channels.get(&id) {
-            Some(entry) => !entry.queued && matches!(&entry.state, ChannelState::Closed(c) if c.observed),
+            Some(entry) => {
+                !self.outbound.is_queued(id) && matches!(&entry.state, ChannelState::Closed(c) if c.observed)
+            }
             None => false,
         };
         if !done {
             return;
         }
-        if let Some(Entry { role, state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
+        if let Some(Entry { state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
             if self.lost.is_none() {
-                self.tombstones.insert(id, Tombstone { role, cause: closed.cause, peer_ended: closed.peer_ended });
+                self.tombstones
+                    .insert(id, Tombstone { role: closed.role, cause: closed.cause, peer_ended: closed.peer_ended });
             }
         }
     }
@@ -139,7 +160,7 @@ impl Inner {
     /// its entry has nothing left to do. A call from the wrong end (a bug in
     /// the caller) must not take the other handle's entry with it.
     fn forget_after_loss(&mut self, id: ChannelId, role: Role) {
-        if self.channels.get(&id).is_some_and(|entry| entry.role == role) {
+        if self.channels.get(&id).is_some_and(|entry| entry.role() == role) {
             self.channels.remove(&id);
         }
     }
@@ -221,11 +242,11 @@ impl Inner {
         let raw = self.local_ids.allocate().ok_or(LocalError::IdSpaceExhausted)?;
         self.highest_local = Some(raw);
         let id = ChannelId(raw);
-        let (role, half) = match direction {
-            ChannelDirection::CallerToHandler => (Role::Sender, Half::Sending { credit: initial_credit }),
-            ChannelDirection::HandlerToCaller => (Role::Receiver, Half::Receiving(RecvHalf::new(initial_credit))),
+        let half = match direction {
+            ChannelDirection::CallerToHandler => Half::Sending { credit: initial_credit },
+            ChannelDirection::HandlerToCaller => Half::Receiving(RecvHalf::new(initial_credit)),
         };
-        self.channels.insert(id, Entry { role, queued: false, waker: None, state: ChannelState::Open(half) });
+        self.channels.insert(id, Entry { waker: WakerSlot::new(), state: ChannelState::Open(half) });
         Ok(ChannelDecl { id, direction, initial_credit })
     }
 
@@ -268,22 +289,16 @@ impl Inner {
         }
         for decl in decls {
             // The handler holds the other end from the caller: CallerToHandler means we receive.
-            let (role, early) = match decl.direction {
-                ChannelDirection::CallerToHandler => (
-                    Role::Receiver,
-                    Early::Receiving {
-                        items: ItemQueue::new(),
-                        window: decl.initial_credit,
-                        outstanding: decl.initial_credit,
-                        closed: false,
-                    },
-                ),
-                ChannelDirection::HandlerToCaller => {
-                    (Role::Sender, Early::Sending { credit: decl.initial_credit, reset: false })
-                }
+            let early = match decl.direction {
+                ChannelDirection::CallerToHandler => Early::Receiving {
+                    items: ItemQueue::new(),
+                    window: decl.initial_credit,
+                    outstanding: decl.initial_credit,
+                    closed: false,
+                },
+                ChannelDirection::HandlerToCaller => Early::Sending { credit: decl.initial_credit, reset: false },
             };
-            self.channels
-                .insert(decl.id, Entry { role, queued: false, waker: None, state: ChannelState::Pending(early) });
+            self.channels.insert(decl.id, Entry { waker: WakerSlot::new(), state: ChannelState::Pending(early) });
         }
         self.highest_remote = highest;
         Ok(())
@@ -302,7 +317,7 @@ impl Inner {
             Early::Receiving { items, window, outstanding, closed } => {
                 let queue = mem::take(items);
                 match (*closed, queue.is_empty()) {
-                    (true, true) => ended(CloseCause::Closed, true, false),
+                    (true, true) => ended(Role::Receiver, CloseCause::Closed, true, false),
                     (true, false) => ChannelState::Closing(Closing::ReceiverDraining { queue }),
                     (false, _) => ChannelState::Open(Half::Receiving(RecvHalf {
                         queue,
@@ -315,7 +330,7 @@ impl Inner {
             }
             Early::Sending { credit, reset } => {
                 if *reset {
-                    ended(CloseCause::Reset, true, false)
+                    ended(Role::Sender, CloseCause::Reset, true, false)
                 } else {
                     ChannelState::Open(Half::Sending { credit: *credit })
                 }
@@ -334,7 +349,7 @@ impl Inner {
             return Gate::Refused(error);
         }
         match self.channels.get(&id) {
-            Some(entry) if entry.role != Role::Sender => Gate::Refused(SendError::WrongDirection(id)),
+            Some(entry) if entry.role() != Role::Sender => Gate::Refused(SendError::WrongDirection(id)),
             Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(SendError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
@@ -368,7 +383,7 @@ impl Inner {
                 if *credit > 0 {
                     (Poll::Ready(Ok(())), false)
                 } else {
-                    register(&mut entry.waker, cx);
+                    entry.waker.register(cx);
                     (Poll::Pending, false)
                 }
             }
@@ -438,8 +453,8 @@ impl Inner {
                 // rule: rpc.channel.close — the close goes out through the flush,
                 // which the driver polls after enqueueing the items already sent.
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
-                entry.waker = None;
-                self.outbound.due(id, &mut entry.queued, wake);
+                drop(entry.waker.take());
+                self.outbound.due(id, wake);
                 (Ok(()), false)
             }
             ChannelState::Closing(Closing::SenderClosePending) => (Err(SendError::Closed), false),
@@ -461,16 +476,16 @@ impl Inner {
             return;
         }
         let Some(entry) = self.channels.get_mut(&id) else { return };
-        if entry.role != Role::Sender {
+        if entry.role() != Role::Sender {
             tracing::debug!(channel = %id, "sender_dropped on a channel where this side receives, ignored");
             return;
         }
-        entry.waker = None;
+        drop(entry.waker.take());
         match &mut entry.state {
             ChannelState::Open(Half::Sending { .. }) => {
                 entry.state = ChannelState::Closing(Closing::SenderClosePending);
                 let wake = if mutant::active("drop_wake_skipped") { &mut Wakeups::default() } else { wake };
-                self.outbound.due(id, &mut entry.queued, wake);
+                self.outbound.due(id, wake);
             }
             ChannelState::Closed(closed) => {
                 closed.observed = true;
@@ -491,7 +506,7 @@ impl Inner {
             return Gate::Refused(error);
         }
         match self.channels.get(&id) {
-            Some(entry) if entry.role != Role::Receiver => Gate::Refused(RecvError::WrongDirection(id)),
+            Some(entry) if entry.role() != Role::Receiver => Gate::Refused(RecvError::WrongDirection(id)),
             Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(RecvError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
@@ -520,15 +535,15 @@ impl Inner {
             ChannelState::Open(Half::Receiving(half)) => match half.queue.pop_front() {
                 Some(item) => {
                     if half.consumed(item.len(), self.config.max_receive_window) {
-                        self.outbound.due(id, &mut entry.queued, wake);
+                        self.outbound.due(id, wake);
                     }
                     (Poll::Ready(Ok(Some(item))), false)
                 }
                 None => {
                     if half.waiting_on_empty() {
-                        self.outbound.due(id, &mut entry.queued, wake);
+                        self.outbound.due(id, wake);
                     }
-                    register(&mut entry.waker, cx);
+                    entry.waker.register(cx);
                     (Poll::Pending, false)
                 }
             },
@@ -536,7 +551,7 @@ impl Inner {
                 // rule: rpc.channel.close — items delivered before the close are never lost.
                 Some(item) => (Poll::Ready(Ok(Some(item))), false),
                 None => {
-                    entry.state = ended(CloseCause::Closed, true, true);
+                    entry.state = ended(Role::Receiver, CloseCause::Closed, true, true);
                     (Poll::Ready(Ok(None)), true)
                 }
             },
@@ -559,20 +574,20 @@ impl Inner {
         let Some(entry) = self.channels.get_mut(&id) else {
             return Err(RecvError::UnknownChannel(id));
         };
-        entry.waker = None;
+        drop(entry.waker.take());
         let (result, dropped) = match &mut entry.state {
             ChannelState::Open(Half::Receiving(half)) => {
                 // rule: rpc.channel.reset — the reset leaves through the flush; a
                 // grant still owed is superseded by it.
                 let dropped = half.queue.len();
                 entry.state = ChannelState::Closing(Closing::ReceiverResetPending);
-                self.outbound.due(id, &mut entry.queued, wake);
+                self.outbound.due(id, wake);
                 (Ok(()), dropped)
             }
             ChannelState::Closing(Closing::ReceiverDraining { queue }) => {
                 // The sender already closed: there is nothing to stop.
                 let dropped = queue.len();
-                entry.state = ended(CloseCause::Closed, true, true);
+                entry.state = ended(Role::Receiver, CloseCause::Closed, true, true);
                 (Ok(()), dropped)
             }
             ChannelState::Closing(Closing::ReceiverResetPending) => (Ok(()), 0),
@@ -612,10 +627,9 @@ impl Inner {
 
     pub(super) fn poll_outbound(&mut self, cx: &Context<'_>, out: &mut Vec<Payload>) -> Poll<()> {
         let before = out.len();
-        while let Some(id) = self.outbound.fifo.pop_front() {
+        while let Some(id) = self.outbound.pop() {
             // An entry removed meanwhile (e.g. by connection loss) owes nothing.
             let Some(entry) = self.channels.get_mut(&id) else { continue };
-            entry.queued = false;
             match &mut entry.state {
                 ChannelState::Open(Half::Receiving(half)) if half.grant_pending > 0 => {
                     // rule: rpc.flow-control.credit — the sender only holds credit once told.
@@ -625,11 +639,11 @@ impl Inner {
                 }
                 ChannelState::Closing(Closing::SenderClosePending) => {
                     out.push(Payload::CloseChannel { id, metadata: Metadata::default() });
-                    entry.state = ended(CloseCause::Closed, false, true);
+                    entry.state = ended(Role::Sender, CloseCause::Closed, false, true);
                 }
                 ChannelState::Closing(Closing::ReceiverResetPending) => {
                     out.push(Payload::ResetChannel { id, metadata: Metadata::default() });
-                    entry.state = ended(CloseCause::Reset, false, true);
+                    entry.state = ended(Role::Receiver, CloseCause::Reset, false, true);
                 }
                 // Superseded since it became due (e.g. our close crossed the peer's reset).
                 _ => {}
@@ -671,11 +685,11 @@ impl Inner {
         };
         let text = match self.channels.get(&id) {
             Some(entry) => {
-                let role = match entry.role {
+                let role = match entry.role() {
                     Role::Sender => "send",
                     Role::Receiver => "recv",
                 };
-                let owed = if entry.queued { ", flush owed" } else { "" };
+                let owed = if self.outbound.is_queued(id) { ", flush owed" } else { "" };
                 let state = match &entry.state {
                     ChannelState::Pending(Early::Receiving { items, outstanding, closed, .. }) => {
                         format!("Pending(items={}, credit={outstanding}, closed={closed})", items.len())

@@ -1,7 +1,7 @@
 //! The per-channel state machine's data: one enum, the data of each state inside it.
 
 use std::collections::{HashMap, VecDeque};
-use std::task::Waker;
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 
@@ -93,6 +93,20 @@ impl ChannelState {
             ChannelState::Closed(_) => StateKind::Closed,
         }
     }
+
+    /// Our end of the channel: every live state belongs to one role only,
+    /// and a terminal one records it.
+    pub fn role(&self) -> Role {
+        match self {
+            ChannelState::Pending(Early::Receiving { .. })
+            | ChannelState::Open(Half::Receiving(_))
+            | ChannelState::Closing(Closing::ReceiverDraining { .. } | Closing::ReceiverResetPending) => Role::Receiver,
+            ChannelState::Pending(Early::Sending { .. })
+            | ChannelState::Open(Half::Sending { .. })
+            | ChannelState::Closing(Closing::SenderClosePending) => Role::Sender,
+            ChannelState::Closed(closed) => closed.role,
+        }
+    }
 }
 
 /// What a pending channel has collected before the handler binds it.
@@ -168,6 +182,8 @@ pub enum Closing {
 /// A terminal channel.
 #[derive(Debug)]
 pub struct Closed {
+    /// Our end of the channel, as it was while live.
+    pub role: Role,
     /// How it ended.
     pub cause: CloseCause,
     /// The peer's own terminal message (close from a sending peer, reset from
@@ -177,19 +193,52 @@ pub struct Closed {
     pub observed: bool,
 }
 
-/// A map entry: the state plus the bits that outlive state changes.
+/// A map entry: the state plus the waker, which outlives state changes.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// Our end of the channel; fixed at creation.
-    pub(super) role: Role,
-    /// The id sits in the outbound FIFO (so it is there at most once).
-    pub(super) queued: bool,
     /// The local handle's waker (sender in `poll_credit`, receiver in
     /// `poll_recv`); kept here because it must survive the transition that
     /// has to wake it.
-    pub(super) waker: Option<Waker>,
+    pub(super) waker: WakerSlot,
     /// The state.
     pub(super) state: ChannelState,
+}
+
+impl Entry {
+    /// Our end of the channel; fixed at creation. Read from the state rather
+    /// than stored: a field would make every entry of the map a word larger.
+    pub(super) fn role(&self) -> Role {
+        self.state.role()
+    }
+}
+
+/// The local handle's waker, one pointer while the handle never waited: an
+/// inline `Option<Waker>` is two words in every map entry, and most idle
+/// channels (a kept sender with credit, a receiver nobody polls) never
+/// register one. The box is allocated on the first registration and kept,
+/// like [`ItemQueue`]'s buffer, so a handle that waits per item does not
+/// allocate per wait.
+#[derive(Debug, Default)]
+pub(super) struct WakerSlot(Option<Box<Option<Waker>>>);
+
+impl WakerSlot {
+    /// An empty slot, without an allocation.
+    pub(super) const fn new() -> WakerSlot {
+        WakerSlot(None)
+    }
+
+    /// Keeps `cx`'s waker (unless the one held already wakes the same task).
+    pub(super) fn register(&mut self, cx: &Context<'_>) {
+        let slot: &mut Option<Waker> = self.0.get_or_insert_with(Box::default);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+    }
+
+    /// Takes the waker, if one is registered.
+    pub(super) fn take(&mut self) -> Option<Waker> {
+        self.0.as_mut()?.take()
+    }
 }
 
 /// What is remembered about a recently removed channel.

@@ -93,7 +93,7 @@ impl Inner {
                 Verdict::Late | Verdict::Crossing | Verdict::GrantAfterReset => Ok(ItemOutcome::DiscardedLate),
             };
         };
-        if entry.role != Role::Receiver {
+        if entry.role() != Role::Receiver {
             return Err(ViolationKind::WrongDirection);
         }
         match &mut entry.state {
@@ -149,7 +149,7 @@ impl Inner {
             let verdict = self.absent(id, Msg::Close)?;
             return Ok(self.tolerated(id, verdict));
         };
-        if entry.role != Role::Receiver {
+        if entry.role() != Role::Receiver {
             return Err(ViolationKind::WrongDirection);
         }
         match &mut entry.state {
@@ -165,7 +165,7 @@ impl Inner {
                 // grant still owed is pointless now and is dropped with the half.
                 let queue = mem::take(&mut half.queue);
                 entry.state = if queue.is_empty() {
-                    ended(CloseCause::Closed, true, false)
+                    ended(Role::Receiver, CloseCause::Closed, true, false)
                 } else {
                     ChannelState::Closing(Closing::ReceiverDraining { queue })
                 };
@@ -176,7 +176,7 @@ impl Inner {
             ChannelState::Closing(Closing::ReceiverResetPending) => {
                 // rule: rpc.channel.crossing — the sender closed before seeing our
                 // reset: the entry is finished and the reset need not be sent.
-                entry.state = ended(CloseCause::Reset, true, true);
+                entry.state = ended(Role::Receiver, CloseCause::Reset, true, true);
                 self.settle(id);
                 Ok(self.tolerated(id, Verdict::Crossing))
             }
@@ -200,7 +200,7 @@ impl Inner {
             let verdict = self.absent(id, Msg::Reset)?;
             return Ok(self.tolerated(id, verdict));
         };
-        if entry.role != Role::Sender {
+        if entry.role() != Role::Sender {
             return Err(ViolationKind::WrongDirection);
         }
         match &mut entry.state {
@@ -213,14 +213,14 @@ impl Inner {
             }
             ChannelState::Open(Half::Sending { .. }) => {
                 // rule: rpc.channel.reset — the sender's next send reports it.
-                entry.state = ended(CloseCause::Reset, true, false);
+                entry.state = ended(Role::Sender, CloseCause::Reset, true, false);
                 wake.push(entry.waker.take());
                 Ok(RemoteOutcome::Applied)
             }
             ChannelState::Closing(Closing::SenderClosePending) => {
                 // Our close has not left yet and is no longer needed; the handle
                 // already let go, so the entry is finished.
-                entry.state = ended(CloseCause::Reset, true, true);
+                entry.state = ended(Role::Sender, CloseCause::Reset, true, true);
                 self.settle(id);
                 Ok(RemoteOutcome::Applied)
             }
@@ -245,7 +245,7 @@ impl Inner {
             let verdict = self.absent(id, Msg::Grant)?;
             return Ok(self.tolerated(id, verdict));
         };
-        if entry.role != Role::Sender {
+        if entry.role() != Role::Sender {
             return Err(ViolationKind::WrongDirection);
         }
         match &mut entry.state {
@@ -280,14 +280,14 @@ impl Inner {
         // and wait for their handle to observe it.
         self.channels.retain(|_, entry| {
             wake.push(entry.waker.take());
-            entry.queued = false;
             if matches!(entry.state, ChannelState::Pending(_)) {
                 return false;
             }
-            entry.state = ended(CloseCause::ConnectionLost(cause.clone()), false, false);
+            let role = entry.role();
+            entry.state = ended(role, CloseCause::ConnectionLost(cause.clone()), false, false);
             true
         });
-        self.outbound.fifo.clear();
+        self.outbound.clear();
         wake.push(self.outbound.waker.take());
         // Every later event answers with the loss, so no id needs remembering.
         self.tombstones.clear();
