@@ -278,15 +278,23 @@ mod tests {
         }
     }
 
+    /// An encoder that appends `bytes`.
+    fn append(bytes: &[u8]) -> impl FnOnce(&mut BytesMut) -> Result<(), LinkError> + '_ {
+        move |buf| {
+            buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
     #[tokio::test]
     async fn encoded_and_pushed_frames_go_out_in_order_and_refused_ones_leave_nothing() {
         use tokio::io::AsyncReadExt;
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut writer = FrameWriter::new(Box::new(near), 8);
         writer.push(Bytes::from_static(b"one")).expect("fits");
-        writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(b"two")) }).expect("fits");
+        writer.push_with(append(b"two")).expect("fits");
         // Too long for the link: refused, and the batch is as before.
-        let too_long = writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(&[1; 9])) });
+        let too_long = writer.push_with(append(&[1; 9]));
         assert!(matches!(too_long, Err(LinkError::TooLarge { size: 9, max: 8 })), "{too_long:?}");
         assert!(matches!(writer.push(Bytes::from(vec![1; 9])), Err(LinkError::TooLarge { size: 9, max: 8 })));
         // An encoder that fails after writing part of its body adds nothing.
@@ -296,7 +304,7 @@ mod tests {
         });
         assert!(matches!(failed, Err(LinkError::Closed)));
         assert_eq!((writer.pending_frames(), writer.pending_bytes()), (2, 14));
-        writer.push_with(|buf| -> Result<(), LinkError> { Ok(buf.extend_from_slice(b"three")) }).expect("fits");
+        writer.push_with(append(b"three")).expect("fits");
         writer.shutdown().await.expect("shutdown");
         let mut got = Vec::new();
         far.read_to_end(&mut got).await.expect("read");
