@@ -62,6 +62,8 @@ fn registry(parity: Parity) -> Arc<Registry> {
         max_initial_credit: 8,
         max_channels: 8,
         tombstones: 8,
+        // The shipped default: the models check receive-window tuning too.
+        ..RegistryConfig::new(parity)
     }))
 }
 
