@@ -82,9 +82,7 @@ impl ConduitTx {
             TxKind::Stable(s) => s.close().await,
         }
     }
-}
 
-impl ConduitTx {
     /// Turns this half into a [`ConduitWriter`] for a writer that owns it.
     ///
     /// On a bare stream link the writer takes the byte stream over and

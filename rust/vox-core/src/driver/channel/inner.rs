@@ -728,7 +728,7 @@ impl Inner {
 
 /// A receive window only grows while it holds at most this many bytes of
 /// items the size of the last one taken (see [`RecvHalf::consumed`]).
-pub(crate) const GROWN_WINDOW_BYTES: usize = 256 * 1024;
+const GROWN_WINDOW_BYTES: usize = 256 * 1024;
 
 impl RecvHalf {
     pub(super) fn new(window: u32) -> RecvHalf {
