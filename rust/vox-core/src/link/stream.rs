@@ -21,6 +21,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// arrive in a single system call.
 const MIN_READ: usize = 8 * 1024;
 
+/// Least spare room the reader reads into; below it, the buffer is grown
+/// (or reclaimed, when no frame handed out still shares it).
+const MIN_SPARE: usize = 1024;
+
 /// Most times a writer yields to let a batch grow before writing it.
 const MAX_YIELDS: usize = 4;
 
@@ -198,7 +202,15 @@ impl FrameReader {
             // reallocations for 1 MiB instead of one per 64 KiB), while the
             // buffer still never grows beyond about twice the bytes that
             // actually arrived, whatever length the peer announced.
-            self.buf.reserve(missing.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ));
+            //
+            // The buffer is only grown once its spare room is below
+            // `MIN_SPARE`: frames handed out still share its allocation,
+            // so growing it whenever the spare room is under `MIN_READ`
+            // (as it always is after a frame) would allocate and free a
+            // buffer per read of small frames.
+            if self.buf.capacity() - self.buf.len() < MIN_SPARE {
+                self.buf.reserve(missing.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ));
+            }
             let read = self
                 .reader
                 .read_buf(&mut self.buf)
