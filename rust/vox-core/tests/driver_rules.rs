@@ -1258,3 +1258,30 @@ async fn rpc_handler_work_after_its_reply_still_runs_and_cancel_drops_the_handle
     parked.abort();
     within(dropped.notified()).await;
 }
+
+#[tokio::test]
+async fn rpc_handler_panicking_before_returning_its_future_gets_handler_failed_and_session_stays_up() {
+    // `Handler::handle` runs on the session's receive loop (it is polled
+    // there first): a panic in it must be contained like one in the future,
+    // with exactly one HandlerFailed, and the loop must go on.
+    struct PanicsInHandle;
+    impl Handler for PanicsInHandle {
+        fn handle(&self, call: Call) -> vox_core::driver::BoxFuture {
+            if call.method_id == mid("panic_in_handle") {
+                panic!("handle panicked before making a future");
+            }
+            Box::pin(async move {
+                let args = call.args.clone();
+                call.reply.ok_raw(args);
+            })
+        }
+    }
+    let (server, client) = memory_sessions(SessionBuilder::new().handler(PanicsInHandle), SessionBuilder::new()).await;
+    let caller = client.root.caller.clone();
+    let err = within(caller.call::<_, ()>(mid("panic_in_handle"), &(), vec![])).await.unwrap_err();
+    assert!(matches!(err, CallError::HandlerFailed(_)), "{err:?}");
+    let echoed = within(caller.call::<_, String>(mid("echo"), &"still up".to_string(), vec![])).await.unwrap();
+    assert_eq!(echoed, "still up");
+    assert_eq!(server.root.caller.stats().handlers_in_flight, 0);
+    assert!(server.handle.close_reason().is_none());
+}

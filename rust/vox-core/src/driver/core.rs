@@ -605,7 +605,8 @@ impl ConnectionCore {
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
         let attempt = Attempt { core: self.clone(), id, stop: stop_rx };
         match work {
-            Work::Handle(op) => {
+            Work::Handle(None) => self.start_plain(attempt, method_id, args, metadata, binder, span),
+            Work::Handle(Some(op)) => {
                 tokio::spawn(run_handler(attempt, method_id, args, metadata, binder, op).instrument(span));
             }
             Work::Attach { ops, op, waiter, outcome } => {
@@ -619,6 +620,74 @@ impl ConnectionCore {
             }
         }
         Ok(())
+    }
+
+    /// Starts a plain call (one the operation table does not track): its
+    /// handler is created and polled once right here, on the session's
+    /// receive loop. A handler that replies in that first poll (any handler
+    /// with nothing to wait for) is answered at once, without a task of its
+    /// own: one spawn and two task hops less per call. Anything else goes on
+    /// in a request task ([`run_inline`]), which polls it again at once and
+    /// so takes over its wake-ups.
+    ///
+    /// The first poll runs the handler's code up to its first await on this
+    /// loop, which is why handlers must not block (ADR 0004).
+    fn start_plain(
+        self: &Arc<Self>,
+        attempt: Attempt,
+        method_id: MethodId,
+        args: Blob,
+        metadata: Metadata,
+        binder: ChannelBinder,
+        span: tracing::Span,
+    ) {
+        use tracing::Instrument;
+        let Some(handler) = self.handler.as_ref() else {
+            // rule: rpc.unknown-method — no service on this connection (the
+            // call's channels are ended with its binder).
+            drop(binder);
+            tokio::spawn(attempt.answer(ResponseBody::UnknownMethod).instrument(span));
+            return;
+        };
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
+        let running = {
+            let _entered = span.enter();
+            let mut running = Contained::start(|| handler.handle(call));
+            // A no-op waker: if the handler is not done, the request task
+            // polls it again before anything can be due, and a future
+            // registers the waker of its latest poll.
+            let _ = std::pin::Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
+            running
+        };
+        let reply = match reply_rx.try_recv() {
+            Ok(reply) => Some(reply),
+            Err(oneshot::error::TryRecvError::Closed) => None,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                tokio::spawn(run_inline(attempt, running, reply_rx).instrument(span));
+                return;
+            }
+        };
+        let (ret, md) = reply_or_failure(reply);
+        match self.try_reserve() {
+            Some(permit) => {
+                self.finish_handler(permit, attempt.id, ret, md);
+                if running.is_running() {
+                    // Work after its reply is driven to its end, as in `run_inline`.
+                    tokio::spawn(running.instrument(span));
+                }
+            }
+            // The outbound queue is full: wait for room in a task, never here.
+            None => {
+                tokio::spawn(
+                    async move {
+                        attempt.answer_with(ret, md).await;
+                        running.await;
+                    }
+                    .instrument(span),
+                );
+            }
+        }
     }
 
     /// Section 10: a request that carries an operation id, on a connection
@@ -783,7 +852,7 @@ async fn run_handler(
     args: Blob,
     metadata: Metadata,
     binder: ChannelBinder,
-    op: Option<OpRun>,
+    op: OpRun,
 ) {
     let (reply_tx, mut reply_rx) = oneshot::channel();
     let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
@@ -792,22 +861,18 @@ async fn run_handler(
         // call's channels are ended with its binder).
         return attempt.answer(ResponseBody::UnknownMethod).await;
     };
-    // Only a service can make the table track an execution (`admit`).
-    let Some(op) = op else {
-        return run_inline(attempt, Contained(Some(running)), reply_rx).await;
-    };
     // An execution the operation table tracks runs as its own task: it may
     // have to outlive this attempt (below) or be stopped by a later attempt
     // that supersedes it (`SessionOps::admit`).
     let task = tokio::spawn(running);
     op.ops.started(op.ticket, task.abort_handle());
     let (ret, md) = tokio::select! {
-        r = &mut reply_rx => reply_or_failure(r),
+        r = &mut reply_rx => reply_or_failure(r.ok()),
         s = &mut attempt.stop => {
             if s.is_err() && !op.has_channels {
                 // The attachment died, the execution did not: its outcome
                 // is owed to the operation, not to this dead attempt.
-                let (ret, _) = reply_or_failure(reply_rx.await);
+                let (ret, _) = reply_or_failure(reply_rx.await.ok());
                 op.ops.complete(op.ticket, &ret);
                 return;
             }
@@ -844,7 +909,7 @@ async fn run_inline(
     let (ret, md) = loop {
         tokio::select! {
             biased;
-            r = &mut reply_rx => break reply_or_failure(r),
+            r = &mut reply_rx => break reply_or_failure(r.ok()),
             s = &mut attempt.stop => {
                 handler.stop();
                 if s.is_err() {
@@ -868,6 +933,18 @@ async fn run_inline(
 struct Contained(Option<crate::driver::handler::BoxFuture>);
 
 impl Contained {
+    /// Creates the handler's future; a panic while creating it is contained
+    /// like one while polling it (the call, with its reply sink, is dropped).
+    fn start(make: impl FnOnce() -> crate::driver::handler::BoxFuture) -> Contained {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
+            Ok(fut) => Contained(Some(fut)),
+            Err(_) => {
+                tracing::debug!("handler panicked");
+                Contained(None)
+            }
+        }
+    }
+
     fn is_running(&self) -> bool {
         self.0.is_some()
     }
@@ -901,10 +978,11 @@ impl std::future::Future for Contained {
     }
 }
 
-fn reply_or_failure(r: Result<(ResponseBody, Metadata), oneshot::error::RecvError>) -> (ResponseBody, Metadata) {
+/// The handler's reply, or `HandlerFailed` if its sink went unanswered.
+fn reply_or_failure(r: Option<(ResponseBody, Metadata)>) -> (ResponseBody, Metadata) {
     match r {
-        Ok(v) => v,
-        Err(_) => {
+        Some(v) => v,
+        None => {
             // The sink was dropped: by the handler itself, or while
             // unwinding from a panic. Either way this is the one reply.
             let reason = "handler ended without replying (it panicked or dropped its reply sink)".to_string();

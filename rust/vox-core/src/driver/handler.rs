@@ -16,8 +16,15 @@ use tokio::sync::oneshot;
 /// A boxed, sendable future, as returned by [`Handler::handle`].
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// Serves the requests of a connection. Each request runs in its own task,
-/// so a slow handler never blocks others (rule `rpc.pipelining`).
+/// Serves the requests of a connection.
+///
+/// A plain call's handler is polled once on the session's receive loop as
+/// the request arrives; one that replies in that poll is answered at once,
+/// and one that waits for anything goes on in a task of its own, so a slow
+/// handler never holds up others (rule `rpc.pipelining`). The code before a
+/// handler's first `.await` therefore runs on the receive loop and must not
+/// block: move heavy synchronous work to `tokio::task::spawn_blocking`
+/// (ADR 0004).
 ///
 /// Any `Fn(Call) -> impl Future<Output = ()>` is a handler:
 ///
