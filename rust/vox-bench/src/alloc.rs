@@ -9,10 +9,21 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+/// The most heap bytes ever allocated at once by the whole process.
+pub fn peak_live_bytes() -> isize {
+    PEAK_BYTES.load(Ordering::Relaxed)
+}
+
+fn grew(by: isize) {
+    let now = LIVE_BYTES.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+}
+
 /// Forwards to [`System`] and counts live bytes.
 pub struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static PEAK_BYTES: AtomicIsize = AtomicIsize::new(0);
 
 /// Heap bytes currently allocated by the whole process.
 pub fn live_bytes() -> isize {
@@ -26,7 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            grew(layout.size() as isize);
         }
         p
     }
@@ -35,7 +46,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            grew(layout.size() as isize);
         }
         p
     }
@@ -50,7 +61,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged; `ptr` came from `System` with `layout`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            grew(new_size as isize - layout.size() as isize);
         }
         p
     }

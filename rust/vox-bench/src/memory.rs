@@ -2,7 +2,7 @@
 //! peak RSS (`VmHWM`) and live-byte counts are not disturbed by the other
 //! workloads.
 
-use crate::alloc::live_bytes;
+use crate::alloc::{live_bytes, peak_live_bytes};
 use crate::raw;
 use crate::vox::{self, Transport};
 use crate::{BenchError, Scale};
@@ -30,13 +30,21 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
             let held: vox::Held = Arc::new(Mutex::new(Vec::new()));
             let p = vox::pair(Transport::Tcp, vox::server_builder(held, 4096), vox::client_builder(4096)).await?;
             vox::pipelined(&p.client.root.caller, &[7u8; 64], scale.pipelined, 64).await?;
-            Ok(vec![("peak_rss".into(), peak_rss())])
+            Ok(vec![("peak_rss".into(), peak_rss()), ("peak_heap".into(), peak_live_bytes() as f64)])
         }
         "rss-raw-pipelined" => {
             let addr = raw::tcp_server().await?;
             let mut c = raw::tcp_client(addr, raw::Mode::Echo).await?;
             c.pipelined(&[7u8; 64], scale.pipelined, 64).await?;
-            Ok(vec![("peak_rss".into(), peak_rss())])
+            Ok(vec![("peak_rss".into(), peak_rss()), ("peak_heap".into(), peak_live_bytes() as f64)])
+        }
+        // The raw baseline's sequential echo alone, to compare with `profile-sequential`.
+        "profile-raw-sequential" => {
+            let addr = raw::tcp_server().await?;
+            let mut c = raw::tcp_client(addr, raw::Mode::Echo).await?;
+            let t = std::time::Instant::now();
+            let n = c.sequential(&[7u8; 64], scale.sequential * 10).await?.len() as f64;
+            Ok(vec![("per_second".into(), n / t.elapsed().as_secs_f64())])
         }
         // For profilers (`perf record -- vox-bench --child profile-stream-down`):
         // one vox workload over TCP (or the memory link, with `-memory`), nothing else.
