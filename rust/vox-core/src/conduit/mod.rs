@@ -9,7 +9,7 @@ pub mod stable;
 
 use crate::link::{FrameWriter, Link, LinkError, LinkRx, LinkSink, LinkTx};
 use crate::wire::{self, ConduitMsg, DecodeError, EncodeError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Why a conduit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +92,9 @@ impl ConduitTx {
         let kind = match self.kind {
             TxKind::Bare(link) => match link.into_sink().await? {
                 LinkSink::Frames(frames) => WriterKind::Frames(frames),
-                LinkSink::Queue(link) => WriterKind::Each(ConduitTx { kind: TxKind::Bare(link) }),
+                LinkSink::Queue(link) => WriterKind::each(ConduitTx { kind: TxKind::Bare(link) }),
             },
-            kind @ TxKind::Stable(_) => WriterKind::Each(ConduitTx { kind }),
+            kind @ TxKind::Stable(_) => WriterKind::each(ConduitTx { kind }),
         };
         Ok(ConduitWriter { kind })
     }
@@ -113,7 +113,28 @@ pub struct ConduitWriter {
 
 enum WriterKind {
     Frames(FrameWriter),
-    Each(ConduitTx),
+    /// `buf` is the encode buffer, reused from message to message: each
+    /// frame is split off it and shares its allocation, which is reclaimed
+    /// in place once the frames cut from it are dropped. Encoding each
+    /// message into a fresh vector instead costs an allocation per message,
+    /// and for large ones fresh pages to fault in each time (1 MiB echo over
+    /// the memory link, docs/perf.md session 5).
+    Each {
+        tx: ConduitTx,
+        buf: BytesMut,
+    },
+}
+
+/// Least spare room the encode buffer of [`WriterKind::Each`] keeps; below
+/// it, the buffer is grown (or reclaimed) by [`ENCODE_CHUNK`] before a
+/// message is encoded, so that many small messages share one allocation.
+const ENCODE_MIN_SPARE: usize = 256;
+const ENCODE_CHUNK: usize = 8 * 1024;
+
+impl WriterKind {
+    fn each(tx: ConduitTx) -> WriterKind {
+        WriterKind::Each { tx, buf: BytesMut::new() }
+    }
 }
 
 impl ConduitWriter {
@@ -124,7 +145,16 @@ impl ConduitWriter {
             WriterKind::Frames(frames) => {
                 frames.push_with(|buf| wire::encode_into("ConduitMsg", msg, buf).map_err(ConduitError::from))
             }
-            WriterKind::Each(tx) => tx.send(msg).await,
+            WriterKind::Each { tx, buf } => {
+                if buf.capacity() - buf.len() < ENCODE_MIN_SPARE {
+                    buf.reserve(ENCODE_CHUNK);
+                }
+                if let Err(e) = wire::encode_into("ConduitMsg", msg, buf) {
+                    buf.clear();
+                    return Err(e.into());
+                }
+                tx.send_encoded(buf.split().freeze()).await
+            }
         }
     }
 
@@ -135,7 +165,7 @@ impl ConduitWriter {
             WriterKind::Frames(frames) => {
                 frames.pending_frames() > 0 && frames.pending_bytes() < crate::link::BATCH_BYTES
             }
-            WriterKind::Each(_) => false,
+            WriterKind::Each { .. } => false,
         }
     }
 
@@ -143,7 +173,7 @@ impl ConduitWriter {
     pub fn pending(&self) -> usize {
         match &self.kind {
             WriterKind::Frames(frames) => frames.pending_frames(),
-            WriterKind::Each(_) => 0,
+            WriterKind::Each { .. } => 0,
         }
     }
 
@@ -151,7 +181,7 @@ impl ConduitWriter {
     pub async fn flush(&mut self) -> Result<(), ConduitError> {
         match &mut self.kind {
             WriterKind::Frames(frames) => Ok(frames.flush().await?),
-            WriterKind::Each(_) => Ok(()),
+            WriterKind::Each { .. } => Ok(()),
         }
     }
 
@@ -159,7 +189,7 @@ impl ConduitWriter {
     pub async fn close(self) -> Result<(), ConduitError> {
         match self.kind {
             WriterKind::Frames(frames) => Ok(frames.shutdown().await?),
-            WriterKind::Each(tx) => tx.close().await,
+            WriterKind::Each { tx, .. } => tx.close().await,
         }
     }
 }
@@ -173,6 +203,43 @@ impl ConduitRx {
                 Some(bytes) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &bytes)?)),
             },
             RxKind::Stable(s) => s.recv().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::{LinkConfig, memory_pair};
+    use crate::wire::{Blob, ChannelId, ConnectionId, Message, Payload};
+
+    fn item(n: u8, len: usize) -> ConduitMsg {
+        ConduitMsg::Message(Message {
+            connection_id: ConnectionId::ROOT,
+            payload: Payload::ChannelItem { id: ChannelId(1), item: Blob::from(vec![n; len]) },
+        })
+    }
+
+    /// The per-message writer reuses one encode buffer: frames cut from it
+    /// that the receiver still holds must keep their bytes while later
+    /// messages (small ones sharing the allocation, and one larger than a
+    /// whole chunk) are encoded after them.
+    #[tokio::test]
+    async fn conduit_writer_reused_encode_buffer_never_changes_a_frame_already_sent() {
+        let (a, b) = memory_pair(LinkConfig::default());
+        let (tx, _) = bare(a);
+        let (_, mut rx) = bare(b);
+        let mut writer = tx.into_writer().await.expect("writer");
+        let sizes = [10, 3_000, 20, ENCODE_CHUNK * 3, 5, 7_000];
+        for (n, len) in sizes.iter().enumerate() {
+            writer.push(&item(n as u8, *len)).await.expect("push");
+        }
+        let mut held = Vec::new();
+        for _ in sizes {
+            held.push(rx.recv().await.expect("recv").expect("a message"));
+        }
+        for (n, (got, len)) in held.iter().zip(sizes).enumerate() {
+            assert_eq!(got, &item(n as u8, len), "message {n}");
         }
     }
 }
