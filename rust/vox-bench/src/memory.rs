@@ -53,8 +53,14 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
                 Some(name) => (name, Transport::Memory),
                 None => (profile, Transport::Tcp),
             };
-            if !matches!(name, "profile-sequential" | "profile-pipelined" | "profile-stream-down" | "profile-stream-up")
-            {
+            if !matches!(
+                name,
+                "profile-sequential"
+                    | "profile-pipelined"
+                    | "profile-big"
+                    | "profile-stream-down"
+                    | "profile-stream-up"
+            ) {
                 return Err(BenchError::Usage(format!("unknown child measurement {profile:?}")));
             }
             let held: vox::Held = Arc::new(Mutex::new(Vec::new()));
@@ -66,6 +72,12 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
                 "profile-pipelined" => {
                     vox::pipelined(caller, &[7u8; 64], scale.pipelined, 64).await?;
                     scale.pipelined as f64
+                }
+                // MiB/s of 1 MiB echoes.
+                "profile-big" => {
+                    let n = scale.big * 4;
+                    vox::sequential_bytes(caller, &bytes::Bytes::from(vec![0xa5u8; 1 << 20]), n).await?;
+                    n as f64
                 }
                 "profile-stream-down" => {
                     vox::stream_down(caller, scale.stream).await?;

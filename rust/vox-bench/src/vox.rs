@@ -2,15 +2,15 @@
 //! session pairs over the memory link and TCP loopback, and the workloads.
 
 use crate::BenchError;
-use serde::de::{Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use vox_core::driver::{Call, Handler, Rx, channel};
 use vox_core::link::{self, LinkConfig};
 use vox_core::session::{AcceptDecision, Caller, ConnectionRequest, Session, SessionBuilder};
-use vox_core::wire::{ConnectionSettings, Metadata, MethodId};
+use vox_core::wire::{Blob, ConnectionSettings, Metadata, MethodId};
 
 /// The bench service's method ids, hashed once (hashing names per call
 /// would put blake3 into every measured call).
@@ -47,28 +47,6 @@ pub struct BufRef<'a>(pub &'a [u8]);
 impl Serialize for BufRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
-    }
-}
-
-/// Deserializes one byte string (the counterpart of [`BufRef`]).
-pub struct Buf(pub Vec<u8>);
-
-impl<'de> Deserialize<'de> for Buf {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Buf;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Buf, E> {
-                Ok(Buf(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Buf, E> {
-                Ok(Buf(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
     }
 }
 
@@ -192,7 +170,9 @@ pub async fn pair(transport: Transport, server: SessionBuilder, client: SessionB
 }
 
 async fn echo(caller: &Caller, payload: &[u8]) -> Result<(), BenchError> {
-    let back: Buf = caller.call(METHODS.echo, &BufRef(payload), vec![]).await?;
+    // `Blob` is vox's zero-copy byte string: the returned bytes share the
+    // received message's buffer instead of being copied out of it.
+    let back: Blob = caller.call(METHODS.echo, &BufRef(payload), vec![]).await?;
     if back.0.len() != payload.len() {
         return Err(BenchError::Check("vox echo has the wrong length"));
     }
@@ -205,6 +185,22 @@ pub async fn sequential(caller: &Caller, payload: &[u8], n: usize) -> Result<Vec
     for _ in 0..n {
         let t = Instant::now();
         echo(caller, payload).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(lat)
+}
+
+/// `n` sequential echoes of `payload` through `Caller::call_raw`: the
+/// payload is shared, not encoded, and the reply is the received bytes (the
+/// zero-copy way to move bulk bytes); each round-trip time in µs.
+pub async fn sequential_bytes(caller: &Caller, payload: &Bytes, n: usize) -> Result<Vec<f64>, BenchError> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let back = caller.call_raw(METHODS.echo, payload.clone(), vec![], Metadata::new()).await?;
+        if back.ret.len() != payload.len() {
+            return Err(BenchError::Check("vox echo has the wrong length"));
+        }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(lat)
