@@ -1285,3 +1285,35 @@ async fn rpc_handler_panicking_before_returning_its_future_gets_handler_failed_a
     assert_eq!(server.root.caller.stats().handlers_in_flight, 0);
     assert!(server.handle.close_reason().is_none());
 }
+
+#[tokio::test]
+async fn rpc_response_one_per_request_when_the_outbound_queue_is_full_every_response_still_arrives() {
+    // Handlers that reply in their first poll are answered from the receive
+    // loop through a place taken without waiting; when the outbound queue is
+    // full (the peer is not reading) that place is waited for in a task.
+    // Either way every request gets exactly its one response, in full.
+    let mut builder = server_builder();
+    builder.config_mut().outbound_capacity = 1;
+    let (s, mut raw) = raw_initiator(builder, Parity::Odd).await;
+    // More requests than the link's send queue (32) and the outbound queue
+    // (1) hold together, all sent before the peer reads anything.
+    let ids: Vec<u64> = (0..60).map(|i| 2 * i + 1).collect();
+    for &id in &ids {
+        raw.send(0, req(id, "echo", &format!("call {id}"), vec![])).await;
+    }
+    let mut answered: HashMap<u64, Vec<ResponseBody>> = HashMap::new();
+    while answered.len() < ids.len() {
+        match raw.recv().await {
+            Some(Message { payload: Payload::Response { id, ret, .. }, .. }) => {
+                answered.entry(id.0).or_default().push(ret);
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("link closed"),
+        }
+    }
+    assert!(sync(&mut raw, 1001).await.is_empty(), "a request was answered twice");
+    for &id in &ids {
+        assert_eq!(answered[&id], vec![ResponseBody::Ok(blob(&format!("call {id}")))], "request {id}");
+    }
+    assert_eq!(s.root.caller.stats().handlers_in_flight, 0);
+}
