@@ -8,7 +8,7 @@
 pub mod stable;
 
 use crate::link::{FrameWriter, Link, LinkError, LinkRx, LinkSink, LinkTx};
-use crate::wire::{self, ConduitMsg, DecodeError, EncodeError};
+use crate::wire::{self, ConduitMsg, DecodeError, DecodeLimits, EncodeError};
 use bytes::{Bytes, BytesMut};
 
 /// Why a conduit operation failed.
@@ -41,6 +41,9 @@ enum TxKind {
 /// Receiving half of a conduit.
 pub struct ConduitRx {
     kind: RxKind,
+    /// Bounds on the sequences of every decoded message (rule
+    /// `session.decode.bounded`).
+    limits: DecodeLimits,
 }
 
 enum RxKind {
@@ -51,12 +54,12 @@ enum RxKind {
 /// Wraps a link (after the prologue) in a bare conduit.
 pub fn bare(link: Link) -> (ConduitTx, ConduitRx) {
     let (tx, rx) = link.split();
-    (ConduitTx { kind: TxKind::Bare(tx) }, ConduitRx { kind: RxKind::Bare(rx) })
+    (ConduitTx { kind: TxKind::Bare(tx) }, ConduitRx { kind: RxKind::Bare(rx), limits: DecodeLimits::default() })
 }
 
 /// Wraps the halves of a stable conduit.
 pub fn from_stable(tx: stable::StableTx, rx: stable::StableRx) -> (ConduitTx, ConduitRx) {
-    (ConduitTx { kind: TxKind::Stable(tx) }, ConduitRx { kind: RxKind::Stable(rx) })
+    (ConduitTx { kind: TxKind::Stable(tx) }, ConduitRx { kind: RxKind::Stable(rx), limits: DecodeLimits::default() })
 }
 
 impl ConduitTx {
@@ -196,13 +199,53 @@ impl ConduitWriter {
 
 impl ConduitRx {
     /// The next message, or `None` at end of stream. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ConduitError::Decode`] for bytes that are not a message within the
+    /// decode limits (a violation by the peer), [`ConduitError::Stable`]
+    /// when a stable conduit ended or its peer broke the stable-conduit
+    /// rules, [`ConduitError::Link`] when a bare link failed.
     pub async fn recv(&mut self) -> Result<Option<ConduitMsg>, ConduitError> {
+        let item = match &mut self.kind {
+            RxKind::Bare(link) => link.recv().await?,
+            RxKind::Stable(s) => s.recv_item().await?,
+        };
+        let Some(bytes) = item else { return Ok(None) };
+        match wire::decode_with::<ConduitMsg>("ConduitMsg", &bytes, &self.limits) {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) => {
+                if let RxKind::Stable(s) = &self.kind {
+                    // rule: session.protocol-error — the conduit ends
+                    // shortly even if the session never closes it.
+                    s.violated(stable::StableEnd::Undecodable(e.to_string()));
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Sets the bounds on decoded sequences (rule `session.decode.bounded`).
+    pub fn set_decode_limits(&mut self, limits: DecodeLimits) {
+        self.limits = limits;
+    }
+
+    /// Lowers the largest message accepted to `max` bytes until
+    /// [`unrestrict`](Self::unrestrict): used while the peer is
+    /// unauthenticated (rule `session.setup.limits`).
+    pub fn restrict(&mut self, max: usize) {
         match &mut self.kind {
-            RxKind::Bare(link) => match link.recv().await? {
-                None => Ok(None),
-                Some(bytes) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &bytes)?)),
-            },
-            RxKind::Stable(s) => s.recv().await,
+            RxKind::Bare(link) => link.restrict(max),
+            RxKind::Stable(s) => s.restrict(Some(max)),
+        }
+    }
+
+    /// Accepts messages up to the link's configured maximum again, once the
+    /// handshake is done. A stable conduit applies it to every later link
+    /// too.
+    pub fn unrestrict(&mut self) {
+        match &mut self.kind {
+            RxKind::Bare(link) => link.unrestrict(),
+            RxKind::Stable(s) => s.restrict(None),
         }
     }
 }

@@ -202,6 +202,24 @@ impl LinkTx {
         self.max_message_size
     }
 
+    /// Drops the sending half at once: what is queued and not yet written
+    /// is discarded and the writer task (stream links) is stopped, so the
+    /// stream's write half is released even if the peer stopped reading.
+    /// Teardown after a violation uses this; a graceful end uses
+    /// [`close`](Self::close).
+    pub fn abort(self) {
+        if let Some(writer) = &self.writer {
+            writer.task.abort();
+        }
+    }
+
+    /// A handle that stops this half's writer task (see [`abort`](Self::abort))
+    /// even after the half was moved into a [`close`](Self::close) that may
+    /// never finish.
+    pub fn abort_handle(&self) -> LinkAbortHandle {
+        LinkAbortHandle(self.writer.as_ref().map(|w| w.task.abort_handle()))
+    }
+
     /// Closes the sending direction gracefully.
     ///
     /// Stops accepting messages, waits until everything queued has been
@@ -219,6 +237,19 @@ impl LinkTx {
                 context: "running the stream link writer task",
                 source: std::io::Error::other(join),
             }),
+        }
+    }
+}
+
+/// Stops a link's writer task; see [`LinkTx::abort_handle`].
+#[derive(Debug)]
+pub struct LinkAbortHandle(Option<tokio::task::AbortHandle>);
+
+impl LinkAbortHandle {
+    /// Stops the writer task; what it had not written is discarded.
+    pub fn abort(&self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }
@@ -241,12 +272,38 @@ enum RxState {
 pub struct LinkRx {
     source: RxSource,
     state: RxState,
+    /// The configured maximum.
     max_message_size: usize,
+    /// The maximum in force now: lower than the configured one while the
+    /// peer is unauthenticated (rule `session.setup.limits`).
+    limit: usize,
 }
 
 impl LinkRx {
     fn new(source: RxSource, max_message_size: usize) -> Self {
-        Self { source, state: RxState::Open, max_message_size }
+        Self { source, state: RxState::Open, max_message_size, limit: max_message_size }
+    }
+
+    /// Lowers the largest message accepted from now on to `max` (never above
+    /// the configured maximum), until [`unrestrict`](Self::unrestrict).
+    ///
+    /// Setup code calls this before the transport prologue: until the
+    /// handshake completes the peer is unauthenticated, and a message above
+    /// `max` is a link error detected from its length prefix, before
+    /// anything is allocated for it (rule `session.setup.limits`).
+    pub fn restrict(&mut self, max: usize) {
+        self.limit = max.min(self.max_message_size);
+    }
+
+    /// Accepts messages up to the configured maximum again (after the
+    /// handshake).
+    pub fn unrestrict(&mut self) {
+        self.limit = self.max_message_size;
+    }
+
+    /// The largest message accepted right now.
+    pub fn current_limit(&self) -> usize {
+        self.limit
     }
 
     /// Receives the next whole message.
@@ -265,7 +322,7 @@ impl LinkRx {
             RxState::Dead => return Err(LinkError::Dead),
             RxState::Open => {}
         }
-        let max = self.max_message_size;
+        let max = self.limit;
         let result = match &mut self.source {
             RxSource::Memory(queue) => match queue.recv().await {
                 // rule: link.tx.max-size — the sender already checked, but

@@ -44,7 +44,10 @@ pub struct SessionConfig {
     /// The most virtual connections at once (either side's); above it,
     /// inbound opens are rejected and local opens fail.
     pub max_connections: usize,
-    /// Optional periodic ping.
+    /// Periodic ping (rule `session.keepalive`). On by default: every 10 s,
+    /// and a pong must come within 20 s, so a peer that went silent (or
+    /// stopped halfway through a frame, which holds back its pong) cannot
+    /// hold a session. `None` turns it off.
     pub keepalive: Option<KeepaliveConfig>,
     /// The longest the prologue plus handshake may take.
     pub handshake_timeout: Duration,
@@ -81,6 +84,16 @@ pub struct SessionConfig {
     /// The session's operation table (PROTOCOL.md section 10); `None`
     /// serves requests with an operation id as plain calls.
     pub operations: Option<OperationConfig>,
+    /// Bounds on the sequences in every decoded message: metadata entries,
+    /// channel declarations, features (rule `session.decode.bounded`).
+    pub decode_limits: crate::wire::DecodeLimits,
+    /// Per-session budgets on legal but costly behaviour (rule
+    /// `session.abuse-budget`).
+    pub budgets: super::AbuseBudgets,
+    /// After a violation, the longest the `ProtocolError` may take to be
+    /// written before the link is closed regardless (rule
+    /// `session.protocol-error`). Default 500 ms.
+    pub protocol_error_deadline: Duration,
 }
 
 impl SessionConfig {
@@ -98,7 +111,7 @@ impl Default for SessionConfig {
             parity: Parity::Odd,
             root_settings: ConnectionSettings::default(),
             max_connections: 1024,
-            keepalive: None,
+            keepalive: Some(KeepaliveConfig { interval: Duration::from_secs(10), timeout: Duration::from_secs(20) }),
             handshake_timeout: Duration::from_secs(10),
             mailbox_capacity: 32,
             outbound_capacity: 256,
@@ -112,6 +125,9 @@ impl Default for SessionConfig {
             stable: StableConfig::default(),
             session_resume: SessionResumeConfig::default(),
             operations: Some(OperationConfig::default()),
+            decode_limits: crate::wire::DecodeLimits::default(),
+            budgets: super::AbuseBudgets::default(),
+            protocol_error_deadline: Duration::from_millis(500),
         }
     }
 }
@@ -250,6 +266,12 @@ impl SessionBuilder {
     /// Periodic keepalive.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.config.keepalive = Some(KeepaliveConfig { interval, timeout });
+        self
+    }
+
+    /// No periodic keepalive (it is on by default).
+    pub fn no_keepalive(mut self) -> Self {
+        self.config.keepalive = None;
         self
     }
 
@@ -498,6 +520,7 @@ impl SessionBuilder {
             ops.clone(),
         );
         tokio::spawn(root_core.clone().run_flush());
+        let budgets = super::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
         let mut phase = SessionPhase::Handshaking;
         if let Err(e) = phase.on_established() {
             tracing::error!(error = %e, "fresh session not in Handshaking");
@@ -522,6 +545,7 @@ impl SessionBuilder {
             ops,
             resume,
             ping_nonce: 0,
+            budgets,
         };
         tokio::spawn(run.run());
         let caller =

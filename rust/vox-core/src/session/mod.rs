@@ -4,6 +4,7 @@
 //! ([`outbound`]) owns its send half; every request from a handle goes
 //! through the one control mailbox ([`control`]). See ADR 0002.
 
+mod budget;
 pub mod control;
 pub mod handshake;
 pub mod operations;
@@ -16,6 +17,7 @@ pub mod resume;
 mod run;
 mod table;
 
+pub use budget::{AbuseBudgets, BudgetConfig, BudgetExceeded, BudgetKind};
 pub use builder::{
     AcceptDecision, Accepted, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder,
     SessionConfig,

@@ -51,6 +51,8 @@ pub(crate) struct RunLoop {
     /// `Some` when the session outlives its conduit (rule `session.resume`).
     pub(crate) resume: Option<Resume>,
     pub(crate) ping_nonce: u64,
+    /// Rule `session.abuse-budget`.
+    pub(crate) budgets: super::budget::Budgets,
 }
 
 /// The loop's part of one attachment. When the attachment ends, all of it

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 /// Why bytes could not be decoded.
@@ -23,6 +23,22 @@ pub enum DecodeError {
         what: &'static str,
         /// What postcard reported.
         source: postcard::Error,
+    },
+    /// The message holds more elements of a sequence than the receiver's
+    /// [`DecodeLimits`] allow (rule `session.decode.bounded`). Counted while
+    /// decoding: nothing beyond the limit is allocated.
+    #[error("cannot decode {what}: more than {max} {sequence} (DecodeLimits::{field}); announced or found: {found}")]
+    LimitExceeded {
+        /// The message type that was expected.
+        what: &'static str,
+        /// Which sequence, in words ("metadata entries").
+        sequence: &'static str,
+        /// The [`DecodeLimits`] field that bounds it.
+        field: &'static str,
+        /// The limit in force.
+        max: usize,
+        /// How many the input announced or held when decoding stopped.
+        found: usize,
     },
     /// A complete message was decoded but bytes were left over.
     #[error("cannot decode {what}: {trailing} trailing byte(s) after a complete message")]
@@ -82,22 +98,105 @@ impl postcard::ser_flavors::Flavor for Appender<'_> {
     }
 }
 
-/// Decodes a whole message from `input`. Byte payloads ([`Blob`]) inside the
-/// message share `input`'s memory instead of being copied.
-pub fn decode<T: DeserializeOwned>(what: &'static str, input: &Bytes) -> Result<T, DecodeError> {
-    let _guard = SourceGuard::enter(input.clone());
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(input).map_err(|source| DecodeError::Malformed { what, source })?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes { what, trailing: rest.len() });
-    }
-    Ok(value)
+/// How many elements the sequences of one decoded message may hold (rule
+/// `session.decode.bounded`).
+///
+/// Each element of a decoded sequence costs a fixed number of bytes in
+/// memory (a metadata entry 64, a channel declaration 16, a feature 24)
+/// while it may take as little as one to four bytes on the wire, so without
+/// a bound a message of tiny elements decodes into many times its size.
+/// With these bounds, decoding a message of `n` bytes allocates at most
+/// about `n` bytes (strings are copied once; byte payloads are shared, not
+/// copied) plus a constant: `max_metadata_entries` × 64 B per metadata
+/// list, `max_channels` × 16 B, `max_features` × 24 B, about 20 KiB with
+/// the defaults. A message over a limit is refused as a whole.
+///
+/// ```
+/// use vox_core::wire::{self, DecodeError, DecodeLimits, Metadata};
+/// let md = (0..10).fold(Metadata::new(), |m, i| m.with_u64("k", i, 0));
+/// let bytes = bytes::Bytes::from(wire::encode("metadata", &md).unwrap());
+/// let tight = DecodeLimits { max_metadata_entries: 4, ..DecodeLimits::default() };
+/// let err = wire::decode_with::<Metadata>("metadata", &bytes, &tight).unwrap_err();
+/// assert!(matches!(err, DecodeError::LimitExceeded { max: 4, .. }));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Entries in one metadata list (default 128).
+    pub max_metadata_entries: usize,
+    /// Channels declared by one request (default 128).
+    pub max_channels: usize,
+    /// Features listed in one handshake message (default 32).
+    pub max_features: usize,
 }
 
-/// Decodes a value from a plain slice (payload bytes are copied).
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_metadata_entries: 128, max_channels: 128, max_features: 32 }
+    }
+}
+
+/// Which bounded sequence a `deserialize_with` helper decodes.
+#[derive(Clone, Copy, Debug)]
+enum Sequence {
+    Metadata,
+    Channels,
+    Features,
+}
+
+impl Sequence {
+    fn bound(self, limits: &DecodeLimits) -> (usize, &'static str, &'static str) {
+        match self {
+            Sequence::Metadata => (limits.max_metadata_entries, "metadata entries", "max_metadata_entries"),
+            Sequence::Channels => (limits.max_channels, "channel declarations", "max_channels"),
+            Sequence::Features => (limits.max_features, "features", "max_features"),
+        }
+    }
+}
+
+/// A limit hit inside serde, where the error type cannot carry it: kept
+/// here until [`decode_with`] turns it into [`DecodeError::LimitExceeded`].
+#[derive(Clone, Copy, Debug)]
+struct LimitHit {
+    sequence: Sequence,
+    max: usize,
+    found: usize,
+}
+
+/// Decodes a whole message from `input` with the default [`DecodeLimits`].
+/// Byte payloads ([`Blob`]) inside the message share `input`'s memory
+/// instead of being copied.
+pub fn decode<T: DeserializeOwned>(what: &'static str, input: &Bytes) -> Result<T, DecodeError> {
+    decode_with(what, input, &DecodeLimits::default())
+}
+
+/// Decodes a whole message from `input`, refusing sequences longer than
+/// `limits` allow (rule `session.decode.bounded`). Byte payloads share
+/// `input`'s memory.
+pub fn decode_with<T: DeserializeOwned>(
+    what: &'static str,
+    input: &Bytes,
+    limits: &DecodeLimits,
+) -> Result<T, DecodeError> {
+    let _guard = SourceGuard::enter(input.clone(), *limits);
+    finish(what, postcard::take_from_bytes::<T>(input))
+}
+
+/// Decodes a value from a plain slice (payload bytes are copied), with the
+/// default [`DecodeLimits`].
 pub fn decode_slice<T: DeserializeOwned>(what: &'static str, input: &[u8]) -> Result<T, DecodeError> {
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(input).map_err(|source| DecodeError::Malformed { what, source })?;
+    let _guard = LimitGuard::enter(DecodeLimits::default());
+    finish(what, postcard::take_from_bytes::<T>(input))
+}
+
+fn finish<T>(what: &'static str, decoded: postcard::Result<(T, &[u8])>) -> Result<T, DecodeError> {
+    let hit = LIMIT_HIT.with(|h| h.take());
+    let (value, rest) = decoded.map_err(|source| match hit {
+        Some(LimitHit { sequence, max, found }) => {
+            let (_, words, field) = sequence.bound(&DecodeLimits::default());
+            DecodeError::LimitExceeded { what, sequence: words, field, max, found }
+        }
+        None => DecodeError::Malformed { what, source },
+    })?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes { what, trailing: rest.len() });
     }
@@ -109,14 +208,20 @@ thread_local! {
     // from a sub-slice of it becomes a cheap `Bytes::slice_ref` instead of a
     // copy. Serde offers no way to pass this down explicitly.
     static SOURCE: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
+    // The limits of the decode in progress on this thread (innermost last),
+    // and the limit it hit, if any; serde offers no way to pass them either.
+    static LIMITS: RefCell<Vec<DecodeLimits>> = const { RefCell::new(Vec::new()) };
+    static LIMIT_HIT: Cell<Option<LimitHit>> = const { Cell::new(None) };
 }
 
-struct SourceGuard;
+struct SourceGuard {
+    _limits: LimitGuard,
+}
 
 impl SourceGuard {
-    fn enter(source: Bytes) -> SourceGuard {
+    fn enter(source: Bytes, limits: DecodeLimits) -> SourceGuard {
         SOURCE.with(|s| s.borrow_mut().push(source));
-        SourceGuard
+        SourceGuard { _limits: LimitGuard::enter(limits) }
     }
 }
 
@@ -126,6 +231,30 @@ impl Drop for SourceGuard {
             s.borrow_mut().pop();
         });
     }
+}
+
+struct LimitGuard;
+
+impl LimitGuard {
+    fn enter(limits: DecodeLimits) -> LimitGuard {
+        LIMITS.with(|l| l.borrow_mut().push(limits));
+        LIMIT_HIT.with(|h| h.set(None));
+        LimitGuard
+    }
+}
+
+impl Drop for LimitGuard {
+    fn drop(&mut self) {
+        LIMITS.with(|l| {
+            l.borrow_mut().pop();
+        });
+    }
+}
+
+/// The limits of the current decode (the defaults outside one, e.g. when a
+/// caller uses postcard directly).
+fn current_limits() -> DecodeLimits {
+    LIMITS.with(|l| l.borrow().last().copied().unwrap_or_default())
 }
 
 fn share_or_copy(sub: &[u8]) -> Bytes {
@@ -224,27 +353,77 @@ pub const MAX_PREALLOCATED_ELEMENTS: usize = 16;
 
 /// `deserialize_with` helper for `Vec<T>` fields: never reserves more than
 /// [`MAX_PREALLOCATED_ELEMENTS`] up front, whatever length the input claims.
+/// (It bounds no count; the protocol's own sequences use the helpers bounded
+/// by [`DecodeLimits`].)
 pub fn bounded_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct SeqVisitor<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let hint = seq.size_hint().unwrap_or(0).min(MAX_PREALLOCATED_ELEMENTS);
-            let mut out = Vec::with_capacity(hint);
-            while let Some(item) = seq.next_element()? {
-                out.push(item);
-            }
-            Ok(out)
-        }
+    d.deserialize_seq(SeqVisitor { sequence: None, _t: std::marker::PhantomData })
+}
+
+/// Metadata entries, at most [`DecodeLimits::max_metadata_entries`].
+pub(crate) fn metadata_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_seq(SeqVisitor { sequence: Some(Sequence::Metadata), _t: std::marker::PhantomData })
+}
+
+/// A request's channel declarations, at most [`DecodeLimits::max_channels`].
+pub(crate) fn channel_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_seq(SeqVisitor { sequence: Some(Sequence::Channels), _t: std::marker::PhantomData })
+}
+
+/// Handshake features, at most [`DecodeLimits::max_features`].
+pub(crate) fn feature_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_seq(SeqVisitor { sequence: Some(Sequence::Features), _t: std::marker::PhantomData })
+}
+
+struct SeqVisitor<T> {
+    /// `None`: capacity capped, count unbounded.
+    sequence: Option<Sequence>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
     }
-    d.deserialize_seq(SeqVisitor(std::marker::PhantomData))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let announced = seq.size_hint().unwrap_or(0);
+        let max = self.sequence.map_or(usize::MAX, |s| s.bound(&current_limits()).0);
+        let exceeded = |found: usize| {
+            if let Some(sequence) = self.sequence {
+                LIMIT_HIT.with(|h| h.set(Some(LimitHit { sequence, max, found })));
+            }
+            serde::de::Error::custom("sequence longer than the decode limit")
+        };
+        // rule: session.decode.bounded — an announced count over the limit
+        // is refused before a single element is decoded.
+        if announced > max {
+            return Err(exceeded(announced));
+        }
+        let mut out = Vec::with_capacity(announced.min(MAX_PREALLOCATED_ELEMENTS));
+        while let Some(item) = seq.next_element()? {
+            if out.len() == max {
+                return Err(exceeded(out.len() + 1));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The message model: transport prologue, session handshake, session
 //! messages (the 14 payload kinds) and stable-conduit frames.
 
-use super::codec::{Blob, bounded_seq};
+use super::codec::{Blob, channel_seq, feature_seq};
 use super::ids::{ChannelId, ConnectionId, MethodId, Parity, RequestId};
 use super::metadata::Metadata;
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub struct Hello {
     /// The initiator's settings for the root connection.
     pub root_settings: ConnectionSettings,
     /// Optional features the initiator supports.
-    #[serde(deserialize_with = "bounded_seq")]
+    #[serde(deserialize_with = "feature_seq")]
     pub features: Vec<String>,
     /// The session to resume on this new conduit (rule `session.resume`),
     /// as issued in an earlier `HelloYourself`; `None` for a new session.
@@ -118,7 +118,7 @@ pub struct HelloYourself {
     /// The acceptor's settings for the root connection.
     pub root_settings: ConnectionSettings,
     /// Optional features both sides support.
-    #[serde(deserialize_with = "bounded_seq")]
+    #[serde(deserialize_with = "feature_seq")]
     pub features: Vec<String>,
     /// The key an initiator presents in a later `Hello` to bind a
     /// replacement conduit to this session (rule `session.resume`). Issued
@@ -264,7 +264,7 @@ pub enum Payload {
         /// Serialized args.
         args: Blob,
         /// Channels appearing in the args, in argument order.
-        #[serde(deserialize_with = "bounded_seq")]
+        #[serde(deserialize_with = "channel_seq")]
         channels: Vec<ChannelDecl>,
         /// Request metadata.
         metadata: Metadata,

@@ -1,6 +1,6 @@
 //! Metadata: an ordered list of `(key, value, flags)` entries.
 
-use super::codec::{Blob, bounded_seq};
+use super::codec::{Blob, metadata_seq};
 use serde::{Deserialize, Serialize};
 
 /// Flag bit 0: the value is never logged, traced, or put in an error message.
@@ -72,7 +72,7 @@ impl std::fmt::Debug for MetadataValue {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Metadata(#[serde(deserialize_with = "bounded_seq")] pub Vec<MetadataEntry>);
+pub struct Metadata(#[serde(deserialize_with = "metadata_seq")] pub Vec<MetadataEntry>);
 
 impl Metadata {
     /// Empty metadata.

@@ -9,7 +9,8 @@ mod message;
 mod metadata;
 
 pub use codec::{
-    Blob, DecodeError, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice, encode, encode_into,
+    Blob, DecodeError, DecodeLimits, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice,
+    decode_with, encode, encode_into,
 };
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{

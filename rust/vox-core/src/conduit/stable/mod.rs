@@ -45,6 +45,14 @@ pub struct StableConfig {
     pub backoff: Backoff,
     /// How long the hello exchange on a fresh link may take.
     pub hello_timeout: Duration,
+    /// How long a conduit whose peer broke the rules stays open to carry
+    /// the `ProtocolError` out: it is closed then even if the session never
+    /// closes it (rule `session.protocol-error`). Default 500 ms.
+    pub violation_deadline: Duration,
+    /// The longest a conduit whose sending half was dropped, not closed,
+    /// waits for the peer to acknowledge what is still held before it ends
+    /// anyway. Default 5 s.
+    pub drop_close_timeout: Duration,
 }
 
 impl Default for StableConfig {
@@ -54,6 +62,8 @@ impl Default for StableConfig {
             recovery_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             hello_timeout: Duration::from_secs(10),
+            violation_deadline: Duration::from_millis(500),
+            drop_close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -88,10 +98,36 @@ enum Phase {
     Closed(StableEnd),
 }
 
+/// Whether, and how, the conduit is being closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Closing {
+    /// Not closing.
+    No,
+    /// Once every frame is acknowledged, `Bye` and close (nothing lost).
+    Graceful,
+    /// Once every frame held is written (the `ProtocolError` among them),
+    /// close the link without waiting for acknowledgements: the peer broke
+    /// the rules, so nothing it does may hold the conduit open (rule
+    /// `session.protocol-error`). Ends the conduit with `end`.
+    Abort { end: StableEnd },
+}
+
+/// The largest message the conduit's links may deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReceiveLimit {
+    /// Whatever each link was given (its setup code decides).
+    AsLink,
+    /// At most this many bytes (the session handshake is not done).
+    Setup(usize),
+    /// The link's configured maximum (the session is established).
+    Full,
+}
+
 struct Core {
     sm: StableState,
     phase: Phase,
-    closing: bool,
+    closing: Closing,
+    receive_limit: ReceiveLimit,
     /// Incremented per attached link; halves of an older link are dropped.
     epoch: u64,
     tx_slot: Option<LinkTx>,
@@ -109,6 +145,9 @@ struct Shared {
     room: Notify,
     reader_wake: Notify,
     broken: Notify,
+    /// Wakes the writer out of a link write that may never finish (a peer
+    /// that stopped reading) once the conduit is closed.
+    shutdown: Notify,
 }
 
 impl Shared {
@@ -118,7 +157,8 @@ impl Shared {
             core: Mutex::new(Core {
                 sm: StableState::new(config.replay_limit),
                 phase: Phase::Attached,
-                closing: false,
+                closing: Closing::No,
+                receive_limit: ReceiveLimit::AsLink,
                 epoch: 0,
                 tx_slot: Some(tx),
                 rx_slot: Some(rx),
@@ -129,6 +169,7 @@ impl Shared {
             room: Notify::new(),
             reader_wake: Notify::new(),
             broken: Notify::new(),
+            shutdown: Notify::new(),
         })
     }
 
@@ -137,8 +178,11 @@ impl Shared {
         self.room.notify_one();
         self.reader_wake.notify_one();
         self.broken.notify_one();
+        self.shutdown.notify_one();
     }
 
+    /// Ends the conduit at once: every link half is released now, whatever
+    /// the peer does (an unread link's writer is aborted, not drained).
     fn finish(&self, end: StableEnd) {
         {
             let mut core = self.core.lock();
@@ -147,10 +191,36 @@ impl Shared {
             }
             tracing::debug!(reason = %end, "stable conduit ended");
             core.phase = Phase::Closed(end);
-            core.tx_slot = None;
+            if let Some(tx) = core.tx_slot.take() {
+                tx.abort();
+            }
             core.rx_slot = None;
         }
         self.wake_all();
+    }
+
+    /// The peer broke the rules (seen by the reader, or by the consumer
+    /// decoding an item): from now on the conduit only writes out what is
+    /// held, the `ProtocolError` the session adds among it, then closes; and
+    /// it ends after [`StableConfig::violation_deadline`] in any case, so a
+    /// consumer that never closes it cannot keep the violator's link open
+    /// (rule `session.protocol-error`).
+    fn violated(self: &Arc<Self>, end: StableEnd) {
+        {
+            let mut core = self.core.lock();
+            if matches!(core.phase, Phase::Closed(_)) || matches!(core.closing, Closing::Abort { .. }) {
+                return;
+            }
+            tracing::debug!(reason = %end, "stable conduit peer violation; closing after the protocol error");
+            core.closing = Closing::Abort { end: end.clone() };
+        }
+        self.writer_wake.notify_one();
+        let shared = self.clone();
+        let deadline = self.config.violation_deadline;
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            shared.finish(end);
+        });
     }
 
     /// The link of `epoch` failed (seen by the writer or the reader).
@@ -204,6 +274,17 @@ enum Work {
     Wait,
     Send(u64, StableMsg),
     Bye,
+    /// Everything held was written after a violation: close the link, end.
+    Abort(StableEnd),
+}
+
+/// `fut`, unless the conduit is closed first (then `None`): a write to a
+/// peer that stopped reading must not outlive the conduit.
+async fn unless_shut<T>(shared: &Shared, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        _ = shared.shutdown.notified() => None,
+    }
 }
 
 /// The one task that writes to the conduit's links.
@@ -220,17 +301,29 @@ async fn writer(shared: Arc<Shared>) {
                 link = core.tx_slot.take().map(|tx| (core.epoch, tx));
             }
             let epoch = core.epoch;
-            if link.is_none() || matches!(core.phase, Phase::Broken) {
-                Work::Wait
-            } else if let Some(frame) = core.sm.next_to_send() {
-                Work::Send(epoch, StableMsg::Frame(frame))
-            } else if let Some(ack) = core.sm.take_owed_ack() {
-                Work::Send(epoch, StableMsg::Ack { ack })
-            } else if core.closing && core.sm.replay_len() == 0 {
-                // Everything was acknowledged: nothing can be lost by ending now.
-                Work::Bye
-            } else {
-                Work::Wait
+            let attached = link.is_some() && matches!(core.phase, Phase::Attached);
+            let core = &mut *core;
+            match &core.closing {
+                // No link to carry the ProtocolError: end now rather than
+                // wait for the violator to come back.
+                Closing::Abort { end } if !attached => Work::Abort(end.clone()),
+                Closing::Abort { end } => match core.sm.next_to_send() {
+                    Some(frame) => Work::Send(epoch, StableMsg::Frame(frame)),
+                    None => Work::Abort(end.clone()),
+                },
+                _ if !attached => Work::Wait,
+                closing => {
+                    if let Some(frame) = core.sm.next_to_send() {
+                        Work::Send(epoch, StableMsg::Frame(frame))
+                    } else if let Some(ack) = core.sm.take_owed_ack() {
+                        Work::Send(epoch, StableMsg::Ack { ack })
+                    } else if *closing == Closing::Graceful && core.sm.replay_len() == 0 {
+                        // Everything was acknowledged: nothing can be lost by ending now.
+                        Work::Bye
+                    } else {
+                        Work::Wait
+                    }
+                }
             }
         };
         match work {
@@ -238,26 +331,52 @@ async fn writer(shared: Arc<Shared>) {
             Work::Send(epoch, msg) => {
                 let Some((_, tx)) = link.as_ref() else { continue };
                 let sent = match encode(&msg) {
-                    Ok(bytes) => tx.send(bytes).await.map_err(|e| e.to_string()),
+                    Ok(bytes) => match unless_shut(&shared, tx.send(bytes)).await {
+                        Some(r) => r.map_err(|e| e.to_string()),
+                        // Closed meanwhile: the loop sees it next.
+                        None => continue,
+                    },
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = sent {
                     tracing::debug!(epoch, error = %e, "stable conduit send failed");
-                    link = None;
+                    if let Some((_, tx)) = link.take() {
+                        tx.abort();
+                    }
                     shared.on_broken(epoch);
                 }
             }
             Work::Bye => {
                 if let Some((_, tx)) = link.take() {
                     if let Ok(bytes) = encode(&StableMsg::Bye) {
-                        let _ = tx.send(bytes).await;
+                        let _ = unless_shut(&shared, tx.send(bytes)).await;
                     }
-                    let _ = tx.close().await;
+                    close_link(&shared, tx).await;
                 }
                 shared.finish(StableEnd::LocalClose);
                 break;
             }
+            Work::Abort(end) => {
+                if let Some((_, tx)) = link.take() {
+                    close_link(&shared, tx).await;
+                }
+                shared.finish(end);
+                break;
+            }
         }
+    }
+    if let Some((_, tx)) = link.take() {
+        tx.abort();
+    }
+}
+
+/// Flushes and closes a link's sending half, unless the conduit is closed
+/// first (a peer that stopped reading): then the half is aborted.
+async fn close_link(shared: &Shared, tx: LinkTx) {
+    // `close` consumes the half; keep a way to abort it if we give up.
+    let abort = tx.abort_handle();
+    if unless_shut(shared, tx.close()).await.is_none() {
+        abort.abort();
     }
 }
 
@@ -269,7 +388,7 @@ pub struct StableTx {
 /// Receiving half of a stable conduit.
 pub struct StableRx {
     shared: Arc<Shared>,
-    queue: mpsc::Receiver<Result<ConduitMsg, ConduitError>>,
+    queue: mpsc::Receiver<Result<Bytes, ConduitError>>,
 }
 
 impl std::fmt::Debug for StableTx {
@@ -327,10 +446,42 @@ impl StableTx {
 
     /// Closes the conduit once the peer has acknowledged everything sent,
     /// then tells it with `Bye` so it does not wait for a reconnect.
+    ///
+    /// # Cancel safety
+    /// Dropping the future ends the conduit at once (what is not
+    /// acknowledged yet is lost): a caller that bounds the close with a
+    /// timeout gets a conduit that is gone when the timeout fires.
+    ///
+    /// # Errors
+    /// The reason the conduit ended, if it ended otherwise than by this
+    /// close or the peer's `Bye`.
     pub async fn close(self) -> Result<(), ConduitError> {
+        self.end(Closing::Graceful).await
+    }
+
+    /// Closes the conduit after the peer broke the rules: writes what is
+    /// held (the session's `ProtocolError` last), then closes the link
+    /// without waiting for acknowledgements, which the violator may never
+    /// send (rule `session.protocol-error`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future ends the conduit at once.
+    ///
+    /// # Errors
+    /// None in practice: the conduit ends either way; an earlier end that
+    /// was not a local close or the peer's `Bye` is reported.
+    pub async fn abort(self) -> Result<(), ConduitError> {
+        let end = StableEnd::LocalClose;
+        self.end(Closing::Abort { end }).await
+    }
+
+    async fn end(self, how: Closing) -> Result<(), ConduitError> {
         {
             let mut core = self.shared.core.lock();
-            core.closing = true;
+            // An abort already under way (a violation) is not softened.
+            if !matches!(core.closing, Closing::Abort { .. }) {
+                core.closing = how;
+            }
         }
         self.shared.writer_wake.notify_one();
         loop {
@@ -354,14 +505,32 @@ impl StableTx {
 }
 
 impl Drop for StableTx {
-    /// Dropping the sending half closes the conduit gracefully in the
-    /// background: what was queued is still delivered, then `Bye`.
+    /// Dropping the sending half without closing it closes the conduit
+    /// gracefully in the background: what was queued is still delivered,
+    /// then `Bye`, for at most [`StableConfig::drop_close_timeout`]. Dropping
+    /// it while a [`close`](Self::close) or [`abort`](Self::abort) was under
+    /// way (its future was cancelled, e.g. by a timeout) ends the conduit
+    /// at once.
     fn drop(&mut self) {
         let mut core = self.shared.core.lock();
-        if !matches!(core.phase, Phase::Closed(_)) && !core.closing {
-            core.closing = true;
+        if matches!(core.phase, Phase::Closed(_)) {
+            return;
+        }
+        if core.closing != Closing::No {
             drop(core);
-            self.shared.writer_wake.notify_one();
+            self.shared.finish(StableEnd::LocalClose);
+            return;
+        }
+        core.closing = Closing::Graceful;
+        drop(core);
+        self.shared.writer_wake.notify_one();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            let limit = shared.config.drop_close_timeout;
+            runtime.spawn(async move {
+                tokio::time::sleep(limit).await;
+                shared.finish(StableEnd::LocalClose);
+            });
         }
     }
 }
@@ -375,9 +544,45 @@ impl StableRx {
     /// The next message, or `None` once the conduit was closed on purpose.
     /// Link breaks are invisible here: delivery resumes on the next link.
     /// Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ConduitError::Decode`] for an item that is not a message (the
+    /// conduit then closes within [`StableConfig::violation_deadline`]), or
+    /// [`ConduitError::Stable`] with why the conduit ended.
     pub async fn recv(&mut self) -> Result<Option<ConduitMsg>, ConduitError> {
+        let Some(bytes) = self.recv_item().await? else { return Ok(None) };
+        match wire::decode::<ConduitMsg>("ConduitMsg", &bytes) {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) => {
+                self.violated(StableEnd::Undecodable(e.to_string()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The peer broke the rules above this conduit (an item that does not
+    /// decode): the conduit writes what is held, the session's
+    /// `ProtocolError` among it, closes, and ends within
+    /// [`StableConfig::violation_deadline`] whatever happens.
+    pub fn violated(&self, end: StableEnd) {
+        self.shared.violated(end);
+    }
+
+    /// Bounds the messages every link of this conduit delivers: `Some(max)`
+    /// while the session handshake runs (rule `session.setup.limits`),
+    /// `None` for the links' configured maximum afterwards.
+    pub fn restrict(&self, max: Option<usize>) {
+        self.shared.core.lock().receive_limit = match max {
+            Some(max) => ReceiveLimit::Setup(max),
+            None => ReceiveLimit::Full,
+        };
+        self.shared.reader_wake.notify_one();
+    }
+
+    /// The next delivered item, undecoded (see [`recv`](Self::recv)).
+    pub(crate) async fn recv_item(&mut self) -> Result<Option<Bytes>, ConduitError> {
         match self.queue.recv().await {
-            Some(Ok(msg)) => Ok(Some(msg)),
+            Some(Ok(bytes)) => Ok(Some(bytes)),
             Some(Err(e)) => Err(e),
             None => match &self.shared.core.lock().phase {
                 Phase::Closed(StableEnd::LocalClose | StableEnd::PeerBye) => Ok(None),
@@ -399,7 +604,7 @@ const DELIVERY_QUEUE: usize = 32;
 /// duplicates, and queues delivered messages for [`StableRx`]. Messages that
 /// arrive after the receiving half was dropped are acknowledged and
 /// discarded, so closing never waits on a reader that is gone.
-async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<ConduitMsg, ConduitError>>) {
+async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitError>>) {
     let mut link: Option<(u64, LinkRx)> = None;
     loop {
         let notified = shared.reader_wake.notified();
@@ -411,6 +616,15 @@ async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<ConduitMsg, Condui
             if link.as_ref().map(|l| l.0) != Some(core.epoch) {
                 if let Some(rx) = core.rx_slot.take() {
                     link = Some((core.epoch, rx));
+                }
+            }
+            if let Some((_, rx)) = link.as_mut() {
+                // rule: session.setup.limits — every link, also one
+                // attached later, carries what the session's phase allows.
+                match core.receive_limit {
+                    ReceiveLimit::AsLink => {}
+                    ReceiveLimit::Setup(max) => rx.restrict(max),
+                    ReceiveLimit::Full => rx.unrestrict(),
                 }
             }
         }
@@ -434,25 +648,29 @@ async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<ConduitMsg, Condui
         };
         match on_link_message(&shared, &bytes) {
             Ok(None) => {}
-            Ok(Some(msg)) => {
+            Ok(Some(item)) => {
                 // A dropped receiving half is not an error: see above.
-                let _ = out.send(Ok(msg)).await;
+                let _ = out.send(Ok(item)).await;
             }
-            Err(e) => {
-                let _ = out.send(Err(e)).await;
+            Err(end) => {
+                // rule: session.protocol-error — the session answers with a
+                // ProtocolError; nothing more the violator sends is read,
+                // and the conduit closes once that is written (or at the
+                // violation deadline).
+                shared.violated(end.clone());
+                let _ = out.send(Err(ConduitError::Stable(end))).await;
                 return;
             }
         }
     }
 }
 
-fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<ConduitMsg>, ConduitError> {
+/// One link message: applies its ack, and returns the item to deliver (if
+/// any), or how the peer broke the rules.
+fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<Bytes>, StableEnd> {
     let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
         Ok(m) => m,
-        Err(e) => {
-            shared.finish(StableEnd::Undecodable(e.to_string()));
-            return Err(e.into());
-        }
+        Err(e) => return Err(StableEnd::Undecodable(e.to_string())),
     };
     let inbound = {
         let mut core = shared.core.lock();
@@ -470,12 +688,9 @@ fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<ConduitMsg>,
     shared.room.notify_one();
     shared.writer_wake.notify_one();
     match inbound {
-        Ok(Some(Inbound::Deliver(item))) => Ok(Some(wire::decode::<ConduitMsg>("ConduitMsg", &item.0)?)),
+        Ok(Some(Inbound::Deliver(item))) => Ok(Some(item.0)),
         Ok(Some(Inbound::Duplicate) | None) => Ok(None),
-        Err(v) => {
-            shared.finish(StableEnd::Violation(v.clone()));
-            Err(ConduitError::Stable(StableEnd::Violation(v)))
-        }
+        Err(v) => Err(StableEnd::Violation(v)),
     }
 }
 
