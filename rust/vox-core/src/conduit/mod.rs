@@ -195,6 +195,25 @@ impl ConduitWriter {
             WriterKind::Each { tx, .. } => tx.close().await,
         }
     }
+
+    /// Sends what was added and closes the conduit without waiting for the
+    /// peer: the teardown after a violation (rule `session.protocol-error`).
+    /// A stable conduit does not wait for acknowledgements
+    /// ([`stable::StableTx::abort`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the conduit's sending side at once; callers
+    /// bound it with a deadline.
+    ///
+    /// # Errors
+    /// The link failed while writing.
+    pub async fn abort(self) -> Result<(), ConduitError> {
+        match self.kind {
+            WriterKind::Frames(frames) => Ok(frames.shutdown().await?),
+            WriterKind::Each { tx: ConduitTx { kind: TxKind::Stable(s) }, .. } => s.abort().await,
+            WriterKind::Each { tx, .. } => tx.close().await,
+        }
+    }
 }
 
 impl ConduitRx {

@@ -9,7 +9,9 @@
 //! message of a connection can be queued after the session queued its
 //! `CloseConnection` or its teardown.
 
-use super::channel::{ChannelLimits, LossCause, Registry, RegistryConfig, Violation as ChannelViolation};
+use super::channel::{
+    ChannelLimits, ItemOutcome, LossCause, Registry, RegistryConfig, RemoteOutcome, Violation as ChannelViolation,
+};
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
 use super::liveness::Liveness;
@@ -25,6 +27,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// What an inbound payload that broke no rule was, as far as the session's
+/// abuse budgets care (rule `session.abuse-budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// Ordinary traffic.
+    Handled,
+    /// Tolerated under a crossing rule and discarded (late).
+    Late,
+    /// A `CancelRequest` that stopped a request still in flight.
+    Cancelled,
+}
 
 /// A protocol violation by the peer on one connection. The session turns
 /// it into a `ProtocolError` and tears down.
@@ -532,28 +546,31 @@ impl ConnectionCore {
     /// Handles one inbound payload for this connection. Never waits: work
     /// that needs to send is spawned or made due for the flush task, so a
     /// slow connection cannot stall the session's receive loop.
-    pub(crate) fn on_payload(self: &Arc<Self>, payload: Payload) -> Result<(), Violation> {
+    /// Handles one inbound payload of this connection. `Ok` says whether it
+    /// was one of the legal-but-costly kinds the session meters (rule
+    /// `session.abuse-budget`); `Err` is the peer's violation.
+    pub(crate) fn on_payload(self: &Arc<Self>, payload: Payload) -> Result<Inbound, Violation> {
+        let remote = |r: Result<RemoteOutcome, ChannelViolation>| match r {
+            Ok(
+                RemoteOutcome::CrossingIgnored | RemoteOutcome::DiscardedLate | RemoteOutcome::GrantAfterResetIgnored,
+            ) => Ok(Inbound::Late),
+            Ok(_) => Ok(Inbound::Handled),
+            Err(v) => Err(self.channel_violation(v)),
+        };
         match payload {
             Payload::Request { id, method_id, args, channels, metadata } => {
-                self.on_request(id, method_id, args, channels, metadata)
+                self.on_request(id, method_id, args, channels, metadata).map(|()| Inbound::Handled)
             }
             Payload::Response { id, ret, metadata } => self.on_response(id, ret, metadata),
-            Payload::CancelRequest { id } => {
-                self.on_cancel(id);
-                Ok(())
-            }
-            Payload::ChannelItem { id, item } => {
-                self.registry.on_remote_item(id, item.0).map(|_| ()).map_err(|v| self.channel_violation(v))
-            }
-            Payload::CloseChannel { id, .. } => {
-                self.registry.on_remote_close(id).map(|_| ()).map_err(|v| self.channel_violation(v))
-            }
-            Payload::ResetChannel { id, .. } => {
-                self.registry.on_remote_reset(id).map(|_| ()).map_err(|v| self.channel_violation(v))
-            }
-            Payload::GrantCredit { id, additional } => {
-                self.registry.on_remote_grant(id, additional).map(|_| ()).map_err(|v| self.channel_violation(v))
-            }
+            Payload::CancelRequest { id } => Ok(self.on_cancel(id)),
+            Payload::ChannelItem { id, item } => match self.registry.on_remote_item(id, item.0) {
+                Ok(ItemOutcome::DiscardedAfterReset | ItemOutcome::DiscardedLate) => Ok(Inbound::Late),
+                Ok(_) => Ok(Inbound::Handled),
+                Err(v) => Err(self.channel_violation(v)),
+            },
+            Payload::CloseChannel { id, .. } => remote(self.registry.on_remote_close(id)),
+            Payload::ResetChannel { id, .. } => remote(self.registry.on_remote_reset(id)),
+            Payload::GrantCredit { id, additional } => remote(self.registry.on_remote_grant(id, additional)),
             // The session handles connection-level and keepalive payloads
             // before dispatching; reaching here is the session's bug, but it
             // is still the peer's message, so report instead of panicking.
@@ -710,22 +727,22 @@ impl ConnectionCore {
         }
     }
 
-    fn on_response(&self, id: RequestId, ret: ResponseBody, metadata: Metadata) -> Result<(), Violation> {
+    fn on_response(&self, id: RequestId, ret: ResponseBody, metadata: Metadata) -> Result<Inbound, Violation> {
         let mut st = self.state.lock();
         if st.lost.is_lost() {
-            return Ok(());
+            return Ok(Inbound::Handled);
         }
         match st.calls.remove(&id) {
             Some(CallEntry::Waiting { reply, _slot }) => {
                 drop(st);
                 // rule: rpc.cancel — if the caller is gone, it lost interest.
                 let _ = reply.send(Ok((ret, metadata)));
-                Ok(())
+                Ok(Inbound::Handled)
             }
             Some(CallEntry::Cancelled { .. }) => {
                 // rule: rpc.cancel — a response after cancelling is ignored.
                 st.stats.late_responses += 1;
-                Ok(())
+                Ok(Inbound::Late)
             }
             // rule: rpc.response.one-per-request
             None => Err(self.violation(
@@ -736,16 +753,20 @@ impl ConnectionCore {
         }
     }
 
-    fn on_cancel(&self, id: RequestId) {
+    fn on_cancel(&self, id: RequestId) -> Inbound {
         let mut st = self.state.lock();
         match st.handlers.get_mut(&id) {
             Some(stop) => {
                 if let Some(stop) = stop.take() {
                     let _ = stop.send(());
                 }
+                Inbound::Cancelled
             }
             // rule: rpc.cancel.crossing — the response already left.
-            None => st.stats.late_cancels += 1,
+            None => {
+                st.stats.late_cancels += 1;
+                Inbound::Late
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod handler;
 pub mod liveness;
 pub(crate) mod ops;
 
+pub(crate) use core::Inbound;
 pub use core::{ConnectionCore, CoreStats, Violation};
 pub use error::CallError;
 pub use handle::{

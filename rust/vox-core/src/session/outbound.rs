@@ -94,7 +94,9 @@ pub struct Finish {
     /// already hold a place add. Otherwise (teardown after a violation) only
     /// what is queued at this moment is written.
     pub drain: bool,
-    /// The longest a graceful finish may take before the link is dropped.
+    /// The longest the finish may take before the link is dropped: the
+    /// session's linger for a graceful end, its protocol-error deadline
+    /// after a violation.
     pub linger: Duration,
 }
 
@@ -209,7 +211,13 @@ async fn writer(
         if let Some(last) = how.last {
             push(&mut out, last).await?;
         }
-        out.close().await.map_err(|e| e.to_string())
+        if how.drain {
+            out.close().await.map_err(|e| e.to_string())
+        } else {
+            // rule: session.protocol-error — never wait on the violator
+            // (a stable conduit would otherwise wait for its acks).
+            out.abort().await.map_err(|e| e.to_string())
+        }
     };
     match tokio::time::timeout(linger, work).await {
         Ok(r) => r,

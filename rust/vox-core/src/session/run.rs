@@ -10,6 +10,7 @@
 //! backpressure instead of unbounded growth.
 
 use super::SessionError;
+use super::budget::BudgetKind;
 use super::builder::{AcceptDecision, ConnectionRequest, SessionConfig, Shared};
 use super::control::{ControlMsg, MailboxRx, MailboxTx};
 use super::handle::{Caller, ConnectionHandle, CoreRef, LiveToken, RootSlot};
@@ -18,7 +19,9 @@ use super::phase::{CloseReason, ConnEvent, SessionPhase};
 use super::resume::{NewConduit, Redialer, SessionRegistry, redial};
 use super::table::{ConnTable, Entry, Lookup, Released};
 use crate::conduit::ConduitRx;
+use crate::conduit::stable::{StableEnd, StableError};
 use crate::driver::ConnectionCore;
+use crate::driver::Inbound;
 use crate::driver::channel::LossCause;
 use crate::driver::ops::SessionOps;
 use crate::wire::ResumeKey;
@@ -231,8 +234,24 @@ impl RunLoop {
                     Some(_) => Step::Lost(CloseReason::PeerClosed),
                     None => Step::End(CloseReason::PeerClosed, None, true),
                 },
-                Event::Inbound(Err(crate::conduit::ConduitError::Decode(e))) => {
-                    self.violation(format!("undecodable message: {e}"), "session.message")
+                Event::Inbound(Err(crate::conduit::ConduitError::Decode(e))) => match e {
+                    e @ crate::wire::DecodeError::LimitExceeded { .. } => {
+                        self.violation(e.to_string(), "session.decode.bounded")
+                    }
+                    e => self.violation(format!("undecodable message: {e}"), "session.message"),
+                },
+                // rule: session.protocol-error — violations of the stable
+                // conduit's rules get a ProtocolError too.
+                Event::Inbound(Err(crate::conduit::ConduitError::Stable(StableEnd::Violation(v)))) => {
+                    let rule = match v {
+                        StableError::Gap { .. } => "stable.seq",
+                        StableError::AckBeyondSent { .. } => "stable.ack",
+                        StableError::ReplayGap { .. } => "stable.replay-buffer",
+                    };
+                    self.violation(v.to_string(), rule)
+                }
+                Event::Inbound(Err(crate::conduit::ConduitError::Stable(StableEnd::Undecodable(e)))) => {
+                    self.violation(format!("undecodable stable-conduit message: {e}"), "conduit.stable")
                 }
                 Event::Inbound(Err(e)) => Step::Lost(CloseReason::LinkError(e.to_string())),
                 Event::Tick => self.on_tick(),
@@ -259,6 +278,26 @@ impl RunLoop {
         let last = Message::root(Payload::ProtocolError { description: description.clone() });
         // rule: session.protocol-error
         Step::End(CloseReason::LocalProtocolError(description), Some(last), false)
+    }
+
+    /// Meters one legal but costly event (rule `session.abuse-budget`);
+    /// `Err` is the teardown for a peer over its budget.
+    fn spend(&mut self, kind: BudgetKind) -> Result<(), Step> {
+        match self.budgets.spend(kind, Instant::now()) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.violation_described(e.to_string())),
+        }
+    }
+
+    /// What a connection's driver made of a payload.
+    fn on_inbound(&mut self, outcome: Result<Inbound, crate::driver::Violation>) -> Step {
+        let kind = match outcome {
+            Ok(Inbound::Handled) => return Step::Continue,
+            Ok(Inbound::Late) => BudgetKind::LateMessages,
+            Ok(Inbound::Cancelled) => BudgetKind::CancelledRequests,
+            Err(v) => return self.violation_described(v.to_string()),
+        };
+        self.spend(kind).err().unwrap_or(Step::Continue)
     }
 
     fn owe(&mut self, m: Message) {
@@ -444,6 +483,9 @@ impl RunLoop {
         let id = m.connection_id;
         match m.payload {
             Payload::Ping { nonce } if id.is_root() => {
+                if let Err(e) = self.spend(BudgetKind::Pings) {
+                    return e;
+                }
                 // rule: session.keepalive
                 self.owe(Message::root(Payload::Pong { nonce }));
                 Step::Continue
@@ -498,7 +540,7 @@ impl RunLoop {
                     return Step::Continue;
                 }
                 match self.table.lookup(id) {
-                    Lookup::Late => Step::Continue,
+                    Lookup::Late => self.spend(BudgetKind::LateMessages).err().unwrap_or(Step::Continue),
                     Lookup::Violation(e) => self.violation(e, "connection.close"),
                     _ => self.violation(
                         format!("CloseConnection for connection {id} before it was accepted"),
@@ -508,22 +550,18 @@ impl RunLoop {
             }
             payload if id.is_root() => {
                 let root = self.root.clone();
-                match root.on_payload(payload) {
-                    Ok(()) => Step::Continue,
-                    Err(v) => self.violation_described(v.to_string()),
-                }
+                let outcome = root.on_payload(payload);
+                self.on_inbound(outcome)
             }
             payload => match self.table.lookup(id) {
                 Lookup::Open(core) => {
                     let core = core.clone();
-                    match core.on_payload(payload) {
-                        Ok(()) => Step::Continue,
-                        Err(v) => self.violation_described(v.to_string()),
-                    }
+                    let outcome = core.on_payload(payload);
+                    self.on_inbound(outcome)
                 }
                 Lookup::Late => {
                     tracing::debug!(conn = %id, kind = payload.kind(), "discarded message for a connection we closed");
-                    Step::Continue
+                    self.spend(BudgetKind::LateMessages).err().unwrap_or(Step::Continue)
                 }
                 Lookup::PendingOutbound => self.violation(
                     format!("{} on connection {id} before AcceptConnection", payload.kind()),
@@ -566,6 +604,9 @@ impl RunLoop {
                 });
             }
             AcceptDecision::Reject(metadata) => {
+                if let Err(e) = self.spend(BudgetKind::RejectedOpens) {
+                    return e;
+                }
                 self.table.reject_inbound(id);
                 self.owe(Message { connection_id: id, payload: Payload::RejectConnection { metadata } });
             }
@@ -651,7 +692,8 @@ impl RunLoop {
             }
         }
         if let Some(f) = self.link.finish.take() {
-            let _ = f.send(Finish { last, drain, linger: self.config.linger });
+            let linger = if drain { self.config.linger } else { self.config.protocol_error_deadline };
+            let _ = f.send(Finish { last, drain, linger });
         }
         if let Some(w) = self.link.writer.take() {
             if let Err(e) = w.await {
