@@ -108,6 +108,14 @@ pub struct Peer {
     pub subject_parity: Parity,
     /// The subject's root connection settings.
     pub subject_root: ConnectionSettings,
+    /// Whether [`Peer::recv`] answers the subject's own `Ping`s (on
+    /// connection 0) with a `Pong` and skips them (the default). The subject
+    /// pings periodically (rule `session.keepalive`, on by default), so
+    /// every case would otherwise have to expect a Ping anywhere; a case
+    /// that asserts on the subject's Pings turns this off and sees them.
+    pub answer_pings: bool,
+    /// How many of the subject's Pings [`Peer::recv`] answered.
+    pub pings_answered: u64,
     next_nonce: u64,
     /// Responses read while waiting for another one.
     stashed: Vec<(u64, RequestId, ResponseBody)>,
@@ -121,6 +129,8 @@ impl Peer {
             rx: link.rx,
             subject_parity: Parity::Odd,
             subject_root: ConnectionSettings::default(),
+            answer_pings: true,
+            pings_answered: 0,
             next_nonce: 0x5eed,
             stashed: Vec::new(),
         }
@@ -175,12 +185,27 @@ impl Peer {
         }
     }
 
-    /// The next session message, `None` at end of stream.
+    /// The next session message, `None` at end of stream. With
+    /// [`Peer::answer_pings`] (the default) the subject's Pings on
+    /// connection 0 are answered and skipped.
     pub async fn recv(&mut self, what: &str) -> CaseResult<Option<Message>> {
-        match self.recv_conduit(what).await? {
-            None => Ok(None),
-            Some(ConduitMsg::Message(m)) => Ok(Some(m)),
-            Some(ConduitMsg::Handshake(h)) => fail!("session.message: handshake message {h:?} after the handshake"),
+        loop {
+            match self.recv_conduit(what).await? {
+                None => return Ok(None),
+                Some(ConduitMsg::Message(Message { connection_id, payload: Payload::Ping { nonce } }))
+                    if self.answer_pings && connection_id.is_root() =>
+                {
+                    // rule: session.keepalive — best effort: the subject may
+                    // be closing the link (a case expecting that must still
+                    // see the close, not a send error).
+                    let _ = self.send(0, Payload::Pong { nonce }).await;
+                    self.pings_answered += 1;
+                }
+                Some(ConduitMsg::Message(m)) => return Ok(Some(m)),
+                Some(ConduitMsg::Handshake(h)) => {
+                    fail!("session.message: handshake message {h:?} after the handshake")
+                }
+            }
         }
     }
 
@@ -472,6 +497,10 @@ pub struct StablePeer {
     pub subject_parity: Parity,
     /// Every frame received from the subject on this link, in order.
     pub log: Vec<StableFrame>,
+    /// Whether [`StablePeer::recv_conduit`] answers the subject's own
+    /// `Ping`s on connection 0 with a `Pong` (in the next frame) and skips
+    /// them (the default; see [`Peer::answer_pings`]).
+    pub answer_pings: bool,
     next_nonce: u64,
 }
 
@@ -510,6 +539,7 @@ impl StablePeer {
             subject_ack: None,
             subject_parity: Parity::Even,
             log: Vec::new(),
+            answer_pings: true,
             next_nonce: 0x57ab,
         }
     }
@@ -613,13 +643,25 @@ impl StablePeer {
         }
     }
 
-    /// The conduit message in the subject's next frame.
+    /// The conduit message in the subject's next frame. With
+    /// [`StablePeer::answer_pings`] (the default) the subject's Pings on
+    /// connection 0 are answered and skipped.
     pub async fn recv_conduit(&mut self, what: &str) -> CaseResult<(StableFrame, ConduitMsg)> {
-        let Some(f) = self.recv_frame(what).await? else {
-            fail!("the subject closed the link while the harness waited for {what}");
-        };
-        let msg = wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)?;
-        Ok((f, msg))
+        loop {
+            let Some(f) = self.recv_frame(what).await? else {
+                fail!("the subject closed the link while the harness waited for {what}");
+            };
+            let msg = wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)?;
+            if let ConduitMsg::Message(Message { connection_id, payload: Payload::Ping { nonce } }) = &msg
+                && self.answer_pings
+                && connection_id.is_root()
+            {
+                // rule: session.keepalive — best effort, as in Peer::recv.
+                let _ = self.send(0, Payload::Pong { nonce: *nonce }).await;
+                continue;
+            }
+            return Ok((f, msg));
+        }
     }
 
     /// Initiator side of the session handshake inside frames, the harness
