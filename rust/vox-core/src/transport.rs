@@ -35,6 +35,10 @@ pub enum PrologueError {
         /// The reason sent to the peer.
         reason: String,
     },
+    /// The initiator's first message did not arrive within the prologue
+    /// deadline (rule `session.setup.limits`).
+    #[error("transport prologue: no TransportHello within {0:?} (SetupLimits::prologue_timeout)")]
+    Timeout(std::time::Duration),
     /// The acceptor answered with a mode other than the requested one
     /// (rule `transport.prologue.no-fallback`).
     #[error("transport prologue: requested mode {requested:?} but the acceptor answered {answered:?}")]
@@ -90,7 +94,23 @@ pub async fn initiate(link: &mut Link, mode: ConduitMode) -> Result<(), Prologue
 /// After a rejection the caller must close the link (rule
 /// `transport.prologue.reject-close`); the error says why.
 pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, PrologueError> {
-    let hello = match recv(link).await? {
+    accept_within(link, modes, None).await
+}
+
+/// [`accept`], with a deadline for the initiator's first message: if no
+/// `TransportHello` has arrived `first_message` after the call, it fails
+/// with [`PrologueError::Timeout`] (rule `session.setup.limits`: a link that
+/// never speaks is dropped early, whatever the whole setup may take).
+pub async fn accept_within(
+    link: &mut Link,
+    modes: AcceptModes,
+    first_message: Option<std::time::Duration>,
+) -> Result<ConduitMode, PrologueError> {
+    let first = match first_message {
+        Some(limit) => tokio::time::timeout(limit, recv(link)).await.map_err(|_| PrologueError::Timeout(limit))?,
+        None => recv(link).await,
+    };
+    let hello = match first? {
         TransportMsg::Hello(h) => h,
         other => {
             return Err(PrologueError::Garbage(format!("expected TransportHello, got {other:?}")));

@@ -43,11 +43,23 @@ pub struct LinkConfig {
     /// How many messages may wait to be transmitted before `send` waits.
     /// Zero is treated as one, since a queue needs room for at least one.
     pub send_queue: usize,
+    /// Stream links: once a frame has started arriving (any byte of its
+    /// length prefix or body is buffered), the rest of it must arrive within
+    /// this time, or receiving fails with [`LinkError::Stalled`] and the link
+    /// is dead (rule `session.keepalive`: a half-sent frame never holds a
+    /// session). The time between frames is not limited. Default: 20 s,
+    /// the default keepalive timeout. `None` waits forever.
+    pub frame_timeout: Option<std::time::Duration>,
 }
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        Self { max_message_size: DEFAULT_MAX_MESSAGE_SIZE, send_queue: DEFAULT_SEND_QUEUE }
+        Self {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            send_queue: DEFAULT_SEND_QUEUE,
+            // The default keepalive timeout (`SessionConfig::keepalive`).
+            frame_timeout: Some(std::time::Duration::from_secs(20)),
+        }
     }
 }
 
@@ -86,6 +98,21 @@ pub enum LinkError {
     /// trustworthy and nothing more is read.
     #[error("cannot receive: the link is dead after an earlier receive error")]
     Dead,
+    /// A frame started arriving and did not finish within
+    /// [`LinkConfig::frame_timeout`] of its first byte: the peer sent part
+    /// of it and stopped. The link is then dead.
+    #[error(
+        "frame stalled: got {got} of {expected} bytes (counting the 4-byte length prefix) and the rest did not arrive within {timeout:?} of the first (LinkConfig::frame_timeout)"
+    )]
+    Stalled {
+        /// Bytes the frame needs, prefix included (only the prefix, if it
+        /// was incomplete).
+        expected: usize,
+        /// Bytes of the frame that arrived.
+        got: usize,
+        /// The deadline that passed.
+        timeout: std::time::Duration,
+    },
     /// The peer closed the stream in the middle of a frame.
     #[error("stream ended in the middle of a frame: got {got} of {expected} bytes (counting the 4-byte length prefix)")]
     Truncated {

@@ -48,9 +48,10 @@ impl LinkSource for TcpSource {
 }
 
 /// Whether retrying after `e` can help: I/O failures (refused, reset,
-/// timed out) can; a message-size or protocol problem will repeat.
+/// timed out, a frame that stalled) can; a message-size or protocol problem
+/// will repeat.
 pub fn is_transient(e: &LinkError) -> bool {
-    matches!(e, LinkError::Io { .. } | LinkError::Closed | LinkError::Dead)
+    matches!(e, LinkError::Io { .. } | LinkError::Closed | LinkError::Dead | LinkError::Stalled { .. })
 }
 
 /// Exponential backoff between attempts, capped.

@@ -9,8 +9,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Most bytes the reader asks for in one read while its buffer is smaller
 /// than this; beyond, a read may ask for as much as is already buffered.
@@ -54,7 +56,7 @@ where
     let writer = tokio::spawn(write_frames(pending, frames, handoff.clone()));
     Link {
         tx: LinkTx::new(queue, Some(super::StreamWriter { task: writer, handoff }), max),
-        rx: LinkRx::new(RxSource::Stream(FrameReader::new(Box::new(reader))), max),
+        rx: LinkRx::new(RxSource::Stream(FrameReader::new(Box::new(reader), config.frame_timeout)), max),
     }
 }
 
@@ -168,16 +170,30 @@ pub(super) struct FrameReader {
     /// Bytes read but not yet returned. Living here rather than in the
     /// `read_frame` future is what makes receiving cancel-safe.
     buf: BytesMut,
+    /// How long a frame may take to arrive once its first byte is here
+    /// ([`LinkConfig::frame_timeout`]).
+    frame_timeout: Option<Duration>,
+    /// When the first byte of the frame now partly in `buf` arrived; `None`
+    /// exactly when `buf` is empty. Kept here, not in the `read_frame`
+    /// future, so that a cancelled receive (a `select!` that took another
+    /// branch) does not restart the frame's deadline.
+    started: Option<Instant>,
 }
 
 impl FrameReader {
-    fn new(reader: Box<dyn AsyncRead + Send + Unpin>) -> Self {
-        Self { reader, buf: BytesMut::new() }
+    fn new(reader: Box<dyn AsyncRead + Send + Unpin>, frame_timeout: Option<Duration>) -> Self {
+        Self { reader, buf: BytesMut::new(), frame_timeout, started: None }
     }
 
     /// Reads the next frame. `Ok(None)` means the stream ended cleanly
     /// between frames. Cancel-safe: the only await is a read that either
-    /// completes into `buf` or reads nothing.
+    /// completes into `buf` or reads nothing, and the frame's deadline lives
+    /// in `self`.
+    ///
+    /// rule: session.keepalive — once a frame has started arriving, it must
+    /// finish within `frame_timeout`, or this fails with
+    /// [`LinkError::Stalled`]. Between frames (nothing buffered) it waits
+    /// without a timer.
     pub(super) async fn read_frame(&mut self, max: usize) -> Result<Option<Bytes>, LinkError> {
         loop {
             let missing = match self.announced_len() {
@@ -190,7 +206,11 @@ impl FrameReader {
                     let frame_len = PREFIX_LEN + len;
                     if self.buf.len() >= frame_len {
                         self.buf.advance(PREFIX_LEN);
-                        return Ok(Some(self.buf.split_to(len).freeze()));
+                        let frame = self.buf.split_to(len).freeze();
+                        // What is left arrived with the last read: the next
+                        // frame started then (close enough: now).
+                        self.started = if self.buf.is_empty() { None } else { Some(Instant::now()) };
+                        return Ok(Some(frame));
                     }
                     frame_len - self.buf.len()
                 }
@@ -211,15 +231,35 @@ impl FrameReader {
             if self.buf.capacity() - self.buf.len() < MIN_SPARE {
                 self.buf.reserve(missing.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ));
             }
-            let read = self
-                .reader
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|source| LinkError::Io { context: "reading from a stream link", source })?;
+            let deadline = self.started.zip(self.frame_timeout).and_then(|(started, limit)| started.checked_add(limit));
+            let read = match deadline {
+                // A frame is partly here: the rest must come by its deadline.
+                // `timeout_at` polls the read first, so bytes that are
+                // already waiting are taken even after the deadline.
+                Some(deadline) => match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return Err(self.stalled(self.frame_timeout.unwrap_or_default())),
+                },
+                None => self.reader.read_buf(&mut self.buf).await,
+            }
+            .map_err(|source| LinkError::Io { context: "reading from a stream link", source })?;
             if read == 0 {
                 return self.end_of_stream();
             }
+            if self.started.is_none() {
+                self.started = Some(Instant::now());
+            }
         }
+    }
+
+    /// Bytes the frame at the front of `buf` needs in all (only the prefix,
+    /// while that is incomplete).
+    fn expected_len(&self) -> usize {
+        self.announced_len().map_or(PREFIX_LEN, |len| PREFIX_LEN.saturating_add(len))
+    }
+
+    fn stalled(&self, timeout: Duration) -> LinkError {
+        LinkError::Stalled { expected: self.expected_len(), got: self.buf.len(), timeout }
     }
 
     /// The length in the prefix at the front of `buf`, once all of it arrived.
@@ -235,9 +275,8 @@ impl FrameReader {
             // rule: link.rx.eof
             return Ok(None);
         }
-        let expected = self.announced_len().map_or(PREFIX_LEN, |len| PREFIX_LEN + len);
         // rule: link.rx.error
-        Err(LinkError::Truncated { expected, got: self.buf.len() })
+        Err(LinkError::Truncated { expected: self.expected_len(), got: self.buf.len() })
     }
 }
 
@@ -253,7 +292,7 @@ mod tests {
         let (queue, pending) = mpsc::channel(4);
         let handoff = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_frames(pending, FrameWriter::new(Box::new(near_write), usize::MAX), handoff));
-        let mut reader = FrameReader::new(Box::new(far_read));
+        let mut reader = FrameReader::new(Box::new(far_read), None);
         let sent: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; usize::from(i) * 300])).collect();
         let sender = {
             let sent = sent.clone();

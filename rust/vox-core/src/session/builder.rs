@@ -6,7 +6,7 @@ use super::control::mailbox;
 use super::handle::{Caller, ConnectionHandle, LiveToken, SessionHandle};
 use super::handle::{CoreRef, RootSlot};
 use super::handshake::{self, Negotiated};
-use super::handshake::{HandshakeError, HelloDecision, ResumeRequest};
+use super::handshake::{HandshakeError, HelloDecision, ResumeRequest, SetupLimits};
 use super::phase::SessionPhase;
 use super::resume::{self, NewConduit, RedialError, Redialer, SessionRegistry, SessionResumeConfig};
 use super::run::{Attachment, Resume, ResumeSide, RunLoop};
@@ -51,6 +51,12 @@ pub struct SessionConfig {
     pub keepalive: Option<KeepaliveConfig>,
     /// The longest the prologue plus handshake may take.
     pub handshake_timeout: Duration,
+    /// Limits on a peer that has not completed the handshake (rule
+    /// `session.setup.limits`): the setup-phase message size (64 KiB), the
+    /// prologue deadline (2 s), and for listeners the bound on unfinished
+    /// setups (256, the oldest is closed beyond it) and the TCP backlog
+    /// (1024). See [`SetupLimits`].
+    pub setup: SetupLimits,
     /// Capacity of the control mailbox's bounded queue.
     pub mailbox_capacity: usize,
     /// Capacity of the outbound queue, in messages.
@@ -113,6 +119,7 @@ impl Default for SessionConfig {
             max_connections: 1024,
             keepalive: Some(KeepaliveConfig { interval: Duration::from_secs(10), timeout: Duration::from_secs(20) }),
             handshake_timeout: Duration::from_secs(10),
+            setup: SetupLimits::default(),
             mailbox_capacity: 32,
             outbound_capacity: 256,
             max_channels_per_connection: 4096,
@@ -301,6 +308,9 @@ impl SessionBuilder {
         let timeout = self.config.handshake_timeout;
         let setup = async {
             let mut link = link;
+            // rule: session.setup.limits — the acceptor is unauthenticated
+            // too, until the handshake completes.
+            link.rx.restrict(self.config.setup.max_message_size);
             if let Err(e) = transport::initiate(&mut link, ConduitMode::Bare).await {
                 let _ = link.tx.close().await;
                 return Err(e.into());
@@ -382,10 +392,19 @@ impl SessionBuilder {
     pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
         let timeout = self.config.handshake_timeout;
         let modes = AcceptModes { bare: true, stable: self.config.accept_stable };
+        let limits = &self.config.setup;
         let setup = async {
             let mut link = link;
-            let mode = match transport::accept(&mut link, modes).await {
+            // rule: session.setup.limits — until the handshake completes the
+            // peer is unauthenticated: every message it sends (prologue, a
+            // stable ClientHello, which is read on this link, Hello, LetsGo)
+            // is refused above the setup maximum from its length prefix,
+            // before anything is allocated for it; and its first message
+            // must come soon.
+            link.rx.restrict(limits.max_message_size);
+            let mode = match transport::accept_within(&mut link, modes, Some(limits.prologue_timeout)).await {
                 Ok(m) => m,
+                Err(transport::PrologueError::Timeout(d)) => return Err(SessionError::HandshakeTimeout(d)),
                 Err(e) => {
                     // rule: transport.prologue.reject-close — close (not
                     // drop) so the reject reaches the peer before the end.
@@ -401,6 +420,7 @@ impl SessionBuilder {
                     Err(e) => return Err(SessionError::Setup(e.to_string())),
                 },
             };
+            prepare_conduit(&self.config, &mut rx);
             let registry = &self.session_registry;
             let offer = self.config.session_resume.offer;
             let mut fresh = None;
@@ -420,7 +440,12 @@ impl SessionBuilder {
                 }
                 None => HelloDecision::New(None),
             };
-            match handshake::accept_deciding(&tx, &mut rx, self.config.root_settings.clone(), decide).await {
+            let outcome = handshake::accept_deciding(&tx, &mut rx, self.config.root_settings.clone(), decide).await;
+            if outcome.is_ok() {
+                // rule: session.setup.limits — the peer is a session peer now.
+                rx.unrestrict();
+            }
+            match outcome {
                 Ok((negotiated, false)) => Ok(Some((NewConduit { tx, rx, negotiated }, fresh))),
                 Ok((negotiated, true)) => {
                     // The session may have ended since the lookup: then the
@@ -491,14 +516,26 @@ impl SessionBuilder {
         self.establish_resumable(Arc::new(source), Some(first)).await
     }
 
-    /// Binds a TCP listener that accepts sessions with these settings.
+    /// Binds a TCP listener that accepts sessions with these settings, with
+    /// a listen backlog of [`SetupLimits::listen_backlog`] (1024 by default)
+    /// and `SO_REUSEADDR` as tokio's own `TcpListener::bind` sets it.
     pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+        let tcp = bind_tcp(addr, self.config.setup.listen_backlog)
+            .await
+            .map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
         let local_addr = tcp.local_addr().map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
         let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx, dropped_failures.clone()));
-        Ok(Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), dropped_failures, task })
+        let pending = Arc::new(PendingSetups::new());
+        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx, dropped_failures.clone(), pending.clone()));
+        Ok(Listener {
+            local_addr,
+            builder: self,
+            outcomes: tokio::sync::Mutex::new(rx),
+            dropped_failures,
+            pending,
+            task,
+        })
     }
 
     fn start(self, conduit: NewConduit, resume: Option<Resume>) -> Session {
@@ -586,10 +623,16 @@ async fn open_initiator_classified(
     request: ResumeRequest,
 ) -> Result<NewConduit, RedialError> {
     let transient = |e: String| RedialError::Transient(e);
-    let first = match first {
+    let mut first = match first {
         Some(l) => l,
         None => source.dial().await.map_err(|e| transient(e.to_string()))?,
     };
+    // rule: session.setup.limits — the acceptor is unauthenticated until the
+    // handshake completes: its prologue answer, its ServerHello (stable,
+    // read on this link) and its HelloYourself are held to the setup
+    // maximum. A stable conduit applies the same to links it redials while
+    // restricted (see `prepare_conduit`).
+    first.rx.restrict(config.setup.max_message_size);
     let (tx, rx) = match config.conduit {
         ConduitMode::Bare => {
             let mut link = first;
@@ -615,14 +658,29 @@ async fn open_initiator_classified(
     })
 }
 
+/// Settings every fresh conduit gets before its handshake: the setup-phase
+/// message maximum (rule `session.setup.limits`; for a stable conduit, on
+/// every link it attaches until [`ConduitRx::unrestrict`]) and the bounds
+/// on decoded sequences (rule `session.decode.bounded`).
+fn prepare_conduit(config: &SessionConfig, rx: &mut ConduitRx) {
+    rx.restrict(config.setup.max_message_size);
+    rx.set_decode_limits(config.decode_limits);
+}
+
 async fn initiator_handshake(
     c: &SessionConfig,
     tx: ConduitTx,
     mut rx: ConduitRx,
     request: ResumeRequest,
 ) -> Result<NewConduit, HandshakeError> {
+    prepare_conduit(c, &mut rx);
     match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version, request).await {
-        Ok(negotiated) => Ok(NewConduit { tx, rx, negotiated }),
+        Ok(negotiated) => {
+            // rule: session.setup.limits — the handshake is done: the
+            // session's own message maximum applies from here on.
+            rx.unrestrict();
+            Ok(NewConduit { tx, rx, negotiated })
+        }
         Err(e) => {
             // rule: session.handshake — after Sorry the link is closed;
             // closing (not dropping) makes sure the Sorry leaves first.
@@ -637,23 +695,131 @@ async fn initiator_handshake(
 /// failures beyond it are dropped after being logged.
 const LISTENER_BACKLOG: usize = 16;
 
-/// Links whose prologue and handshake run at once; further TCP connections
-/// wait in the kernel's backlog.
-const MAX_CONCURRENT_SETUPS: usize = 64;
+/// Binds like `tokio::net::TcpListener::bind` (every resolved address in
+/// turn, the first that binds wins; `SO_REUSEADDR` off Windows), but with
+/// the given listen backlog.
+async fn bind_tcp(addr: impl tokio::net::ToSocketAddrs, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            #[cfg(not(windows))]
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")))
+}
+
+/// The setups in progress on a listener, oldest first (rule
+/// `session.setup.limits`).
+struct PendingSetups {
+    state: parking_lot::Mutex<PendingState>,
+    /// How many are in progress (mirrors `state.tasks.len()`), for
+    /// [`Listener::pending_setups`] and for waiting on it.
+    count: watch::Sender<usize>,
+    /// Unfinished setups closed to make room for newer ones.
+    evicted: std::sync::atomic::AtomicU64,
+}
+
+struct PendingState {
+    /// Ids grow with acceptance order, so the first entry is the oldest.
+    next_id: u64,
+    /// Each setup's task; `None` only between its registration and its
+    /// spawn, both in the accept loop.
+    tasks: std::collections::BTreeMap<u64, Option<tokio::task::AbortHandle>>,
+}
+
+impl PendingSetups {
+    fn new() -> PendingSetups {
+        PendingSetups {
+            state: parking_lot::Mutex::new(PendingState { next_id: 0, tasks: Default::default() }),
+            count: watch::channel(0).0,
+            evicted: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Registers a new setup. If `max` are already in progress, the oldest
+    /// ones are closed first (their tasks aborted, which drops their links):
+    /// a new link is never made to wait for room.
+    fn admit(self: &Arc<Self>, max: usize) -> SetupGuard {
+        let (id, evicted) = {
+            let mut state = self.state.lock();
+            let mut evicted = Vec::new();
+            while state.tasks.len() >= max.max(1) {
+                match state.tasks.pop_first() {
+                    Some((_, task)) => evicted.push(task),
+                    None => break,
+                }
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.tasks.insert(id, None);
+            self.count.send_replace(state.tasks.len());
+            (id, evicted)
+        };
+        for task in evicted {
+            self.evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(max, "closing the oldest unfinished setup to make room for a new link");
+            if let Some(task) = task {
+                task.abort();
+            }
+        }
+        SetupGuard { pending: self.clone(), id }
+    }
+
+    /// Records the task of setup `id`, unless it already finished.
+    fn spawned(&self, id: u64, task: tokio::task::AbortHandle) {
+        if let Some(slot) = self.state.lock().tasks.get_mut(&id) {
+            *slot = Some(task);
+        }
+    }
+
+    fn finished(&self, id: u64) {
+        let mut state = self.state.lock();
+        if state.tasks.remove(&id).is_some() {
+            self.count.send_replace(state.tasks.len());
+        }
+    }
+}
+
+/// Held by a setup's task: dropping it (the setup finished, failed or was
+/// aborted) removes the setup from [`PendingSetups`].
+struct SetupGuard {
+    pending: Arc<PendingSetups>,
+    id: u64,
+}
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        self.pending.finished(self.id);
+    }
+}
 
 /// Accepts sessions on a TCP listener.
 ///
-/// A background task accepts TCP connections and runs each one's prologue
-/// and handshake in its own task, so a slow or silent peer holds up nobody,
-/// and links that resume an existing session's stable conduit are attached
-/// whether or not anyone is calling [`accept`](Self::accept) (rule
-/// `session.resume`). Dropping the listener stops accepting; sessions
+/// A background task accepts TCP connections as fast as they come and runs
+/// each one's prologue and handshake in its own task, so a slow or silent
+/// peer holds up nobody, and links that resume an existing session's stable
+/// conduit are attached whether or not anyone is calling
+/// [`accept`](Self::accept) (rule `session.resume`). Unfinished setups are
+/// bounded by [`SetupLimits::max_pending_setups`] without delaying new
+/// links: beyond it, the oldest unfinished setup is closed (rule
+/// `session.setup.limits`). Dropping the listener stops accepting; sessions
 /// already established carry on.
 pub struct Listener {
     local_addr: std::net::SocketAddr,
     builder: SessionBuilder,
     outcomes: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<Session, SessionError>>>,
     dropped_failures: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<PendingSetups>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -668,10 +834,11 @@ async fn accept_loop(
     builder: SessionBuilder,
     outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
     dropped_failures: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<PendingSetups>,
 ) {
-    let setups = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SETUPS));
     loop {
-        let Ok(permit) = setups.clone().acquire_owned().await else { return };
+        // rule: session.setup.limits — accept first, always: room for the
+        // new setup is made by closing the oldest one, never by waiting.
         let (stream, peer) = match tcp.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -683,12 +850,14 @@ async fn accept_loop(
             }
         };
         let link = link::tcp(stream, builder.config.link.clone());
+        let guard = pending.admit(builder.config.setup.max_pending_setups);
+        let id = guard.id;
         let builder = builder.clone();
         let outcomes = outcomes.clone();
         let dropped_failures = dropped_failures.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let outcome = builder.establish_acceptor_any(link).await;
-            drop(permit);
+            drop(guard);
             match outcome {
                 Ok(Accepted::New(session)) => {
                     let _ = outcomes.send(Ok(session)).await;
@@ -697,7 +866,7 @@ async fn accept_loop(
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "inbound link did not become a session");
                     // Failures never wait for room: a full backlog must not
-                    // hold a setup slot. One that does not fit is counted
+                    // hold a setup task. One that does not fit is counted
                     // (`Listener::dropped_failures`) after being logged above.
                     if outcomes.try_send(Err(e)).is_err() {
                         dropped_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -705,6 +874,7 @@ async fn accept_loop(
                 }
             }
         });
+        pending.spawned(id, task.abort_handle());
     }
 }
 
@@ -746,5 +916,27 @@ impl Listener {
     /// The builder used for accepted sessions.
     pub fn builder(&self) -> &SessionBuilder {
         &self.builder
+    }
+
+    /// Inbound links whose prologue and handshake are still in progress
+    /// (at most [`SetupLimits::max_pending_setups`]).
+    pub fn pending_setups(&self) -> usize {
+        *self.pending.count.borrow()
+    }
+
+    /// Waits until at most `n` setups are in progress: each one counts until
+    /// its task is done with it (it became a session, failed, timed out, or
+    /// was closed to make room).
+    pub async fn pending_setups_at_most(&self, n: usize) {
+        let mut count = self.pending.count.subscribe();
+        // The sender lives as long as `self`.
+        let _ = count.wait_for(|c| *c <= n).await;
+    }
+
+    /// Unfinished setups closed so far to make room for newer links, because
+    /// [`SetupLimits::max_pending_setups`] were in progress (rule
+    /// `session.setup.limits`).
+    pub fn evicted_setups(&self) -> u64 {
+        self.pending.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -7,6 +7,54 @@ use crate::wire::{
     SESSION_RESUME_FEATURE,
 };
 
+/// Limits on a peer that has not completed the handshake yet, which is an
+/// unauthenticated peer (rule `session.setup.limits`). Part of
+/// [`SessionConfig`](crate::session::SessionConfig) as its `setup` field;
+/// the whole setup (prologue and handshake) is also bounded by
+/// `SessionConfig::handshake_timeout`.
+///
+/// ```
+/// use std::time::Duration;
+/// use vox_core::session::SessionBuilder;
+/// let mut server = SessionBuilder::new();
+/// server.config_mut().setup.max_pending_setups = 1024;
+/// server.config_mut().setup.prologue_timeout = Duration::from_secs(1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupLimits {
+    /// The largest message, in bytes, accepted from the peer until the
+    /// handshake completes: the transport prologue, a stable conduit's
+    /// `ClientHello`/`ServerHello`, `Hello`, `HelloYourself`, `LetsGo`.
+    /// Applies on both sides (acceptor and initiator). A larger length
+    /// prefix kills the link before anything is allocated for the body.
+    /// Default 64 KiB, far below the session's message maximum
+    /// (`LinkConfig::max_message_size`, 16 MiB), which applies once the
+    /// handshake is done.
+    pub max_message_size: usize,
+    /// Listeners: the most inbound links whose setup is in progress at
+    /// once. A new link is always accepted at once; when this many setups
+    /// are unfinished, the oldest one is closed to make room, so links that
+    /// never speak cannot delay a well-behaved new session. Default 256.
+    pub max_pending_setups: usize,
+    /// Acceptors: the initiator's first message (its `TransportHello`) must
+    /// arrive within this time of the link being accepted. Default 2 s.
+    pub prologue_timeout: std::time::Duration,
+    /// Listeners: the TCP listen backlog, i.e. connections the kernel holds
+    /// until they are accepted. Default 1024.
+    pub listen_backlog: u32,
+}
+
+impl Default for SetupLimits {
+    fn default() -> Self {
+        SetupLimits {
+            max_message_size: 64 * 1024,
+            max_pending_setups: 256,
+            prologue_timeout: std::time::Duration::from_secs(2),
+            listen_backlog: 1024,
+        }
+    }
+}
+
 /// What both sides agreed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Negotiated {
