@@ -7,6 +7,7 @@
 
 pub mod conduit;
 pub mod driver;
+mod id_window;
 pub mod link;
 pub mod service;
 pub mod session;

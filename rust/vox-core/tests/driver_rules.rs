@@ -1089,18 +1089,26 @@ async fn rpc_channel_crossing_late_message_for_forgotten_id_is_tolerated_but_id_
     const N: usize = 1100; // more ended channels than the 1024 remembered
     let (client, mut raw) = raw_acceptor(SessionBuilder::new(), ConnectionSettings::default()).await;
     let caller = client.root.caller.clone();
+    // Spread over requests of 100 channels: one request may declare at
+    // most `DecodeLimits::max_channels` (128).
+    const PER_CALL: usize = 100;
     let mut kept = Vec::with_capacity(N);
-    let mut args = Vec::with_capacity(N);
-    for _ in 0..N {
-        let (tx, rx) = channel::<u8>();
-        kept.push(tx);
-        args.push(rx.into_arg().unwrap());
+    let mut calls = Vec::new();
+    let mut channels = Vec::with_capacity(N);
+    for _ in 0..N / PER_CALL {
+        let mut args = Vec::with_capacity(PER_CALL);
+        for _ in 0..PER_CALL {
+            let (tx, rx) = channel::<u8>();
+            kept.push(tx);
+            args.push(rx.into_arg().unwrap());
+        }
+        calls.push(tokio::spawn({
+            let caller = caller.clone();
+            async move { caller.call::<_, ()>(mid("sum"), &(), args).await }
+        }));
+        let (_, _, _, declared, _) = next_request(&mut raw).await;
+        channels.extend(declared);
     }
-    let _call = tokio::spawn({
-        let caller = caller.clone();
-        async move { caller.call::<_, ()>(mid("sum"), &(), args).await }
-    });
-    let (_, _, _, channels, _) = next_request(&mut raw).await;
     assert_eq!(channels.len(), N);
     drop(kept);
     let mut closes = 0;

@@ -73,7 +73,7 @@ fn raw_duplex(config: LinkConfig, buffer: usize) -> (Link, DuplexStream) {
 }
 
 fn config(max_message_size: usize, send_queue: usize) -> LinkConfig {
-    LinkConfig { max_message_size, send_queue }
+    LinkConfig { max_message_size, send_queue, ..LinkConfig::default() }
 }
 
 /// A message that says which one it is, so reordering, loss and duplication

@@ -29,6 +29,7 @@ fn config(replay_limit: usize) -> StableConfig {
         recovery_timeout: Duration::from_secs(60),
         backoff: Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(5), factor: 2 },
         hello_timeout: Duration::from_secs(30),
+        ..StableConfig::default()
     }
 }
 

@@ -5,6 +5,7 @@
 use super::phase::{ConnEvent, ConnState, PhaseError};
 use super::{ConnectionHandle, SessionError};
 use crate::driver::ConnectionCore;
+use crate::id_window::{IdWindow, Seen};
 use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Parity};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,7 +54,9 @@ pub(crate) struct ConnTable {
     local_parity: Parity,
     alloc: IdAllocator,
     highest_local: u64,
-    highest_peer: u64,
+    /// The ids the peer opened, exactly for the most recent ones (rules
+    /// `connection.close.crossing`, `rpc.channel.unknown`).
+    peer_ids: IdWindow,
     pub(crate) late_messages: u64,
 }
 
@@ -66,7 +69,7 @@ impl ConnTable {
             local_parity,
             alloc: IdAllocator::new(local_parity),
             highest_local: 0,
-            highest_peer: 0,
+            peer_ids: IdWindow::default(),
             late_messages: 0,
         }
     }
@@ -114,10 +117,10 @@ impl ConnTable {
         if id.parity() == self.local_parity {
             return Err(format!("OpenConnection with id {id} of the acceptor's parity"));
         }
-        if id.0 <= self.highest_peer {
+        if self.peer_ids.highest().is_some_and(|h| id.0 <= h) {
             return Err(format!("OpenConnection reuses connection id {id} (ids only increase)"));
         }
-        self.highest_peer = id.0;
+        self.peer_ids.insert(id.0);
         Ok(())
     }
 
@@ -195,13 +198,21 @@ impl ConnTable {
                 Released::ByPeer => Lookup::Violation(format!("message on connection {id} after it was released")),
             };
         }
-        let highest = if id.parity() == self.local_parity { self.highest_local } else { self.highest_peer };
-        if id.0 <= highest {
-            // Older than the tombstone window: tolerated, counted.
+        // Ours are allocated consecutively, so the high-water mark is exact;
+        // the peer's may skip ids, so they are judged by its window.
+        let known = if id.parity() == self.local_parity {
+            id.0 <= self.highest_local
+        } else {
+            self.peer_ids.seen(id.0) != Seen::Never
+        };
+        if known {
+            // Released longer ago than the tombstones remember: tolerated, counted.
             self.late_messages += 1;
             Lookup::Late
         } else {
-            Lookup::Violation(format!("message on unknown connection {id}"))
+            // rule: rpc.channel.unknown — never opened (also below the
+            // highest id opened, within the remembered window).
+            Lookup::Violation(format!("message on unknown connection {id} (never opened)"))
         }
     }
 

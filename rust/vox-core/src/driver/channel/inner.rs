@@ -18,6 +18,7 @@ use super::state::{
     ChannelState, Closed, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, StateKind, Tombstone, Tombstones,
     WakerSlot,
 };
+use crate::id_window::{IdWindow, Seen};
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId, IdAllocator, Metadata, Payload};
 use remote::{Msg, Verdict, judge_ended};
 
@@ -102,8 +103,9 @@ pub(super) struct Inner {
     local_ids: IdAllocator,
     /// The highest id we allocated: our ids at or below it are "known".
     highest_local: Option<u64>,
-    /// The highest id the peer announced: peer ids at or below it are "known".
-    highest_remote: Option<u64>,
+    /// The ids the peer announced: exactly for the most recent ones, and
+    /// whether older ones were forgotten (rule `rpc.channel.unknown`).
+    remote_ids: IdWindow,
     outbound: Outbound,
     tombstones: Tombstones,
     lost: Option<LossCause>,
@@ -118,7 +120,7 @@ impl Inner {
             config,
             channels: HashMap::new(),
             highest_local: None,
-            highest_remote: None,
+            remote_ids: IdWindow::default(),
             outbound: Outbound::default(),
             lost: None,
             counters: ChannelStats::default(),
@@ -130,10 +132,18 @@ impl Inner {
     }
 
     /// Whether `id` was allocated by us or announced by the peer at some
-    /// point; ids only increase, so this needs only the two high-water marks.
+    /// point, or may have been (older than the peer's remembered window).
+    /// Ours are allocated consecutively, so the high-water mark is exact;
+    /// the peer's may skip ids, so they are judged by the window (rule
+    /// `rpc.channel.unknown`).
     fn is_known(&self, id: ChannelId) -> bool {
-        let highest = if id.parity() == self.config.local_parity { self.highest_local } else { self.highest_remote };
-        id.0 != 0 && highest.is_some_and(|h| id.0 <= h)
+        if id.0 == 0 {
+            return false;
+        }
+        if id.parity() == self.config.local_parity {
+            return self.highest_local.is_some_and(|h| id.0 <= h);
+        }
+        self.remote_ids.seen(id.0) != Seen::Never
     }
 
     /// Removes a terminal entry once its handle has observed the end and no
@@ -257,7 +267,7 @@ impl Inner {
             return Ok(());
         }
         let remote = self.config.local_parity.opposite();
-        let mut highest = self.highest_remote;
+        let mut highest = self.remote_ids.highest();
         // Validate everything first so a bad request leaves no partial state.
         for (index, decl) in decls.iter().enumerate() {
             let fail = |kind| Err(super::Violation { id: decl.id, kind });
@@ -299,8 +309,8 @@ impl Inner {
                 ChannelDirection::HandlerToCaller => Early::Sending { credit: decl.initial_credit, reset: false },
             };
             self.channels.insert(decl.id, Entry { waker: WakerSlot::new(), state: ChannelState::Pending(early) });
+            self.remote_ids.insert(decl.id.0);
         }
-        self.highest_remote = highest;
         Ok(())
     }
 
