@@ -88,7 +88,27 @@ pub static CASES: &[Case] = &[
         ["conduit.stable", "stable.resume-key", "stable.seq", "stable.ack", "session.handshake"]
     ),
     case!(stable::stable_seq_duplicate_frame_ignored, SubjectAccepts, ["stable.seq", "rpc.response.one-per-request"]),
-    case!(stable::stable_seq_gap_is_error, SubjectAccepts, ["stable.seq"]),
+    case!(stable::stable_seq_gap_is_error, SubjectAccepts, ["stable.seq", "session.protocol-error"]),
+    case!(
+        stable::stable_ack_beyond_sent_on_frame_is_protocol_error,
+        SubjectAccepts,
+        ["stable.ack", "session.protocol-error"]
+    ),
+    case!(
+        stable::stable_ack_beyond_sent_alone_is_protocol_error,
+        SubjectAccepts,
+        ["stable.ack", "session.protocol-error"]
+    ),
+    case!(
+        stable::stable_undecodable_link_message_is_protocol_error,
+        SubjectAccepts,
+        ["conduit.stable", "session.protocol-error"]
+    ),
+    case!(
+        stable::stable_frame_item_undecodable_is_protocol_error,
+        SubjectAccepts,
+        ["conduit.stable", "session.protocol-error"]
+    ),
     case!(
         stable::stable_replay_buffer_resends_unacked_after_reconnect,
         SubjectAccepts,

@@ -7,9 +7,17 @@ use crate::peer::{StablePeer, ok_value, request, stable_hello};
 use crate::subject::{self, SubjectCmd};
 use crate::{ensure, fail};
 use bytes::Bytes;
+use std::time::Duration;
 use vox_core::wire::{
     self, Blob, ClientHello, ConduitMsg, Message, Parity, Payload, ResumeKey, StableHelloReply, StableMsg,
 };
+
+/// How soon after a violation the subject must have sent its
+/// `ProtocolError` and closed the link, with the harness sending nothing
+/// meanwhile (no ack): a generous bound on vox-core's 500 ms write deadline
+/// (rule `session.protocol-error`: the teardown never waits on the
+/// violator).
+const PROMPT: Duration = Duration::from_secs(3);
 
 /// A listening subject, a new stable conduit to it and the session
 /// handshake inside frames (the harness takes odd parity).
@@ -82,6 +90,60 @@ pub async fn stable_seq_duplicate_frame_ignored(cmd: SubjectCmd) -> CaseResult {
     running.conclude(result).await
 }
 
+/// After a stable-layer violation by the harness (`violation`, for the
+/// messages): the subject must send a `ProtocolError` on connection 0,
+/// inside a frame, and then close the link within [`PROMPT`], while the
+/// harness sends nothing at all, in particular no ack of that frame.
+/// Anything else the subject sends first is skipped, except an answer to
+/// request `unanswered` (sent after the violation). Returns the description.
+async fn expect_stable_protocol_error(
+    peer: &mut StablePeer,
+    violation: &str,
+    unanswered: Option<u64>,
+) -> CaseResult<String> {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    let mut description: Option<String> = None;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, peer.rx.recv()).await {
+            Err(_) => match &description {
+                None => fail!(
+                    "session.protocol-error: after {violation}, neither a ProtocolError nor a close within {PROMPT:?}"
+                ),
+                Some(d) => fail!(
+                    "session.protocol-error: after {violation}, the subject sent ProtocolError({d:?}) but kept the link open for {PROMPT:?} (waiting on the violator?)"
+                ),
+            },
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) | Ok(Err(_)) => match description {
+                Some(d) => return Ok(d),
+                None => fail!(
+                    "session.protocol-error: after {violation}, the subject closed the link without a ProtocolError"
+                ),
+            },
+        };
+        let Ok(msg) = wire::decode::<StableMsg>("StableMsg", &next) else {
+            fail!("conduit.stable: after {violation}, the subject sent a link message that is not a StableMsg");
+        };
+        let StableMsg::Frame(f) = msg else { continue };
+        match wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)? {
+            ConduitMsg::Message(Message { connection_id, payload: Payload::ProtocolError { description: d } }) => {
+                ensure!(
+                    connection_id.is_root(),
+                    "session.message.connection-id: ProtocolError on connection {connection_id}, not 0"
+                );
+                description = Some(d);
+            }
+            ConduitMsg::Message(Message { payload: Payload::Response { id, .. }, .. }) if Some(id.0) == unanswered => {
+                fail!(
+                    "session.protocol-error: after {violation}, the subject delivered request {} and answered it",
+                    id.0
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
 pub async fn stable_seq_gap_is_error(cmd: SubjectCmd) -> CaseResult {
     let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
     let result = async {
@@ -89,23 +151,74 @@ pub async fn stable_seq_gap_is_error(cmd: SubjectCmd) -> CaseResult {
         // Skip one seq: a reliable link plus replay cannot lose a frame.
         peer.next_seq += 1;
         peer.send(0, request(3, "echo", "after the gap", vec![])).await?;
-        loop {
-            match peer.recv_stable("the link to close after a seq gap").await {
-                Err(crate::CaseError::Timeout(_)) => {
-                    fail!("stable.seq: the subject kept the conduit open after a frame skipped a seq")
-                }
-                Err(e) => return Err(e),
-                Ok(None) => return Ok(()),
-                Ok(Some(StableMsg::Frame(f))) => {
-                    if let Ok(ConduitMsg::Message(Message { payload: Payload::Response { id, .. }, .. })) =
-                        wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)
-                    {
-                        ensure!(id.0 != 3, "stable.seq: the subject delivered the frame after a gap and answered it");
-                    }
-                }
-                Ok(Some(_)) => {}
-            }
-        }
+        expect_stable_protocol_error(&mut peer, "a frame whose seq skips one (stable.seq)", Some(3)).await?;
+        Ok(())
+    }
+    .await;
+    running.conclude(result).await
+}
+
+/// An ack far beyond the subject's last frame: it has sent a handful of
+/// frames (handshake, echo, perhaps keepalive pings), never a thousand.
+fn ack_beyond(peer: &StablePeer) -> u32 {
+    peer.subject_next.wrapping_add(1000)
+}
+
+pub async fn stable_ack_beyond_sent_on_frame_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        peer.echo(1, "before the bad ack").await?;
+        let mut frame = peer.frame(&ConduitMsg::Message(Message {
+            connection_id: wire::ConnectionId::ROOT,
+            payload: request(3, "echo", "with a bad ack", vec![]),
+        }))?;
+        frame.ack = Some(ack_beyond(&peer));
+        peer.send_stable(&StableMsg::Frame(frame)).await?;
+        expect_stable_protocol_error(&mut peer, "a frame acknowledging seqs the subject never sent (stable.ack)", None)
+            .await?;
+        Ok(())
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_ack_beyond_sent_alone_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        peer.echo(1, "before the bad ack").await?;
+        let ack = ack_beyond(&peer);
+        peer.send_stable(&StableMsg::Ack { ack }).await?;
+        expect_stable_protocol_error(&mut peer, "a stand-alone Ack of seqs the subject never sent (stable.ack)", None)
+            .await?;
+        Ok(())
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_undecodable_link_message_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        peer.echo(1, "before the garbage").await?;
+        peer.tx.send(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff])).await?;
+        expect_stable_protocol_error(&mut peer, "a link message that is not a StableMsg", None).await?;
+        Ok(())
+    }
+    .await;
+    running.conclude(result).await
+}
+
+pub async fn stable_frame_item_undecodable_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, _addr, mut peer, _key) = stable_session(&cmd).await?;
+    let result = async {
+        peer.echo(1, "before the garbage").await?;
+        // A well-formed frame, in sequence, acknowledging correctly, whose
+        // item is not a conduit message.
+        let mut frame = peer.frame(&ConduitMsg::Handshake(wire::HandshakeMsg::LetsGo))?;
+        frame.item = Blob(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff]));
+        peer.send_stable(&StableMsg::Frame(frame)).await?;
+        expect_stable_protocol_error(&mut peer, "a frame whose item is not a ConduitMsg", None).await?;
+        Ok(())
     }
     .await;
     running.conclude(result).await
