@@ -6,7 +6,7 @@ use crate::peer::{PATIENCE, Peer};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use vox_core::link::{self, Link, LinkConfig};
 use vox_core::wire::ConnectionSettings;
@@ -156,9 +156,23 @@ impl Running {
 /// Starts the subject in `mode` against a fresh harness listener and returns
 /// the accepted link.
 pub async fn connect_in(cmd: &SubjectCmd, mode: &str, scenario: &str) -> CaseResult<(Running, Link)> {
+    let (running, stream) = connect_stream(cmd, mode, scenario, &[]).await?;
+    Ok((running, link::tcp(stream, LinkConfig::default())))
+}
+
+/// Like [`connect_in`] with extra environment variables for the subject;
+/// returns the accepted TCP stream.
+pub async fn connect_stream(
+    cmd: &SubjectCmd,
+    mode: &str,
+    scenario: &str,
+    envs: &[(&str, &str)],
+) -> CaseResult<(Running, TcpStream)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let child = cmd.spawn(&[("PEER_ADDR", &addr), ("SUBJECT_MODE", mode), ("CLIENT_SCENARIO", scenario)], false)?;
+    let mut all = vec![("PEER_ADDR", addr.as_str()), ("SUBJECT_MODE", mode), ("CLIENT_SCENARIO", scenario)];
+    all.extend_from_slice(envs);
+    let child = cmd.spawn(&all, false)?;
     let mut running = Running { child };
     let accepted = tokio::select! {
         a = tokio::time::timeout(PATIENCE, listener.accept()) => a,
@@ -166,15 +180,35 @@ pub async fn connect_in(cmd: &SubjectCmd, mode: &str, scenario: &str) -> CaseRes
     };
     let (stream, _) = accepted.map_err(|_| CaseError::Timeout("the subject to connect".into()))??;
     stream.set_nodelay(true)?;
-    Ok((running, link::tcp(stream, LinkConfig::default())))
+    Ok((running, stream))
 }
 
 /// Subject in `server` mode, handshake done with default harness settings.
 pub async fn server(cmd: &SubjectCmd) -> CaseResult<(Running, Peer)> {
-    let (running, link) = connect_in(cmd, "server", "").await?;
-    let mut peer = Peer::new(link);
+    server_with(cmd, &[]).await
+}
+
+/// Like [`server`], with extra environment variables for the subject.
+pub async fn server_with(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<(Running, Peer)> {
+    let (running, stream) = connect_stream(cmd, "server", "", envs).await?;
+    let mut peer = Peer::new(link::tcp(stream, LinkConfig::default()));
     peer.accept_session(ConnectionSettings::default()).await?;
     Ok((running, peer))
+}
+
+/// Like [`server_with`], and also returns a second handle on the same TCP
+/// socket, for writing bytes that are not whole link messages (a half-sent
+/// frame). Write to it only once everything sent through the peer's link
+/// has been written (after a round trip, e.g. [`Peer::barrier`]), and send
+/// nothing through the link afterwards.
+pub async fn server_raw(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<(Running, Peer, TcpStream)> {
+    let (running, stream) = connect_stream(cmd, "server", "", envs).await?;
+    let std_stream = stream.into_std()?;
+    let raw = TcpStream::from_std(std_stream.try_clone()?)?;
+    let stream = TcpStream::from_std(std_stream)?;
+    let mut peer = Peer::new(link::tcp(stream, LinkConfig::default()));
+    peer.accept_session(ConnectionSettings::default()).await?;
+    Ok((running, peer, raw))
 }
 
 /// Subject in `client` mode running `scenario`, handshake done with the

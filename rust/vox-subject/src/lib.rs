@@ -9,19 +9,31 @@
 //! | `SUBJECT_ACCEPT_STABLE` | mode `listen`: `0` refuses stable conduits in the transport prologue (`SessionConfig::accept_stable = false`, for rule `transport.prologue.no-fallback`); `1` or unset accepts them (the default). |
 //! | `PEER_ADDR` | `host:port` of the harness (modes `server` and `client`). |
 //! | `CLIENT_SCENARIO` | the scenario name for mode `client` (see [`scenarios::SCENARIOS`]). |
+//! | `SUBJECT_KEEPALIVE` | every mode: `<interval_ms>/<timeout_ms>` sets `SessionConfig::keepalive` (rule `session.keepalive`), `off` turns it off; unset keeps vox-core's default (on). |
+//! | `SUBJECT_BUDGETS` | every mode: `<budget>=<burst>/<per_second>`, comma-separated, sets those of `SessionConfig::budgets` (rule `session.abuse-budget`; budgets `cancelled-requests`, `late-messages`, `pings`, `rejected-opens`); unset ones keep vox-core's defaults. |
 //!
 //! The subject accepts at most [`MAX_CONNECTIONS`] virtual connections at
-//! once; further `OpenConnection`s are rejected.
+//! once; further `OpenConnection`s are rejected. An `OpenConnection` whose
+//! metadata names a service (`vox-service`) other than [`SERVICE_NAME`] is
+//! rejected too, with a reason under `vox-reject-reason`.
 
 pub mod scenarios;
 pub mod testbed;
 
 use std::sync::Arc;
-use vox_core::session::{AcceptDecision, ConnectionRequest, SessionBuilder};
+use std::time::Duration;
+use vox_core::service::{REJECT_REASON_KEY, SERVICE_KEY};
+use vox_core::session::{
+    AbuseBudgets, AcceptDecision, BudgetConfig, ConnectionRequest, KeepaliveConfig, SessionBuilder,
+};
 use vox_core::wire::{ConnectionSettings, Metadata};
 
 /// The most virtual connections the subject holds at once.
 pub const MAX_CONNECTIONS: usize = 8;
+
+/// The one service the subject serves on virtual connections; an open
+/// naming another one (`vox-service`) is rejected.
+pub const SERVICE_NAME: &str = "Testbed";
 
 /// Why the subject failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +58,72 @@ pub enum SubjectError {
 }
 
 /// A session builder serving Testbed on the root and on accepted virtual
-/// connections.
+/// connections (those that name no service, or [`SERVICE_NAME`]).
 pub fn server_builder() -> SessionBuilder {
     let handler = testbed::testbed();
     let for_virtual = handler.clone();
-    SessionBuilder::new().handler(handler).max_connections(MAX_CONNECTIONS).acceptor(move |_r: &ConnectionRequest| {
-        AcceptDecision::Accept {
-            settings: ConnectionSettings::default(),
-            metadata: Metadata::new(),
-            handler: Some(Arc::new(for_virtual.clone())),
+    SessionBuilder::new().handler(handler).max_connections(MAX_CONNECTIONS).acceptor(move |r: &ConnectionRequest| {
+        match r.metadata.get_str(SERVICE_KEY) {
+            Some(name) if name != SERVICE_NAME => AcceptDecision::Reject(Metadata::new().with_str(
+                REJECT_REASON_KEY,
+                format!("unknown service {name:?}"),
+                0,
+            )),
+            _ => AcceptDecision::Accept {
+                settings: ConnectionSettings::default(),
+                metadata: Metadata::new(),
+                handler: Some(Arc::new(for_virtual.clone())),
+            },
         }
     })
+}
+
+/// Applies `SUBJECT_KEEPALIVE` and `SUBJECT_BUDGETS` (see the crate docs)
+/// to `builder`.
+pub fn configure_from_env(mut builder: SessionBuilder) -> Result<SessionBuilder, SubjectError> {
+    if let Ok(v) = std::env::var("SUBJECT_KEEPALIVE") {
+        builder.config_mut().keepalive = parse_keepalive(&v)?;
+    }
+    if let Ok(v) = std::env::var("SUBJECT_BUDGETS") {
+        let budgets = parse_budgets(&v, builder.config_mut().budgets)?;
+        builder.config_mut().budgets = budgets;
+    }
+    Ok(builder)
+}
+
+/// `off`, or `<interval_ms>/<timeout_ms>`.
+pub fn parse_keepalive(v: &str) -> Result<Option<KeepaliveConfig>, SubjectError> {
+    if v.trim() == "off" {
+        return Ok(None);
+    }
+    let bad = || SubjectError::Config(format!("SUBJECT_KEEPALIVE={v:?} (off, or <interval_ms>/<timeout_ms>)"));
+    let (i, t) = v.split_once('/').ok_or_else(bad)?;
+    let ms = |x: &str| x.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| bad());
+    Ok(Some(KeepaliveConfig { interval: ms(i)?, timeout: ms(t)? }))
+}
+
+/// `<budget>=<burst>/<per_second>`, comma-separated, over `base`.
+pub fn parse_budgets(v: &str, base: AbuseBudgets) -> Result<AbuseBudgets, SubjectError> {
+    let mut budgets = base;
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || {
+            SubjectError::Config(format!(
+                "SUBJECT_BUDGETS item {item:?} (<budget>=<burst>/<per_second>, budgets cancelled-requests, late-messages, pings, rejected-opens)"
+            ))
+        };
+        let (name, size) = item.split_once('=').ok_or_else(bad)?;
+        let (burst, rate) = size.split_once('/').ok_or_else(bad)?;
+        let config = BudgetConfig {
+            burst: burst.trim().parse().map_err(|_| bad())?,
+            per_second: rate.trim().parse().map_err(|_| bad())?,
+        };
+        match name.trim() {
+            "cancelled-requests" => budgets.cancelled_requests = config,
+            "late-messages" => budgets.late_messages = config,
+            "pings" => budgets.pings = config,
+            "rejected-opens" => budgets.rejected_opens = config,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(budgets)
 }

@@ -3,14 +3,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use vox_subject::{SubjectError, scenarios, server_builder};
+use vox_subject::{SubjectError, configure_from_env, scenarios, server_builder};
 
 fn env(name: &str) -> Result<String, SubjectError> {
     std::env::var(name).map_err(|_| SubjectError::Config(format!("{name} is not set")))
 }
 
 async fn serve() -> Result<(), SubjectError> {
-    let session = server_builder().connect(env("PEER_ADDR")?).await?;
+    let session = configure_from_env(server_builder())?.connect(env("PEER_ADDR")?).await?;
     let reason = session.handle.closed().await;
     eprintln!("vox-subject: session ended: {reason:?}");
     drop(session);
@@ -20,7 +20,7 @@ async fn serve() -> Result<(), SubjectError> {
 /// `SUBJECT_ACCEPT_STABLE=0` makes the listening subject refuse stable
 /// conduits (any other value, or none, accepts them).
 fn listen_builder() -> Result<vox_core::session::SessionBuilder, SubjectError> {
-    let mut builder = server_builder();
+    let mut builder = configure_from_env(server_builder())?;
     match std::env::var("SUBJECT_ACCEPT_STABLE").as_deref() {
         Err(_) | Ok("1") => {}
         Ok("0") => builder.config_mut().accept_stable = false,

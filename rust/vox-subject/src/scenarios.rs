@@ -41,7 +41,11 @@ async fn echo(session: &Session, s: &str) -> Result<String, CallError> {
 pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
     let f = |what: String| fail(name, what);
     if name == "establish_fails" {
-        return match SessionBuilder::new().handshake_timeout(Duration::from_secs(10)).connect(addr).await {
+        return match crate::configure_from_env(SessionBuilder::new())?
+            .handshake_timeout(Duration::from_secs(10))
+            .connect(addr)
+            .await
+        {
             Ok(_) => Err(f("the session was established".into())),
             Err(e) => {
                 eprintln!("vox-subject: establishment failed as expected: {e}");
@@ -49,7 +53,7 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
             }
         };
     }
-    let session = SessionBuilder::new().connect(addr).await?;
+    let session = crate::configure_from_env(SessionBuilder::new())?.connect(addr).await?;
     let caller = session.root.caller.clone();
     match name {
         "basic_calls" => {
