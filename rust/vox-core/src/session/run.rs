@@ -160,7 +160,10 @@ async fn resume_event(r: &mut Option<Resume>) -> Event {
 
 impl RunLoop {
     pub(crate) async fn run(mut self) {
-        let mut ticker = self.config.keepalive.as_ref().map(|k| tokio::time::interval(k.interval));
+        // The first ping goes one interval after the start: the handshake
+        // just proved the peer alive.
+        let mut ticker =
+            self.config.keepalive.as_ref().map(|k| tokio::time::interval_at(Instant::now() + k.interval, k.interval));
         let end = loop {
             if self.root_released && self.table.open_count() == 0 {
                 break (CloseReason::RootReleased, None, true);

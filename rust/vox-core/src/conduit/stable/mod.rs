@@ -127,6 +127,8 @@ struct Core {
     sm: StableState,
     phase: Phase,
     closing: Closing,
+    /// The peer's violation, once seen: the deadline for the end runs.
+    violation: Option<StableEnd>,
     receive_limit: ReceiveLimit,
     /// Incremented per attached link; halves of an older link are dropped.
     epoch: u64,
@@ -158,6 +160,7 @@ impl Shared {
                 sm: StableState::new(config.replay_limit),
                 phase: Phase::Attached,
                 closing: Closing::No,
+                violation: None,
                 receive_limit: ReceiveLimit::AsLink,
                 epoch: 0,
                 tx_slot: Some(tx),
@@ -200,26 +203,29 @@ impl Shared {
     }
 
     /// The peer broke the rules (seen by the reader, or by the consumer
-    /// decoding an item): from now on the conduit only writes out what is
-    /// held, the `ProtocolError` the session adds among it, then closes; and
-    /// it ends after [`StableConfig::violation_deadline`] in any case, so a
-    /// consumer that never closes it cannot keep the violator's link open
-    /// (rule `session.protocol-error`).
+    /// decoding an item): the consumer is told and is expected to send its
+    /// `ProtocolError` and [`abort`](StableTx::abort); the conduit ends
+    /// after [`StableConfig::violation_deadline`] in any case, so a consumer
+    /// that never does cannot keep the violator's link open (rule
+    /// `session.protocol-error`).
     fn violated(self: &Arc<Self>, end: StableEnd) {
         {
             let mut core = self.core.lock();
-            if matches!(core.phase, Phase::Closed(_)) || matches!(core.closing, Closing::Abort { .. }) {
+            if matches!(core.phase, Phase::Closed(_)) || core.violation.is_some() {
                 return;
             }
             tracing::debug!(reason = %end, "stable conduit peer violation; closing after the protocol error");
-            core.closing = Closing::Abort { end: end.clone() };
+            core.violation = Some(end.clone());
         }
-        self.writer_wake.notify_one();
-        let shared = self.clone();
+        // Weak: a conduit that ended sooner is freed at once, not when the
+        // timer fires.
+        let shared = Arc::downgrade(self);
         let deadline = self.config.violation_deadline;
         tokio::spawn(async move {
             tokio::time::sleep(deadline).await;
-            shared.finish(end);
+            if let Some(shared) = shared.upgrade() {
+                shared.finish(end);
+            }
         });
     }
 
@@ -525,11 +531,13 @@ impl Drop for StableTx {
         drop(core);
         self.shared.writer_wake.notify_one();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let shared = self.shared.clone();
-            let limit = shared.config.drop_close_timeout;
+            let limit = self.shared.config.drop_close_timeout;
+            let shared = Arc::downgrade(&self.shared);
             runtime.spawn(async move {
                 tokio::time::sleep(limit).await;
-                shared.finish(StableEnd::LocalClose);
+                if let Some(shared) = shared.upgrade() {
+                    shared.finish(StableEnd::LocalClose);
+                }
             });
         }
     }
