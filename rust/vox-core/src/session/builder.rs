@@ -390,101 +390,143 @@ impl SessionBuilder {
     /// existing session by its key (rule `session.resume`). A key this
     /// builder's sessions do not hold is refused with `Sorry`.
     pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
+        self.accept_setup(link, std::future::pending()).await
+    }
+
+    /// [`establish_acceptor_any`](Self::establish_acceptor_any), cut short
+    /// when `cancel` completes (a listener making room for newer links).
+    ///
+    /// rule: session.setup.limits — every step has a deadline: the first
+    /// message within [`SetupLimits::prologue_timeout`], the whole setup
+    /// within [`SessionConfig::handshake_timeout`]. A setup that fails, times
+    /// out or is cut short aborts its conduit at once: a stable conduit is
+    /// not left to close gracefully, waiting for acknowledgements that an
+    /// unauthenticated peer need never send.
+    async fn accept_setup(
+        self,
+        link: Link,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<Accepted, SessionError> {
         let timeout = self.config.handshake_timeout;
-        let modes = AcceptModes { bare: true, stable: self.config.accept_stable };
-        let limits = &self.config.setup;
-        let setup = async {
-            let mut link = link;
-            // rule: session.setup.limits — until the handshake completes the
-            // peer is unauthenticated: every message it sends (prologue, a
-            // stable ClientHello, which is read on this link, Hello, LetsGo)
-            // is refused above the setup maximum from its length prefix,
-            // before anything is allocated for it; and its first message
-            // must come soon.
-            link.rx.restrict(limits.max_message_size);
-            let mode = match transport::accept_within(&mut link, modes, Some(limits.prologue_timeout)).await {
-                Ok(m) => m,
-                Err(transport::PrologueError::Timeout(d)) => return Err(SessionError::HandshakeTimeout(d)),
-                Err(e) => {
-                    // rule: transport.prologue.reject-close — close (not
-                    // drop) so the reject reaches the peer before the end.
-                    let _ = link.tx.close().await;
-                    return Err(e.into());
-                }
-            };
-            let (tx, mut rx) = match mode {
-                ConduitMode::Bare => conduit::bare(link),
-                ConduitMode::Stable => match self.stable_registry.accept(link, self.config.stable.clone()).await {
-                    Ok(StableAccepted::New(tx, rx)) => conduit::from_stable(tx, rx),
-                    Ok(StableAccepted::Resumed) => return Ok(None),
-                    Err(e) => return Err(SessionError::Setup(e.to_string())),
-                },
-            };
-            prepare_conduit(&self.config, &mut rx);
-            let registry = &self.session_registry;
-            let offer = self.config.session_resume.offer;
-            let mut fresh = None;
-            let decide = |hello: &crate::wire::Hello| match &hello.resume_key {
-                Some(key) => match registry.lookup(key, hello.parity) {
-                    Ok(_) => HelloDecision::Resume(key.clone()),
-                    Err(reason) => HelloDecision::Refuse(reason),
-                },
-                None if offer && hello.features.iter().any(|f| f == SESSION_RESUME_FEATURE) => {
-                    match resume::fresh_key() {
-                        Ok(k) => {
-                            fresh = Some(k.clone());
-                            HelloDecision::New(Some(k))
-                        }
-                        Err(e) => HelloDecision::Refuse(e.to_string()),
-                    }
-                }
-                None => HelloDecision::New(None),
-            };
-            let outcome = handshake::accept_deciding(&tx, &mut rx, self.config.root_settings.clone(), decide).await;
-            if outcome.is_ok() {
-                // rule: session.setup.limits — the peer is a session peer now.
-                rx.unrestrict();
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(1 << 30));
+        let timed_out = || SessionError::HandshakeTimeout(timeout);
+        let cancelled = || {
+            SessionError::Setup(
+                "unfinished setup closed to make room for a newer link (SetupLimits::max_pending_setups)".into(),
+            )
+        };
+        tokio::pin!(cancel);
+        // The prologue, and a stable conduit's hello, on the raw link:
+        // cutting this short drops the link, which closes it at once.
+        let conduit = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.accept_conduit(link)) => r.map_err(|_| timed_out())??,
+            () = &mut cancel => return Err(cancelled()),
+        };
+        let Some((tx, mut rx)) = conduit else { return Ok(Accepted::Resumed) };
+        prepare_conduit(&self.config, &mut rx);
+        // The handshake, with the conduit kept out here so that it can be
+        // aborted however this ends.
+        let mut fresh = None;
+        let outcome = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.accept_handshake(&tx, &mut rx, &mut fresh)) => {
+                r.map_err(|_| timed_out()).and_then(|r| r.map_err(SessionError::from))
             }
-            match outcome {
-                Ok((negotiated, false)) => Ok(Some((NewConduit { tx, rx, negotiated }, fresh))),
-                Ok((negotiated, true)) => {
-                    // The session may have ended since the lookup: then the
-                    // link is closed, and the client's next attempt is refused.
-                    let key = negotiated.resume_key.clone();
-                    let mailbox =
-                        key.as_ref().and_then(|k| registry.lookup(k, negotiated.local_parity.opposite()).ok());
-                    match mailbox {
-                        Some(mb) => match mb
-                            .send(super::control::ControlMsg::Reattach(NewConduit { tx, rx, negotiated }))
-                            .await
-                        {
-                            Ok(()) => Ok(None),
-                            Err(_) => Err(SessionError::Setup("the resumed session ended during the handshake".into())),
-                        },
-                        None => {
-                            let _ = tx.close().await;
-                            Err(SessionError::Setup("the resumed session ended during the handshake".into()))
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.close().await;
-                    Err(e.into())
-                }
+            () = &mut cancel => Err(cancelled()),
+        };
+        let (negotiated, resumed) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                // What is queued (a Sorry) still goes out first.
+                abandon(tx, self.config.protocol_error_deadline).await;
+                return Err(e);
             }
         };
-        let out = tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
-        Ok(match out {
-            Some((conduit, key)) => {
-                let resume = key.map(|key| Resume {
-                    key,
-                    side: ResumeSide::Acceptor { registry: self.session_registry.clone() },
-                    deadline: None,
-                });
-                Accepted::New(self.start(conduit, resume))
+        // rule: session.setup.limits — the peer is a session peer now.
+        rx.unrestrict();
+        if !resumed {
+            let resume = fresh.map(|key| Resume {
+                key,
+                side: ResumeSide::Acceptor { registry: self.session_registry.clone() },
+                deadline: None,
+            });
+            return Ok(Accepted::New(self.start(NewConduit { tx, rx, negotiated }, resume)));
+        }
+        // The session may have ended since the lookup: then the link is
+        // closed, and the client's next attempt is refused.
+        let ended = || SessionError::Setup("the resumed session ended during the handshake".into());
+        let key = negotiated.resume_key.clone();
+        let mailbox =
+            key.as_ref().and_then(|k| self.session_registry.lookup(k, negotiated.local_parity.opposite()).ok());
+        let Some(mb) = mailbox else {
+            abandon(tx, self.config.protocol_error_deadline).await;
+            return Err(ended());
+        };
+        let reattach = mb.send(super::control::ControlMsg::Reattach(NewConduit { tx, rx, negotiated }));
+        match tokio::time::timeout_at(deadline, reattach).await {
+            Ok(Ok(())) => Ok(Accepted::Resumed),
+            Ok(Err(_)) => Err(ended()),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// The acceptor's prologue and conduit setup: a bare conduit, a new
+    /// stable conduit, or `None` for a link that joined an existing stable
+    /// conduit.
+    async fn accept_conduit(&self, mut link: Link) -> Result<Option<(ConduitTx, ConduitRx)>, SessionError> {
+        let limits = &self.config.setup;
+        let modes = AcceptModes { bare: true, stable: self.config.accept_stable };
+        // rule: session.setup.limits — until the handshake completes the peer
+        // is unauthenticated: every message it sends (prologue, a stable
+        // ClientHello, which is read on this link, Hello, LetsGo) is refused
+        // above the setup maximum from its length prefix, before anything is
+        // allocated for it; and its first message must come soon.
+        link.rx.restrict(limits.max_message_size);
+        let mode = match transport::accept_within(&mut link, modes, Some(limits.prologue_timeout)).await {
+            Ok(m) => m,
+            Err(transport::PrologueError::Timeout(d)) => return Err(SessionError::HandshakeTimeout(d)),
+            Err(e) => {
+                // rule: transport.prologue.reject-close — close (not
+                // drop) so the reject reaches the peer before the end.
+                let _ = link.tx.close().await;
+                return Err(e.into());
             }
-            None => Accepted::Resumed,
-        })
+        };
+        Ok(Some(match mode {
+            ConduitMode::Bare => conduit::bare(link),
+            ConduitMode::Stable => match self.stable_registry.accept(link, self.config.stable.clone()).await {
+                Ok(StableAccepted::New(tx, rx)) => conduit::from_stable(tx, rx),
+                Ok(StableAccepted::Resumed) => return Ok(None),
+                Err(e) => return Err(SessionError::Setup(e.to_string())),
+            },
+        }))
+    }
+
+    /// The acceptor's handshake; `fresh` receives the resume key issued to a
+    /// new resumable session.
+    async fn accept_handshake(
+        &self,
+        tx: &ConduitTx,
+        rx: &mut ConduitRx,
+        fresh: &mut Option<crate::wire::ResumeKey>,
+    ) -> Result<(Negotiated, bool), HandshakeError> {
+        let registry = &self.session_registry;
+        let offer = self.config.session_resume.offer;
+        let decide = |hello: &crate::wire::Hello| match &hello.resume_key {
+            Some(key) => match registry.lookup(key, hello.parity) {
+                Ok(_) => HelloDecision::Resume(key.clone()),
+                Err(reason) => HelloDecision::Refuse(reason),
+            },
+            None if offer && hello.features.iter().any(|f| f == SESSION_RESUME_FEATURE) => match resume::fresh_key() {
+                Ok(k) => {
+                    *fresh = Some(k.clone());
+                    HelloDecision::New(Some(k))
+                }
+                Err(e) => HelloDecision::Refuse(e.to_string()),
+            },
+            None => HelloDecision::New(None),
+        };
+        handshake::accept_deciding(tx, rx, self.config.root_settings.clone(), decide).await
     }
 
     /// Connects over TCP and runs the initiator side, with the conduit of
@@ -658,6 +700,19 @@ async fn open_initiator_classified(
     })
 }
 
+/// Ends a conduit whose setup failed or was cut short: what is queued (a
+/// `Sorry`) is written, then the link is closed without waiting for the
+/// peer, within `within` whatever the peer does.
+async fn abandon(tx: ConduitTx, within: Duration) {
+    let abort = async move {
+        if let Ok(writer) = tx.into_writer().await {
+            let _ = writer.abort().await;
+        }
+    };
+    // Dropping what is left at the deadline ends the conduit at once.
+    let _ = tokio::time::timeout(within, abort).await;
+}
+
 /// Settings every fresh conduit gets before its handshake: the setup-phase
 /// message maximum (rule `session.setup.limits`; for a stable conduit, on
 /// every link it attaches until [`ConduitRx::unrestrict`]) and the bounds
@@ -732,9 +787,8 @@ struct PendingSetups {
 struct PendingState {
     /// Ids grow with acceptance order, so the first entry is the oldest.
     next_id: u64,
-    /// Each setup's task; `None` only between its registration and its
-    /// spawn, both in the accept loop.
-    tasks: std::collections::BTreeMap<u64, Option<tokio::task::AbortHandle>>,
+    /// Each setup's cancel signal: dropping it cuts the setup short.
+    tasks: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
 impl PendingSetups {
@@ -747,9 +801,12 @@ impl PendingSetups {
     }
 
     /// Registers a new setup. If `max` are already in progress, the oldest
-    /// ones are closed first (their tasks aborted, which drops their links):
-    /// a new link is never made to wait for room.
-    fn admit(self: &Arc<Self>, max: usize) -> SetupGuard {
+    /// ones are closed first (cut short: a link still in its prologue is
+    /// dropped at once, a conduit is aborted within the protocol-error
+    /// deadline): a new link is never made to wait for room. The setup's
+    /// task ends when the returned signal completes.
+    fn admit(self: &Arc<Self>, max: usize) -> (SetupGuard, impl std::future::Future<Output = ()> + use<>) {
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
         let (id, evicted) = {
             let mut state = self.state.lock();
             let mut evicted = Vec::new();
@@ -761,25 +818,20 @@ impl PendingSetups {
             }
             let id = state.next_id;
             state.next_id += 1;
-            state.tasks.insert(id, None);
+            state.tasks.insert(id, cancel_tx);
             self.count.send_replace(state.tasks.len());
             (id, evicted)
         };
-        for task in evicted {
+        for cancel in evicted {
             self.evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(max, "closing the oldest unfinished setup to make room for a new link");
-            if let Some(task) = task {
-                task.abort();
-            }
+            drop(cancel);
         }
-        SetupGuard { pending: self.clone(), id }
-    }
-
-    /// Records the task of setup `id`, unless it already finished.
-    fn spawned(&self, id: u64, task: tokio::task::AbortHandle) {
-        if let Some(slot) = self.state.lock().tasks.get_mut(&id) {
-            *slot = Some(task);
-        }
+        let cancelled = async move {
+            // Completes when the sender is dropped (evicted) or used.
+            let _ = cancel_rx.await;
+        };
+        (SetupGuard { pending: self.clone(), id }, cancelled)
     }
 
     fn finished(&self, id: u64) {
@@ -850,13 +902,12 @@ async fn accept_loop(
             }
         };
         let link = link::tcp(stream, builder.config.link.clone());
-        let guard = pending.admit(builder.config.setup.max_pending_setups);
-        let id = guard.id;
+        let (guard, cancelled) = pending.admit(builder.config.setup.max_pending_setups);
         let builder = builder.clone();
         let outcomes = outcomes.clone();
         let dropped_failures = dropped_failures.clone();
-        let task = tokio::spawn(async move {
-            let outcome = builder.establish_acceptor_any(link).await;
+        tokio::spawn(async move {
+            let outcome = builder.accept_setup(link, cancelled).await;
             drop(guard);
             match outcome {
                 Ok(Accepted::New(session)) => {
@@ -874,7 +925,6 @@ async fn accept_loop(
                 }
             }
         });
-        pending.spawned(id, task.abort_handle());
     }
 }
 
