@@ -54,11 +54,19 @@ pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)], verb
         let known = known.iter().find(|(n, _)| n == case.name).map(|(_, why)| why.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let failure = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(cmd)).await {
-                Err(_) => Some(format!("the case did not finish within {CASE_TIMEOUT:?} (hang)")),
-                Ok(Ok(())) => None,
-                Ok(Err(CaseError::Failed(e))) => Some(e),
-                Ok(Err(e)) => Some(e.to_string()),
+            // The case runs in a task of its own so that a panic in the
+            // harness is reported as this case's failure, never lost; a hung
+            // case is aborted (which kills its subject).
+            let mut task = tokio::spawn((case.run)(cmd));
+            let failure = match tokio::time::timeout(CASE_TIMEOUT, &mut task).await {
+                Err(_) => {
+                    task.abort();
+                    Some(format!("the case did not finish within {CASE_TIMEOUT:?} (hang)"))
+                }
+                Ok(Err(join)) => Some(format!("the case panicked: {join}")),
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(CaseError::Failed(e)))) => Some(e),
+                Ok(Ok(Err(e))) => Some(e.to_string()),
             };
             let outcome = Outcome { case, failure, known };
             if verbose || outcome.is_failure() {

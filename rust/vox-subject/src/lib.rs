@@ -10,7 +10,6 @@
 //! | `PEER_ADDR` | `host:port` of the harness (modes `server` and `client`). |
 //! | `CLIENT_SCENARIO` | the scenario name for mode `client` (see [`scenarios::SCENARIOS`]). |
 //! | `SUBJECT_KEEPALIVE` | every mode: `<interval_ms>/<timeout_ms>` sets `SessionConfig::keepalive` (rule `session.keepalive`), `off` turns it off; unset keeps vox-core's default (on). |
-//! | `SUBJECT_BUDGETS` | every mode: `<budget>=<burst>/<per_second>`, comma-separated, sets those of `SessionConfig::budgets` (rule `session.abuse-budget`; budgets `cancelled-requests`, `late-messages`, `pings`, `rejected-opens`); unset ones keep vox-core's defaults. |
 //!
 //! The subject accepts at most [`MAX_CONNECTIONS`] virtual connections at
 //! once; further `OpenConnection`s are rejected. An `OpenConnection` whose
@@ -23,9 +22,7 @@ pub mod testbed;
 use std::sync::Arc;
 use std::time::Duration;
 use vox_core::service::{REJECT_REASON_KEY, SERVICE_KEY};
-use vox_core::session::{
-    AbuseBudgets, AcceptDecision, BudgetConfig, ConnectionRequest, KeepaliveConfig, SessionBuilder,
-};
+use vox_core::session::{AcceptDecision, ConnectionRequest, KeepaliveConfig, SessionBuilder};
 use vox_core::wire::{ConnectionSettings, Metadata};
 
 /// The most virtual connections the subject holds at once.
@@ -78,15 +75,12 @@ pub fn server_builder() -> SessionBuilder {
     })
 }
 
-/// Applies `SUBJECT_KEEPALIVE` and `SUBJECT_BUDGETS` (see the crate docs)
-/// to `builder`.
+/// Applies `SUBJECT_KEEPALIVE` (see the crate docs) to `builder`. The
+/// abuse budgets stay vox-core's defaults: the harness floods past them
+/// quickly enough.
 pub fn configure_from_env(mut builder: SessionBuilder) -> Result<SessionBuilder, SubjectError> {
     if let Ok(v) = std::env::var("SUBJECT_KEEPALIVE") {
         builder.config_mut().keepalive = parse_keepalive(&v)?;
-    }
-    if let Ok(v) = std::env::var("SUBJECT_BUDGETS") {
-        let budgets = parse_budgets(&v, builder.config_mut().budgets)?;
-        builder.config_mut().budgets = budgets;
     }
     Ok(builder)
 }
@@ -100,30 +94,4 @@ pub fn parse_keepalive(v: &str) -> Result<Option<KeepaliveConfig>, SubjectError>
     let (i, t) = v.split_once('/').ok_or_else(bad)?;
     let ms = |x: &str| x.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| bad());
     Ok(Some(KeepaliveConfig { interval: ms(i)?, timeout: ms(t)? }))
-}
-
-/// `<budget>=<burst>/<per_second>`, comma-separated, over `base`.
-pub fn parse_budgets(v: &str, base: AbuseBudgets) -> Result<AbuseBudgets, SubjectError> {
-    let mut budgets = base;
-    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let bad = || {
-            SubjectError::Config(format!(
-                "SUBJECT_BUDGETS item {item:?} (<budget>=<burst>/<per_second>, budgets cancelled-requests, late-messages, pings, rejected-opens)"
-            ))
-        };
-        let (name, size) = item.split_once('=').ok_or_else(bad)?;
-        let (burst, rate) = size.split_once('/').ok_or_else(bad)?;
-        let config = BudgetConfig {
-            burst: burst.trim().parse().map_err(|_| bad())?,
-            per_second: rate.trim().parse().map_err(|_| bad())?,
-        };
-        match name.trim() {
-            "cancelled-requests" => budgets.cancelled_requests = config,
-            "late-messages" => budgets.late_messages = config,
-            "pings" => budgets.pings = config,
-            "rejected-opens" => budgets.rejected_opens = config,
-            _ => return Err(bad()),
-        }
-    }
-    Ok(budgets)
 }

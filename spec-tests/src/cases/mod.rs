@@ -8,6 +8,7 @@ use std::pin::Pin;
 mod channels;
 mod client;
 mod connections;
+mod limits;
 mod resume;
 mod rpc;
 mod session;
@@ -120,6 +121,23 @@ pub static CASES: &[Case] = &[
         SubjectAccepts,
         ["session.resume", "stable.resume-key"]
     ),
+    // ---- setup limits and bounded decoding (subject accepts)
+    case!(
+        limits::session_setup_limits_oversized_first_message_closes,
+        SubjectAccepts,
+        ["session.setup.limits", "link.tx.max-size"]
+    ),
+    case!(limits::session_setup_limits_oversized_hello_closes, SubjectAccepts, ["session.setup.limits"]),
+    case!(
+        limits::session_setup_limits_silent_link_closed_after_prologue_deadline,
+        SubjectAccepts,
+        ["session.setup.limits"]
+    ),
+    case!(
+        limits::session_decode_bounded_hello_features_refused,
+        SubjectAccepts,
+        ["session.decode.bounded", "session.handshake"]
+    ),
     // ---- session resume on a bare conduit, retry across it (subject accepts)
     case!(resume::session_resume_without_feature_has_no_key, SubjectAccepts, ["session.resume", "session.handshake"]),
     case!(resume::session_resume_unknown_key_is_refused, SubjectAccepts, ["session.resume", "session.handshake"]),
@@ -165,6 +183,37 @@ pub static CASES: &[Case] = &[
         session::link_rx_eof_ends_session_cleanly,
         HarnessCalls,
         ["link.rx.eof", "session.handshake", "session.parity"]
+    ),
+    case!(
+        limits::session_decode_bounded_request_metadata_is_protocol_error,
+        HarnessCalls,
+        ["session.decode.bounded", "session.protocol-error", "rpc.metadata"]
+    ),
+    case!(
+        limits::session_decode_bounded_request_channels_is_protocol_error,
+        HarnessCalls,
+        ["session.decode.bounded", "session.protocol-error", "rpc.channel.allocation"]
+    ),
+    // ---- abuse budgets (harness calls)
+    case!(
+        limits::session_abuse_budget_pings,
+        HarnessCalls,
+        ["session.abuse-budget", "session.keepalive", "session.protocol-error"]
+    ),
+    case!(
+        limits::session_abuse_budget_rejected_opens,
+        HarnessCalls,
+        ["session.abuse-budget", "connection.open.rejection", "session.protocol-error"]
+    ),
+    case!(
+        limits::session_abuse_budget_cancelled_requests,
+        HarnessCalls,
+        ["session.abuse-budget", "rpc.cancel", "session.protocol-error"]
+    ),
+    case!(
+        limits::session_abuse_budget_late_messages,
+        HarnessCalls,
+        ["session.abuse-budget", "rpc.channel.crossing", "session.protocol-error"]
     ),
     // ---- requests and responses (harness calls)
     case!(
