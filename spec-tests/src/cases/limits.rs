@@ -217,7 +217,7 @@ pub async fn session_decode_bounded_request_channels_is_protocol_error(cmd: Subj
 
 /// The nonce of the Ping that follows a flood (a round trip: the subject
 /// has read the whole flood once it answers).
-const SYNC_NONCE: u64 = 0x5f10_0d5f_10_0d;
+const SYNC_NONCE: u64 = 0x5f10_0d5f_100d;
 
 /// The longest a flood goes on sending.
 const FLOOD_TIME: Duration = Duration::from_secs(12);
