@@ -180,6 +180,43 @@ pub async fn rpc_channel_unknown_id_is_protocol_error(cmd: SubjectCmd) -> CaseRe
     running.finish().await
 }
 
+/// Three ids of the harness's parity on the root, in order: `low` and
+/// `high` are announced, `gap` between them never is.
+fn window_ids(peer: &Peer) -> (u64, u64, u64) {
+    (peer.own_id(0), peer.own_id(1), peer.own_id(2))
+}
+
+pub async fn rpc_channel_unknown_id_below_high_water_item_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    let req = peer.own_id(0);
+    let (low, gap, high) = window_ids(&peer);
+    // A parked request announcing `low` and `high`: both stay announced.
+    peer.send(0, request(req, "sleep_ms", &600_000u64, vec![decl(low, TO_HANDLER, 4), decl(high, TO_HANDLER, 4)]))
+        .await?;
+    peer.send(0, item(low, &1i32)).await?;
+    peer.send(0, item(high, &2i32)).await?;
+    peer.barrier().await?;
+    // `gap` is below the highest id announced but was never announced: not
+    // a late message for a released id, an unknown one.
+    peer.send(0, item(gap, &3i32)).await?;
+    peer.expect_protocol_error().await?;
+    running.finish().await
+}
+
+pub async fn rpc_channel_unknown_id_below_high_water_grant_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    let req = peer.own_id(0);
+    let (low, gap, high) = window_ids(&peer);
+    // transform(Rx<String>, Tx<String>): the subject receives on `low` and
+    // sends on `high`; it runs until `low` is closed.
+    peer.send(0, request(req, "transform", &(), vec![decl(low, TO_HANDLER, 4), decl(high, TO_CALLER, 4)])).await?;
+    peer.barrier().await?;
+    // A grant for `gap`, below the highest id announced, never announced.
+    peer.send(0, Payload::GrantCredit { id: ChannelId(gap), additional: 1 }).await?;
+    peer.expect_protocol_error().await?;
+    running.finish().await
+}
+
 pub async fn rpc_channel_wrong_direction_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = subject::server(&cmd).await?;
     let (req, ch) = (peer.own_id(0), peer.own_id(0));

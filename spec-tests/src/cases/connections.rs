@@ -75,6 +75,19 @@ pub async fn connection_message_before_open_is_protocol_error(cmd: SubjectCmd) -
     running.finish().await
 }
 
+pub async fn connection_unknown_id_below_high_water_is_protocol_error(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    let (low, gap, high) = (peer.own_id(0), peer.own_id(1), peer.own_id(2));
+    let p = peer.parity();
+    open_accepted(&mut peer, low, p).await?;
+    open_accepted(&mut peer, high, p).await?;
+    // `gap` is below the highest connection id opened but was never opened:
+    // not a late message for a released connection, an unknown one.
+    peer.send(gap, request(p.first(), "echo", "never opened", vec![])).await?;
+    peer.expect_protocol_error().await?;
+    running.finish().await
+}
+
 pub async fn connection_open_rejection_over_limit(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = subject::server(&cmd).await?;
     let mut rejected = None;

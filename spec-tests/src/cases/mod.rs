@@ -164,6 +164,18 @@ pub static CASES: &[Case] = &[
     // ---- session (harness calls)
     case!(session::session_keepalive_ping_pong, HarnessCalls, ["session.keepalive", "session.message.connection-id"]),
     case!(
+        session::session_keepalive_on_by_default,
+        HarnessCalls,
+        ["session.keepalive", "session.message.connection-id"]
+    ),
+    case!(session::session_keepalive_unanswered_ping_closes_link, HarnessCalls, ["session.keepalive"]),
+    case!(session::session_keepalive_answered_pings_keep_session, HarnessCalls, ["session.keepalive"]),
+    case!(
+        session::session_keepalive_half_sent_frame_closes_link,
+        HarnessCalls,
+        ["session.keepalive", "transport.stream"]
+    ),
+    case!(
         session::session_message_ping_on_virtual_connection_is_protocol_error,
         HarnessCalls,
         ["session.message.connection-id", "session.protocol-error"]
@@ -271,6 +283,16 @@ pub static CASES: &[Case] = &[
     case!(channels::rpc_channel_close_item_after_close_is_protocol_error, HarnessCalls, ["rpc.channel.close"]),
     case!(channels::rpc_channel_unknown_id_is_protocol_error, HarnessCalls, ["rpc.channel.unknown"]),
     case!(
+        channels::rpc_channel_unknown_id_below_high_water_item_is_protocol_error,
+        HarnessCalls,
+        ["rpc.channel.unknown", "session.protocol-error"]
+    ),
+    case!(
+        channels::rpc_channel_unknown_id_below_high_water_grant_is_protocol_error,
+        HarnessCalls,
+        ["rpc.channel.unknown", "rpc.flow-control.credit"]
+    ),
+    case!(
         channels::rpc_channel_wrong_direction_is_protocol_error,
         HarnessCalls,
         ["rpc.channel.unknown", "rpc.channel"]
@@ -296,6 +318,11 @@ pub static CASES: &[Case] = &[
     case!(connections::connection_open_wrong_parity_is_protocol_error, HarnessCalls, ["connection.open"]),
     case!(connections::connection_open_id_in_use_is_protocol_error, HarnessCalls, ["connection.open"]),
     case!(connections::connection_message_before_open_is_protocol_error, HarnessCalls, ["connection.open"]),
+    case!(
+        connections::connection_unknown_id_below_high_water_is_protocol_error,
+        HarnessCalls,
+        ["rpc.channel.unknown", "connection.close.crossing", "connection.open"]
+    ),
     case!(connections::connection_open_rejection_over_limit, HarnessCalls, ["connection.open.rejection"]),
     case!(
         connections::connection_parity_request_id_follows_opener,

@@ -1,11 +1,145 @@
 //! Session-level messages: keepalive, connection ids, protocol errors.
 
-use crate::error::CaseResult;
-use crate::peer::{ok_value, request};
+use crate::error::{CaseError, CaseResult};
+use crate::peer::{Peer, ok_value, request};
 use crate::subject::{self, SubjectCmd};
 use crate::{ensure, fail};
 use bytes::Bytes;
-use vox_core::wire::{ConduitMsg, ConnectionSettings, HandshakeMsg, Metadata, Parity, Payload};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use vox_core::wire::{self, ConduitMsg, ConnectionSettings, HandshakeMsg, Message, Metadata, Parity, Payload};
+
+/// The subject's keepalive in the cases that need it fast: a ping every
+/// 200 ms, torn down when a pong is 500 ms late.
+const FAST_KEEPALIVE: (&str, &str) = ("SUBJECT_KEEPALIVE", "200/500");
+
+/// A generous bound on how soon after the keepalive timeout (500 ms) the
+/// subject has closed the link.
+const PROMPT: Duration = Duration::from_secs(3);
+
+/// The subject's next session message before `deadline`, read raw (its
+/// Pings are not answered); `None` at end of stream.
+async fn next_before(peer: &mut Peer, deadline: Instant, what: &str) -> CaseResult<Option<Message>> {
+    match tokio::time::timeout_at(deadline, peer.rx.recv()).await {
+        Err(_) => Err(CaseError::Timeout(what.to_string())),
+        Ok(Ok(Some(b))) => match wire::decode::<ConduitMsg>("ConduitMsg", &b)? {
+            ConduitMsg::Message(m) => Ok(Some(m)),
+            ConduitMsg::Handshake(h) => fail!("session.message: handshake message {h:?} after the handshake"),
+        },
+        Ok(Ok(None)) | Ok(Err(_)) => Ok(None),
+    }
+}
+
+/// Waits for the subject's next Ping (on connection 0) before `deadline`,
+/// skipping nothing else; returns its nonce.
+async fn subject_ping(peer: &mut Peer, deadline: Instant, within: Duration) -> CaseResult<u64> {
+    match next_before(peer, deadline, "a Ping from the subject").await {
+        Err(CaseError::Timeout(_)) => fail!("session.keepalive: no Ping from the subject within {within:?}"),
+        Err(e) => Err(e),
+        Ok(None) => fail!("session.keepalive: the subject closed the link instead of pinging"),
+        Ok(Some(Message { connection_id, payload: Payload::Ping { nonce } })) => {
+            ensure!(connection_id.is_root(), "session.message.connection-id: the subject pinged on {connection_id}");
+            Ok(nonce)
+        }
+        Ok(Some(m)) => fail!("session.keepalive: the idle subject sent {:?} instead of a Ping", m.payload),
+    }
+}
+
+pub async fn session_keepalive_on_by_default(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    // vox-core's default keepalive pings every 10 s: an idle harness must
+    // see a Ping within that (and a little more).
+    let within = Duration::from_secs(13);
+    let nonce = subject_ping(&mut peer, Instant::now() + within, within).await?;
+    peer.send(0, Payload::Pong { nonce }).await?;
+    let id = peer.own_id(0);
+    peer.send(0, request(id, "echo", "pinged", vec![])).await?;
+    let s: String = ok_value(&peer.response(0, id).await?)?;
+    ensure!(s == "pinged", "echo returned {s:?}");
+    drop(peer);
+    running.finish().await
+}
+
+pub async fn session_keepalive_unanswered_ping_closes_link(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server_with(&cmd, &[FAST_KEEPALIVE]).await?;
+    let within = Duration::from_secs(3);
+    subject_ping(&mut peer, Instant::now() + within, within).await?;
+    let pinged = Instant::now();
+    // Never answer: the link must close once the pong is 500 ms late, not
+    // before, and not long after.
+    loop {
+        match next_before(&mut peer, pinged + PROMPT, "the link to close").await {
+            Err(CaseError::Timeout(_)) => {
+                fail!("session.keepalive: the link was still open {PROMPT:?} after an unanswered Ping (timeout 500 ms)")
+            }
+            Err(e) => return Err(e),
+            Ok(None) => break,
+            Ok(Some(_)) => continue,
+        }
+    }
+    let took = pinged.elapsed();
+    ensure!(
+        took >= Duration::from_millis(250),
+        "session.keepalive: the link closed {took:?} after the unanswered Ping, before the 500 ms timeout"
+    );
+    running.finish().await
+}
+
+pub async fn session_keepalive_answered_pings_keep_session(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server_with(&cmd, &[FAST_KEEPALIVE]).await?;
+    // Four keepalive timeouts long, answering every Ping (Peer::recv does).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        peer.barrier().await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        peer.pings_answered >= 3,
+        "session.keepalive: {} Pings from the subject in 2 s at a 200 ms interval",
+        peer.pings_answered
+    );
+    let id = peer.own_id(0);
+    peer.send(0, request(id, "echo", "still here", vec![])).await?;
+    let s: String = ok_value(&peer.response(0, id).await?)?;
+    ensure!(s == "still here", "echo returned {s:?}");
+    drop(peer);
+    running.finish().await
+}
+
+pub async fn session_keepalive_half_sent_frame_closes_link(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer, mut raw) = subject::server_raw(&cmd, &[FAST_KEEPALIVE]).await?;
+    peer.barrier().await?;
+    // From now on nothing goes through the link: a second round trip makes
+    // sure everything it had queued (Pongs included) is written.
+    peer.answer_pings = false;
+    peer.barrier().await?;
+    // rule: session.keepalive — a frame announced as 100 bytes of which 10
+    // arrive, then one more byte every 100 ms (never the whole frame, and
+    // it holds back every Pong).
+    raw.write_all(&100u32.to_le_bytes()).await?;
+    raw.write_all(&[0u8; 10]).await?;
+    let started = Instant::now();
+    let mut trickle = tokio::time::interval(Duration::from_millis(100));
+    let closed = loop {
+        tokio::select! {
+            r = peer.rx.recv() => match r {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break true,
+            },
+            _ = trickle.tick() => {
+                if started.elapsed() > PROMPT {
+                    break false;
+                }
+                let _ = raw.write_all(&[0u8]).await;
+            }
+        }
+    };
+    ensure!(closed, "session.keepalive: a half-sent frame held the session for {PROMPT:?} (timeout 500 ms)");
+    drop(raw);
+    drop(peer);
+    running.finish().await
+}
 
 pub async fn session_keepalive_ping_pong(cmd: SubjectCmd) -> CaseResult {
     let (running, mut peer) = subject::server(&cmd).await?;
