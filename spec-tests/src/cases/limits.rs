@@ -193,7 +193,14 @@ pub async fn session_decode_bounded_request_metadata_is_protocol_error(cmd: Subj
         metadata: metadata(129),
     };
     peer.send(0, over).await?;
-    peer.expect_protocol_error().await?;
+    match peer.expect_protocol_error().await {
+        // The subject served it and echoed the entries back, more than the
+        // harness itself decodes.
+        Err(CaseError::Codec(e)) => {
+            fail!("session.decode.bounded: the subject served a request with 129 metadata entries (its answer: {e})")
+        }
+        other => other?,
+    };
     running.finish().await
 }
 
