@@ -546,6 +546,13 @@ impl ConnectionCore {
     /// Handles one inbound payload for this connection. Never waits: work
     /// that needs to send is spawned or made due for the flush task, so a
     /// slow connection cannot stall the session's receive loop.
+    /// Whether this side serves a handler on the connection (rule
+    /// `rpc.caller.liveness`: then the peer may still call it, so dropping
+    /// this side's callers does not end it).
+    pub(crate) fn serves_handler(&self) -> bool {
+        self.handler.is_some()
+    }
+
     /// Handles one inbound payload of this connection. `Ok` says whether it
     /// was one of the legal-but-costly kinds the session meters (rule
     /// `session.abuse-budget`); `Err` is the peer's violation.

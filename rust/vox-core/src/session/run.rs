@@ -165,7 +165,10 @@ impl RunLoop {
         let mut ticker =
             self.config.keepalive.as_ref().map(|k| tokio::time::interval_at(Instant::now() + k.interval, k.interval));
         let end = loop {
-            if self.root_released && self.table.open_count() == 0 {
+            // rule: rpc.caller.liveness — a side that serves a handler on
+            // the root keeps the session until the peer ends it: a server
+            // never drops a client because its own code holds no caller.
+            if self.root_released && self.table.open_count() == 0 && !self.root.serves_handler() {
                 break (CloseReason::RootReleased, None, true);
             }
             let live = self.link.is_live();
