@@ -87,6 +87,9 @@ struct CoreState {
     // before its own request), so a cancel always precedes on the wire every
     // request made after the call was dropped.
     cancels_due: VecDeque<RequestId>,
+    /// `Some` once the session drains (graceful shutdown): new requests are
+    /// refused, and the notify fires when the last handler in flight ends.
+    draining: Option<Arc<tokio::sync::Notify>>,
     flush_waker: Option<Waker>,
     flush: FlushPhase,
     stats: CoreStats,
@@ -231,6 +234,7 @@ impl ConnectionCore {
                 calls: HashMap::new(),
                 handlers: HashMap::new(),
                 cancels_due: VecDeque::new(),
+                draining: None,
                 flush_waker: None,
                 flush: FlushPhase::Running,
                 stats: CoreStats::default(),
@@ -546,6 +550,20 @@ impl ConnectionCore {
     /// Handles one inbound payload for this connection. Never waits: work
     /// that needs to send is spawned or made due for the flush task, so a
     /// slow connection cannot stall the session's receive loop.
+    /// Starts a graceful shutdown of this connection's serving side: new
+    /// requests are answered `Rejected` without running, and `idle` is
+    /// notified once no handler is in flight. Returns whether none is now.
+    pub(crate) fn start_draining(&self, idle: Arc<tokio::sync::Notify>) -> bool {
+        let mut st = self.state.lock();
+        st.draining = Some(idle);
+        st.handlers.is_empty()
+    }
+
+    /// Whether no handler of this connection is in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state.lock().handlers.is_empty()
+    }
+
     /// Whether this side serves a handler on the connection (rule
     /// `rpc.caller.liveness`: then the peer may still call it, so dropping
     /// this side's callers does not end it).
@@ -598,6 +616,7 @@ impl ConnectionCore {
         metadata: Metadata,
     ) -> Result<(), Violation> {
         let (stop_tx, stop_rx) = oneshot::channel();
+        let refuse;
         {
             let mut st = self.state.lock();
             if st.lost.is_lost() {
@@ -619,12 +638,19 @@ impl ConnectionCore {
                     "rpc.flow-control.max-concurrent-requests",
                 ));
             }
+            refuse = st.draining.is_some();
             self.registry.on_remote_announce(&channels).map_err(|v| self.channel_violation(v))?;
             st.handlers.insert(id, Some(stop_tx));
         }
         let has_channels = !channels.is_empty();
         let binder = ChannelBinder::new(self.clone(), channels);
-        let work = self.admit(method_id, &args, &metadata, has_channels);
+        let work = if refuse {
+            // Graceful shutdown: nothing new runs; `Rejected` tells the
+            // caller that nothing ran, so it may retry elsewhere.
+            Work::Answer(ResponseBody::Rejected { reason: "the server is shutting down; the call did not run".into() })
+        } else {
+            self.admit(method_id, &args, &metadata, has_channels)
+        };
         use tracing::Instrument;
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
         let attempt = Attempt { core: self.clone(), id, stop: stop_rx };
@@ -781,6 +807,9 @@ impl ConnectionCore {
         let mut st = self.state.lock();
         if st.lost.is_lost() || st.handlers.remove(&id).is_none() {
             return;
+        }
+        if let (true, Some(idle)) = (st.handlers.is_empty(), &st.draining) {
+            idle.notify_one();
         }
         // Removing the entry and queueing the response under one lock: the
         // peer can only send its next request after seeing this response,

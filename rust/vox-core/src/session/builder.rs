@@ -625,6 +625,7 @@ impl SessionBuilder {
             resume,
             ping_nonce: 0,
             budgets,
+            draining: None,
         };
         tokio::spawn(run.run());
         let caller =

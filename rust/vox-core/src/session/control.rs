@@ -48,6 +48,12 @@ pub enum ControlMsg {
     RootDropped,
     /// `SessionHandle::shutdown()` was called (reserved lane).
     Shutdown,
+    /// `SessionHandle::drain`: refuse new requests, let the ones in flight
+    /// finish within `grace`, then end the session gracefully.
+    Drain {
+        /// The longest in-flight handlers get.
+        grace: std::time::Duration,
+    },
     /// A replacement conduit for this session completed its handshake
     /// (rule `session.resume`); the run loop binds it as the next attachment.
     Reattach(super::resume::NewConduit),

@@ -60,6 +60,25 @@ impl SessionHandle {
         Ok(())
     }
 
+    /// Shuts the session down gracefully: requests that arrive from now on
+    /// are answered `Rejected` (nothing runs, so the caller may retry
+    /// elsewhere), the handlers in flight get up to `grace` to finish, then
+    /// the session ends as [`shutdown`](Self::shutdown) does. Resolves with
+    /// the close reason once it has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe once the request reached the mailbox: dropping the
+    /// future does not stop the drain.
+    ///
+    /// # Errors
+    /// Never fails; a session that had already ended returns its reason.
+    pub async fn drain(&self, grace: std::time::Duration) -> CloseReason {
+        if self.mailbox.send(ControlMsg::Drain { grace }).await.is_err() {
+            return self.closed().await;
+        }
+        self.closed().await
+    }
+
     /// Resolves when the session has ended.
     pub async fn closed(&self) -> CloseReason {
         let mut rx = self.closed.clone();

@@ -56,6 +56,25 @@ pub(crate) struct RunLoop {
     pub(crate) ping_nonce: u64,
     /// Rule `session.abuse-budget`.
     pub(crate) budgets: super::budget::Budgets,
+    /// `Some` while draining (graceful shutdown, `SessionHandle::drain`).
+    pub(crate) draining: Option<Draining>,
+}
+
+/// A graceful shutdown in progress: new requests are refused, and the
+/// session ends once no handler is in flight or at `deadline`.
+pub(crate) struct Draining {
+    idle: Arc<tokio::sync::Notify>,
+    deadline: Instant,
+}
+
+/// While draining: a handler ended (check whether all are done) or the
+/// grace period ran out.
+async fn drain_event(d: &Option<Draining>) -> Event {
+    let Some(d) = d else { return std::future::pending().await };
+    tokio::select! {
+        _ = d.idle.notified() => Event::DrainProgress,
+        _ = tokio::time::sleep_until(d.deadline) => Event::DrainDeadline,
+    }
 }
 
 /// The loop's part of one attachment. When the attachment ends, all of it
@@ -114,6 +133,8 @@ enum Event {
     Tick,
     Redialed(Result<NewConduit, String>),
     RecoveryTimeout,
+    DrainProgress,
+    DrainDeadline,
 }
 
 enum Step {
@@ -197,6 +218,7 @@ impl RunLoop {
                 m = self.mailbox.recv(), if can_take => Event::Control(m),
                 i = inbound(&mut link.conduit), if can_take => Event::Inbound(i),
                 e = resume_event(&mut self.resume) => e,
+                e = drain_event(&self.draining) => e,
                 _ = async {
                     match ticker.as_mut() {
                         Some(t) if live => { t.tick().await; }
@@ -226,6 +248,11 @@ impl RunLoop {
                     false,
                 ),
                 Event::OwedSent => Step::Continue,
+                Event::DrainProgress => self.drain_check(),
+                Event::DrainDeadline => {
+                    tracing::info!("grace period over; ending the session with handlers still in flight");
+                    Step::End(CloseReason::Shutdown, None, self.link.is_live())
+                }
                 Event::OutboundClosed => Step::Lost(CloseReason::LinkError("outbound path closed".into())),
                 Event::Control(Some(m)) => self.on_control(m),
                 Event::Control(None) => Step::Continue,
@@ -463,11 +490,31 @@ impl RunLoop {
                 Step::Continue
             }
             ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.link.is_live()),
+            ControlMsg::Drain { grace } => {
+                if self.draining.is_none() {
+                    let idle = Arc::new(tokio::sync::Notify::new());
+                    self.root.start_draining(idle.clone());
+                    for core in self.table.open_cores() {
+                        core.start_draining(idle.clone());
+                    }
+                    self.draining = Some(Draining { idle, deadline: Instant::now() + grace });
+                }
+                self.drain_check()
+            }
             ControlMsg::Reattach(conduit) => {
                 self.reattach(conduit);
                 Step::Continue
             }
         }
+    }
+
+    /// While draining: ends the session once no handler is in flight.
+    fn drain_check(&mut self) -> Step {
+        if self.draining.is_none() {
+            return Step::Continue;
+        }
+        let idle = self.root.is_idle() && self.table.open_cores().iter().all(|c| c.is_idle());
+        if idle { Step::End(CloseReason::Shutdown, None, self.link.is_live()) } else { Step::Continue }
     }
 
     fn close_local(&mut self, id: ConnectionId, metadata: Metadata) -> bool {
@@ -589,7 +636,9 @@ impl RunLoop {
             return self.violation(e, "connection.open");
         }
         // rule: connection.open.rejection
-        let decision = if self.table.len() >= self.config.max_connections {
+        let decision = if self.draining.is_some() {
+            AcceptDecision::Reject(Metadata::new().with_str("reason", "the server is shutting down", 0))
+        } else if self.table.len() >= self.config.max_connections {
             AcceptDecision::Reject(Metadata::new().with_str("reason", "too many connections", 0))
         } else {
             match &self.shared.acceptor {

@@ -229,6 +229,17 @@ impl ConnTable {
         self.tombstones.iter().any(|(t, how)| *t == id && *how == Released::ByUs)
     }
 
+    /// The cores of the open connections.
+    pub(crate) fn open_cores(&self) -> Vec<Arc<ConnectionCore>> {
+        self.entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Open { core } => Some(core.clone()),
+                Entry::PendingOutbound { .. } => None,
+            })
+            .collect()
+    }
+
     /// Everything, for teardown.
     pub(crate) fn drain(&mut self) -> Vec<Entry> {
         self.entries.drain().map(|(_, e)| e).collect()
