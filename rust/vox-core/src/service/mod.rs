@@ -160,6 +160,9 @@ use std::sync::Arc;
 /// assert_eq!(CalculatorClient::METHODS[1].name, "divide");
 /// # Ok(()) }
 /// ```
+mod server;
+pub use server::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_SESSIONS, ServeError, ServeReport, Server, Serving};
+
 pub use vox_macros::service;
 
 /// The `OpenConnection` metadata key naming the service a virtual connection
