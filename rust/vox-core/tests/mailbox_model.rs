@@ -98,7 +98,9 @@ fn poll_recv(rx: &mut MailboxRx, waker: &Waker) -> Poll<Option<Taken>> {
             ControlMsg::ConnectionDropped(id) => Taken::Dropped(id.0),
             ControlMsg::RootDropped => Taken::Root,
             ControlMsg::Shutdown => Taken::Shutdown,
-            ControlMsg::OpenConnection { .. } | ControlMsg::Reattach(_) => Taken::Queued(u64::MAX),
+            ControlMsg::OpenConnection { .. } | ControlMsg::Reattach(_) | ControlMsg::Drain { .. } => {
+                Taken::Queued(u64::MAX)
+            }
         })
     })
 }
