@@ -12,6 +12,7 @@
 use super::channel::{
     ChannelLimits, ItemOutcome, LossCause, Registry, RegistryConfig, RemoteOutcome, Violation as ChannelViolation,
 };
+use super::context::{self, CallContext};
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
 use super::liveness::Liveness;
@@ -644,16 +645,20 @@ impl ConnectionCore {
         }
         let has_channels = !channels.is_empty();
         let binder = ChannelBinder::new(self.clone(), channels);
+        // rule: rpc.deadline — counted from the request's arrival.
+        let deadline = context::read_deadline(&metadata);
         let work = if refuse {
             // Graceful shutdown: nothing new runs; `Rejected` tells the
             // caller that nothing ran, so it may retry elsewhere.
             Work::Answer(ResponseBody::Rejected { reason: "the server is shutting down; the call did not run".into() })
+        } else if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            Work::Answer(ResponseBody::DeadlineExceeded)
         } else {
             self.admit(method_id, &args, &metadata, has_channels)
         };
         use tracing::Instrument;
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
-        let attempt = Attempt { core: self.clone(), id, stop: stop_rx };
+        let attempt = Attempt { core: self.clone(), id, stop: stop_rx, deadline };
         match work {
             Work::Handle(None) => self.start_plain(attempt, method_id, args, metadata, binder, span),
             Work::Handle(Some(op)) => {
@@ -700,10 +705,12 @@ impl ConnectionCore {
             return;
         };
         let (reply_tx, mut reply_rx) = oneshot::channel();
+        let ctx =
+            CallContext { connection_id: self.id, method_id, metadata: metadata.clone(), deadline: attempt.deadline };
         let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
         let running = {
             let _entered = span.enter();
-            let mut running = Contained::start(|| handler.handle(call));
+            let mut running = Contained::start(|| Box::pin(ctx.scope(handler.handle(call))));
             // A no-op waker: if the handler is not done, the request task
             // polls it again before anything can be due, and a future
             // registers the waker of its latest poll.
@@ -881,6 +888,17 @@ struct Attempt {
     id: RequestId,
     /// Fires on `CancelRequest` (`Ok`) or when the connection ends (`Err`).
     stop: oneshot::Receiver<()>,
+    /// When the handler is stopped and answered `DeadlineExceeded` (rule
+    /// `rpc.deadline`).
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Resolves at `deadline`; never without one.
+async fn deadline_passes(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Attempt {
@@ -912,8 +930,14 @@ async fn run_handler(
     op: OpRun,
 ) {
     let (reply_tx, mut reply_rx) = oneshot::channel();
+    let ctx = CallContext {
+        connection_id: attempt.core.id,
+        method_id,
+        metadata: metadata.clone(),
+        deadline: attempt.deadline,
+    };
     let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
-    let Some(running) = attempt.core.handler.as_ref().map(|h| h.handle(call)) else {
+    let Some(running) = attempt.core.handler.as_ref().map(|h| ctx.scope(h.handle(call))) else {
         // rule: rpc.unknown-method — no service on this connection (the
         // call's channels are ended with its binder).
         return attempt.answer(ResponseBody::UnknownMethod).await;
@@ -942,10 +966,18 @@ async fn run_handler(
             // rule: rpc.cancel
             (ResponseBody::Cancelled, Metadata::new())
         }
+        () = deadline_passes(attempt.deadline) => {
+            // rule: rpc.deadline — the handler is stopped.
+            task.abort();
+            op.ops.interrupt(op.ticket);
+            (ResponseBody::DeadlineExceeded, Metadata::new())
+        }
     };
     // A superseded execution's completion is refused: its attempt's outcome
     // is unknown to the caller's logical call.
-    let ret = if !matches!(ret, ResponseBody::Cancelled) && !op.ops.complete(op.ticket, &ret) {
+    let ret = if !matches!(ret, ResponseBody::Cancelled | ResponseBody::DeadlineExceeded)
+        && !op.ops.complete(op.ticket, &ret)
+    {
         ResponseBody::Indeterminate
     } else {
         ret
@@ -975,6 +1007,11 @@ async fn run_inline(
                 }
                 // rule: rpc.cancel
                 break (ResponseBody::Cancelled, Metadata::new());
+            }
+            () = deadline_passes(attempt.deadline) => {
+                // rule: rpc.deadline — the handler is stopped.
+                handler.stop();
+                break (ResponseBody::DeadlineExceeded, Metadata::new());
             }
             // Finished or panicked: its sink is gone, so `reply_rx` is ready.
             () = &mut handler, if handler.is_running() => {}

@@ -28,6 +28,11 @@ pub enum CallError {
     /// expired id, table full); nothing ran.
     #[error("operation rejected by the peer: {0}")]
     Rejected(String),
+    /// The call's deadline passed (rule `rpc.deadline`): the caller stopped
+    /// waiting and cancelled it, and the handler side stops the handler. Not
+    /// retryable: the time is gone.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// The connection carrying the call ended.
     #[error("connection closed")]
     ConnectionClosed,
@@ -79,6 +84,7 @@ mod tests {
             CallError::Cancelled,
             CallError::Indeterminate,
             CallError::Rejected(String::new()),
+            CallError::DeadlineExceeded,
             CallError::ProtocolError(String::new()),
         ] {
             assert!(!e.is_retryable(), "{e:?}");

@@ -4,6 +4,7 @@
 //! calls and handlers; [`handle`] has the typed channel ends.
 
 pub mod channel;
+pub(crate) mod context;
 mod core;
 mod error;
 mod handle;
@@ -11,6 +12,7 @@ mod handler;
 pub mod liveness;
 pub(crate) mod ops;
 
+pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;
 pub use core::{ConnectionCore, CoreStats, Violation};
 pub use error::CallError;

@@ -629,7 +629,7 @@ impl SessionBuilder {
         };
         tokio::spawn(run.run());
         let caller =
-            Caller { core: CoreRef::Root(root_slot), _live: LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT) };
+            Caller::new(CoreRef::Root(root_slot), LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT));
         Session {
             handle: SessionHandle {
                 mailbox: mailbox_tx,

@@ -162,10 +162,23 @@ impl Drop for LiveToken {
 
 /// Makes calls on one connection; cheap to clone. When the last caller of a
 /// virtual connection is dropped, the connection is closed.
+///
+/// A caller may carry defaults for every call made through it: a timeout
+/// ([`with_timeout`](Self::with_timeout)) and metadata
+/// ([`with_metadata`](Self::with_metadata)). A typed client built from such a
+/// caller uses them for each of its calls.
 #[derive(Clone)]
 pub struct Caller {
     pub(crate) core: CoreRef,
     pub(crate) _live: Arc<LiveToken>,
+    defaults: Arc<CallDefaults>,
+}
+
+/// What a [`Caller`] adds to each call.
+#[derive(Clone, Debug, Default)]
+struct CallDefaults {
+    timeout: Option<std::time::Duration>,
+    metadata: Metadata,
 }
 
 /// Which driver core a caller uses. A virtual connection's core lives and
@@ -216,6 +229,38 @@ pub struct RawResponse {
 }
 
 impl Caller {
+    pub(crate) fn new(core: CoreRef, live: Arc<LiveToken>) -> Caller {
+        Caller { core, _live: live, defaults: Arc::default() }
+    }
+
+    /// This caller with a deadline of `timeout` for every call (rule
+    /// `rpc.deadline`): at the deadline the call fails with
+    /// [`CallError::DeadlineExceeded`] and is cancelled, and the handler
+    /// side stops the handler. A call made while handling a request keeps
+    /// the request's remaining time if that is shorter.
+    ///
+    /// ```no_run
+    /// # async fn demo(caller: vox_core::session::Caller) -> Result<(), vox_core::driver::CallError> {
+    /// use std::time::Duration;
+    /// use vox_core::wire::MethodId;
+    /// let quick = caller.with_timeout(Duration::from_secs(2));
+    /// let echoed: String = quick.call(MethodId::from_names("Testbed", "echo"), &"hi", vec![]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Caller {
+        let mut defaults = (*self.defaults).clone();
+        defaults.timeout = Some(timeout);
+        Caller { core: self.core.clone(), _live: self._live.clone(), defaults: Arc::new(defaults) }
+    }
+
+    /// This caller with `metadata` added to every call's metadata (after the
+    /// call's own entries). Typed clients built from it send it too.
+    pub fn with_metadata(&self, metadata: Metadata) -> Caller {
+        let mut defaults = (*self.defaults).clone();
+        defaults.metadata.0.extend(metadata.0);
+        Caller { core: self.core.clone(), _live: self._live.clone(), defaults: Arc::new(defaults) }
+    }
+
     /// The connection this caller uses.
     pub fn connection_id(&self) -> ConnectionId {
         self.core.get().id()
@@ -232,18 +277,49 @@ impl Caller {
     }
 
     /// Calls `method_id` with serialized `args` and the given channel ends.
-    /// Dropping the future cancels the call.
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the call (`CancelRequest`).
+    ///
+    /// # Errors
+    /// The handler's own error ([`CallError::User`]), what the peer said
+    /// instead of a value, [`CallError::DeadlineExceeded`] when the caller's
+    /// timeout or the inherited deadline passed, or how the connection ended.
     pub async fn call_raw(
         &self,
         method_id: MethodId,
         args: Bytes,
         channels: Vec<ChannelArg>,
-        metadata: Metadata,
+        mut metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
+        use crate::driver::context;
         use tracing::Instrument;
         let core = self.core.get();
         let span = tracing::debug_span!("call", conn = %core.id(), method = %method_id, channels = channels.len());
-        let (body, metadata) = core.call(method_id, Blob(args), &channels, metadata).instrument(span).await?;
+        metadata.0.extend(self.defaults.metadata.0.iter().cloned());
+        // rule: rpc.deadline — our own timeout, or the remaining time of the
+        // request being handled, whichever ends first.
+        let own = self.defaults.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = context::earliest(own, context::inherited_deadline());
+        let call = async {
+            match deadline {
+                None => core.call(method_id, Blob(args), &channels, metadata).await,
+                Some(deadline) => {
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(CallError::DeadlineExceeded);
+                    }
+                    context::write_deadline(&mut metadata, deadline);
+                    // At the deadline the call future is dropped, which
+                    // sends CancelRequest.
+                    match tokio::time::timeout_at(deadline, core.call(method_id, Blob(args), &channels, metadata)).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(CallError::DeadlineExceeded),
+                    }
+                }
+            }
+        };
+        let (body, metadata) = call.instrument(span).await?;
         match body {
             ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
             ResponseBody::User(b) => Err(CallError::User(b)),
@@ -253,6 +329,7 @@ impl Caller {
             ResponseBody::Indeterminate => Err(CallError::Indeterminate),
             ResponseBody::HandlerFailed { reason } => Err(CallError::HandlerFailed(reason)),
             ResponseBody::Rejected { reason } => Err(CallError::Rejected(reason)),
+            ResponseBody::DeadlineExceeded => Err(CallError::DeadlineExceeded),
         }
     }
 

@@ -314,11 +314,11 @@ impl RunLoop {
     }
 
     /// Meters one legal but costly event (rule `session.abuse-budget`);
-    /// `Err` is the teardown for a peer over its budget.
-    fn spend(&mut self, kind: BudgetKind) -> Result<(), Step> {
+    /// `Some` is the teardown for a peer over its budget.
+    fn spend(&mut self, kind: BudgetKind) -> Option<Step> {
         match self.budgets.spend(kind, Instant::now()) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.violation_described(e.to_string())),
+            Ok(()) => None,
+            Err(e) => Some(self.violation_described(e.to_string())),
         }
     }
 
@@ -330,7 +330,7 @@ impl RunLoop {
             Ok(Inbound::Cancelled) => BudgetKind::CancelledRequests,
             Err(v) => return self.violation_described(v.to_string()),
         };
-        self.spend(kind).err().unwrap_or(Step::Continue)
+        self.spend(kind).unwrap_or(Step::Continue)
     }
 
     fn owe(&mut self, m: Message) {
@@ -536,7 +536,7 @@ impl RunLoop {
         let id = m.connection_id;
         match m.payload {
             Payload::Ping { nonce } if id.is_root() => {
-                if let Err(e) = self.spend(BudgetKind::Pings) {
+                if let Some(e) = self.spend(BudgetKind::Pings) {
                     return e;
                 }
                 // rule: session.keepalive
@@ -564,8 +564,7 @@ impl RunLoop {
                 Ok((reply, local_settings, parity)) => {
                     let core = self.new_core(id, parity, local_settings, settings, None);
                     self.table.set_open(id, core.clone());
-                    let caller =
-                        Caller { core: CoreRef::Fixed(core), _live: LiveToken::new(self.mailbox_tx.clone(), id) };
+                    let caller = Caller::new(CoreRef::Fixed(core), LiveToken::new(self.mailbox_tx.clone(), id));
                     // If the opener stopped waiting, dropping the handle
                     // closes the connection through the liveness rule.
                     let _ = reply.send(Ok(ConnectionHandle { id, caller }));
@@ -593,7 +592,7 @@ impl RunLoop {
                     return Step::Continue;
                 }
                 match self.table.lookup(id) {
-                    Lookup::Late => self.spend(BudgetKind::LateMessages).err().unwrap_or(Step::Continue),
+                    Lookup::Late => self.spend(BudgetKind::LateMessages).unwrap_or(Step::Continue),
                     Lookup::Violation(e) => self.violation(e, "connection.close"),
                     _ => self.violation(
                         format!("CloseConnection for connection {id} before it was accepted"),
@@ -614,7 +613,7 @@ impl RunLoop {
                 }
                 Lookup::Late => {
                     tracing::debug!(conn = %id, kind = payload.kind(), "discarded message for a connection we closed");
-                    self.spend(BudgetKind::LateMessages).err().unwrap_or(Step::Continue)
+                    self.spend(BudgetKind::LateMessages).unwrap_or(Step::Continue)
                 }
                 Lookup::PendingOutbound => self.violation(
                     format!("{} on connection {id} before AcceptConnection", payload.kind()),
@@ -659,7 +658,7 @@ impl RunLoop {
                 });
             }
             AcceptDecision::Reject(metadata) => {
-                if let Err(e) = self.spend(BudgetKind::RejectedOpens) {
+                if let Some(e) = self.spend(BudgetKind::RejectedOpens) {
                     return e;
                 }
                 self.table.reject_inbound(id);

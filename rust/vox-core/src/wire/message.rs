@@ -204,11 +204,15 @@ pub enum ResponseBody {
         reason: String,
     },
     /// The session's operation table refused the attempt (operation id
-    /// conflict, expired id, table full); nothing ran (section 10).
+    /// conflict, expired id, table full), or the server is shutting down;
+    /// nothing ran (section 10).
     Rejected {
         /// Why.
         reason: String,
     },
+    /// The request's deadline passed; the handler was stopped (rule
+    /// `rpc.deadline`).
+    DeadlineExceeded,
 }
 
 /// The 14 payload kinds of a session message.

@@ -303,6 +303,7 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
             Vector::Message(response(ResponseBody::HandlerFailed { reason: "panic".to_owned() })),
         ),
         ("response.rejected", Vector::Message(response(ResponseBody::Rejected { reason: "conflict".to_owned() }))),
+        ("response.deadline_exceeded", Vector::Message(response(ResponseBody::DeadlineExceeded))),
         ("metadata.empty", Vector::Metadata(Metadata::new())),
         ("metadata.string", Vector::Metadata(md(&[("k", string("v"), 0)]))),
         ("metadata.bytes", Vector::Metadata(md(&[("k", MetadataValue::Bytes(Blob::from(&b"\xde\xad"[..])), 0)]))),
