@@ -240,6 +240,7 @@ pub static CASES: &[Case] = &[
     case!(rpc::rpc_pipelining_slow_handler_does_not_block, HarnessCalls, ["rpc.pipelining", "link.order"]),
     case!(rpc::rpc_cancel_gets_cancelled_response, HarnessCalls, ["rpc.cancel", "rpc.response.one-per-request"]),
     case!(rpc::rpc_cancel_crossing_after_response_is_ignored, HarnessCalls, ["rpc.cancel.crossing"]),
+    case!(rpc::rpc_deadline_exceeded_stops_the_handler, HarnessCalls, ["rpc.deadline"]),
     case!(
         rpc::rpc_request_id_wrong_parity_is_protocol_error,
         HarnessCalls,

@@ -279,3 +279,35 @@ pub async fn rpc_max_concurrent_requests_exceeded_is_protocol_error(cmd: Subject
     peer.expect_protocol_error().await?;
     running.finish().await
 }
+
+/// rule: rpc.deadline — a request carrying 300 ms of remaining time to a
+/// handler that would sleep ten minutes: the subject stops it and answers
+/// `DeadlineExceeded` around the deadline (the harness never cancels).
+pub async fn rpc_deadline_exceeded_stops_the_handler(cmd: SubjectCmd) -> CaseResult {
+    let (running, mut peer) = subject::server(&cmd).await?;
+    let id = peer.own_id(0);
+    let mut req = request(id, "sleep_ms", &600_000u64, vec![]);
+    if let Payload::Request { metadata, .. } = &mut req {
+        *metadata = vox_core::wire::Metadata::new().with_u64(
+            // The key of docs/spec/wire.md section 6 (the harness speaks
+            // the wire, not the runtime's API).
+            "vox-deadline-us",
+            300_000,
+            vox_core::wire::NO_PROPAGATE,
+        );
+    }
+    let sent = std::time::Instant::now();
+    peer.send(0, req).await?;
+    let body = peer.response(0, id).await?;
+    let took = sent.elapsed();
+    ensure!(body == ResponseBody::DeadlineExceeded, "rpc.deadline: expected DeadlineExceeded, got {body:?}");
+    ensure!(
+        took >= std::time::Duration::from_millis(250) && took < std::time::Duration::from_secs(5),
+        "rpc.deadline: answered after {took:?} for a 300 ms deadline"
+    );
+    // The handler is gone: the connection serves the next call at once.
+    let next = peer.own_id(1);
+    echo_ok(&mut peer, 0, next, "after the deadline").await?;
+    drop(peer);
+    running.finish().await
+}
