@@ -355,15 +355,15 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         let (ret, body) = match &m.output {
             Output::Unit => (
                 quote!(::core::result::Result<(), #vc::driver::CallError>),
-                quote!(self.caller.call::<_, ()>(__id, &__args, __channels).await),
+                quote!(#vc::service::__private::call::<_, ()>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await),
             ),
             Output::Plain(t) => (
                 quote!(::core::result::Result<#t, #vc::driver::CallError>),
-                quote!(self.caller.call::<_, #t>(__id, &__args, __channels).await),
+                quote!(#vc::service::__private::call::<_, #t>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await),
             ),
             Output::Fallible { ok, err } => (
                 quote!(::core::result::Result<#ok, #vc::service::ServiceError<#err>>),
-                quote!(#vc::service::__private::typed(self.caller.call::<_, #ok>(__id, &__args, __channels).await)),
+                quote!(#vc::service::__private::typed(#vc::service::__private::call::<_, #ok>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await)),
             ),
         };
         // A channel end that cannot be handed over fails the call before
@@ -473,6 +473,24 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 /// The connection's caller.
                 pub fn caller(&self) -> &#vc::session::Caller {
                     &self.caller
+                }
+
+                /// Connects to `addr` over TCP with default settings and
+                /// returns a client of the root connection; the session
+                /// lives as long as the client (and its clones).
+                ///
+                /// # Errors
+                /// Why the session could not be established.
+                pub async fn connect(addr: impl ::std::string::ToString) -> ::core::result::Result<Self, #vc::session::SessionError> {
+                    #vc::service::__private::connect(#vc::session::SessionBuilder::new(), addr).await
+                }
+
+                /// Like `connect`, with the session settings of `builder`.
+                ///
+                /// # Errors
+                /// Why the session could not be established.
+                pub async fn connect_with(builder: #vc::session::SessionBuilder, addr: impl ::std::string::ToString) -> ::core::result::Result<Self, #vc::session::SessionError> {
+                    #vc::service::__private::connect(builder, addr).await
                 }
 
                 #(#client_methods)*

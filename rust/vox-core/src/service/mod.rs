@@ -160,6 +160,7 @@ use std::sync::Arc;
 /// assert_eq!(CalculatorClient::METHODS[1].name, "divide");
 /// # Ok(()) }
 /// ```
+mod retry;
 mod server;
 pub use server::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_SESSIONS, ServeError, ServeReport, Server, Serving};
 
@@ -462,6 +463,27 @@ pub mod __private {
                 "channel argument `{name}` is not a fresh end from `channel()` (ends bound by a handler cannot be passed on)"
             ))
         })
+    }
+
+    /// One call of a generated client's method, with its retries.
+    pub async fn call<A: serde::Serialize, R: DeserializeOwned>(
+        caller: &Caller,
+        info: &MethodInfo,
+        method_id: MethodId,
+        args: &A,
+        channels: Vec<ChannelArg>,
+    ) -> Result<R, CallError> {
+        super::retry::call(caller, info, method_id, args, channels).await
+    }
+
+    /// Connects to `addr` with `builder` and returns a client of the root
+    /// connection (the session lives as long as the client's callers).
+    pub async fn connect<C: Client>(
+        builder: crate::session::SessionBuilder,
+        addr: impl ToString,
+    ) -> Result<C, SessionError> {
+        let session = builder.connect(addr).await?;
+        Ok(C::from_caller(session.root.caller))
     }
 
     /// Decodes a user error as `E`.

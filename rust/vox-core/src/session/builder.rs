@@ -628,18 +628,15 @@ impl SessionBuilder {
             draining: None,
         };
         tokio::spawn(run.run());
-        let caller =
-            Caller::new(CoreRef::Root(root_slot), LiveToken::new(mailbox_tx.clone(), ConnectionId::ROOT));
-        Session {
-            handle: SessionHandle {
-                mailbox: mailbox_tx,
-                closed: closed_rx,
-                generation: generation_rx,
-                op_ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            },
-            root: ConnectionHandle { id: ConnectionId::ROOT, caller },
-            negotiated,
-        }
+        let handle = SessionHandle {
+            mailbox: mailbox_tx.clone(),
+            closed: closed_rx,
+            generation: generation_rx,
+            op_ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        let caller = Caller::new(CoreRef::Root(root_slot), LiveToken::new(mailbox_tx, ConnectionId::ROOT))
+            .in_session(handle.clone());
+        Session { handle, root: ConnectionHandle { id: ConnectionId::ROOT, caller }, negotiated }
     }
 }
 

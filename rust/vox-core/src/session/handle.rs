@@ -172,13 +172,53 @@ pub struct Caller {
     pub(crate) core: CoreRef,
     pub(crate) _live: Arc<LiveToken>,
     defaults: Arc<CallDefaults>,
+    /// The session, for a root caller: its calls survive a resume, so typed
+    /// clients retry through it (operation ids, the next attachment).
+    session: Option<Arc<SessionHandle>>,
 }
 
 /// What a [`Caller`] adds to each call.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct CallDefaults {
     timeout: Option<std::time::Duration>,
     metadata: Metadata,
+    retry: RetryPolicy,
+}
+
+impl Default for CallDefaults {
+    fn default() -> Self {
+        CallDefaults { timeout: None, metadata: Metadata::new(), retry: RetryPolicy::default() }
+    }
+}
+
+/// How generated clients retry a call whose attempt failed in the
+/// environment (the connection or session broke: rule
+/// `retry.layers.no-silent-retry` keeps lower layers from doing it).
+///
+/// They retry only where it is safe, across a session resume: an
+/// `#[vox(idem)]` method is simply called again; any other method carries
+/// an operation id (rule `retry.op-id`), so the peer's operation table
+/// attaches a retry to the execution or replays its outcome, and answers
+/// `Indeterminate` rather than run it twice. Calls with channels are never
+/// retried (their channel ends are gone with the attempt), nor calls on
+/// virtual connections (they end with their attachment). Each retry is
+/// logged at debug level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 turns retrying off
+    /// (default 3).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 3 }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub const NEVER: RetryPolicy = RetryPolicy { max_attempts: 1 };
 }
 
 /// Which driver core a caller uses. A virtual connection's core lives and
@@ -230,7 +270,31 @@ pub struct RawResponse {
 
 impl Caller {
     pub(crate) fn new(core: CoreRef, live: Arc<LiveToken>) -> Caller {
-        Caller { core, _live: live, defaults: Arc::default() }
+        Caller { core, _live: live, defaults: Arc::default(), session: None }
+    }
+
+    pub(crate) fn in_session(mut self, session: SessionHandle) -> Caller {
+        self.session = Some(Arc::new(session));
+        self
+    }
+
+    /// The session, for a caller of the root connection (whose calls can
+    /// outlive a conduit).
+    pub fn session(&self) -> Option<&SessionHandle> {
+        self.session.as_deref()
+    }
+
+    /// This caller with `policy` for the retries of generated clients
+    /// (see [`RetryPolicy`]).
+    pub fn with_retry(&self, policy: RetryPolicy) -> Caller {
+        let mut defaults = (*self.defaults).clone();
+        defaults.retry = policy;
+        Caller { defaults: Arc::new(defaults), ..self.clone() }
+    }
+
+    /// The retry policy of generated clients built from this caller.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.defaults.retry
     }
 
     /// This caller with a deadline of `timeout` for every call (rule
@@ -250,7 +314,7 @@ impl Caller {
     pub fn with_timeout(&self, timeout: std::time::Duration) -> Caller {
         let mut defaults = (*self.defaults).clone();
         defaults.timeout = Some(timeout);
-        Caller { core: self.core.clone(), _live: self._live.clone(), defaults: Arc::new(defaults) }
+        Caller { defaults: Arc::new(defaults), ..self.clone() }
     }
 
     /// This caller with `metadata` added to every call's metadata (after the
@@ -258,7 +322,7 @@ impl Caller {
     pub fn with_metadata(&self, metadata: Metadata) -> Caller {
         let mut defaults = (*self.defaults).clone();
         defaults.metadata.0.extend(metadata.0);
-        Caller { core: self.core.clone(), _live: self._live.clone(), defaults: Arc::new(defaults) }
+        Caller { defaults: Arc::new(defaults), ..self.clone() }
     }
 
     /// The connection this caller uses.

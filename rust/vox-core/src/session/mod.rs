@@ -22,7 +22,7 @@ pub use builder::{
     AcceptDecision, Accepted, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder,
     SessionConfig,
 };
-pub use handle::{Caller, ConnectionHandle, RawResponse, SessionHandle};
+pub use handle::{Caller, ConnectionHandle, RawResponse, RetryPolicy, SessionHandle};
 pub use phase::{CloseReason, ConnState, PhaseError, SessionPhase};
 pub use resume::SessionResumeConfig;
 

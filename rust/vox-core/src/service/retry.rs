@@ -1,0 +1,63 @@
+//! The retries of generated clients (see [`RetryPolicy`]): a call whose
+//! attempt failed in the environment is made again once the session is
+//! attached to a new conduit, where that is safe.
+
+use super::MethodInfo;
+use crate::driver::{CallError, ChannelArg};
+use crate::session::operations::write_op_id;
+use crate::session::{Caller, RetryPolicy};
+use crate::wire::{self, Metadata, MethodId};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One logical call of a generated client's method: attempts and retries
+/// it as [`RetryPolicy`] and the method's policy allow.
+pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
+    caller: &Caller,
+    info: &MethodInfo,
+    method_id: MethodId,
+    args: &A,
+    channels: Vec<ChannelArg>,
+) -> Result<R, CallError> {
+    let policy: RetryPolicy = caller.retry_policy();
+    let session = match caller.session() {
+        Some(s) if channels.is_empty() && policy.max_attempts > 1 => s.clone(),
+        // Channels end with their attempt; virtual connections with their
+        // attachment: one attempt only.
+        _ => return caller.call(method_id, args, channels).await,
+    };
+    let args = Bytes::from(wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?);
+    let mut metadata = Metadata::new();
+    if !info.idem {
+        // rule: retry.op-id — every attempt carries the same id, so the
+        // peer never runs a non-idempotent call twice.
+        write_op_id(&mut metadata, session.next_op_id());
+    }
+    let mut attempt = 1;
+    loop {
+        let generation = session.generation();
+        match caller.call_raw(method_id, args.clone(), Vec::new(), metadata.clone()).await {
+            Ok(resp) => {
+                return wire::decode::<R>("return value", &resp.ret)
+                    .map_err(|e| CallError::InvalidResponse(e.to_string()));
+            }
+            Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
+                tracing::debug!(
+                    service = info.service,
+                    method = info.name,
+                    attempt,
+                    error = %e,
+                    "call failed in the environment; retrying once the session is attached again"
+                );
+                // A session that cannot resume ends instead: then the
+                // attempt's error is the answer.
+                if session.attached_after(generation).await.is_err() {
+                    return Err(e);
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
