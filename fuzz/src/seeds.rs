@@ -200,11 +200,12 @@ impl Enc for ItemSel {
 impl Enc for MetaEntry {
     fn enc(&self, out: &mut Vec<u8>) {
         match self.key {
-            Key::OpId => tag(out, 0, 4),
-            Key::Service => tag(out, 1, 4),
-            Key::Reject => tag(out, 2, 4),
+            Key::OpId => tag(out, 0, 5),
+            Key::Service => tag(out, 1, 5),
+            Key::Reject => tag(out, 2, 5),
+            Key::Deadline => tag(out, 3, 5),
             Key::Other(n) => {
-                tag(out, 3, 4);
+                tag(out, 4, 5);
                 n.enc(out);
             }
         }
@@ -234,7 +235,7 @@ impl Enc for Body {
     fn enc(&self, out: &mut Vec<u8>) {
         let i = match self {
             Body::Ok(n) => {
-                tag(out, 0, 8);
+                tag(out, 0, 9);
                 n.enc(out);
                 return;
             }
@@ -245,8 +246,9 @@ impl Enc for Body {
             Body::Indeterminate => 5,
             Body::HandlerFailed => 6,
             Body::Rejected => 7,
+            Body::DeadlineExceeded => 8,
         };
-        tag(out, i, 8);
+        tag(out, i, 9);
     }
 }
 
@@ -484,6 +486,7 @@ pub fn messages() -> Vec<(&'static str, ConduitMsg)> {
         ("indeterminate", ResponseBody::Indeterminate),
         ("handler-failed", ResponseBody::HandlerFailed { reason: "panic".into() }),
         ("rejected", ResponseBody::Rejected { reason: "conflict".into() }),
+        ("deadline-exceeded", ResponseBody::DeadlineExceeded),
     ];
     for (name, ret) in bodies {
         let m = msg(0, Payload::Response { id: RequestId(1), ret, metadata: Metadata::new() });
@@ -635,6 +638,37 @@ pub fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("cancel-wait", s(vec![call(Method::Wait, vec![]), Settle, Cancel { conn: ROOT, id: ReqSel::Recent(0) }])),
         ("cancel-unknown", s(vec![Cancel { conn: ROOT, id: ReqSel::Raw(99) }])),
         ("sleep", s(vec![call(Method::Sleep { ms: 1500 }, vec![]), Advance { ms: 2000 }])),
+        (
+            "deadline-sleep",
+            s(vec![
+                Action::Call(CallSpec {
+                    conn: ROOT,
+                    id: ReqSel::Next,
+                    method: Method::Sleep { ms: 5000 },
+                    channels: Few(vec![]),
+                    meta: Few(vec![MetaEntry { key: Key::Deadline, value: Val::Big(1_000_000), flags: 2 }]),
+                }),
+                Advance { ms: 2000 },
+                Action::Call(CallSpec {
+                    conn: ROOT,
+                    id: ReqSel::Next,
+                    method: Method::Drain,
+                    channels: Few(vec![chan(Dir::CallerToHandler, 4)]),
+                    meta: Few(vec![MetaEntry { key: Key::Deadline, value: Val::U64(0), flags: 0 }]),
+                }),
+                item(1),
+            ]),
+        ),
+        (
+            "deadline-not-u64",
+            s(vec![Action::Call(CallSpec {
+                conn: ROOT,
+                id: ReqSel::Next,
+                method: Method::Echo { len: 1 },
+                channels: Few(vec![]),
+                meta: Few(vec![MetaEntry { key: Key::Deadline, value: Val::Str(4), flags: 0 }]),
+            })]),
+        ),
         ("bad-args", s(vec![call(Method::BadArgs, vec![chan(Dir::HandlerToCaller, 1)])])),
         ("unknown-method", s(vec![call(Method::Unknown { id: 12345 }, vec![chan(Dir::CallerToHandler, 0)])])),
         (

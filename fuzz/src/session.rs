@@ -469,6 +469,8 @@ pub enum Key {
     Service,
     /// `reject` (the fuzz acceptor rejects opens that carry it).
     Reject,
+    /// `vox-deadline-us` (rule `rpc.deadline`: the time left, in microseconds).
+    Deadline,
     /// `k<n>`.
     Other(u8),
 }
@@ -505,6 +507,8 @@ pub enum Body {
     HandlerFailed,
     /// `Rejected`.
     Rejected,
+    /// `DeadlineExceeded`.
+    DeadlineExceeded,
 }
 
 /// The channel in a call the server makes.
@@ -941,6 +945,7 @@ impl Peer {
                 Key::OpId => "vox.op-id".to_string(),
                 Key::Service => "vox-service".to_string(),
                 Key::Reject => "reject".to_string(),
+                Key::Deadline => "vox-deadline-us".to_string(),
                 Key::Other(n) => format!("k{n}"),
             };
             let value = match e.value {
@@ -1022,6 +1027,7 @@ fn body(b: Body, peer: &Peer) -> ResponseBody {
         Body::Indeterminate => ResponseBody::Indeterminate,
         Body::HandlerFailed => ResponseBody::HandlerFailed { reason: "fuzz".into() },
         Body::Rejected => ResponseBody::Rejected { reason: "fuzz".into() },
+        Body::DeadlineExceeded => ResponseBody::DeadlineExceeded,
     }
 }
 
