@@ -384,6 +384,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
 
     let arms = methods.iter().enumerate().map(|(i, m)| {
         let name = &m.name;
+        let method_name = m.name.to_string();
         let plain: Vec<&Ident> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.name).collect();
         let plain_tys: Vec<&Type> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.ty).collect();
         let binds = m.args.iter().filter_map(|a| a.channel.as_ref().map(|c| (a, c))).enumerate().map(
@@ -415,7 +416,9 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
             if __call.method_id == #ids[#i] {
                 let (#(#plain,)*) = match __call.decode_args::<(#(#plain_tys,)*)>() {
                     ::core::result::Result::Ok(a) => a,
-                    ::core::result::Result::Err(e) => return __call.reply.invalid_payload(e),
+                    ::core::result::Result::Err(e) => {
+                        return __call.reply.invalid_payload(::std::format!("{}.{}: {}", #service_name, #method_name, e));
+                    }
                 };
                 #(#binds)*
                 let __ret = #trait_name::#name(&*__service, #(#all),*).await;

@@ -43,7 +43,17 @@ pub struct TcpSource {
 
 impl LinkSource for TcpSource {
     fn dial(&self) -> DialFuture<'_> {
-        Box::pin(super::connect_tcp(self.addr.clone(), self.config.clone()))
+        Box::pin(async move {
+            // Name the address: "connection refused" alone does not say
+            // where nothing was listening.
+            super::connect_tcp(self.addr.clone(), self.config.clone()).await.map_err(|e| match e {
+                LinkError::Io { context, source } => LinkError::Io {
+                    context,
+                    source: std::io::Error::new(source.kind(), format!("{}: {source}", self.addr)),
+                },
+                other => other,
+            })
+        })
     }
 }
 
@@ -118,13 +128,20 @@ pub async fn connect_waiting(
     let start = tokio::time::Instant::now();
     let deadline = start + timeout;
     let mut attempt = 0u32;
+    let mut previous: Option<LinkError> = None;
     loop {
         let result = match tokio::time::timeout_at(deadline, source.dial()).await {
             Ok(r) => r,
-            Err(_) => Err(LinkError::Io {
-                context: "connecting (deadline reached)",
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            }),
+            Err(_) => {
+                // Cut short by the deadline: the error worth reporting is
+                // the last one an attempt actually got, if there was one.
+                let cut = LinkError::Io {
+                    context: "connecting (deadline reached)",
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                };
+                let last = previous.unwrap_or(cut);
+                return Err(ConnectError::TimedOut { attempts: attempt, waited: start.elapsed(), last });
+            }
         };
         attempt += 1;
         let e = match result {
@@ -132,11 +149,15 @@ pub async fn connect_waiting(
             Err(e) if !is_transient(&e) => return Err(ConnectError::Permanent(e)),
             Err(e) => e,
         };
-        let wait = backoff.delay(attempt);
-        if tokio::time::Instant::now() + wait >= deadline {
+        // Keep trying until the deadline itself: the last wait is cut short
+        // so that one more attempt falls on it, instead of giving up as soon
+        // as a full backoff step would overshoot.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
             return Err(ConnectError::TimedOut { attempts: attempt, waited: start.elapsed(), last: e });
         }
         tracing::debug!(attempt, error = %e, "transient connect failure; retrying");
-        tokio::time::sleep(wait).await;
+        previous = Some(e);
+        tokio::time::sleep(backoff.delay(attempt).min(left)).await;
     }
 }

@@ -25,7 +25,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
         Some(s) if channels.is_empty() && policy.max_attempts > 1 => s.clone(),
         // Channels end with their attempt; virtual connections with their
         // attachment: one attempt only.
-        _ => return caller.call(method_id, args, channels).await,
+        _ => return caller.call(method_id, args, channels).await.map_err(|e| named(info, e)),
     };
     let args = Bytes::from(wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?);
     let mut metadata = Metadata::new();
@@ -40,7 +40,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
         match caller.call_raw(method_id, args.clone(), Vec::new(), metadata.clone()).await {
             Ok(resp) => {
                 return wire::decode::<R>("return value", &resp.ret)
-                    .map_err(|e| CallError::InvalidResponse(e.to_string()));
+                    .map_err(|e| named(info, CallError::InvalidResponse(e.to_string())));
             }
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 tracing::debug!(
@@ -57,7 +57,18 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
                 }
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(named(info, e)),
         }
+    }
+}
+
+/// Names the method in the errors whose text is about the call itself.
+fn named(info: &MethodInfo, e: CallError) -> CallError {
+    match e {
+        CallError::InvalidResponse(r) => CallError::InvalidResponse(format!("{}.{}: {r}", info.service, info.name)),
+        CallError::InvalidPayload(r) if !r.starts_with(info.service) => {
+            CallError::InvalidPayload(format!("{}.{}: {r}", info.service, info.name))
+        }
+        e => e,
     }
 }

@@ -38,7 +38,7 @@ pub enum SessionError {
     #[error("session is closed: {0}")]
     Closed(CloseReason),
     /// The peer rejected the connection.
-    #[error("connection rejected by the peer")]
+    #[error("connection rejected by the peer{}", rejection_reason(metadata))]
     Rejected {
         /// The peer's metadata.
         metadata: Metadata,
@@ -69,6 +69,15 @@ pub enum SessionError {
     /// The peer did not complete the prologue and handshake in time.
     #[error("session setup timed out after {0:?}")]
     HandshakeTimeout(std::time::Duration),
+}
+
+/// ": <reason>" from a rejection's metadata (the service router's
+/// `vox-reject-reason`, or the session's own `reason`), or nothing.
+fn rejection_reason(metadata: &Metadata) -> String {
+    match metadata.get_str(crate::service::REJECT_REASON_KEY).or_else(|| metadata.get_str("reason")) {
+        Some(reason) => format!(": {reason}"),
+        None => String::new(),
+    }
 }
 
 impl From<HandshakeError> for SessionError {
