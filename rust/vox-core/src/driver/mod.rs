@@ -1,7 +1,7 @@
 //! Drivers: requests, responses and channels on one connection.
 //!
 //! [`channel::Registry`] owns all channel state; [`ConnectionCore`] owns
-//! calls and handlers; [`handle`] has the typed channel ends.
+//! calls and handlers; `handle` has the typed channel ends ([`Tx`], [`Rx`]).
 
 pub mod channel;
 pub(crate) mod context;

@@ -1,6 +1,6 @@
 //! Sessions: a set of connections over one conduit.
 //!
-//! The run loop ([`run`]) owns the conduit's receive half; the writer task
+//! The run loop (`run`) owns the conduit's receive half; the writer task
 //! ([`outbound`]) owns its send half; every request from a handle goes
 //! through the one control mailbox ([`control`]). See ADR 0002.
 

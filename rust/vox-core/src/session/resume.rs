@@ -6,8 +6,8 @@
 //! or a stable conduit gives up), the session does not: it enters
 //! `Resuming`, fails what was in flight on the lost attachment, and waits for
 //! a new conduit that completed a handshake presenting the key. The
-//! initiator redials ([`redial`]); the acceptor's listener routes a resuming
-//! `Hello` to the session through the [`SessionRegistry`]. A key the
+//! initiator redials (`redial`); the acceptor's listener routes a resuming
+//! `Hello` to the session through the `SessionRegistry`. A key the
 //! acceptor does not know is refused with `Sorry`, so a client can never
 //! take a new server session for its old one.
 
