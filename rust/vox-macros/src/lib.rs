@@ -35,6 +35,32 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Whether `ty` is written `Vec<u8>` (or `std::vec::Vec<u8>`): such values
+/// travel as one byte string (the same bytes on the wire as a sequence of
+/// `u8`, but copied whole instead of one element at a time).
+fn is_byte_vec(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else { return false };
+    if last.ident != "Vec" {
+        return false;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    matches!(args.args.first(), Some(GenericArgument::Type(Type::Path(t))) if args.args.len() == 1 && t.path.is_ident("u8"))
+}
+
+/// The type a value of `ty` is encoded as, and how to get there and back.
+fn wire_ty(ty: &Type, vc: &TokenStream2) -> TokenStream2 {
+    if is_byte_vec(ty) { quote!(#vc::service::__private::ByteBuf) } else { quote!(#ty) }
+}
+
+fn to_wire(ty: &Type, value: TokenStream2, vc: &TokenStream2) -> TokenStream2 {
+    if is_byte_vec(ty) { quote!(#vc::service::__private::ByteBuf(#value)) } else { value }
+}
+
+fn from_wire(ty: &Type, value: TokenStream2) -> TokenStream2 {
+    if is_byte_vec(ty) { quote!(#value.0) } else { value }
+}
+
 /// Collects several errors so one expansion reports all of them.
 #[derive(Default)]
 struct Errors(Option<syn::Error>);
@@ -345,8 +371,17 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
             let (n, t) = (&a.name, &a.ty);
             quote!(#n: #t)
         });
-        let plain: Vec<&Ident> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.name).collect();
-        let plain_tys: Vec<&Type> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.ty).collect();
+        let plain_wire: Vec<TokenStream2> =
+            m.args
+            .iter()
+            .filter(|a| a.channel.is_none())
+            .map(|a| {
+                let n = &a.name;
+                to_wire(&a.ty, quote!(#n), &vc)
+            })
+            .collect();
+        let plain_tys: Vec<TokenStream2> =
+            m.args.iter().filter(|a| a.channel.is_none()).map(|a| wire_ty(&a.ty, &vc)).collect();
         let chans = m.args.iter().filter(|a| a.channel.is_some()).map(|a| {
             let n = &a.name;
             let label = n.to_string();
@@ -357,14 +392,22 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 quote!(::core::result::Result<(), #vc::driver::CallError>),
                 quote!(#vc::service::__private::call::<_, ()>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await),
             ),
-            Output::Plain(t) => (
-                quote!(::core::result::Result<#t, #vc::driver::CallError>),
-                quote!(#vc::service::__private::call::<_, #t>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await),
-            ),
-            Output::Fallible { ok, err } => (
-                quote!(::core::result::Result<#ok, #vc::service::ServiceError<#err>>),
-                quote!(#vc::service::__private::typed(#vc::service::__private::call::<_, #ok>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await)),
-            ),
+            Output::Plain(t) => {
+                let w = wire_ty(t, &vc);
+                let back = from_wire(t, quote!(__r));
+                (
+                    quote!(::core::result::Result<#t, #vc::driver::CallError>),
+                    quote!(#vc::service::__private::call::<_, #w>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await.map(|__r| #back)),
+                )
+            }
+            Output::Fallible { ok, err } => {
+                let w = wire_ty(ok, &vc);
+                let back = from_wire(ok, quote!(__r));
+                (
+                    quote!(::core::result::Result<#ok, #vc::service::ServiceError<#err>>),
+                    quote!(#vc::service::__private::typed(#vc::service::__private::call::<_, #w>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await).map(|__r| #back)),
+                )
+            }
         };
         // A channel end that cannot be handed over fails the call before
         // anything is sent (`?` converts into `ServiceError` as well).
@@ -376,7 +419,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
             pub async fn #name(&self, #(#params),*) -> #ret {
                 let __id = #ids[#i];
                 #channels_expr
-                let __args: (#(#plain_tys,)*) = (#(#plain,)*);
+                let __args: (#(#plain_tys,)*) = (#(#plain_wire,)*);
                 #body
             }
         }
@@ -386,7 +429,12 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         let name = &m.name;
         let method_name = m.name.to_string();
         let plain: Vec<&Ident> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.name).collect();
-        let plain_tys: Vec<&Type> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.ty).collect();
+        let plain_tys: Vec<TokenStream2> =
+            m.args.iter().filter(|a| a.channel.is_none()).map(|a| wire_ty(&a.ty, &vc)).collect();
+        let unwrap_bytes = m.args.iter().filter(|a| a.channel.is_none() && is_byte_vec(&a.ty)).map(|a| {
+            let n = &a.name;
+            quote!(let #n = #n.0;)
+        });
         let binds = m.args.iter().filter_map(|a| a.channel.as_ref().map(|c| (a, c))).enumerate().map(
             |(idx, (a, (kind, item)))| {
                 let n = &a.name;
@@ -404,13 +452,20 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         );
         let all: Vec<&Ident> = m.args.iter().map(|a| &a.name).collect();
         let reply = match &m.output {
-            Output::Unit | Output::Plain(_) => quote!(__call.reply.ok(&__ret)),
-            Output::Fallible { .. } => quote! {
-                match __ret {
-                    ::core::result::Result::Ok(v) => __call.reply.ok(&v),
-                    ::core::result::Result::Err(e) => __call.reply.user_error(&e),
+            Output::Unit => quote!(__call.reply.ok(&__ret)),
+            Output::Plain(t) => {
+                let w = to_wire(t, quote!(__ret), &vc);
+                quote!(__call.reply.ok(&#w))
+            }
+            Output::Fallible { ok, .. } => {
+                let w = to_wire(ok, quote!(v), &vc);
+                quote! {
+                    match __ret {
+                        ::core::result::Result::Ok(v) => __call.reply.ok(&#w),
+                        ::core::result::Result::Err(e) => __call.reply.user_error(&e),
+                    }
                 }
-            },
+            }
         };
         quote! {
             if __call.method_id == #ids[#i] {
@@ -420,6 +475,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                         return __call.reply.invalid_payload(::std::format!("{}.{}: {}", #service_name, #method_name, e));
                     }
                 };
+                #(#unwrap_bytes)*
                 #(#binds)*
                 let __ret = #trait_name::#name(&*__service, #(#all),*).await;
                 return #reply;

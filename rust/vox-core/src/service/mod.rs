@@ -486,6 +486,44 @@ pub mod __private {
         Ok(C::from_caller(session.root.caller))
     }
 
+    /// A `Vec<u8>` argument or return value of a generated service, encoded
+    /// as one byte string: the same bytes on the wire as a sequence of `u8`,
+    /// but copied whole instead of element by element.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl serde::Serialize for ByteBuf {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                    while let Some(b) = seq.next_element()? {
+                        out.push(b);
+                    }
+                    Ok(ByteBuf(out))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+
     /// Decodes a user error as `E`.
     pub fn typed<T, E: DeserializeOwned>(r: Result<T, CallError>) -> Result<T, ServiceError<E>> {
         match r {
