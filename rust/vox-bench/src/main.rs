@@ -18,6 +18,7 @@
 //! ```
 
 mod alloc;
+mod hostile;
 mod memory;
 mod raw;
 mod stats;
@@ -205,6 +206,8 @@ fn run() -> Result<(), BenchError> {
     }
     eprintln!("vox-bench: memory ...");
     rows.extend(memory_rows(&scale)?);
+    eprintln!("vox-bench: hostile peers ...");
+    rows.extend(hostile_rows(&scale)?);
     let table = render(&rows);
     println!("{table}");
     let misses = rows.iter().filter(|r| r.target.as_ref().is_some_and(|t| !t.pass)).count();
@@ -455,6 +458,39 @@ fn memory_rows(scale: &Scale) -> Result<Vec<Row>, BenchError> {
             baseline: Some(get(&raw_rss, "peak_rss") / MIB),
             target: Some(Target { text: "≤ 5 MiB", pass: rss <= 5.0 }),
         },
+    ])
+}
+
+/// The `hostile-peer` child: a well-behaved session's latency while raw
+/// peers flood the listener (baseline: the same session without the flood),
+/// and the process's peak RSS meanwhile.
+fn hostile_rows(scale: &Scale) -> Result<Vec<Row>, BenchError> {
+    let h = child("hostile-peer", scale)?;
+    let p99 = get(&h, "p99_flood_us");
+    let row = |workload, unit, vox, baseline, target| Row { workload, transport: "tcp", unit, vox, baseline, target };
+    Ok(vec![
+        row(
+            "sequential echo 64 B during a hostile flood, median latency",
+            "µs",
+            get(&h, "median_flood_us"),
+            Some(get(&h, "median_quiet_us")),
+            None,
+        ),
+        row(
+            "sequential echo 64 B during a hostile flood, p99 latency",
+            "µs",
+            p99,
+            Some(get(&h, "p99_quiet_us")),
+            Some(Target { text: "≤ 250 ms", pass: p99 <= 250_000.0 }),
+        ),
+        row("new session's handshake during a hostile flood", "ms", get(&h, "handshake_flood_ms"), None, None),
+        row(
+            "peak RSS during a hostile flood (whole process)",
+            "MiB",
+            get(&h, "peak_rss") / MIB,
+            Some(get(&h, "peak_rss_quiet") / MIB),
+            None,
+        ),
     ])
 }
 

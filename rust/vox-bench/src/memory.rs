@@ -26,6 +26,8 @@ pub async fn child(name: &str, scale: &Scale) -> Result<Vec<(String, f64)>, Benc
     match name {
         "idle-connection" => idle_connections(1_000).await,
         "idle-channel" => idle_channels(10_000).await,
+        // Issue 16: a listener under a flood of hostile raw peers.
+        "hostile-peer" => crate::hostile::hostile_peer(scale).await,
         "rss-vox-pipelined" => {
             let held: vox::Held = Arc::new(Mutex::new(Vec::new()));
             let p = vox::pair(Transport::Tcp, vox::server_builder(held, 4096), vox::client_builder(4096)).await?;
