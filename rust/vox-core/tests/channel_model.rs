@@ -33,6 +33,13 @@ enum AnnounceId {
     OwnParity,
     /// The highest id announced so far again.
     Repeat,
+    /// A legal id that leaves one id unannounced below it.
+    Skip,
+    /// The highest unannounced id below the highest announced one (a gap
+    /// left by `Skip`): never announced, so not increasing, no duplicate.
+    Skipped,
+    /// The oldest id announced (a duplicate, below the highest).
+    Older,
 }
 
 /// One event; `slot` picks a channel id (see [`Model::id_of`]).
@@ -57,8 +64,10 @@ enum Event {
     ConnectionLost,
 }
 
+/// Small credits, and both sides of the limit: exactly the maximum is
+/// accepted, one more is not.
 fn credit() -> impl Strategy<Value = u32> {
-    prop_oneof![8 => 0u32..=4, 1 => Just(MAX_CREDIT + 1)]
+    prop_oneof![8 => 0u32..=4, 1 => Just(MAX_CREDIT), 1 => Just(MAX_CREDIT + 1)]
 }
 
 fn grant_amount() -> impl Strategy<Value = u32> {
@@ -75,6 +84,9 @@ fn announce_id() -> impl Strategy<Value = AnnounceId> {
         1 => Just(AnnounceId::Zero),
         1 => Just(AnnounceId::OwnParity),
         1 => Just(AnnounceId::Repeat),
+        2 => Just(AnnounceId::Skip),
+        1 => Just(AnnounceId::Skipped),
+        1 => Just(AnnounceId::Older),
     ]
 }
 
@@ -165,6 +177,9 @@ struct Rx {
     waiting: bool,
     /// Items taken since the last grant fell due.
     since_grant: u32,
+    /// The peer's close met items still queued (on a bound channel, or at
+    /// bind): the channel drains until the receiver sees the end.
+    draining: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +200,9 @@ struct Model {
     ids: Vec<ChannelId>,
     chans: HashMap<ChannelId, Chan>,
     highest_remote: u64,
+    /// Every id the peer announced (none is ever forgotten in these runs:
+    /// there are more tombstones than channels).
+    announced: std::collections::BTreeSet<u64>,
     lost: bool,
     next_item: u32,
     discarded: u64,
@@ -246,6 +264,7 @@ fn rx(bound: bool, window: u32) -> Side {
         reset_owed: false,
         waiting: false,
         since_grant: 0,
+        draining: false,
     })
 }
 
@@ -308,32 +327,55 @@ fn step(
         Event::Announce(specs) => {
             let mut highest = m.highest_remote;
             let mut decls = Vec::new();
-            let mut ok = true;
+            let mut want: Result<(), Violation> = Ok(());
             for (choice, to_us, credit) in specs {
                 let id = match choice {
                     AnnounceId::Next => highest + 2,
                     AnnounceId::Zero => 0,
                     AnnounceId::OwnParity => highest + 1,
                     AnnounceId::Repeat => highest,
+                    AnnounceId::Skip => highest + 4,
+                    AnnounceId::Skipped => (1..highest / 2)
+                        .rev()
+                        .map(|k| 2 * k)
+                        .find(|id| !m.announced.contains(id))
+                        .unwrap_or(highest + 2),
+                    AnnounceId::Older => m.announced.first().copied().unwrap_or(highest + 2),
                 };
-                let legal = id != 0 && id % 2 == 0 && id > highest && *credit <= MAX_CREDIT;
-                ok &= legal;
-                if legal {
-                    highest = id;
+                // rule: rpc.channel.allocation — the first bad declaration names the violation.
+                let kind = if id == 0 {
+                    Some(ViolationKind::ReservedId)
+                } else if id % 2 != 0 {
+                    Some(ViolationKind::WrongParity)
+                } else if id <= highest {
+                    let seen = id == highest || m.announced.contains(&id);
+                    Some(if seen { ViolationKind::Duplicate } else { ViolationKind::NotIncreasing })
+                } else if *credit > MAX_CREDIT {
+                    Some(ViolationKind::CreditAboveLimit { credit: *credit, max: MAX_CREDIT })
+                } else {
+                    None
+                };
+                match kind {
+                    Some(kind) if want.is_ok() => want = Err(Violation { id: ChannelId(id), kind }),
+                    Some(_) => {}
+                    None => highest = id,
                 }
                 let direction =
                     if *to_us { ChannelDirection::CallerToHandler } else { ChannelDirection::HandlerToCaller };
                 decls.push(ChannelDecl { id: ChannelId(id), direction, initial_credit: *credit });
             }
             let got = reg.on_remote_announce(&decls);
-            check(
-                "announce",
-                if got.is_ok() { "Ok".into() } else { "Err".into() },
-                if ok || m.lost { "Ok".into() } else { "Err".into() },
-            )?;
+            let ok = want.is_ok();
+            if m.lost {
+                want = Ok(());
+            }
+            if got != want {
+                return Err(format!("announce {decls:?}: registry {got:?}, model {want:?}"));
+            }
             if ok && !m.lost {
                 m.highest_remote = highest;
                 for decl in decls {
+                    m.announced.insert(decl.id.0);
                     let side = if decl.direction == ChannelDirection::CallerToHandler {
                         rx(false, decl.initial_credit)
                     } else {
@@ -363,6 +405,7 @@ fn step(
                     },
                     Some(Side::Rx(rx)) if !rx.bound => {
                         rx.bound = true;
+                        rx.draining = rx.peer_closed && rx.taken < rx.sent.len();
                         Ok(())
                     }
                     Some(Side::Rx(_)) => Err(LocalError::AlreadyBound(id)),
@@ -449,7 +492,11 @@ fn step(
                             grow_window(rx, &mut m.max_window);
                             Poll::Ready(Ok(Some(rx.sent[rx.taken - 1])))
                         }
-                        None if rx.peer_closed => Poll::Ready(Ok(None)),
+                        None if rx.peer_closed => {
+                            // The receiver has seen the end.
+                            rx.stopped = Some(End::Closed);
+                            Poll::Ready(Ok(None))
+                        }
                         None => {
                             rx.waiting = true;
                             Poll::Pending
@@ -573,6 +620,7 @@ fn step(
                     Side::Rx(rx) if rx.peer_closed => Err(ViolationKind::CloseAfterClose),
                     Side::Rx(rx) => {
                         rx.peer_closed = true;
+                        rx.draining = rx.bound && rx.stopped.is_none() && rx.taken < rx.sent.len();
                         rx.reset_owed = false;
                         Ok(())
                     }
@@ -726,6 +774,24 @@ fn invariants(reg: &Registry, m: &Model) -> Result<(), String> {
     }
     if m.lost && (stats.open != 0 || stats.pending != 0 || stats.closing != 0) {
         return Err(format!("channels still live after connection loss: {stats:?}"));
+    }
+    // Entries per phase, exactly (all gone after loss).
+    let (mut pending, mut open, mut closing) = (0, 0, 0);
+    for c in m.chans.values().filter(|_| !m.lost) {
+        match &c.side {
+            Side::Tx { state: Tx::Pending { .. }, .. } => pending += 1,
+            Side::Tx { state: Tx::Open { .. }, .. } => open += 1,
+            Side::Tx { state: Tx::CloseOwed, .. } => closing += 1,
+            Side::Tx { state: Tx::Ended(_), .. } => {}
+            Side::Rx(rx) if !rx.bound => pending += 1,
+            Side::Rx(rx) if rx.stopped.is_none() && !rx.peer_closed => open += 1,
+            // Our reset is owed, or the peer closed with items still to take.
+            Side::Rx(rx) if rx.reset_owed || (rx.draining && rx.stopped.is_none()) => closing += 1,
+            Side::Rx(_) => {}
+        }
+    }
+    if (stats.pending, stats.open, stats.closing) != (pending, open, closing) {
+        return Err(format!("pending/open/closing: registry {stats:?}, model ({pending}, {open}, {closing})"));
     }
     for (id, c) in &m.chans {
         if let Side::Rx(rx) = &c.side {

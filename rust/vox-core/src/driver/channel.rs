@@ -281,10 +281,31 @@ impl Registry {
     pub fn describe(&self, id: ChannelId) -> String {
         self.inner.lock().describe(id)
     }
+}
 
-    /// Renders one line per (state, event) pair with its outcome; see
-    /// [`transition_table`].
-    pub fn transition_table() -> String {
-        transition_table()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(registry: &Registry) -> ChannelId {
+        registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("create").id
+    }
+
+    // rule: retry.channel.volatile.rebinding — the registry of a resumed
+    // session's new attachment never hands out an id of the old one.
+    #[test]
+    fn retry_channel_volatile_rebinding_successor_registry_continues_local_ids() {
+        let config = RegistryConfig::new(Parity::Odd);
+        let old = Registry::new(config.clone());
+        assert_eq!(create(&old), ChannelId(1));
+        assert_eq!(create(&old), ChannelId(3));
+        let next = Registry::succeeding(config.clone(), &old);
+        assert_eq!(create(&next), ChannelId(5), "continues after the old attachment's ids");
+        assert_eq!(create(&old), ChannelId(5), "the old registry itself is not advanced");
+        let third = Registry::succeeding(config.clone(), &next);
+        assert_eq!(create(&third), ChannelId(7));
+        // A successor of a registry that allocated nothing starts at the first id.
+        let unused = Registry::new(RegistryConfig::new(Parity::Even));
+        assert_eq!(create(&Registry::succeeding(RegistryConfig::new(Parity::Even), &unused)), ChannelId(2));
     }
 }

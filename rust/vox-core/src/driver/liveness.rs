@@ -56,3 +56,9 @@ impl Liveness {
         }
     }
 }
+
+// The gate alone, and the real `ConnectionCore` around it: nothing of a
+// connection is queued after it ended (issue 23).
+#[cfg(test)]
+#[path = "liveness_tests.rs"]
+mod tests;

@@ -21,6 +21,8 @@ enum RefState {
     PendingOutbound,
     Open,
     Released(Released),
+    /// Ended by a teardown or detach (`drain`): no tombstone, the id stays used.
+    Drained,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -100,10 +102,14 @@ enum Op {
     PeerClose { id: u64 },
     /// Any other message on the connection.
     Message { id: u64 },
+    /// The attachment ends (resume) or the session tears down: `drain`.
+    Drain,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let id = 1u64..16;
+    // The root id 0 included: opens and answers for it are refused, and the
+    // run loop gives its other messages to the root core, never the table.
+    let id = 0u64..16;
     prop_oneof![
         2 => Just(Op::OpenOutbound),
         2 => (id.clone(), any::<bool>()).prop_map(|(id, accept)| Op::PeerOpen { id, accept }),
@@ -111,6 +117,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => id.clone().prop_map(|id| Op::LocalClose { id }),
         2 => id.clone().prop_map(|id| Op::PeerClose { id }),
         3 => id.prop_map(|id| Op::Message { id }),
+        1 => Just(Op::Drain),
     ]
 }
 
@@ -166,7 +173,8 @@ fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.ids.insert(id.0, RefState::PendingOutbound);
             }
             Op::PeerOpen { id, accept } => {
-                let legal = Parity::of(id) != parity && id > model.highest_peer;
+                // rule: connection.root — never an open for id 0.
+                let legal = id != 0 && Parity::of(id) != parity && id > model.highest_peer;
                 let got = table.check_inbound_open(ConnectionId(id));
                 prop_assert_eq!(got.is_ok(), legal, "inbound open {}: {:?}", id, got);
                 if legal {
@@ -203,6 +211,10 @@ fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.release(id, Released::ByUs);
                 }
             }
+            // rule: connection.root — the run loop hands the root's messages
+            // to the root core (a `CloseConnection` for it is a violation
+            // there); the table is not asked.
+            Op::PeerClose { id: 0 } | Op::Message { id: 0 } => {}
             Op::PeerClose { id } => {
                 // The run loop's order: release, else a crossing close, else judge.
                 if model.ids.get(&id) == Some(&RefState::Open) {
@@ -225,6 +237,35 @@ fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Message { id } => {
                 let expected = model.verdict(id);
                 prop_assert_eq!(judge(table.lookup(ConnectionId(id))), expected, "message on {}", id);
+            }
+            Op::Drain => {
+                // Everything live comes out, exactly once: the open cores and
+                // the pending opens (whose openers the run loop then answers).
+                let mut drained: Vec<(bool, u64)> = table
+                    .drain()
+                    .into_iter()
+                    .map(|entry| match entry {
+                        Entry::Open { core } => (true, core.id().0),
+                        Entry::PendingOutbound { .. } => (false, u64::MAX),
+                    })
+                    .collect();
+                drained.sort_unstable();
+                let mut want: Vec<(bool, u64)> = model
+                    .ids
+                    .iter()
+                    .filter_map(|(id, state)| match state {
+                        RefState::Open => Some((true, *id)),
+                        RefState::PendingOutbound => Some((false, u64::MAX)),
+                        _ => None,
+                    })
+                    .collect();
+                want.sort_unstable();
+                prop_assert_eq!(drained, want, "drain hands over every live entry");
+                for state in model.ids.values_mut() {
+                    if matches!(state, RefState::Open | RefState::PendingOutbound) {
+                        *state = RefState::Drained;
+                    }
+                }
             }
         }
         // Invariants after every step.
