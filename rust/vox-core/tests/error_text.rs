@@ -54,14 +54,14 @@ async fn connection_open_rejection_reason_is_in_the_error_text() {
     assert!(text.contains("rejected") && text.contains("Greeter"), "{text}");
 }
 
-/// One method that takes a `u32`: a client of an older signature sends a
-/// string instead.
+/// A service the server does not have.
 #[vox_core::service]
 pub trait Greeter {
     /// Greets.
     async fn greet(&self, name: String) -> String;
 }
 
+/// A service with a stricter signature.
 #[vox_core::service]
 pub trait Strict {
     /// Takes a number where the other sends a string; same method id.

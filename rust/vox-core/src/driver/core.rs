@@ -389,8 +389,14 @@ impl ConnectionCore {
             break (id, decls);
         };
         // The request is queued: items of its channels may follow it now.
+        // Items sent before the call go first, before the `Tx` is usable.
         for (arg, decl) in channels.iter().zip(&decls) {
-            arg.slot.bind(self.clone(), decl.id, arg.local_role());
+            if let Some(early) = arg.slot.bind(self.clone(), decl.id) {
+                let mut flush = EarlyFlush { core: self.clone(), slot: &arg.slot, id: decl.id, done: false };
+                let result = flush.run(early).await;
+                flush.done = true;
+                arg.slot.flushed(self.clone(), decl.id, result);
+            }
         }
         Ok((id, reply_rx))
     }
@@ -822,6 +828,46 @@ impl ConnectionCore {
         // peer can only send its next request after seeing this response,
         // by which time the slot is free (rule: rpc.flow-control.max-concurrent-requests).
         permit.send(Message { connection_id: self.id, payload: Payload::Response { id, ret, metadata } });
+    }
+}
+
+/// Sends the items a caller-side `Tx` took before its call (rule
+/// `rpc.flow-control.credit`: they spend credit like any other), then its
+/// close if it was closed or dropped. If the call is dropped meanwhile, the
+/// `Tx` end reports it and the channel is released.
+struct EarlyFlush<'a> {
+    core: Arc<ConnectionCore>,
+    slot: &'a super::handle::SlotRef,
+    id: crate::wire::ChannelId,
+    done: bool,
+}
+
+impl EarlyFlush<'_> {
+    /// `Ok(true)` when the close was sent too.
+    async fn run(&mut self, early: super::handle::Early) -> Result<bool, String> {
+        let (core, id) = (&self.core, self.id);
+        for item in early.items {
+            std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await.map_err(|e| e.to_string())?;
+            let permit = core.reserve().await.map_err(|e| e.to_string())?;
+            core.send_item_with(permit, id, Blob(item)).map_err(|e| e.to_string())?;
+        }
+        if early.closed {
+            core.registry.local_close(id).map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Drop for EarlyFlush<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.slot.flushed(
+                self.core.clone(),
+                self.id,
+                Err("the call was dropped before its early items were sent".into()),
+            );
+        }
     }
 }
 

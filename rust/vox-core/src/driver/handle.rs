@@ -87,8 +87,16 @@ impl From<RecvError> for ChannelError {
 /// What one end of a caller-side pair knows about its binding.
 enum SlotState {
     /// Not bound yet; the end's handle may be waiting (at most one task: the
-    /// handle is not `Clone` and waits through `&mut self` or `self`).
+    /// handle is not `Clone` and waits through `&mut self` or `self`). A
+    /// `Tx` end keeps what was sent before its call, up to the channel's
+    /// initial credit, to go out right after the call's `Request`.
     Unbound {
+        waker: Option<Waker>,
+        early: Early,
+    },
+    /// Bound, and the call is sending the early items: the handle waits
+    /// until they are out, so that nothing it sends later overtakes them.
+    Flushing {
         waker: Option<Waker>,
     },
     Bound {
@@ -129,7 +137,8 @@ pub(crate) enum ChannelSlot {
 
 impl ChannelSlot {
     fn pair() -> Arc<Pair> {
-        Arc::new(Pair { ends: Mutex::new([SlotState::Unbound { waker: None }, SlotState::Unbound { waker: None }]) })
+        let unbound = || SlotState::Unbound { waker: None, early: Early::default() };
+        Arc::new(Pair { ends: Mutex::new([unbound(), unbound()]) })
     }
 
     pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId, _role: Role) -> ChannelSlot {
@@ -150,7 +159,7 @@ impl ChannelSlot {
                         return Poll::Ready(Err(ChannelError::NotAnnounced(reason.to_string())));
                     }
                     SlotState::Abandoned => return Poll::Ready(Err(ChannelError::Closed)),
-                    SlotState::Unbound { waker } => {
+                    SlotState::Unbound { waker, .. } | SlotState::Flushing { waker } => {
                         if let Some(cx) = cx {
                             if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                                 *waker = Some(cx.waker().clone());
@@ -182,6 +191,34 @@ impl ChannelSlot {
         }
     }
 
+    /// A caller-side `Tx` whose call is not made yet keeps `item` for it,
+    /// within the initial credit (`None`); otherwise the item comes back.
+    fn keep_early(&mut self, item: Bytes) -> Option<Bytes> {
+        let ChannelSlot::Paired(pair, credit) = self else { return Some(item) };
+        let mut ends = pair.ends.lock();
+        match &mut ends[index(Role::Sender)] {
+            SlotState::Unbound { early, .. } if !early.closed && early.items.len() < *credit as usize => {
+                early.items.push(item);
+                None
+            }
+            _ => Some(item),
+        }
+    }
+
+    /// A caller-side `Tx` whose call is not made yet: its close goes out
+    /// after the call's request and early items (`true`).
+    fn close_early(&mut self) -> bool {
+        let ChannelSlot::Paired(pair, _) = self else { return false };
+        let mut ends = pair.ends.lock();
+        match &mut ends[index(Role::Sender)] {
+            SlotState::Unbound { early, .. } => {
+                early.closed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn drop_end(&mut self, role: Role) {
         match std::mem::replace(self, ChannelSlot::Gone) {
             ChannelSlot::Bound { core, id } => release(&core, id, role),
@@ -193,13 +230,30 @@ impl ChannelSlot {
                         drop(ends);
                         release(&core, id, role);
                     }
+                    // Items sent before the call still go out after it, then
+                    // the close (rule rpc.channel.close: a dropped sender
+                    // closes after its items).
+                    SlotState::Unbound { mut early, .. } if !early.items.is_empty() => {
+                        early.closed = true;
+                        *end = SlotState::Unbound { waker: None, early };
+                    }
                     SlotState::Unbound { .. } => {}
+                    // The call is sending the early items: it closes after them.
+                    SlotState::Flushing { .. } => *end = SlotState::Abandoned,
                     other => *end = other,
                 }
             }
             ChannelSlot::Gone => {}
         }
     }
+}
+
+/// What a caller-side `Tx` did before its call: items to send right after
+/// the `Request`, and whether the close follows them.
+#[derive(Default)]
+pub(crate) struct Early {
+    pub(crate) items: Vec<Bytes>,
+    pub(crate) closed: bool,
 }
 
 /// The end of a pair that a call binds: the end the caller kept.
@@ -209,22 +263,58 @@ pub(crate) struct SlotRef {
 }
 
 impl SlotRef {
-    /// Called by the call once the request is queued.
-    pub(crate) fn bind(&self, core: Arc<ConnectionCore>, id: ChannelId, _announced_role: Role) {
+    /// Called by the call once the request is queued. Returns the items a
+    /// `Tx` end took before the call, which the call sends next and then
+    /// hands over with [`flushed`](Self::flushed).
+    pub(crate) fn bind(&self, core: Arc<ConnectionCore>, id: ChannelId) -> Option<Early> {
         let mut ends = self.pair.ends.lock();
         let end = &mut ends[index(self.role)];
         match end {
             SlotState::Abandoned => {
                 drop(ends);
                 release(&core, id, self.role);
+                None
+            }
+            SlotState::Unbound { early, waker } if !early.items.is_empty() || early.closed => {
+                let early = std::mem::take(early);
+                *end = SlotState::Flushing { waker: waker.take() };
+                Some(early)
             }
             _ => {
                 let waiting = std::mem::replace(end, SlotState::Bound { core, id });
                 drop(ends);
-                if let SlotState::Unbound { waker: Some(waker) } = waiting {
+                if let SlotState::Unbound { waker: Some(waker), .. } = waiting {
                     waker.wake();
                 }
+                None
             }
+        }
+    }
+
+    /// The early items are out (`Ok`), or could not all be sent (`Err`,
+    /// the call was dropped or the channel ended): the end becomes usable,
+    /// or reports why not. A handle dropped meanwhile releases the channel.
+    pub(crate) fn flushed(&self, core: Arc<ConnectionCore>, id: ChannelId, result: Result<bool, String>) {
+        let mut ends = self.pair.ends.lock();
+        let end = &mut ends[index(self.role)];
+        let next = match (&*end, result) {
+            (SlotState::Abandoned, _) => {
+                drop(ends);
+                release(&core, id, self.role);
+                return;
+            }
+            // Closed before the call: no handle is left to use the end.
+            (_, Ok(true)) => SlotState::Abandoned,
+            (_, Ok(false)) => SlotState::Bound { core, id },
+            (_, Err(reason)) => {
+                release(&core, id, self.role);
+                SlotState::Failed(Arc::from(reason))
+            }
+        };
+        let waiting = std::mem::replace(end, next);
+        drop(ends);
+        if let SlotState::Flushing { waker: Some(waker) } = waiting {
+            waker.wake();
         }
     }
 
@@ -232,7 +322,7 @@ impl SlotRef {
     fn fail(&self, reason: &str) {
         let mut ends = self.pair.ends.lock();
         let end = &mut ends[index(self.role)];
-        if let SlotState::Unbound { waker } = end {
+        if let SlotState::Unbound { waker, .. } | SlotState::Flushing { waker } = end {
             let waker = waker.take();
             *end = SlotState::Failed(Arc::from(reason));
             drop(ends);
@@ -260,10 +350,6 @@ pub struct ChannelArg {
 }
 
 impl ChannelArg {
-    pub(crate) fn local_role(&self) -> Role {
-        self.slot.role
-    }
-
     /// Marks the kept end as failed: the call never announced the channel.
     pub(crate) fn fail(&self, reason: &str) {
         self.slot.fail(reason);
@@ -362,8 +448,17 @@ impl<T> Tx<T> {
     }
 
     /// Sends one pre-serialized item.
+    ///
+    /// Before the channel's call is made, up to the channel's initial credit
+    /// of items are kept and go out right after the call's request, so
+    /// "fill the stream, then call" works; beyond that, `send` waits for the
+    /// call.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
+        let item = match self.slot.keep_early(item) {
+            None => return Ok(()),
+            Some(item) => item,
+        };
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
             std::future::poll_fn(|cx| self.slot.poll_bound(Role::Sender, Some(cx))).await?;
         }
@@ -413,8 +508,14 @@ impl<T> Tx<T> {
         core.send_item_with(permit, id, Blob(bytes)).map_err(|e| TrySendError::Closed(item, e.into()))
     }
 
-    /// Closes the channel after the items already sent.
+    /// Closes the channel after the items already sent. Before the
+    /// channel's call is made, the close goes out after the call's request
+    /// and the items kept for it, and this returns at once.
     pub async fn close(mut self) -> Result<(), ChannelError> {
+        if self.slot.close_early() {
+            self.slot = ChannelSlot::Gone;
+            return Ok(());
+        }
         let (core, id) = self.slot.wait_bound(Role::Sender).await?;
         core.registry.local_close(id)?;
         // The close is made due in the registry and sent by the flush task,
