@@ -7,12 +7,13 @@ use super::frames::{BATCH_BYTES, FrameWriter, MAX_FRAME_LEN, PREFIX_LEN};
 use super::{Link, LinkConfig, LinkError, LinkRx, LinkTx, RxSource};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Most bytes the reader asks for in one read while its buffer is smaller
 /// than this; beyond, a read may ask for as much as is already buffered.
@@ -173,16 +174,21 @@ pub(super) struct FrameReader {
     /// How long a frame may take to arrive once its first byte is here
     /// ([`LinkConfig::frame_timeout`]).
     frame_timeout: Option<Duration>,
-    /// When the first byte of the frame now partly in `buf` arrived; `None`
-    /// exactly when `buf` is empty. Kept here, not in the `read_frame`
-    /// future, so that a cancelled receive (a `select!` that took another
-    /// branch) does not restart the frame's deadline.
+    /// When this reader first waited for the rest of the frame now partly
+    /// in `buf` (its bytes arrived with the read just before); `None` until
+    /// then. Kept here, not in the `read_frame` future, so that a cancelled
+    /// receive (a `select!` that took another branch) does not restart the
+    /// frame's deadline.
     started: Option<Instant>,
+    /// The frame deadline's timer, created with the first partly received
+    /// frame and kept: armed for the current frame's deadline or an earlier
+    /// one, so that frames do not each register a timer.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl FrameReader {
     fn new(reader: Box<dyn AsyncRead + Send + Unpin>, frame_timeout: Option<Duration>) -> Self {
-        Self { reader, buf: BytesMut::new(), frame_timeout, started: None }
+        Self { reader, buf: BytesMut::new(), frame_timeout, started: None, stall: None }
     }
 
     /// Reads the next frame. `Ok(None)` means the stream ended cleanly
@@ -206,11 +212,9 @@ impl FrameReader {
                     let frame_len = PREFIX_LEN + len;
                     if self.buf.len() >= frame_len {
                         self.buf.advance(PREFIX_LEN);
-                        let frame = self.buf.split_to(len).freeze();
-                        // What is left arrived with the last read: the next
-                        // frame started then (close enough: now).
-                        self.started = if self.buf.is_empty() { None } else { Some(Instant::now()) };
-                        return Ok(Some(frame));
+                        // The next frame's deadline starts when it is waited for.
+                        self.started = None;
+                        return Ok(Some(self.buf.split_to(len).freeze()));
                     }
                     frame_len - self.buf.len()
                 }
@@ -231,25 +235,45 @@ impl FrameReader {
             if self.buf.capacity() - self.buf.len() < MIN_SPARE {
                 self.buf.reserve(missing.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ));
             }
-            let deadline = self.started.zip(self.frame_timeout).and_then(|(started, limit)| started.checked_add(limit));
-            let read = match deadline {
-                // A frame is partly here: the rest must come by its deadline.
-                // `timeout_at` polls the read first, so bytes that are
-                // already waiting are taken even after the deadline.
-                Some(deadline) => match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
-                    Ok(read) => read,
-                    Err(_) => return Err(self.stalled(self.frame_timeout.unwrap_or_default())),
-                },
+            let read = match self.deadline() {
                 None => self.reader.read_buf(&mut self.buf).await,
+                // A frame is partly here: the rest must come by its deadline.
+                // The read is polled first, so bytes that are already
+                // waiting are taken even after the deadline.
+                Some(deadline) => {
+                    // One timer per link, armed at most once per deadline
+                    // period rather than per frame: it may still be armed
+                    // for an earlier frame's deadline (never a later one);
+                    // then it is moved on when it fires.
+                    let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    let read = tokio::select! {
+                        biased;
+                        read = self.reader.read_buf(&mut self.buf) => Some(read),
+                        () = stall.as_mut() => None,
+                    };
+                    match read {
+                        Some(read) => read,
+                        None if Instant::now() >= deadline => return Err(self.stalled()),
+                        None => {
+                            stall.as_mut().reset(deadline);
+                            continue;
+                        }
+                    }
+                }
             }
             .map_err(|source| LinkError::Io { context: "reading from a stream link", source })?;
             if read == 0 {
                 return self.end_of_stream();
             }
-            if self.started.is_none() {
-                self.started = Some(Instant::now());
-            }
         }
+    }
+
+    /// The instant by which the frame partly in `buf` must be complete, if
+    /// one is partly here and frames have a deadline; starts the frame's
+    /// clock on the first call for it. Nothing buffered: no clock, no timer.
+    fn deadline(&mut self) -> Option<Instant> {
+        let limit = self.frame_timeout.filter(|_| !self.buf.is_empty())?;
+        self.started.get_or_insert_with(Instant::now).checked_add(limit)
     }
 
     /// Bytes the frame at the front of `buf` needs in all (only the prefix,
@@ -258,7 +282,8 @@ impl FrameReader {
         self.announced_len().map_or(PREFIX_LEN, |len| PREFIX_LEN.saturating_add(len))
     }
 
-    fn stalled(&self, timeout: Duration) -> LinkError {
+    fn stalled(&self) -> LinkError {
+        let timeout = self.frame_timeout.unwrap_or_default();
         LinkError::Stalled { expected: self.expected_len(), got: self.buf.len(), timeout }
     }
 
