@@ -201,3 +201,35 @@ async fn rpc_metadata_typed_client_sends_metadata_and_typed_handler_reads_it() {
     let french = GreeterClient::new(client.root.caller.with_metadata(Metadata::new().with_str("lang", "fr", 0)));
     assert_eq!(within("greet", french.greet("ann".into())).await.expect("greet"), "bonjour ann");
 }
+
+/// The context names the peer's address on a TCP link.
+#[vox_core::service]
+pub trait Whoami {
+    /// The caller's address as the handler sees it.
+    async fn peer(&self) -> Option<String>;
+}
+
+#[derive(Clone)]
+struct Mirror;
+
+impl Whoami for Mirror {
+    async fn peer(&self) -> Option<String> {
+        CallContext::current().and_then(|c| c.peer_addr).map(|a| a.to_string())
+    }
+}
+
+#[tokio::test]
+async fn rpc_call_context_has_the_peer_address_on_tcp() {
+    let listener =
+        SessionBuilder::new().handler(WhoamiDispatcher::new(Mirror)).listen("127.0.0.1:0").await.expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // The client serves the same service, so the server can ask it too.
+    let (server, client) =
+        tokio::join!(listener.accept(), SessionBuilder::new().handler(WhoamiDispatcher::new(Mirror)).connect(addr));
+    let (server, client) = (server.expect("server"), client.expect("client"));
+    let seen_by_server = within("peer", WhoamiClient::new(client.root.caller.clone()).peer()).await.expect("call");
+    let seen_by_server: std::net::SocketAddr = seen_by_server.expect("an address").parse().expect("an address");
+    assert!(seen_by_server.ip().is_loopback() && seen_by_server.port() != addr.port(), "{seen_by_server}");
+    let seen_by_client = within("peer", WhoamiClient::new(server.root.caller.clone()).peer()).await.expect("call");
+    assert_eq!(seen_by_client, Some(addr.to_string()), "the client sees the server's address");
+}

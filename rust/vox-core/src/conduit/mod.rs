@@ -243,6 +243,14 @@ impl ConduitRx {
         }
     }
 
+    /// The peer's network address, if its (first) link recorded one.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.kind {
+            RxKind::Bare(link) => link.peer_addr(),
+            RxKind::Stable(s) => s.peer_addr(),
+        }
+    }
+
     /// Sets the bounds on decoded sequences (rule `session.decode.bounded`).
     pub fn set_decode_limits(&mut self, limits: DecodeLimits) {
         self.limits = limits;

@@ -40,6 +40,8 @@ pub struct CallContext {
     /// When the handler is stopped and the caller gets `DeadlineExceeded`,
     /// if the caller set a deadline.
     pub deadline: Option<Instant>,
+    /// The peer's network address, where the session's link has one.
+    pub peer_addr: Option<std::net::SocketAddr>,
 }
 
 tokio::task_local! {

@@ -140,6 +140,8 @@ pub struct ConnectionCore {
     /// request as a plain call.
     ops: Option<Arc<SessionOps>>,
     limits: ChannelLimits,
+    /// The peer's network address, for handlers' `CallContext`.
+    peer: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for ConnectionCore {
@@ -243,6 +245,7 @@ impl ConnectionCore {
             handler,
             ops,
             limits,
+            peer: std::sync::OnceLock::new(),
         })
     }
 
@@ -571,6 +574,19 @@ impl ConnectionCore {
         self.state.lock().handlers.is_empty()
     }
 
+    /// The peer's network address, once the session recorded it.
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer.get().copied()
+    }
+
+    /// Records the peer's network address (the session does, for every core
+    /// of an attachment whose link has one).
+    pub(crate) fn set_peer_addr(&self, addr: Option<std::net::SocketAddr>) {
+        if let Some(addr) = addr {
+            let _ = self.peer.set(addr);
+        }
+    }
+
     /// Whether this side serves a handler on the connection (rule
     /// `rpc.caller.liveness`: then the peer may still call it, so dropping
     /// this side's callers does not end it).
@@ -711,8 +727,13 @@ impl ConnectionCore {
             return;
         };
         let (reply_tx, mut reply_rx) = oneshot::channel();
-        let ctx =
-            CallContext { connection_id: self.id, method_id, metadata: metadata.clone(), deadline: attempt.deadline };
+        let ctx = CallContext {
+            connection_id: self.id,
+            method_id,
+            metadata: metadata.clone(),
+            deadline: attempt.deadline,
+            peer_addr: self.peer_addr(),
+        };
         let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
         let running = {
             let _entered = span.enter();
@@ -981,6 +1002,7 @@ async fn run_handler(
         method_id,
         metadata: metadata.clone(),
         deadline: attempt.deadline,
+        peer_addr: attempt.core.peer_addr(),
     };
     let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
     let Some(running) = attempt.core.handler.as_ref().map(|h| ctx.scope(h.handle(call))) else {

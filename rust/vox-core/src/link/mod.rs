@@ -304,11 +304,25 @@ pub struct LinkRx {
     /// The maximum in force now: lower than the configured one while the
     /// peer is unauthenticated (rule `session.setup.limits`).
     limit: usize,
+    /// The peer's network address, where the link has one.
+    peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl LinkRx {
     fn new(source: RxSource, max_message_size: usize) -> Self {
-        Self { source, state: RxState::Open, max_message_size, limit: max_message_size }
+        Self { source, state: RxState::Open, max_message_size, limit: max_message_size, peer_addr: None }
+    }
+
+    /// The peer's network address, if the link's creator recorded one (TCP
+    /// links made by the listener and by `TcpSource` do).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer_addr
+    }
+
+    /// Records the peer's network address (handlers see it in their
+    /// `CallContext`).
+    pub fn set_peer_addr(&mut self, addr: std::net::SocketAddr) {
+        self.peer_addr = Some(addr);
     }
 
     /// Lowers the largest message accepted from now on to `max` (never above

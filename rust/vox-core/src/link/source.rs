@@ -46,13 +46,17 @@ impl LinkSource for TcpSource {
         Box::pin(async move {
             // Name the address: "connection refused" alone does not say
             // where nothing was listening.
-            super::connect_tcp(self.addr.clone(), self.config.clone()).await.map_err(|e| match e {
+            let mut link = super::connect_tcp(self.addr.clone(), self.config.clone()).await.map_err(|e| match e {
                 LinkError::Io { context, source } => LinkError::Io {
                     context,
                     source: std::io::Error::new(source.kind(), format!("{}: {source}", self.addr)),
                 },
                 other => other,
-            })
+            })?;
+            if let Ok(addr) = self.addr.parse() {
+                link.rx.set_peer_addr(addr);
+            }
+            Ok(link)
         })
     }
 }

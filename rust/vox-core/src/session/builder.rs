@@ -583,6 +583,7 @@ impl SessionBuilder {
     fn start(self, conduit: NewConduit, resume: Option<Resume>) -> Session {
         let config = Arc::new(self.config);
         let negotiated = conduit.negotiated.clone();
+        let peer_addr = conduit.rx.peer_addr();
         let link = Attachment::start(conduit, config.outbound_capacity);
         let (mailbox_tx, mailbox_rx) = mailbox(config.mailbox_capacity);
         let (closed_tx, closed_rx) = watch::channel(None);
@@ -598,6 +599,7 @@ impl SessionBuilder {
             config.channel_limits(),
             ops.clone(),
         );
+        root_core.set_peer_addr(peer_addr);
         tokio::spawn(root_core.clone().run_flush());
         let budgets = super::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
         let mut phase = SessionPhase::Handshaking;
@@ -899,7 +901,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let link = link::tcp(stream, builder.config.link.clone());
+        let mut link = link::tcp(stream, builder.config.link.clone());
+        link.rx.set_peer_addr(peer);
         let (guard, cancelled) = pending.admit(builder.config.setup.max_pending_setups);
         let builder = builder.clone();
         let outcomes = outcomes.clone();

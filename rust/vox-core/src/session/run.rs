@@ -411,8 +411,10 @@ impl RunLoop {
             }
         };
         let negotiated = conduit.negotiated.clone();
+        let peer_addr = conduit.rx.peer_addr();
         self.link = Attachment::start(conduit, self.config.outbound_capacity);
         let root = self.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
+        root.set_peer_addr(peer_addr);
         tokio::spawn(root.clone().run_flush());
         self.root_slot.set(root.clone());
         self.root = root;
@@ -686,6 +688,7 @@ impl RunLoop {
             self.config.channel_limits(),
             self.ops.clone(),
         );
+        core.set_peer_addr(self.root.peer_addr());
         tokio::spawn(core.clone().run_flush());
         core
     }

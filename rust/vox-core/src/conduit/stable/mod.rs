@@ -150,10 +150,13 @@ struct Shared {
     /// Wakes the writer out of a link write that may never finish (a peer
     /// that stopped reading) once the conduit is closed.
     shutdown: Notify,
+    /// The first link's peer address.
+    peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shared {
     fn new(key: ResumeKey, config: StableConfig, link: Link) -> Arc<Shared> {
+        let peer_addr = link.rx.peer_addr();
         let (tx, rx) = link.split();
         Arc::new(Shared {
             core: Mutex::new(Core {
@@ -173,6 +176,7 @@ impl Shared {
             reader_wake: Notify::new(),
             broken: Notify::new(),
             shutdown: Notify::new(),
+            peer_addr,
         })
     }
 
@@ -585,6 +589,11 @@ impl StableRx {
             None => ReceiveLimit::Full,
         };
         self.shared.reader_wake.notify_one();
+    }
+
+    /// The peer's network address, as the conduit's first link recorded it.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.peer_addr
     }
 
     /// The next delivered item, undecoded (see [`recv`](Self::recv)).
