@@ -114,6 +114,9 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Set while the run loop is parked on an empty mailbox, with its waker's flag.
     let mut parked: Option<Arc<Flag>> = None;
     let mut ended = false;
+    // The most requests ever waiting in the queue lane at once.
+    let mut high_water = 0;
+    prop_assert_eq!(tx.queue_capacity(), capacity, "the queue lane has the capacity asked for");
     for op in ops {
         let posted = match op {
             Op::Send => {
@@ -123,6 +126,7 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(accepted, model.queue.len() < capacity, "bounded queue lane");
                 if accepted {
                     model.queue.push_back(id);
+                    high_water = high_water.max(model.queue.len());
                 }
                 accepted
             }
@@ -167,7 +171,10 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         if posted && let Some(flag) = parked.take() {
             prop_assert!(flag.0.load(Ordering::SeqCst), "parked run loop not woken by {:?}", op);
         }
-        prop_assert!(tx.queue_high_water() <= capacity, "queue lane bounded");
+        // Exact, so bounded from both sides: never above the capacity, and
+        // it does reach every depth the queue lane reached.
+        prop_assert_eq!(tx.queue_high_water(), high_water, "queue lane high-water mark");
+        prop_assert!(high_water <= capacity, "queue lane bounded");
         let marks = model.dropped.len() + usize::from(model.root) + usize::from(model.shutdown);
         prop_assert_eq!(tx.reserved_len(), marks, "reserved lane holds exactly the untaken marks");
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use vox_core::session::operations::{
-    Admission, ArgsDigest, ConflictKind, MethodPolicy, OpId, OpState, OperationConfig, OperationTable, Rejection,
-    Ticket, TicketError, WaiterId,
+    Admission, ArgsDigest, ConflictKind, MethodPolicy, OpId, OpState, OperationConfig, OperationStats, OperationTable,
+    Rejection, Ticket, TicketError, WaiterId,
 };
 use vox_core::wire::{Blob, MethodId, ResponseBody};
 
@@ -191,6 +191,32 @@ fn operation_ttl_expired_id_rejected_not_absent() {
         assert_eq!(t.admit(OpId(op), M, args(), VOLATILE, false, base + TTL), Err(Rejection::Expired { op: OpId(op) }));
     }
     execute(&mut t, 4, VOLATILE, false, base + TTL);
+}
+
+// The expired-id memory is exact for exactly `max_expired_ids` ids: a new
+// id below them is still new until one more expiry folds the oldest into
+// the watermark. Every expiry is counted.
+#[test]
+fn operation_ttl_expired_ids_are_exact_for_exactly_the_cap() {
+    let base = Instant::now();
+    let cfg = OperationConfig { max_expired_ids: 2, ..config() };
+    let mut t = OperationTable::new(cfg);
+    for op in [10, 20] {
+        let ticket = execute(&mut t, op, VOLATILE, false, base);
+        t.complete(ticket, ok(1), base).unwrap();
+    }
+    assert_eq!(t.expire(base + TTL), 2);
+    assert_eq!(t.stats().expired, 2);
+    assert!(t.is_expired(OpId(10)) && t.is_expired(OpId(20)));
+    assert!(!t.is_expired(OpId(5)) && !t.is_expired(OpId(15)), "two ids fit the exact memory: no watermark yet");
+    let ticket = execute(&mut t, 30, VOLATILE, false, base + TTL);
+    t.complete(ticket, ok(1), base + TTL).unwrap();
+    assert_eq!(t.expire(base + TTL * 2), 1);
+    assert_eq!(t.stats(), OperationStats { expired: 3, evicted_early: 0 });
+    assert!(t.is_expired(OpId(5)) && t.is_expired(OpId(10)), "the oldest folded into the watermark");
+    assert!(t.is_expired(OpId(20)) && t.is_expired(OpId(30)));
+    assert!(!t.is_expired(OpId(15)) && !t.is_expired(OpId(25)), "above the watermark, only the exact ids");
+    execute(&mut t, 25, VOLATILE, false, base + TTL * 2);
 }
 
 #[test]

@@ -41,13 +41,16 @@ struct Net {
     config: StableConfig,
     new_conduits: tokio::sync::mpsc::Sender<(StableTx, StableRx)>,
     dials: std::sync::atomic::AtomicU64,
+    /// Every link dialled, in order.
+    links: Mutex<Vec<link::FaultHandle>>,
 }
 
 impl Net {
     async fn dial(net: Arc<Self>) -> Result<Link, LinkError> {
         net.dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cut = net.cuts.lock().unwrap().pop_front();
-        let (client, mut server, _fault) = link::faulty_pair(LinkConfig::default(), cut);
+        let (client, mut server, fault) = link::faulty_pair(LinkConfig::default(), cut);
+        net.links.lock().unwrap().push(fault);
         let serve = net.clone();
         tokio::spawn(async move {
             let modes = AcceptModes { bare: false, stable: true };
@@ -71,6 +74,7 @@ async fn pair(cuts: Vec<u64>, cfg: StableConfig) -> ((StableTx, StableRx), (Stab
         config: cfg.clone(),
         new_conduits: new_tx,
         dials: Default::default(),
+        links: Mutex::default(),
     });
     let n = net.clone();
     let source: Arc<dyn LinkSource> = Arc::new(move || Net::dial(n.clone()));
@@ -120,12 +124,25 @@ proptest! {
             }
             let ((ctx, crx), (stx, srx), net) = pair(cuts, config(limit)).await;
             let (ctx, stx, crx, srx) = tokio::join!(pump(ctx, up), pump(stx, down), drain(crx, down), drain(srx, up));
+            // Let a cut that came with the last acks be redialled too.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            {
+                // Each cut forced exactly one redial, and nothing else did:
+                // every link but the last was cut, the last is alive, and
+                // only planned cuts cut links.
+                let links = net.links.lock().unwrap();
+                let dials = net.dials.load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(dials, links.len() as u64);
+                let cut = links.iter().filter(|l| l.is_cut()).count() as u64;
+                assert!(links.iter().rev().skip(1).all(|l| l.is_cut()), "a redial without a cut");
+                assert!(!links.last().expect("a link").is_cut(), "the last cut was never redialled");
+                assert_eq!(dials, cut + 1, "one redial per cut");
+                assert!(cut <= planned, "{cut} cuts, {planned} planned");
+            }
             let (a, b) = tokio::join!(ctx.close(), stx.close());
             a.expect("client close");
             b.expect("server close");
             drop((crx, srx));
-            // Every planned cut that was reached forced a redial.
-            assert!(net.dials.load(std::sync::atomic::Ordering::Relaxed) <= planned + 1);
         }).await.expect("stable conduit transfer hung") });
     }
 }
@@ -148,7 +165,12 @@ fn stable_replay_buffer_bounded_sender_waits() {
             }
             assert!(sent < 1000, "replay buffer never filled up");
         }
-        assert!(ctx.replay_bytes() <= 64 + 16, "replay buffer grew to {} bytes", ctx.replay_bytes());
+        // Full, from both sides: within the limit, and the waiting item does
+        // not fit next to what is held.
+        let waiting = vox_core::wire::encode("ConduitMsg", &ping(sent)).expect("encode").len();
+        let held = ctx.replay_bytes();
+        assert!(held <= 64, "replay buffer grew to {held} bytes");
+        assert!(held + waiting > 64, "a {waiting}-byte item waits although {held} of 64 bytes are held");
         drop(srx);
     });
 }
