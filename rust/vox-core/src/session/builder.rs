@@ -462,7 +462,7 @@ impl SessionBuilder {
             abandon(tx, self.config.protocol_error_deadline).await;
             return Err(ended());
         };
-        let reattach = mb.send(super::control::ControlMsg::Reattach(NewConduit { tx, rx, negotiated }));
+        let reattach = mb.send(super::control::ControlMsg::Reattach(Box::new(NewConduit { tx, rx, negotiated })));
         match tokio::time::timeout_at(deadline, reattach).await {
             Ok(Ok(())) => Ok(Accepted::Resumed),
             Ok(Err(_)) => Err(ended()),

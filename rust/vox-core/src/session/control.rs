@@ -56,7 +56,7 @@ pub enum ControlMsg {
     },
     /// A replacement conduit for this session completed its handshake
     /// (rule `session.resume`); the run loop binds it as the next attachment.
-    Reattach(super::resume::NewConduit),
+    Reattach(Box<super::resume::NewConduit>),
 }
 
 #[derive(Default)]

@@ -504,7 +504,7 @@ impl RunLoop {
                 self.drain_check()
             }
             ControlMsg::Reattach(conduit) => {
-                self.reattach(conduit);
+                self.reattach(*conduit);
                 Step::Continue
             }
         }
