@@ -108,8 +108,29 @@ fn peak_bytes() -> isize {
     PEAK_BYTES.load(Ordering::Relaxed)
 }
 
-/// One test at a time (see the module comment).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One test at a time (see the module comment), each on a runtime of its
+/// own that is gone (tasks, buffers) before the next test starts.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The runtime a test runs on.
+enum Rt {
+    /// Two worker threads: the server and the raw peers run at once.
+    Threads,
+    /// One thread, tokio's clock paused (it jumps to the next timer when idle).
+    Paused,
+    /// One thread.
+    Current,
+}
+
+fn serial(rt: Rt, test: impl std::future::Future<Output = ()>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = match rt {
+        Rt::Threads => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+        Rt::Paused => tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build(),
+        Rt::Current => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    runtime.expect("runtime").block_on(test);
+}
 
 /// Bound for waiting on the server: generous, only there so that a broken
 /// server fails the test instead of hanging it.
@@ -251,129 +272,132 @@ async fn echo(session: &vox_core::session::Session, text: &str) {
 /// rule: session.setup.limits — links that never speak do not delay a new
 /// session: the listener accepts every link at once and bounds the
 /// unfinished setups by closing the oldest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_new_session_completes_past_1000_idle_connections() {
-    const IDLE: usize = 1_000;
-    let _serial = SERIAL.lock().await;
-    let listener = Arc::new(server_builder().listen("127.0.0.1:0").await.expect("listen"));
-    let addr = listener.local_addr().expect("addr");
-    let sessions = {
-        let listener = listener.clone();
-        tokio::spawn(async move {
-            let mut kept = Vec::new();
-            while let Ok(s) = listener.accept().await {
-                kept.push(s);
+#[test]
+fn session_setup_limits_new_session_completes_past_1000_idle_connections() {
+    serial(Rt::Threads, async {
+        const IDLE: usize = 1_000;
+        let listener = Arc::new(server_builder().listen("127.0.0.1:0").await.expect("listen"));
+        let addr = listener.local_addr().expect("addr");
+        let sessions = {
+            let listener = listener.clone();
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                while let Ok(s) = listener.accept().await {
+                    kept.push(s);
+                }
+            })
+        };
+        let t = std::time::Instant::now();
+        let first = timeout(PATIENCE, SessionBuilder::new().connect(addr)).await.expect("baseline").expect("session");
+        let baseline = t.elapsed();
+        echo(&first, "before").await;
+
+        // 1,000 TCP connections that never send a byte.
+        let connected = async {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..IDLE {
+                set.spawn(TcpStream::connect(addr));
             }
-        })
-    };
-    let t = std::time::Instant::now();
-    let first = timeout(PATIENCE, SessionBuilder::new().connect(addr)).await.expect("baseline").expect("session");
-    let baseline = t.elapsed();
-    echo(&first, "before").await;
+            let mut idle = Vec::with_capacity(IDLE);
+            while let Some(c) = set.join_next().await {
+                idle.push(c.expect("task").expect("an idle connection was refused"));
+            }
+            idle
+        };
+        let idle = timeout(PATIENCE, connected).await.expect("the listener did not take 1,000 connections");
 
-    // 1,000 TCP connections that never send a byte.
-    let connected = async {
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..IDLE {
-            set.spawn(TcpStream::connect(addr));
+        // A well-behaved session, at once: its handshake is not queued behind them.
+        let t = std::time::Instant::now();
+        let client = timeout(PATIENCE, SessionBuilder::new().connect(addr)).await.expect("handshake").expect("session");
+        let took = t.elapsed();
+        eprintln!(
+            "session_setup_limits: handshake with {IDLE} idle connections open: {:.2} ms (without them: {:.2} ms)",
+            took.as_secs_f64() * 1e3,
+            baseline.as_secs_f64() * 1e3
+        );
+        echo(&client, "after").await;
+        assert!(took < Duration::from_secs(2), "a new session waited {took:?} behind {IDLE} idle connections");
+
+        // The server let go of every idle connection: beyond the bound at once,
+        // the rest at the prologue deadline. Each one reads the server's close.
+        let mut closes = tokio::task::JoinSet::new();
+        for mut c in idle {
+            closes.spawn(async move { closed_by_server(&mut c, "an idle connection").await.len() });
         }
-        let mut idle = Vec::with_capacity(IDLE);
-        while let Some(c) = set.join_next().await {
-            idle.push(c.expect("task").expect("an idle connection was refused"));
+        while let Some(sent) = closes.join_next().await {
+            assert_eq!(sent.expect("task"), 0, "the server sent bytes to a peer that said nothing");
         }
-        idle
-    };
-    let idle = timeout(PATIENCE, connected).await.expect("the listener did not take 1,000 connections");
-
-    // A well-behaved session, at once: its handshake is not queued behind them.
-    let t = std::time::Instant::now();
-    let client = timeout(PATIENCE, SessionBuilder::new().connect(addr)).await.expect("handshake").expect("session");
-    let took = t.elapsed();
-    eprintln!(
-        "session_setup_limits: handshake with {IDLE} idle connections open: {:.2} ms (without them: {:.2} ms)",
-        took.as_secs_f64() * 1e3,
-        baseline.as_secs_f64() * 1e3
-    );
-    echo(&client, "after").await;
-    assert!(took < Duration::from_secs(2), "a new session waited {took:?} behind {IDLE} idle connections");
-
-    // The server let go of every idle connection: beyond the bound at once,
-    // the rest at the prologue deadline. Each one reads the server's close.
-    let mut closes = tokio::task::JoinSet::new();
-    for mut c in idle {
-        closes.spawn(async move { closed_by_server(&mut c, "an idle connection").await.len() });
-    }
-    while let Some(sent) = closes.join_next().await {
-        assert_eq!(sent.expect("task"), 0, "the server sent bytes to a peer that said nothing");
-    }
-    timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
-    let evicted = listener.evicted_setups();
-    assert!(evicted >= (IDLE - 256) as u64, "only {evicted} setups were closed to make room");
-    echo(&first, "still fine").await;
-    sessions.abort();
+        timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+        let evicted = listener.evicted_setups();
+        assert!(evicted >= (IDLE - 256) as u64, "only {evicted} setups were closed to make room");
+        echo(&first, "still fine").await;
+        sessions.abort();
+    });
 }
 
 /// rule: session.setup.limits — when `max_pending_setups` setups are
 /// unfinished, a new link is accepted and served at once, and the oldest
 /// unfinished setup is the one closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_oldest_unfinished_setup_is_closed_first() {
-    const MAX: usize = 4;
-    let _serial = SERIAL.lock().await;
-    let mut server = server_builder().handshake_timeout(Duration::from_secs(120));
-    server.config_mut().setup.max_pending_setups = MAX;
-    server.config_mut().setup.prologue_timeout = Duration::from_secs(120);
-    let listener = server.listen("127.0.0.1:0").await.expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    // Each one is answered, so its setup is running; oldest first.
-    let mut peers = Vec::new();
-    for _ in 0..MAX {
-        peers.push(prologue(addr, ConduitMode::Bare).await);
-    }
-    assert_eq!(listener.pending_setups(), MAX);
-    for round in 0..3 {
-        // One more: answered at once, and the oldest is closed for it.
-        peers.push(prologue(addr, ConduitMode::Bare).await);
-        let mut oldest = peers.remove(0);
-        let sent = closed_by_server(&mut oldest, "the oldest unfinished setup").await;
-        assert!(sent.is_empty(), "round {round}: {sent:?}");
-        assert_eq!(listener.evicted_setups(), round + 1);
+#[test]
+fn session_setup_limits_oldest_unfinished_setup_is_closed_first() {
+    serial(Rt::Threads, async {
+        const MAX: usize = 4;
+        let mut server = server_builder().handshake_timeout(Duration::from_secs(120));
+        server.config_mut().setup.max_pending_setups = MAX;
+        server.config_mut().setup.prologue_timeout = Duration::from_secs(120);
+        let listener = server.listen("127.0.0.1:0").await.expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        // Each one is answered, so its setup is running; oldest first.
+        let mut peers = Vec::new();
+        for _ in 0..MAX {
+            peers.push(prologue(addr, ConduitMode::Bare).await);
+        }
         assert_eq!(listener.pending_setups(), MAX);
-    }
-    // The others are still served: each one's Hello is answered.
-    for p in &mut peers {
-        write_frame(p, &hello(vec![])).await;
-        let answer = expect_frame(p, "HelloYourself").await;
-        let answer = wire::decode::<ConduitMsg>("ConduitMsg", &Bytes::from(answer)).expect("answer");
-        assert!(matches!(answer, ConduitMsg::Handshake(HandshakeMsg::HelloYourself(_))), "{answer:?}");
-    }
-    // A well-behaved session completes, closing the oldest for its setup.
-    let (client, server) =
-        tokio::join!(timeout(PATIENCE, SessionBuilder::new().connect(addr)), timeout(PATIENCE, listener.accept()));
-    let (client, _server) = (client.expect("client").expect("session"), server.expect("server").expect("session"));
-    echo(&client, "served").await;
-    let mut oldest = peers.remove(0);
-    closed_by_server(&mut oldest, "the oldest unfinished setup").await;
-    assert_eq!(listener.evicted_setups(), 4);
-    // Peers that leave end their setups.
-    drop(peers);
-    timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+        for round in 0..3 {
+            // One more: answered at once, and the oldest is closed for it.
+            peers.push(prologue(addr, ConduitMode::Bare).await);
+            let mut oldest = peers.remove(0);
+            let sent = closed_by_server(&mut oldest, "the oldest unfinished setup").await;
+            assert!(sent.is_empty(), "round {round}: {sent:?}");
+            assert_eq!(listener.evicted_setups(), round + 1);
+            assert_eq!(listener.pending_setups(), MAX);
+        }
+        // The others are still served: each one's Hello is answered.
+        for p in &mut peers {
+            write_frame(p, &hello(vec![])).await;
+            let answer = expect_frame(p, "HelloYourself").await;
+            let answer = wire::decode::<ConduitMsg>("ConduitMsg", &Bytes::from(answer)).expect("answer");
+            assert!(matches!(answer, ConduitMsg::Handshake(HandshakeMsg::HelloYourself(_))), "{answer:?}");
+        }
+        // A well-behaved session completes, closing the oldest for its setup.
+        let (client, server) =
+            tokio::join!(timeout(PATIENCE, SessionBuilder::new().connect(addr)), timeout(PATIENCE, listener.accept()));
+        let (client, _server) = (client.expect("client").expect("session"), server.expect("server").expect("session"));
+        echo(&client, "served").await;
+        let mut oldest = peers.remove(0);
+        closed_by_server(&mut oldest, "the oldest unfinished setup").await;
+        assert_eq!(listener.evicted_setups(), 4);
+        // Peers that leave end their setups.
+        drop(peers);
+        timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+    });
 }
 
 /// rule: session.setup.limits — the first message has a deadline of its
 /// own, far shorter than the whole setup's.
-#[tokio::test(start_paused = true)]
-async fn session_setup_limits_prologue_deadline_closes_a_silent_link() {
-    let _serial = SERIAL.lock().await;
-    let (a, mut silent) = link::memory_pair(LinkConfig::default());
-    let start = Instant::now();
-    let server = tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(60)).establish_acceptor(a));
-    let r = timeout(PATIENCE, server).await.expect("the setup never ended").expect("task");
-    assert!(matches!(r, Err(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(2)), "{r:?}");
-    let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "{waited:?}");
-    // The link was let go: the peer sees the end.
-    assert!(matches!(silent.rx.recv().await, Ok(None) | Err(_)));
+#[test]
+fn session_setup_limits_prologue_deadline_closes_a_silent_link() {
+    serial(Rt::Paused, async {
+        let (a, mut silent) = link::memory_pair(LinkConfig::default());
+        let start = Instant::now();
+        let server = tokio::spawn(server_builder().handshake_timeout(Duration::from_secs(60)).establish_acceptor(a));
+        let r = timeout(PATIENCE, server).await.expect("the setup never ended").expect("task");
+        assert!(matches!(r, Err(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(2)), "{r:?}");
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "{waited:?}");
+        // The link was let go: the peer sees the end.
+        assert!(matches!(silent.rx.recv().await, Ok(None) | Err(_)));
+    });
 }
 
 // ------------------------------------------------------ setup message size
@@ -381,86 +405,90 @@ async fn session_setup_limits_prologue_deadline_closes_a_silent_link() {
 /// rule: session.setup.limits — a first message announced at 15 MiB before
 /// any prologue kills the link from its length prefix: nothing close to its
 /// size is allocated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_oversized_first_message_is_refused_before_allocation() {
-    const SIZE: usize = 15 * MIB;
-    let _serial = SERIAL.lock().await;
-    // The whole setup may take a minute: only the size check can close it in time.
-    let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    let body = Arc::new(vec![0x5au8; SIZE]);
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let before = reset_peak();
-    let (mut r, mut w) = s.split();
-    let write = async {
-        // Fails once the server has closed; that is the point.
-        let _ = w.write_all(&u32::try_from(SIZE).unwrap_or(u32::MAX).to_le_bytes()).await;
-        let _ = w.write_all(&body).await;
-    };
-    let (_, sent) = tokio::join!(write, closed_by_server(&mut r, "a 15 MiB first message"));
-    assert!(sent.is_empty(), "the server answered: {sent:?}");
-    let failure = next_failure(&listener).await;
-    let peak = peak_bytes() - before;
-    eprintln!("session_setup_limits: peak heap growth for a 15 MiB first message: {peak} bytes");
-    assert!(failure.contains(&format!("{SIZE} bytes exceeds the link maximum of {SETUP_MAX}")), "{failure}");
-    assert!(peak < MIB as isize, "the server allocated {peak} bytes for a message it refuses");
+#[test]
+fn session_setup_limits_oversized_first_message_is_refused_before_allocation() {
+    serial(Rt::Threads, async {
+        const SIZE: usize = 15 * MIB;
+        // The whole setup may take a minute: only the size check can close it in time.
+        let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        let body = Arc::new(vec![0x5au8; SIZE]);
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let before = reset_peak();
+        let (mut r, mut w) = s.split();
+        let write = async {
+            // Fails once the server has closed; that is the point.
+            let _ = w.write_all(&u32::try_from(SIZE).unwrap_or(u32::MAX).to_le_bytes()).await;
+            let _ = w.write_all(&body).await;
+        };
+        let (_, sent) = tokio::join!(write, closed_by_server(&mut r, "a 15 MiB first message"));
+        assert!(sent.is_empty(), "the server answered: {sent:?}");
+        let failure = next_failure(&listener).await;
+        let peak = peak_bytes() - before;
+        eprintln!("session_setup_limits: peak heap growth for a 15 MiB first message: {peak} bytes");
+        assert!(failure.contains(&format!("{SIZE} bytes exceeds the link maximum of {SETUP_MAX}")), "{failure}");
+        assert!(peak < MIB as isize, "the server allocated {peak} bytes for a message it refuses");
+    });
 }
 
 /// rule: session.setup.limits — a `Hello` over 64 KiB is refused and the
 /// link closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_hello_over_64_kib_is_refused() {
-    let _serial = SERIAL.lock().await;
-    let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    let mut s = prologue(addr, ConduitMode::Bare).await;
-    let big = hello_of_size(SETUP_MAX + 1);
-    write_frame(&mut s, &big).await;
-    let sent = closed_by_server(&mut s, "a Hello over 64 KiB").await;
-    assert_refused(&sent, "a Hello over 64 KiB");
-    let failure = next_failure(&listener).await;
-    assert!(failure.contains(&format!("{} bytes exceeds the link maximum of {SETUP_MAX}", big.len())), "{failure}");
-    // One at exactly the limit is a Hello like any other.
-    let mut s = prologue(addr, ConduitMode::Bare).await;
-    write_frame(&mut s, &hello_of_size(SETUP_MAX)).await;
-    let answer = expect_frame(&mut s, "HelloYourself").await;
-    let answer = wire::decode::<ConduitMsg>("ConduitMsg", &Bytes::from(answer)).expect("answer");
-    assert!(matches!(answer, ConduitMsg::Handshake(HandshakeMsg::HelloYourself(_))), "{answer:?}");
+#[test]
+fn session_setup_limits_hello_over_64_kib_is_refused() {
+    serial(Rt::Threads, async {
+        let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        let mut s = prologue(addr, ConduitMode::Bare).await;
+        let big = hello_of_size(SETUP_MAX + 1);
+        write_frame(&mut s, &big).await;
+        let sent = closed_by_server(&mut s, "a Hello over 64 KiB").await;
+        assert_refused(&sent, "a Hello over 64 KiB");
+        let failure = next_failure(&listener).await;
+        assert!(failure.contains(&format!("{} bytes exceeds the link maximum of {SETUP_MAX}", big.len())), "{failure}");
+        // One at exactly the limit is a Hello like any other.
+        let mut s = prologue(addr, ConduitMode::Bare).await;
+        write_frame(&mut s, &hello_of_size(SETUP_MAX)).await;
+        let answer = expect_frame(&mut s, "HelloYourself").await;
+        let answer = wire::decode::<ConduitMsg>("ConduitMsg", &Bytes::from(answer)).expect("answer");
+        assert!(matches!(answer, ConduitMsg::Handshake(HandshakeMsg::HelloYourself(_))), "{answer:?}");
+    });
 }
 
 /// rule: session.decode.bounded — a `Hello` well within 64 KiB but listing
 /// more features than `DecodeLimits::max_features` is refused and the link
 /// closed (the attack used many empty feature names).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_decode_bounded_hello_with_too_many_features_is_refused() {
-    let _serial = SERIAL.lock().await;
-    let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    let mut s = prologue(addr, ConduitMode::Bare).await;
-    let many = hello(vec![String::new(); 20_000]);
-    assert!(many.len() < SETUP_MAX, "{} bytes", many.len());
-    write_frame(&mut s, &many).await;
-    let sent = closed_by_server(&mut s, "a Hello with 20,000 features").await;
-    assert_refused(&sent, "a Hello with 20,000 features");
-    let failure = next_failure(&listener).await;
-    assert!(failure.contains("features"), "{failure}");
+#[test]
+fn session_decode_bounded_hello_with_too_many_features_is_refused() {
+    serial(Rt::Threads, async {
+        let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        let mut s = prologue(addr, ConduitMode::Bare).await;
+        let many = hello(vec![String::new(); 20_000]);
+        assert!(many.len() < SETUP_MAX, "{} bytes", many.len());
+        write_frame(&mut s, &many).await;
+        let sent = closed_by_server(&mut s, "a Hello with 20,000 features").await;
+        assert_refused(&sent, "a Hello with 20,000 features");
+        let failure = next_failure(&listener).await;
+        assert!(failure.contains("features"), "{failure}");
+    });
 }
 
 /// rule: session.setup.limits — on a stable conduit the `ClientHello`, read
 /// on the raw link, is held to the setup maximum too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_stable_client_hello_over_64_kib_is_refused() {
-    let _serial = SERIAL.lock().await;
-    let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    let mut s = prologue(addr, ConduitMode::Stable).await;
-    let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
-    let client_hello = enc(&ClientHello { resume_key: Some(key), last_received: None });
-    write_frame(&mut s, &client_hello).await;
-    let sent = closed_by_server(&mut s, "a ClientHello over 64 KiB").await;
-    assert!(sent.is_empty(), "the server answered: {} bytes", sent.len());
-    let failure = next_failure(&listener).await;
-    assert!(failure.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{failure}");
+#[test]
+fn session_setup_limits_stable_client_hello_over_64_kib_is_refused() {
+    serial(Rt::Threads, async {
+        let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        let mut s = prologue(addr, ConduitMode::Stable).await;
+        let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
+        let client_hello = enc(&ClientHello { resume_key: Some(key), last_received: None });
+        write_frame(&mut s, &client_hello).await;
+        let sent = closed_by_server(&mut s, "a ClientHello over 64 KiB").await;
+        assert!(sent.is_empty(), "the server answered: {} bytes", sent.len());
+        let failure = next_failure(&listener).await;
+        assert!(failure.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{failure}");
+    });
 }
 
 /// rule: session.setup.limits — on a stable conduit the session `Hello`,
@@ -471,29 +499,30 @@ async fn session_setup_limits_stable_client_hello_over_64_kib_is_refused() {
 /// treats as a break to recover from (its reader drops the link's receiving
 /// half), so the socket is closed when the setup's deadline aborts the
 /// conduit: 5 s here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_stable_hello_over_64_kib_is_refused() {
-    let _serial = SERIAL.lock().await;
-    let listener = server_builder().handshake_timeout(Duration::from_secs(5)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    let mut s = prologue(addr, ConduitMode::Stable).await;
-    write_frame(&mut s, &enc(&ClientHello { resume_key: None, last_received: None })).await;
-    let welcome = expect_frame(&mut s, "the stable hello reply").await;
-    let welcome = wire::decode::<StableHelloReply>("StableHelloReply", &Bytes::from(welcome)).expect("reply");
-    assert!(matches!(welcome, StableHelloReply::Welcome(_)), "{welcome:?}");
-    let item = Blob(Bytes::from(hello_of_size(SETUP_MAX + 1)));
-    write_frame(&mut s, &enc(&StableMsg::Frame(StableFrame { seq: 0, ack: None, item }))).await;
-    let sent = closed_by_server(&mut s, "a stable Hello over 64 KiB").await;
-    for frame in frames(&sent) {
-        // At most an acknowledgement or a Bye: no HelloYourself.
-        let msg = wire::decode::<StableMsg>("StableMsg", &Bytes::from(frame)).expect("stable message");
-        assert!(!matches!(msg, StableMsg::Frame(_)), "the server answered the Hello: {msg:?}");
-    }
-    // The setup failed (at its deadline today; a conduit that reported the
-    // refusal itself would fail it sooner, naming the size).
-    let failure = next_failure(&listener).await;
-    assert!(failure.contains("timed out") || failure.contains("exceeds the link maximum"), "{failure}");
-    timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+#[test]
+fn session_setup_limits_stable_hello_over_64_kib_is_refused() {
+    serial(Rt::Threads, async {
+        let listener = server_builder().handshake_timeout(Duration::from_secs(5)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        let mut s = prologue(addr, ConduitMode::Stable).await;
+        write_frame(&mut s, &enc(&ClientHello { resume_key: None, last_received: None })).await;
+        let welcome = expect_frame(&mut s, "the stable hello reply").await;
+        let welcome = wire::decode::<StableHelloReply>("StableHelloReply", &Bytes::from(welcome)).expect("reply");
+        assert!(matches!(welcome, StableHelloReply::Welcome(_)), "{welcome:?}");
+        let item = Blob(Bytes::from(hello_of_size(SETUP_MAX + 1)));
+        write_frame(&mut s, &enc(&StableMsg::Frame(StableFrame { seq: 0, ack: None, item }))).await;
+        let sent = closed_by_server(&mut s, "a stable Hello over 64 KiB").await;
+        for frame in frames(&sent) {
+            // At most an acknowledgement or a Bye: no HelloYourself.
+            let msg = wire::decode::<StableMsg>("StableMsg", &Bytes::from(frame)).expect("stable message");
+            assert!(!matches!(msg, StableMsg::Frame(_)), "the server answered the Hello: {msg:?}");
+        }
+        // The setup failed (at its deadline today; a conduit that reported the
+        // refusal itself would fail it sooner, naming the size).
+        let failure = next_failure(&listener).await;
+        assert!(failure.contains("timed out") || failure.contains("exceeds the link maximum"), "{failure}");
+        timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+    });
 }
 
 /// A raw acceptor on a memory link: answers the prologue for `mode`, then
@@ -506,71 +535,75 @@ async fn raw_acceptor_prologue(link: &mut Link, mode: ConduitMode) {
 
 /// rule: session.setup.limits — the initiator holds the acceptor to the
 /// setup maximum too: a `HelloYourself` over 64 KiB fails the handshake.
-#[tokio::test]
-async fn session_setup_limits_initiator_refuses_hello_yourself_over_64_kib() {
-    let _serial = SERIAL.lock().await;
-    let (mut a, b) = link::memory_pair(LinkConfig::default());
-    let client = tokio::spawn(SessionBuilder::new().handshake_timeout(Duration::from_secs(60)).establish_initiator(b));
-    raw_acceptor_prologue(&mut a, ConduitMode::Bare).await;
-    let (tx, mut rx) = conduit::bare(a);
-    let got = timeout(PATIENCE, rx.recv()).await.expect("no Hello").expect("Hello");
-    assert!(matches!(got, Some(ConduitMsg::Handshake(HandshakeMsg::Hello(_)))), "{got:?}");
-    let answer = HelloYourself {
-        protocol_version: PROTOCOL_VERSION,
-        root_settings: ConnectionSettings::default(),
-        features: vec!["f".repeat(SETUP_MAX + 1)],
-        resume_key: None,
-    };
-    tx.send(&ConduitMsg::Handshake(HandshakeMsg::HelloYourself(answer))).await.expect("send");
-    let r = timeout(PATIENCE, client).await.expect("the initiator never gave up").expect("task");
-    let err = r.expect_err("a session on an oversized HelloYourself").to_string();
-    assert!(err.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{err}");
-    // No LetsGo: the initiator closed the link.
-    assert!(matches!(timeout(PATIENCE, rx.recv()).await.expect("the link stayed open"), Ok(None) | Err(_)));
+#[test]
+fn session_setup_limits_initiator_refuses_hello_yourself_over_64_kib() {
+    serial(Rt::Current, async {
+        let (mut a, b) = link::memory_pair(LinkConfig::default());
+        let client =
+            tokio::spawn(SessionBuilder::new().handshake_timeout(Duration::from_secs(60)).establish_initiator(b));
+        raw_acceptor_prologue(&mut a, ConduitMode::Bare).await;
+        let (tx, mut rx) = conduit::bare(a);
+        let got = timeout(PATIENCE, rx.recv()).await.expect("no Hello").expect("Hello");
+        assert!(matches!(got, Some(ConduitMsg::Handshake(HandshakeMsg::Hello(_)))), "{got:?}");
+        let answer = HelloYourself {
+            protocol_version: PROTOCOL_VERSION,
+            root_settings: ConnectionSettings::default(),
+            features: vec!["f".repeat(SETUP_MAX + 1)],
+            resume_key: None,
+        };
+        tx.send(&ConduitMsg::Handshake(HandshakeMsg::HelloYourself(answer))).await.expect("send");
+        let r = timeout(PATIENCE, client).await.expect("the initiator never gave up").expect("task");
+        let err = r.expect_err("a session on an oversized HelloYourself").to_string();
+        assert!(err.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{err}");
+        // No LetsGo: the initiator closed the link.
+        assert!(matches!(timeout(PATIENCE, rx.recv()).await.expect("the link stayed open"), Ok(None) | Err(_)));
+    });
 }
 
 /// rule: session.setup.limits — a stable initiator holds the acceptor's
 /// `ServerHello`, read on the raw link, to the setup maximum.
-#[tokio::test]
-async fn session_setup_limits_stable_initiator_refuses_server_hello_over_64_kib() {
-    let _serial = SERIAL.lock().await;
-    let (mut a, b) = link::memory_pair(LinkConfig::default());
-    // No second link: the setup fails on the first.
-    let source = Arc::new(|| async { Err::<Link, _>(LinkError::Closed) });
-    let client = tokio::spawn(
-        SessionBuilder::new().handshake_timeout(Duration::from_secs(60)).establish_stable(source, Some(b)),
-    );
-    raw_acceptor_prologue(&mut a, ConduitMode::Stable).await;
-    let hello = timeout(PATIENCE, a.rx.recv()).await.expect("no ClientHello").expect("link").expect("message");
-    wire::decode::<ClientHello>("ClientHello", &hello).expect("ClientHello");
-    let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
-    let reply = StableHelloReply::Welcome(ServerHello { resume_key: key, last_received: None });
-    a.tx.send(Bytes::from(enc(&reply))).await.expect("send");
-    let r = timeout(PATIENCE, client).await.expect("the initiator never gave up").expect("task");
-    let err = r.expect_err("a session on an oversized ServerHello").to_string();
-    assert!(err.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{err}");
-    assert!(matches!(timeout(PATIENCE, a.rx.recv()).await.expect("the link stayed open"), Ok(None) | Err(_)));
+#[test]
+fn session_setup_limits_stable_initiator_refuses_server_hello_over_64_kib() {
+    serial(Rt::Current, async {
+        let (mut a, b) = link::memory_pair(LinkConfig::default());
+        // No second link: the setup fails on the first.
+        let source = Arc::new(|| async { Err::<Link, _>(LinkError::Closed) });
+        let client = tokio::spawn(
+            SessionBuilder::new().handshake_timeout(Duration::from_secs(60)).establish_stable(source, Some(b)),
+        );
+        raw_acceptor_prologue(&mut a, ConduitMode::Stable).await;
+        let hello = timeout(PATIENCE, a.rx.recv()).await.expect("no ClientHello").expect("link").expect("message");
+        wire::decode::<ClientHello>("ClientHello", &hello).expect("ClientHello");
+        let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
+        let reply = StableHelloReply::Welcome(ServerHello { resume_key: key, last_received: None });
+        a.tx.send(Bytes::from(enc(&reply))).await.expect("send");
+        let r = timeout(PATIENCE, client).await.expect("the initiator never gave up").expect("task");
+        let err = r.expect_err("a session on an oversized ServerHello").to_string();
+        assert!(err.contains(&format!("exceeds the link maximum of {SETUP_MAX}")), "{err}");
+        assert!(matches!(timeout(PATIENCE, a.rx.recv()).await.expect("the link stayed open"), Ok(None) | Err(_)));
+    });
 }
 
 /// rule: session.setup.limits — the limit is the setup's only: once the
 /// handshake is done, messages up to the session maximum pass both ways, on
 /// a bare and on a stable conduit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_are_lifted_after_the_handshake() {
-    let _serial = SERIAL.lock().await;
-    for mode in [ConduitMode::Bare, ConduitMode::Stable] {
-        let listener = server_builder().listen("127.0.0.1:0").await.expect("listen");
-        let addr = listener.local_addr().expect("addr");
-        let mut client = common::testbed::server_builder();
-        client.config_mut().conduit = mode;
-        let (c, s) = tokio::join!(client.connect(addr), listener.accept());
-        let (c, s) = (c.expect("client"), s.expect("server"));
-        let big = "x".repeat(MIB);
-        let back: String = c.root.caller.call(mid("echo"), &big, vec![]).await.expect("client to server");
-        assert_eq!(back.len(), big.len(), "{mode:?}");
-        let back: String = s.root.caller.call(mid("echo"), &big, vec![]).await.expect("server to client");
-        assert_eq!(back.len(), big.len(), "{mode:?}");
-    }
+#[test]
+fn session_setup_limits_are_lifted_after_the_handshake() {
+    serial(Rt::Threads, async {
+        for mode in [ConduitMode::Bare, ConduitMode::Stable] {
+            let listener = server_builder().listen("127.0.0.1:0").await.expect("listen");
+            let addr = listener.local_addr().expect("addr");
+            let mut client = common::testbed::server_builder();
+            client.config_mut().conduit = mode;
+            let (c, s) = tokio::join!(client.connect(addr), listener.accept());
+            let (c, s) = (c.expect("client"), s.expect("server"));
+            let big = "x".repeat(MIB);
+            let back: String = c.root.caller.call(mid("echo"), &big, vec![]).await.expect("client to server");
+            assert_eq!(back.len(), big.len(), "{mode:?}");
+            let back: String = s.root.caller.call(mid("echo"), &big, vec![]).await.expect("server to client");
+            assert_eq!(back.len(), big.len(), "{mode:?}");
+        }
+    });
 }
 
 // ------------------------------------------- memory per unauthenticated peer
@@ -697,51 +730,52 @@ async fn attack(addr: std::net::SocketAddr, attack: Attack) -> TcpStream {
 /// connection can make the server hold, measured: `N` connections each send
 /// what is described in [`Attack`] and stop; the server's heap growth over
 /// `N` stays at most 1 MiB, and it is freed when the setups end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_setup_limits_memory_held_per_unauthenticated_connection() {
-    const N: usize = 20;
-    let _serial = SERIAL.lock().await;
-    // Short deadlines so the release is seen soon; they do not change what
-    // is held before they pass.
-    let listener = server_builder().handshake_timeout(Duration::from_secs(3)).listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().expect("addr");
-    // Warm-up: the runtime's and the listener's lazily grown state.
-    for _ in 0..2 {
-        let mut s = attack(addr, Attack::BareHelloThenPartialFrame).await;
-        closed_by_server(&mut s, "warm-up").await;
-    }
-    timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
-    let mut worst = 0isize;
-    for kind in [
-        Attack::PartialFirstFrame,
-        Attack::PartialFirstFrame4MiB,
-        Attack::BareHelloThenPartialFrame,
-        Attack::StableHelloThenPartialFrame,
-    ] {
-        let before = live_bytes();
-        let mut peers = Vec::with_capacity(N);
-        for _ in 0..N {
-            peers.push(attack(addr, kind).await);
+#[test]
+fn session_setup_limits_memory_held_per_unauthenticated_connection() {
+    serial(Rt::Threads, async {
+        const N: usize = 20;
+        // Short deadlines so the release is seen soon; they do not change what
+        // is held before they pass.
+        let listener = server_builder().handshake_timeout(Duration::from_secs(3)).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().expect("addr");
+        // Warm-up: the runtime's and the listener's lazily grown state.
+        for kind in [Attack::BareHelloThenPartialFrame, Attack::StableHelloThenPartialFrame] {
+            // Leaving ends the setup at once.
+            drop(attack(addr, kind).await);
         }
-        let ports: Vec<u16> = peers.iter().map(|p| p.local_addr().expect("port").port()).collect();
-        server_read_everything(addr.port(), &ports).await;
-        let held = live_bytes() - before;
-        let per = held / N as isize;
-        worst = worst.max(per);
-        // The server lets go of them all at its deadlines.
-        for p in &mut peers {
-            closed_by_server(p, "an unauthenticated connection").await;
-        }
-        drop(peers);
         timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
-        let left = live_bytes() - before;
-        eprintln!(
-            "session_setup_limits: {kind:?}: {per} bytes held per unauthenticated connection ({N} connections, {held} bytes), {left} bytes left after they were closed"
-        );
-        assert!(per <= MIB as isize, "{kind:?}: {per} bytes held per unauthenticated connection");
-        assert!(left <= (held / 10).max(64 * KIB as isize), "{kind:?}: {left} of {held} bytes not freed");
-    }
-    eprintln!("session_setup_limits: most held per unauthenticated connection: {worst} bytes");
+        let mut worst = 0isize;
+        for kind in [
+            Attack::PartialFirstFrame,
+            Attack::PartialFirstFrame4MiB,
+            Attack::BareHelloThenPartialFrame,
+            Attack::StableHelloThenPartialFrame,
+        ] {
+            let before = live_bytes();
+            let mut peers = Vec::with_capacity(N);
+            for _ in 0..N {
+                peers.push(attack(addr, kind).await);
+            }
+            let ports: Vec<u16> = peers.iter().map(|p| p.local_addr().expect("port").port()).collect();
+            server_read_everything(addr.port(), &ports).await;
+            let held = live_bytes() - before;
+            let per = held / N as isize;
+            worst = worst.max(per);
+            // The server lets go of them all at its deadlines.
+            for p in &mut peers {
+                closed_by_server(p, "an unauthenticated connection").await;
+            }
+            drop(peers);
+            timeout(PATIENCE, listener.pending_setups_at_most(0)).await.expect("setup tasks still running");
+            let left = live_bytes() - before;
+            eprintln!(
+                "session_setup_limits: {kind:?}: {per} bytes held per unauthenticated connection ({N} connections, {held} bytes), {left} bytes left after they were closed"
+            );
+            assert!(per <= MIB as isize, "{kind:?}: {per} bytes held per unauthenticated connection");
+            assert!(left <= (held / 10).max(64 * KIB as isize), "{kind:?}: {left} of {held} bytes not freed");
+        }
+        eprintln!("session_setup_limits: most held per unauthenticated connection: {worst} bytes");
+    });
 }
 
 // ------------------------------------------------------- half-sent frames
@@ -750,71 +784,73 @@ async fn session_setup_limits_memory_held_per_unauthenticated_connection() {
 /// holds a session: the link fails after `LinkConfig::frame_timeout`
 /// (20 s by default) and the session ends and lets the link go. Keepalive
 /// is off here, so that only the frame deadline can end it.
-#[tokio::test(start_paused = true)]
-async fn session_keepalive_half_sent_frame_ends_the_session() {
-    let _serial = SERIAL.lock().await;
-    let (near, mut far) = tokio::io::duplex(1 << 20);
-    let (near_read, near_write) = tokio::io::split(near);
-    let link = link::stream(near_read, near_write, LinkConfig::default());
-    let mut server = server_builder();
-    server.config_mut().keepalive = None;
-    let server = tokio::spawn(server.establish_acceptor(link));
-    write_frame(&mut far, &transport_hello(ConduitMode::Bare)).await;
-    expect_frame(&mut far, "the prologue answer").await;
-    write_frame(&mut far, &hello(vec![])).await;
-    expect_frame(&mut far, "HelloYourself").await;
-    write_frame(&mut far, &enc(&ConduitMsg::Handshake(HandshakeMsg::LetsGo))).await;
-    let session = server.await.expect("task").expect("session");
-    // Half a frame: the length of a 100-byte message and 10 of its bytes.
-    far.write_all(&100u32.to_le_bytes()).await.expect("write");
-    far.write_all(&[0; 10]).await.expect("write");
-    let start = Instant::now();
-    let reason = timeout(Duration::from_secs(3600), session.handle.closed())
-        .await
-        .expect("a half-sent frame held the session for an hour");
-    let waited = start.elapsed();
-    match &reason {
-        CloseReason::LinkError(e) => assert!(e.contains("stalled") && e.contains("got 14 of 104"), "{e}"),
-        other => panic!("expected a link error, got {other:?}"),
-    }
-    assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(22), "{waited:?}");
-    // The session let the link go: the raw end reads the end of the stream.
-    closed_by_server(&mut far, "the stalled session").await;
+#[test]
+fn session_keepalive_half_sent_frame_ends_the_session() {
+    serial(Rt::Paused, async {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let (near_read, near_write) = tokio::io::split(near);
+        let link = link::stream(near_read, near_write, LinkConfig::default());
+        let mut server = server_builder();
+        server.config_mut().keepalive = None;
+        let server = tokio::spawn(server.establish_acceptor(link));
+        write_frame(&mut far, &transport_hello(ConduitMode::Bare)).await;
+        expect_frame(&mut far, "the prologue answer").await;
+        write_frame(&mut far, &hello(vec![])).await;
+        expect_frame(&mut far, "HelloYourself").await;
+        write_frame(&mut far, &enc(&ConduitMsg::Handshake(HandshakeMsg::LetsGo))).await;
+        let session = server.await.expect("task").expect("session");
+        // Half a frame: the length of a 100-byte message and 10 of its bytes.
+        far.write_all(&100u32.to_le_bytes()).await.expect("write");
+        far.write_all(&[0; 10]).await.expect("write");
+        let start = Instant::now();
+        let reason = timeout(Duration::from_secs(3600), session.handle.closed())
+            .await
+            .expect("a half-sent frame held the session for an hour");
+        let waited = start.elapsed();
+        match &reason {
+            CloseReason::LinkError(e) => assert!(e.contains("stalled") && e.contains("got 14 of 104"), "{e}"),
+            other => panic!("expected a link error, got {other:?}"),
+        }
+        assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(22), "{waited:?}");
+        // The session let the link go: the raw end reads the end of the stream.
+        closed_by_server(&mut far, "the stalled session").await;
+    });
 }
 
 /// rule: session.keepalive — the frame deadline counts from the frame's
 /// first byte and survives cancelled receives (a `select!` that took
 /// another branch); a link idle between frames never stalls.
-#[tokio::test(start_paused = true)]
-async fn session_keepalive_half_sent_frame_deadline_survives_cancelled_receives() {
-    let _serial = SERIAL.lock().await;
-    let (near, mut far) = tokio::io::duplex(1 << 16);
-    let (near_read, near_write) = tokio::io::split(near);
-    let config = LinkConfig { frame_timeout: Some(Duration::from_secs(20)), ..LinkConfig::default() };
-    let mut link = link::stream(near_read, near_write, config);
-    // Idle for an hour between frames: no error.
-    assert!(timeout(Duration::from_secs(3600), link.rx.recv()).await.is_err(), "an idle link failed");
-    // A whole frame arrives in two parts, with a cancelled receive between.
-    far.write_all(&[3, 0, 0, 0, b'o']).await.expect("write");
-    assert!(timeout(Duration::from_secs(5), link.rx.recv()).await.is_err(), "half a frame was returned");
-    far.write_all(b"k!").await.expect("write");
-    assert_eq!(link.rx.recv().await.expect("recv").as_deref(), Some(&b"ok!"[..]));
-    // Two bytes of a prefix, then nothing: receives cancelled every 5 s do
-    // not restart the deadline.
-    far.write_all(&[9, 0]).await.expect("write");
-    let start = Instant::now();
-    let result = loop {
-        match timeout(Duration::from_secs(5), link.rx.recv()).await {
-            Ok(result) => break result,
-            Err(_) => assert!(start.elapsed() < Duration::from_secs(60), "never stalled"),
-        }
-    };
-    let waited = start.elapsed();
-    assert!(
-        matches!(result, Err(LinkError::Stalled { expected: 4, got: 2, timeout }) if timeout == Duration::from_secs(20)),
-        "{result:?}"
-    );
-    assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(21), "{waited:?}");
-    // The link is dead after that.
-    assert!(matches!(link.rx.recv().await, Err(LinkError::Dead)));
+#[test]
+fn session_keepalive_half_sent_frame_deadline_survives_cancelled_receives() {
+    serial(Rt::Paused, async {
+        let (near, mut far) = tokio::io::duplex(1 << 16);
+        let (near_read, near_write) = tokio::io::split(near);
+        let config = LinkConfig { frame_timeout: Some(Duration::from_secs(20)), ..LinkConfig::default() };
+        let mut link = link::stream(near_read, near_write, config);
+        // Idle for an hour between frames: no error.
+        assert!(timeout(Duration::from_secs(3600), link.rx.recv()).await.is_err(), "an idle link failed");
+        // A whole frame arrives in two parts, with a cancelled receive between.
+        far.write_all(&[3, 0, 0, 0, b'o']).await.expect("write");
+        assert!(timeout(Duration::from_secs(5), link.rx.recv()).await.is_err(), "half a frame was returned");
+        far.write_all(b"k!").await.expect("write");
+        assert_eq!(link.rx.recv().await.expect("recv").as_deref(), Some(&b"ok!"[..]));
+        // Two bytes of a prefix, then nothing: receives cancelled every 5 s do
+        // not restart the deadline.
+        far.write_all(&[9, 0]).await.expect("write");
+        let start = Instant::now();
+        let result = loop {
+            match timeout(Duration::from_secs(5), link.rx.recv()).await {
+                Ok(result) => break result,
+                Err(_) => assert!(start.elapsed() < Duration::from_secs(60), "never stalled"),
+            }
+        };
+        let waited = start.elapsed();
+        assert!(
+            matches!(result, Err(LinkError::Stalled { expected: 4, got: 2, timeout }) if timeout == Duration::from_secs(20)),
+            "{result:?}"
+        );
+        assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(21), "{waited:?}");
+        // The link is dead after that.
+        assert!(matches!(link.rx.recv().await, Err(LinkError::Dead)));
+    });
 }
