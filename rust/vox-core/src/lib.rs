@@ -83,7 +83,7 @@
 //! carries whole messages, [`transport`] runs the prologue, [`conduit`]
 //! (de)serializes messages (bare, or stable across link breaks), [`driver`]
 //! runs requests and channels on each connection, [`session`] multiplexes
-//! connections over one conduit and survives its loss, and [`service`] has
+//! connections over one conduit and survives its loss, and [`service`](mod@service) has
 //! typed clients, routers and the server.
 
 pub mod conduit;
