@@ -346,100 +346,131 @@ fn mailbox_full_vs_drop_request() {
     });
 }
 
-/// Model 6 — `close_connection` vs traffic on that connection. The session
-/// ends the connection and then queues its `CloseConnection`; concurrently a
-/// caller sends a request and a handler finishes an inbound request, and the
-/// peer's response to the call may arrive. Every send asks the connection's
-/// real `Liveness` gate under the one connection lock, as `ConnectionCore`
-/// does. Checked: nothing of the connection follows its `CloseConnection`,
-/// the close is queued once, and the call ends in exactly one outcome (its
-/// response, or the typed loss, never both or neither).
+// Model 6 (`close_connection_vs_inbound_traffic`) runs the real
+// `ConnectionCore`, which is crate-private: it lives in-crate, in
+// `src/driver/liveness_loom.rs`, and `.ci/proofs` runs it with the lib tests
+// under `--cfg loom`.
+
+/// Model 7 — two channels at once: our send side (no credit) closes while the
+/// peer grants and then resets it, and our receive side drops while the
+/// peer's item and close arrive; the driver flushes concurrently. Checked:
+/// credit is never spent twice, the item is taken, dropped unread or
+/// discarded exactly once, each channel ends once (at most one close, one
+/// reset, none owed by a channel whose peer ended it first), nothing is lost
+/// for a parked driver, and both entries are finished at the end.
 #[test]
-fn close_connection_vs_inbound_traffic() {
-    use std::collections::HashMap;
-    use vox_core::driver::channel::LossCause;
-    use vox_core::driver::liveness::Liveness;
-    use vox_core::sync::Mutex;
-
-    #[derive(Debug, PartialEq)]
-    enum Out {
-        Request,
-        HandlerResponse,
-        Close,
-    }
-
-    #[derive(Debug)]
-    enum Outcome {
-        Response,
-        Lost(LossCause),
-    }
-
-    /// The state `ConnectionCore` keeps under its lock, reduced to what this
-    /// race touches; the queue stands for the session's outbound path.
-    #[derive(Default)]
-    struct Conn {
-        live: Liveness,
-        calls: HashMap<u64, ()>,
-        handlers: HashMap<u64, ()>,
-        outbound: Vec<Out>,
-        outcomes: Vec<Outcome>,
-    }
-
+fn two_channels_close_vs_grant_vs_item() {
     model(|| {
-        let conn = Arc::new(Mutex::new(Conn::default()));
-        conn.lock().handlers.insert(2, ());
-        // Caller: `send_request` — admit, register the call, queue, atomically.
-        let caller = {
-            let conn = conn.clone();
+        let reg = registry(Parity::Odd);
+        let tx = reg.create_outgoing(ChannelDirection::CallerToHandler, 0).expect("create").id;
+        let rx = reg.create_outgoing(ChannelDirection::HandlerToCaller, 1).expect("create").id;
+        let local = {
+            let reg = reg.clone();
             thread::spawn(move || {
-                let mut c = conn.lock();
-                match c.live.admit() {
-                    Ok(()) => {
-                        c.calls.insert(1, ());
-                        c.outbound.push(Out::Request);
-                    }
-                    Err(cause) => c.outcomes.push(Outcome::Lost(cause)),
-                }
+                let sent = match reg.poll_credit(tx, &mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Ok(())) => reg.spend_credit(tx).map(|()| true),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Ok(false),
+                };
+                let closed = reg.local_close(tx);
+                let got = reg.poll_recv(rx, &mut Context::from_waker(Waker::noop()));
+                reg.receiver_dropped(rx);
+                (sent, closed, got)
             })
         };
-        // Handler: `finish_handler` — the response leaves only while live.
-        let handler = {
-            let conn = conn.clone();
+        let peer = {
+            let reg = reg.clone();
             thread::spawn(move || {
-                let mut c = conn.lock();
-                if c.live.admit().is_ok() && c.handlers.remove(&2).is_some() {
-                    c.outbound.push(Out::HandlerResponse);
-                }
+                let grant = reg.on_remote_grant(tx, 1);
+                let item = reg.on_remote_item(rx, Bytes::from_static(b"x"));
+                let reset = reg.on_remote_reset(tx);
+                let close = reg.on_remote_close(rx);
+                (grant, item, reset, close)
             })
         };
-        // Session run loop: the peer's response to call 1 if it was sent
-        // (`on_response`), then `close_connection` (`on_lost`, then owe the
-        // CloseConnection).
-        {
-            let mut c = conn.lock();
-            if !c.live.is_lost() && c.calls.remove(&1).is_some() {
-                c.outcomes.push(Outcome::Response);
-            }
+        let (driver, was_pending, out) = driver_round(&reg);
+        let (sent, closed, got) = local.join().expect("local");
+        let (grant, item, reset, close) = peer.join().expect("peer");
+        let out = after_join_flush(&reg, &driver, was_pending, out);
+        // The send side: one credit at most, spent at most once; the close
+        // succeeds unless the reset came first.
+        assert!(matches!(sent, Ok(_) | Err(SendError::Reset)), "{sent:?}");
+        assert!(matches!(closed, Ok(()) | Err(SendError::Reset)), "{closed:?}");
+        assert!(matches!(grant, Ok(RemoteOutcome::Applied | RemoteOutcome::CrossingIgnored)), "{grant:?}");
+        assert!(matches!(reset, Ok(RemoteOutcome::Applied | RemoteOutcome::CrossingIgnored)), "{reset:?}");
+        if sent == Ok(true) {
+            assert_eq!(grant, Ok(RemoteOutcome::Applied), "credit spent that was never granted");
         }
-        {
-            let mut c = conn.lock();
-            if c.live.end(LossCause::ConnectionClosed) {
-                let failed: Vec<u64> = c.calls.drain().map(|(id, ())| id).collect();
-                c.handlers.clear();
-                for _ in failed {
-                    c.outcomes.push(Outcome::Lost(LossCause::ConnectionClosed));
-                }
-            }
+        let closes = count(&out, |p| matches!(p, Payload::CloseChannel { id, .. } if *id == tx));
+        // Our close left exactly when the peer's reset crossed it; a reset
+        // that came first (or found the close still owed) made it moot.
+        let crossed = reset == Ok(RemoteOutcome::CrossingIgnored);
+        assert_eq!(closes, usize::from(crossed), "closes {out:?}, reset {reset:?}, close {closed:?}");
+        // The receive side: the item exactly once, at most one reset.
+        assert!(matches!(item, Ok(ItemOutcome::Delivered | ItemOutcome::DiscardedAfterReset)), "{item:?}");
+        assert!(matches!(close, Ok(RemoteOutcome::Applied | RemoteOutcome::CrossingIgnored)), "{close:?}");
+        let stats = reg.stats();
+        let taken = u64::from(matches!(got, Poll::Ready(Ok(Some(_)))));
+        assert_eq!(taken + stats.items_dropped_unread + stats.items_discarded_after_reset, 1, "{stats:?}");
+        let resets = count(&out, |p| matches!(p, Payload::ResetChannel { id, .. } if *id == rx));
+        assert!(resets <= 1, "{out:?}");
+        if close == Ok(RemoteOutcome::Applied) {
+            assert_eq!(resets, 0, "a reset after the peer's close is never sent: {out:?}");
         }
-        assert!(!conn.lock().live.end(LossCause::SessionShutdown), "the gate ends once");
-        conn.lock().outbound.push(Out::Close);
-        caller.join().expect("caller");
-        handler.join().expect("handler");
-        let c = conn.lock();
-        let close_at = c.outbound.iter().position(|m| *m == Out::Close).expect("close queued");
-        assert_eq!(close_at, c.outbound.len() - 1, "nothing follows CloseConnection: {:?}", c.outbound);
-        assert_eq!(c.outcomes.len(), 1, "the call ends exactly once: {:?}", c.outcomes);
-        assert!(matches!(c.outcomes[0], Outcome::Response | Outcome::Lost(LossCause::ConnectionClosed)));
-        assert_eq!(c.live.cause(), Some(&LossCause::ConnectionClosed));
+        assert!(!out.iter().any(|p| matches!(p, Payload::GrantCredit { id, .. } if *id == rx) && resets > 0));
+        assert_eq!((reg.state_kind(tx), reg.state_kind(rx)), (None, None), "both entries finished: {stats:?}");
+        assert_eq!((stats.open, stats.closing, stats.closed), (0, 0, 0), "{stats:?}");
+    });
+}
+
+/// Model 8 — connection loss vs owed control messages on two channels: a
+/// receiver consumes (a grant falls due) and a sender closes (a close falls
+/// due) while the connection is lost and the driver flushes. Checked: after
+/// the loss nothing is ever flushed, both handles see the loss or their
+/// normal outcome, every waiting party is woken, nothing stays live.
+#[test]
+fn connection_loss_vs_owed_grant_and_close() {
+    model(|| {
+        let reg = registry(Parity::Odd);
+        let tx = reg.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("create").id;
+        let rx = reg.create_outgoing(ChannelDirection::HandlerToCaller, 1).expect("create").id;
+        assert_eq!(reg.on_remote_item(rx, Bytes::from_static(b"x")), Ok(ItemOutcome::Delivered));
+        let local = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let got = reg.poll_recv(rx, &mut Context::from_waker(Waker::noop()));
+                let (rx_flag, waker) = flag();
+                let next = reg.poll_recv(rx, &mut Context::from_waker(&waker));
+                let closed = reg.local_close(tx);
+                (got, next, rx_flag, closed)
+            })
+        };
+        let loss = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.on_connection_lost(LossCause::ConnectionClosed))
+        };
+        // After the loss nothing is due, so a driver parked then is never needed.
+        let (_driver, _, out) = driver_round(&reg);
+        let (got, next, rx_flag, closed) = local.join().expect("local");
+        loss.join().expect("loss");
+        assert!(matches!(got, Poll::Ready(Ok(Some(_)) | Err(RecvError::ConnectionLost(_)))), "{got:?}");
+        match next {
+            Poll::Pending => assert!(woken(&rx_flag), "a receiver waiting when the loss came was not woken"),
+            Poll::Ready(Err(RecvError::ConnectionLost(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(closed, Ok(()) | Err(SendError::ConnectionLost(_))), "{closed:?}");
+        // What the concurrent flush sent left before the loss: at most the
+        // grant and the close, each once; afterwards nothing is due.
+        assert!(count(&out, |p| matches!(p, Payload::GrantCredit { .. })) <= 1, "{out:?}");
+        assert!(count(&out, |p| matches!(p, Payload::CloseChannel { .. })) <= 1, "{out:?}");
+        assert_eq!(out.len(), count(&out, |p| matches!(p, Payload::GrantCredit { .. } | Payload::CloseChannel { .. })));
+        if out.iter().any(|p| matches!(p, Payload::CloseChannel { .. })) {
+            assert_eq!(closed, Ok(()), "a close left for a sender that never closed");
+        }
+        let (pending, late) = flush(&reg, Waker::noop());
+        assert!(pending && late.is_empty(), "nothing is due after the loss: {late:?}");
+        let stats = reg.stats();
+        assert_eq!((stats.open, stats.pending, stats.closing), (0, 0, 0), "{stats:?}");
     });
 }

@@ -62,3 +62,9 @@ impl Liveness {
 #[cfg(test)]
 #[path = "liveness_tests.rs"]
 mod tests;
+
+// loom model 6: the real `ConnectionCore`'s locking (in-crate, since the
+// core is crate-private; `.ci/proofs` runs it with `--cfg loom`).
+#[cfg(all(test, loom))]
+#[path = "liveness_loom.rs"]
+mod loom_core;

@@ -70,14 +70,24 @@ async fn settle() {
     }
 }
 
+/// Waits at most 5 s (of paused time, so at once when nothing else can
+/// happen): a mutant that hangs fails here instead of timing out.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f).await.unwrap_or_else(|_| panic!("{what} hangs"))
+}
+
 /// What the session does when it ends a connection: end the core, then queue
 /// its `CloseConnection`. Returns everything queued, the filler first.
 async fn close_and_collect(core: &ConnectionCore, out: &Outbound, rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
     core.on_lost(LossCause::ConnectionClosed);
-    let mut queued = vec![rx.recv().await.expect("the filler")];
-    out.send(Message { connection_id: CONN, payload: Payload::CloseConnection { metadata: Metadata::new() } })
-        .await
-        .expect("room for the close");
+    let mut queued = vec![within("the filler", rx.recv()).await.expect("the filler")];
+    // Whatever took the freed place after the end.
+    settle().await;
+    while let Ok(m) = rx.try_recv() {
+        queued.push(m);
+    }
+    let close = Message { connection_id: CONN, payload: Payload::CloseConnection { metadata: Metadata::new() } };
+    within("room for the close", out.send(close)).await.expect("outbound open");
     settle().await;
     while let Ok(m) = rx.try_recv() {
         queued.push(m);
@@ -102,7 +112,7 @@ fn connection_close_request_waiting_for_room_fails_with_the_loss_and_is_never_qu
         };
         settle().await;
         let queued = close_and_collect(&core, &out, &mut rx).await;
-        let result = tokio::time::timeout(Duration::from_secs(5), caller).await.expect("the call ends").expect("join");
+        let result = within("the call", caller).await.expect("join");
         assert_eq!(result, Err(CallError::ConnectionClosed));
         assert_eq!(kinds(&queued), ["CloseConnection"], "nothing of the connection but its close: {queued:?}");
         assert_eq!(core.stats().calls_in_flight, 0, "no call left registered on the ended core");
@@ -121,7 +131,7 @@ fn connection_close_flush_waiting_for_room_sends_nothing_after_the_end() {
         let flush = tokio::spawn(core.clone().run_flush());
         settle().await;
         let queued = close_and_collect(&core, &out, &mut rx).await;
-        tokio::time::timeout(Duration::from_secs(5), flush).await.expect("the flush task ends").expect("join");
+        within("the flush task", flush).await.expect("join");
         assert_eq!(kinds(&queued), ["CloseConnection"], "the owed CloseChannel must not follow: {queued:?}");
     });
 }
@@ -137,7 +147,7 @@ fn connection_close_flush_task_ends_with_the_connection() {
         settle().await;
         assert!(!flush.is_finished(), "an idle live connection keeps its flush task");
         core.on_lost(LossCause::ConnectionClosed);
-        tokio::time::timeout(Duration::from_secs(5), flush).await.expect("the flush task ends").expect("join");
+        within("the flush task", flush).await.expect("join");
         assert_eq!(core.lost(), Some(LossCause::ConnectionClosed));
     });
 }
