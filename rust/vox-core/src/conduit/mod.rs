@@ -251,6 +251,14 @@ impl ConduitRx {
         }
     }
 
+    /// The peer's verified identity, if its (first) link recorded one (TLS).
+    pub fn peer_identity(&self) -> Option<crate::link::PeerIdentity> {
+        match &self.kind {
+            RxKind::Bare(link) => link.peer_identity().cloned(),
+            RxKind::Stable(s) => s.peer_identity(),
+        }
+    }
+
     /// Sets the bounds on decoded sequences (rule `session.decode.bounded`).
     pub fn set_decode_limits(&mut self, limits: DecodeLimits) {
         self.limits = limits;

@@ -42,6 +42,9 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The peer's network address, where the session's link has one.
     pub peer_addr: Option<std::net::SocketAddr>,
+    /// The peer's verified identity (its TLS certificate and names), where
+    /// the session's link authenticated it (rule `transport.tls`).
+    pub peer_identity: Option<crate::link::PeerIdentity>,
 }
 
 tokio::task_local! {

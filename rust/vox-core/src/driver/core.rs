@@ -142,6 +142,8 @@ pub struct ConnectionCore {
     limits: ChannelLimits,
     /// The peer's network address, for handlers' `CallContext`.
     peer: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The peer's verified identity (TLS), for handlers' `CallContext`.
+    identity: std::sync::OnceLock<crate::link::PeerIdentity>,
 }
 
 impl std::fmt::Debug for ConnectionCore {
@@ -246,6 +248,7 @@ impl ConnectionCore {
             ops,
             limits,
             peer: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -587,6 +590,19 @@ impl ConnectionCore {
         }
     }
 
+    /// The peer's verified identity, once the session recorded it.
+    pub(crate) fn peer_identity(&self) -> Option<crate::link::PeerIdentity> {
+        self.identity.get().cloned()
+    }
+
+    /// Records the peer's verified identity (the session does, for every
+    /// core of an attachment whose link has one).
+    pub(crate) fn set_peer_identity(&self, identity: Option<crate::link::PeerIdentity>) {
+        if let Some(identity) = identity {
+            let _ = self.identity.set(identity);
+        }
+    }
+
     /// Whether this side serves a handler on the connection (rule
     /// `rpc.caller.liveness`: then the peer may still call it, so dropping
     /// this side's callers does not end it).
@@ -733,6 +749,7 @@ impl ConnectionCore {
             metadata: metadata.clone(),
             deadline: attempt.deadline,
             peer_addr: self.peer_addr(),
+            peer_identity: self.peer_identity(),
         };
         let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
         let running = {
@@ -1003,6 +1020,7 @@ async fn run_handler(
         metadata: metadata.clone(),
         deadline: attempt.deadline,
         peer_addr: attempt.core.peer_addr(),
+        peer_identity: attempt.core.peer_identity(),
     };
     let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
     let Some(running) = attempt.core.handler.as_ref().map(|h| ctx.scope(h.handle(call))) else {

@@ -9,12 +9,18 @@
 
 pub mod fault;
 mod frames;
+mod identity;
 mod memory;
 pub mod source;
 mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "websocket")]
+pub mod ws;
 
 pub use fault::{FaultHandle, faulty_pair};
 pub use frames::{BATCH_BYTES, FrameWriter};
+pub use identity::PeerIdentity;
 pub use memory::memory_pair;
 pub use source::{Backoff, ConnectError, LinkSource, TcpSource, connect_waiting};
 pub use stream::{connect_tcp, stream, tcp};
@@ -306,11 +312,20 @@ pub struct LinkRx {
     limit: usize,
     /// The peer's network address, where the link has one.
     peer_addr: Option<std::net::SocketAddr>,
+    /// The peer's verified identity, where the link authenticated it (TLS).
+    peer_identity: Option<PeerIdentity>,
 }
 
 impl LinkRx {
     fn new(source: RxSource, max_message_size: usize) -> Self {
-        Self { source, state: RxState::Open, max_message_size, limit: max_message_size, peer_addr: None }
+        Self {
+            source,
+            state: RxState::Open,
+            max_message_size,
+            limit: max_message_size,
+            peer_addr: None,
+            peer_identity: None,
+        }
     }
 
     /// The peer's network address, if the link's creator recorded one (TCP
@@ -323,6 +338,19 @@ impl LinkRx {
     /// `CallContext`).
     pub fn set_peer_addr(&mut self, addr: std::net::SocketAddr) {
         self.peer_addr = Some(addr);
+    }
+
+    /// The peer's verified identity, if the link's creator recorded one
+    /// (TLS links do: the certificate the peer presented and the TLS layer
+    /// verified).
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.peer_identity.as_ref()
+    }
+
+    /// Records the peer's verified identity (handlers see it in their
+    /// `CallContext`).
+    pub fn set_peer_identity(&mut self, identity: PeerIdentity) {
+        self.peer_identity = Some(identity);
     }
 
     /// Lowers the largest message accepted from now on to `max` (never above

@@ -390,7 +390,7 @@ impl SessionBuilder {
     /// existing session by its key (rule `session.resume`). A key this
     /// builder's sessions do not hold is refused with `Sorry`.
     pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
-        self.accept_setup(link, std::future::pending()).await
+        self.accept_setup(std::future::ready(Ok(link)), std::future::pending()).await
     }
 
     /// [`establish_acceptor_any`](Self::establish_acceptor_any), cut short
@@ -398,13 +398,15 @@ impl SessionBuilder {
     ///
     /// rule: session.setup.limits — every step has a deadline: the first
     /// message within [`SetupLimits::prologue_timeout`], the whole setup
-    /// within [`SessionConfig::handshake_timeout`]. A setup that fails, times
+    /// within [`SessionConfig::handshake_timeout`]. `link` may still have
+    /// work to do (a TLS or WebSocket handshake): that counts as part of the
+    /// setup, held to the prologue deadline. A setup that fails, times
     /// out or is cut short aborts its conduit at once: a stable conduit is
     /// not left to close gracefully, waiting for acknowledgements that an
     /// unauthenticated peer need never send.
     async fn accept_setup(
         self,
-        link: Link,
+        link: impl std::future::Future<Output = Result<Link, SessionError>>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<Accepted, SessionError> {
         let timeout = self.config.handshake_timeout;
@@ -417,6 +419,19 @@ impl SessionBuilder {
             )
         };
         tokio::pin!(cancel);
+        // The transport's own handshake (TLS, WebSocket upgrade), if any:
+        // like the prologue, the peer's first bytes, so held to its deadline.
+        let prologue_timeout = self.config.setup.prologue_timeout;
+        let (first_deadline, first_timeout) = match now.checked_add(prologue_timeout) {
+            Some(d) if d < deadline => (d, prologue_timeout),
+            _ => (deadline, timeout),
+        };
+        let link = tokio::select! {
+            r = tokio::time::timeout_at(first_deadline, link) => {
+                r.map_err(|_| SessionError::HandshakeTimeout(first_timeout))??
+            }
+            () = &mut cancel => return Err(cancelled()),
+        };
         // The prologue, and a stable conduit's hello, on the raw link:
         // cutting this short drops the link, which closes it at once.
         let conduit = tokio::select! {
@@ -562,6 +577,87 @@ impl SessionBuilder {
     /// a listen backlog of [`SetupLimits::listen_backlog`] (1024 by default)
     /// and `SO_REUSEADDR` as tokio's own `TcpListener::bind` sets it.
     pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(|stream, config| Box::pin(std::future::ready(Ok(link::tcp(stream, config)))));
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// Like [`connect`](Self::connect), over links from any `source` (TLS,
+    /// WebSocket, or one of the caller's own): a bare conduit uses one
+    /// link, dialed within [`SessionConfig::handshake_timeout`]; a stable
+    /// conduit or a resumable session redials `source` after a break.
+    pub async fn connect_with(self, source: impl LinkSource) -> Result<Session, SessionError> {
+        if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
+            let timeout = self.config.handshake_timeout;
+            let link = tokio::time::timeout(timeout, source.dial())
+                .await
+                .map_err(|_| SessionError::HandshakeTimeout(timeout))??;
+            return self.establish_initiator(link).await;
+        }
+        self.establish_resumable(Arc::new(source), None).await
+    }
+
+    /// Connects over TLS (rule `transport.tls`): the server's certificate
+    /// must be valid for `server_name` under `tls`'s roots, or the setup
+    /// fails with the cause; `tls` presents a client certificate if it has
+    /// one (mutual TLS). Redials (stable conduit, session resume) go over
+    /// TLS with the same verification ([`link::tls::TlsSource`]).
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(
+        self,
+        addr: impl ToString,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Session, SessionError> {
+        let source = link::tls::TlsSource::new(addr.to_string(), server_name, tls, self.config.link.clone())?;
+        self.connect_with(source).await
+    }
+
+    /// Like [`listen`](Self::listen), over TLS (rule `transport.tls`): the
+    /// TLS handshake is part of each link's setup, held to the prologue
+    /// deadline and the setup bounds of [`SetupLimits`]. With a
+    /// client-certificate verifier in `tls` (mutual TLS), a client without
+    /// an acceptable certificate never becomes a session; the verified
+    /// certificate is the link's [`peer_identity`](crate::link::LinkRx::peer_identity)
+    /// and reaches handlers in `CallContext::peer_identity`.
+    #[cfg(feature = "tls")]
+    pub async fn listen_tls(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(move |stream, config| {
+            let tls = tls.clone();
+            Box::pin(async move { Ok(link::tls::accept_tls(stream, tls, config).await?) })
+        });
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// Connects over WebSocket (rule `transport.websocket`) to a `ws://`
+    /// URL; see [`link::ws`].
+    #[cfg(feature = "websocket")]
+    pub async fn connect_ws(self, url: &str) -> Result<Session, SessionError> {
+        let source = link::ws::WsSource::new(url, self.config.link.clone())?;
+        self.connect_with(source).await
+    }
+
+    /// Like [`listen`](Self::listen), for WebSocket clients (rule
+    /// `transport.websocket`): each TCP connection is upgraded (any
+    /// request path), the upgrade being part of the link's setup and held
+    /// to its deadlines.
+    #[cfg(feature = "websocket")]
+    pub async fn listen_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade =
+            Arc::new(|stream, config| Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) }));
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// The listener of [`listen`](Self::listen), with `upgrade` turning
+    /// each accepted TCP connection into a link inside its setup.
+    async fn listen_with(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        upgrade: Upgrade,
+    ) -> Result<Listener, SessionError> {
         let tcp = bind_tcp(addr, self.config.setup.listen_backlog)
             .await
             .map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
@@ -569,7 +665,7 @@ impl SessionBuilder {
         let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
         let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let pending = Arc::new(PendingSetups::new());
-        let task = tokio::spawn(accept_loop(tcp, self.clone(), tx, dropped_failures.clone(), pending.clone()));
+        let task = tokio::spawn(accept_loop(tcp, self.clone(), upgrade, tx, dropped_failures.clone(), pending.clone()));
         Ok(Listener {
             local_addr,
             builder: self,
@@ -584,6 +680,7 @@ impl SessionBuilder {
         let config = Arc::new(self.config);
         let negotiated = conduit.negotiated.clone();
         let peer_addr = conduit.rx.peer_addr();
+        let peer_identity = conduit.rx.peer_identity();
         let link = Attachment::start(conduit, config.outbound_capacity);
         let (mailbox_tx, mailbox_rx) = mailbox(config.mailbox_capacity);
         let (closed_tx, closed_rx) = watch::channel(None);
@@ -600,6 +697,7 @@ impl SessionBuilder {
             ops.clone(),
         );
         root_core.set_peer_addr(peer_addr);
+        root_core.set_peer_identity(peer_identity);
         tokio::spawn(root_core.clone().run_flush());
         let budgets = super::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
         let mut phase = SessionPhase::Handshaking;
@@ -881,9 +979,21 @@ impl Drop for Listener {
     }
 }
 
+/// Turns an accepted TCP connection into a link (length-prefixed TCP, TLS,
+/// WebSocket); run inside the link's setup, under its deadlines.
+type Upgrade = Arc<
+    dyn Fn(
+            tokio::net::TcpStream,
+            LinkConfig,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, SessionError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 async fn accept_loop(
     tcp: tokio::net::TcpListener,
     builder: SessionBuilder,
+    upgrade: Upgrade,
     outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
     dropped_failures: Arc<std::sync::atomic::AtomicU64>,
     pending: Arc<PendingSetups>,
@@ -901,8 +1011,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let mut link = link::tcp(stream, builder.config.link.clone());
-        link.rx.set_peer_addr(peer);
+        let link = upgrade(stream, builder.config.link.clone());
+        let link = async move {
+            let mut link = link.await?;
+            link.rx.set_peer_addr(peer);
+            Ok(link)
+        };
         let (guard, cancelled) = pending.admit(builder.config.setup.max_pending_setups);
         let builder = builder.clone();
         let outcomes = outcomes.clone();

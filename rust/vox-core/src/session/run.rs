@@ -412,9 +412,11 @@ impl RunLoop {
         };
         let negotiated = conduit.negotiated.clone();
         let peer_addr = conduit.rx.peer_addr();
+        let peer_identity = conduit.rx.peer_identity();
         self.link = Attachment::start(conduit, self.config.outbound_capacity);
         let root = self.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
         root.set_peer_addr(peer_addr);
+        root.set_peer_identity(peer_identity);
         tokio::spawn(root.clone().run_flush());
         self.root_slot.set(root.clone());
         self.root = root;
@@ -689,6 +691,7 @@ impl RunLoop {
             self.ops.clone(),
         );
         core.set_peer_addr(self.root.peer_addr());
+        core.set_peer_identity(self.root.peer_identity());
         tokio::spawn(core.clone().run_flush());
         core
     }

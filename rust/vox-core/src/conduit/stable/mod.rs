@@ -152,11 +152,15 @@ struct Shared {
     shutdown: Notify,
     /// The first link's peer address.
     peer_addr: Option<std::net::SocketAddr>,
+    /// The first link's verified peer identity (TLS). A redialed link is
+    /// verified the same way by its source.
+    peer_identity: Option<crate::link::PeerIdentity>,
 }
 
 impl Shared {
     fn new(key: ResumeKey, config: StableConfig, link: Link) -> Arc<Shared> {
         let peer_addr = link.rx.peer_addr();
+        let peer_identity = link.rx.peer_identity().cloned();
         let (tx, rx) = link.split();
         Arc::new(Shared {
             core: Mutex::new(Core {
@@ -177,6 +181,7 @@ impl Shared {
             broken: Notify::new(),
             shutdown: Notify::new(),
             peer_addr,
+            peer_identity,
         })
     }
 
@@ -594,6 +599,11 @@ impl StableRx {
     /// The peer's network address, as the conduit's first link recorded it.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.shared.peer_addr
+    }
+
+    /// The peer's verified identity, as the conduit's first link recorded it.
+    pub fn peer_identity(&self) -> Option<crate::link::PeerIdentity> {
+        self.shared.peer_identity.clone()
     }
 
     /// The next delivered item, undecoded (see [`recv`](Self::recv)).

@@ -1,0 +1,389 @@
+//! Links over WebSocket (rule `transport.websocket`), with tokio-tungstenite.
+//!
+//! One link message is one binary WebSocket message, with no prefix of its
+//! own. A text message is a link error (the link is dead after it). Ping,
+//! pong and close are the WebSocket layer's: tungstenite answers pings
+//! itself, and a close is the end of the link's stream.
+//!
+//! The largest message is enforced by tungstenite before it allocates: its
+//! `max_frame_size` and `max_message_size` are the link's
+//! [`LinkConfig::max_message_size`], so a frame header announcing more is
+//! refused from the header alone. The smaller setup-phase maximum (rule
+//! `session.setup.limits`, [`LinkRx::restrict`](super::LinkRx::restrict))
+//! is enforced on each whole message as it leaves the WebSocket layer:
+//! before the handshake a peer can make the link buffer one message of up
+//! to `max_message_size` (which then kills the link), not more.
+//!
+//! Entry points: [`connect_ws`] (`ws://`, and `wss://` with the `tls`
+//! feature: [`connect_wss`]), [`accept_ws`] for a server on a TCP port
+//! (`SessionBuilder::listen_ws`), and [`websocket`], which turns a WebSocket
+//! that an HTTP server has already upgraded (hyper, axum with
+//! `WebSocketStream::from_raw_socket` on the upgraded connection) into a
+//! link, so that vox can share a port with a web application.
+
+use super::source::DialFuture;
+use super::{Link, LinkConfig, LinkError, LinkSource};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+pub use tokio_tungstenite;
+
+/// The WebSocket settings for links with `config`: frames and messages up
+/// to the link's maximum, refused above it before allocation.
+pub fn ws_config(config: &LinkConfig) -> WebSocketConfig {
+    let max = config.max_message_size.min(u32::MAX as usize);
+    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
+}
+
+/// Makes a link on an established WebSocket (client or server side; for an
+/// HTTP server's upgraded connection, build it with
+/// `WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&config)))`
+/// so that the size limit holds before allocation).
+///
+/// Spawns tasks, so it must be called inside a tokio runtime.
+pub fn websocket<S>(ws: WebSocketStream<S>, config: LinkConfig) -> Link
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    // The stream link machinery frames with length prefixes; this adapter
+    // turns each binary message into one such frame and back, so the
+    // WebSocket carries the messages alone.
+    let (r, w) = tokio::io::split(WsBytes::new(ws));
+    super::stream(r, w, config)
+}
+
+/// Upgrades an accepted connection (a TCP stream, or TLS over one) to a
+/// WebSocket (any path) and makes a link on it.
+pub async fn accept_ws<S>(stream: S, config: LinkConfig) -> Result<Link, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&config)))
+        .await
+        .map_err(|e| ws_error("accepting a WebSocket upgrade", e))?;
+    Ok(websocket(ws, config))
+}
+
+/// Runs the client upgrade for `url` over `stream` and makes a link.
+pub async fn client_ws<S>(url: &str, stream: S, config: LinkConfig) -> Result<Link, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(&config)))
+        .await
+        .map_err(|e| ws_error("the WebSocket upgrade", e))?;
+    Ok(websocket(ws, config))
+}
+
+/// The host and port of a `ws://` or `wss://` URL, and whether it is `wss`.
+fn authority(url: &str) -> Result<(String, String, bool), LinkError> {
+    let bad = |why: &str| LinkError::Io {
+        context: "parsing the WebSocket URL",
+        source: io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: {why}")),
+    };
+    let (rest, secure) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true)
+    } else {
+        return Err(bad("expected ws:// or wss://"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    // A port is what follows the last colon outside an IPv6 literal's brackets.
+    let (host, addr) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (authority[..i].to_owned(), authority.to_owned()),
+        _ => (authority.to_owned(), format!("{authority}:{}", if secure { 443 } else { 80 })),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((host, addr, secure))
+}
+
+async fn tcp(addr: &str) -> Result<tokio::net::TcpStream, LinkError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| LinkError::Io {
+        context: "connecting over TCP",
+        source: io::Error::new(e.kind(), format!("{addr}: {e}")),
+    })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Connects to a `ws://` URL and makes a link on the WebSocket.
+pub async fn connect_ws(url: &str, config: LinkConfig) -> Result<Link, LinkError> {
+    let (_, addr, secure) = authority(url)?;
+    if secure {
+        return Err(LinkError::Io {
+            context: "connecting over WebSocket",
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{url}: wss:// needs a TLS config (connect_wss)"),
+            ),
+        });
+    }
+    let tcp = tcp(&addr).await?;
+    let peer = tcp.peer_addr().ok();
+    let mut link = client_ws(url, tcp, config).await?;
+    if let Some(peer) = peer {
+        link.rx.set_peer_addr(peer);
+    }
+    Ok(link)
+}
+
+/// Connects to a `wss://` URL: TLS verified by `tls` against the URL's
+/// host (see [`super::tls`]), then the WebSocket upgrade.
+#[cfg(feature = "tls")]
+pub async fn connect_wss(
+    url: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    config: LinkConfig,
+) -> Result<Link, LinkError> {
+    let (host, addr, _) = authority(url)?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| LinkError::Io {
+        context: "parsing the TLS server name",
+        source: io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")),
+    })?;
+    let tcp = tcp(&addr).await?;
+    let peer = tcp.peer_addr().ok();
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await.map_err(|e| LinkError::Io {
+        context: "TLS handshake (verifying the server)",
+        source: io::Error::new(e.kind(), format!("{host}: {e}")),
+    })?;
+    let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+    let mut link = client_ws(url, stream, config).await?;
+    if let Some(peer) = peer {
+        link.rx.set_peer_addr(peer);
+    }
+    if let Some(der) = identity {
+        link.rx.set_peer_identity(super::PeerIdentity::from_der(der));
+    }
+    Ok(link)
+}
+
+/// Dials a WebSocket URL (`ws://`, or `wss://` with a TLS config): every
+/// link, redials included, goes the same way.
+#[derive(Clone)]
+pub struct WsSource {
+    /// The URL.
+    pub url: String,
+    /// For `wss://`: roots and client certificate.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Settings of the links it makes.
+    pub config: LinkConfig,
+}
+
+impl WsSource {
+    /// A source for `url` (checked now).
+    pub fn new(url: &str, config: LinkConfig) -> Result<WsSource, LinkError> {
+        authority(url)?;
+        Ok(WsSource {
+            url: url.to_owned(),
+            #[cfg(feature = "tls")]
+            tls: None,
+            config,
+        })
+    }
+}
+
+impl std::fmt::Debug for WsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSource").field("url", &self.url).finish()
+    }
+}
+
+impl LinkSource for WsSource {
+    fn dial(&self) -> DialFuture<'_> {
+        Box::pin(async move {
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                return connect_wss(&self.url, tls.clone(), self.config.clone()).await;
+            }
+            connect_ws(&self.url, self.config.clone()).await
+        })
+    }
+}
+
+fn ws_error(context: &'static str, e: WsError) -> LinkError {
+    LinkError::Io { context, source: to_io(e) }
+}
+
+fn to_io(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        other => io::Error::other(format!("websocket: {other}")),
+    }
+}
+
+/// A WebSocket seen as the byte stream of a stream link: each binary
+/// message reads as its 4-byte little-endian length and its bytes, and the
+/// frames written are sent as one binary message each.
+struct WsBytes<S> {
+    ws: WebSocketStream<S>,
+    /// The frame being read out: its prefix, then its body.
+    read_prefix: [u8; 4],
+    read_prefix_at: usize,
+    read_body: Bytes,
+    /// The frame being written: its prefix so far, its body so far.
+    write_prefix: [u8; 4],
+    write_prefix_len: usize,
+    write_need: usize,
+    write_body: BytesMut,
+    /// A whole message waiting for room in the WebSocket.
+    ready: Option<Bytes>,
+    /// The read side saw the end (close or end of stream).
+    eof: bool,
+}
+
+impl<S> WsBytes<S> {
+    fn new(ws: WebSocketStream<S>) -> Self {
+        WsBytes {
+            ws,
+            read_prefix: [0; 4],
+            read_prefix_at: 4,
+            read_body: Bytes::new(),
+            write_prefix: [0; 4],
+            write_prefix_len: 0,
+            write_need: 0,
+            write_body: BytesMut::new(),
+            ready: None,
+            eof: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
+    /// Hands the waiting message to the WebSocket once it has room.
+    fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ready.is_some() {
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
+            let msg = self.ready.take().expect("checked above");
+            Pin::new(&mut self.ws).start_send(Message::Binary(msg)).map_err(to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let start = buf.filled().len();
+        loop {
+            if this.read_prefix_at < 4 {
+                let n = (4 - this.read_prefix_at).min(buf.remaining());
+                buf.put_slice(&this.read_prefix[this.read_prefix_at..this.read_prefix_at + n]);
+                this.read_prefix_at += n;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if !this.read_body.is_empty() {
+                let n = this.read_body.len().min(buf.remaining());
+                buf.put_slice(&this.read_body.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            // Bytes handed out (an empty message's prefix) are never held
+            // back behind a wait for the next message.
+            if this.eof || buf.filled().len() > start {
+                return Poll::Ready(Ok(()));
+            }
+            let msg = match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                Some(Ok(msg)) => msg,
+            };
+            match msg {
+                // rule: transport.websocket — one binary message, one link message.
+                Message::Binary(body) => {
+                    // Within u32: tungstenite refused anything above the link
+                    // maximum, which is capped at u32::MAX.
+                    this.read_prefix = (body.len() as u32).to_le_bytes();
+                    this.read_prefix_at = 0;
+                    this.read_body = body;
+                }
+                // rule: transport.websocket — a text message is a link error.
+                Message::Text(text) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "websocket: a text message ({} bytes) arrived; vox links carry binary messages only (rule transport.websocket)",
+                            text.len()
+                        ),
+                    )));
+                }
+                // The WebSocket layer's own (tungstenite queues the pong).
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(_) => {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut taken = 0;
+        loop {
+            // A finished message goes out before more bytes are taken.
+            match this.poll_send_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if taken > 0 => return Poll::Ready(Ok(taken)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if buf.is_empty() {
+                return Poll::Ready(Ok(taken));
+            }
+            if this.write_prefix_len < 4 {
+                let n = (4 - this.write_prefix_len).min(buf.len());
+                this.write_prefix[this.write_prefix_len..this.write_prefix_len + n].copy_from_slice(&buf[..n]);
+                this.write_prefix_len += n;
+                buf = &buf[n..];
+                taken += n;
+                if this.write_prefix_len == 4 {
+                    this.write_need = u32::from_le_bytes(this.write_prefix) as usize;
+                    this.write_body = BytesMut::with_capacity(this.write_need);
+                }
+            } else {
+                let n = (this.write_need - this.write_body.len()).min(buf.len());
+                this.write_body.extend_from_slice(&buf[..n]);
+                buf = &buf[n..];
+                taken += n;
+            }
+            if this.write_prefix_len == 4 && this.write_body.len() == this.write_need {
+                this.ready = Some(std::mem::take(&mut this.write_body).freeze());
+                this.write_prefix_len = 0;
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_ready(cx))?;
+        Pin::new(&mut this.ws).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_ready(cx))?;
+        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(to_io(e))),
+        }
+    }
+}
