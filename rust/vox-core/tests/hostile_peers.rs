@@ -674,3 +674,38 @@ async fn session_protocol_error_stable_violation_releases_the_connection_s_memor
         }
     }
 }
+
+/// rule: session.setup.limits — the setup limit ends with the handshake: a
+/// message over 64 KiB sent right behind `LetsGo`, in the same write, is
+/// judged by the session's limit, not read ahead under the setup limit
+/// (which would cut the link).
+#[tokio::test]
+async fn session_setup_limits_a_large_message_right_after_the_handshake_is_served() {
+    let _only = MEASURE.lock().await;
+    let (listener, addr) = stable_listener().await;
+    for _ in 0..20 {
+        let big = "y".repeat(200 * 1024);
+        let (server, raw) = tokio::join!(listener.accept(), async {
+            let mut raw = RawStable::open(addr).await;
+            // `open` has just sent LetsGo: the request follows at once.
+            raw.send(&ConduitMsg::Message(Message::root(request(1, "echo", &big)))).await;
+            raw
+        });
+        let mut raw = raw;
+        let server = server.expect("session");
+        let got = raw.recv_msg().await;
+        if got.is_none() {
+            panic!("the link ended; the server session: {:?}", server.handle.close_reason());
+        }
+        match got {
+            Some(ConduitMsg::Message(Message {
+                payload: Payload::Response { ret: wire::ResponseBody::Ok(b), .. },
+                ..
+            })) => {
+                let s: String = wire::decode_slice("s", &b.0).unwrap();
+                assert_eq!(s.len(), big.len());
+            }
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+}

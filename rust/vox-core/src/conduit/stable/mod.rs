@@ -155,6 +155,10 @@ struct Shared {
     /// The first link's verified peer identity (TLS). A redialed link is
     /// verified the same way by its source.
     peer_identity: Option<crate::link::PeerIdentity>,
+    /// The consumer found nothing queued and waits (see `reader`): how
+    /// often, and a wake-up for the reader.
+    demands: std::sync::atomic::AtomicU64,
+    demand: Notify,
 }
 
 impl Shared {
@@ -182,6 +186,8 @@ impl Shared {
             shutdown: Notify::new(),
             peer_addr,
             peer_identity,
+            demands: std::sync::atomic::AtomicU64::new(0),
+            demand: Notify::new(),
         })
     }
 
@@ -249,6 +255,8 @@ impl Shared {
             core.phase = Phase::Broken;
         }
         self.broken.notify_one();
+        // The writer releases the dead link's write half.
+        self.writer_wake.notify_one();
     }
 
     /// A new link replaces the current one; `peer_last` is what the peer
@@ -314,6 +322,13 @@ async fn writer(shared: Arc<Shared>) {
             }
             if link.as_ref().map(|l| l.0) != Some(core.epoch) {
                 link = core.tx_slot.take().map(|tx| (core.epoch, tx));
+            }
+            if matches!(core.phase, Phase::Broken) {
+                // The link is dead: release its write half now, not when a
+                // new link or the end comes (a peer must not keep the socket).
+                if let Some((_, tx)) = link.take() {
+                    tx.abort();
+                }
             }
             let epoch = core.epoch;
             let attached = link.is_some() && matches!(core.phase, Phase::Attached);
@@ -608,7 +623,17 @@ impl StableRx {
 
     /// The next delivered item, undecoded (see [`recv`](Self::recv)).
     pub(crate) async fn recv_item(&mut self) -> Result<Option<Bytes>, ConduitError> {
-        match self.queue.recv().await {
+        let next = match self.queue.try_recv() {
+            Ok(item) => Some(item),
+            Err(_) => {
+                // Nothing queued: the reader may read the next item (it
+                // waits for this while the session handshake runs).
+                self.shared.demands.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.shared.demand.notify_one();
+                self.queue.recv().await
+            }
+        };
+        match next {
             Some(Ok(bytes)) => Ok(Some(bytes)),
             Some(Err(e)) => Err(e),
             None => match &self.shared.core.lock().phase {
@@ -633,8 +658,15 @@ const DELIVERY_QUEUE: usize = 32;
 /// discarded, so closing never waits on a reader that is gone.
 async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitError>>) {
     let mut link: Option<(u64, LinkRx)> = None;
+    // While the session handshake runs, an item is read only once the
+    // consumer asked for one with nothing queued: a message the peer sends
+    // right after its last handshake message must be judged by the limit
+    // in force after the handshake, not read ahead under the setup limit.
+    let mut delivered_in_setup: Option<u64> = None;
     loop {
         let notified = shared.reader_wake.notified();
+        tokio::pin!(notified);
+        let setup;
         {
             let mut core = shared.core.lock();
             if matches!(core.phase, Phase::Closed(_)) {
@@ -654,15 +686,28 @@ async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitErro
                     ReceiveLimit::Full => rx.unrestrict(),
                 }
             }
+            setup = matches!(core.receive_limit, ReceiveLimit::Setup(_));
         }
         let Some((epoch, rx)) = link.as_mut() else {
             notified.await;
             continue;
         };
+        if let (true, Some(seen)) = (setup, delivered_in_setup) {
+            // Only a request made after that delivery counts.
+            let demand = shared.demand.notified();
+            if shared.demands.load(std::sync::atomic::Ordering::SeqCst) <= seen {
+                tokio::select! {
+                    _ = demand => {}
+                    _ = &mut notified => {}
+                }
+                continue;
+            }
+            delivered_in_setup = None;
+        }
         let epoch = *epoch;
         let got = tokio::select! {
             r = rx.recv() => Got::Link(r),
-            _ = notified => Got::NewLink,
+            _ = &mut notified => Got::NewLink,
         };
         let bytes = match got {
             Got::NewLink => continue,
@@ -676,6 +721,7 @@ async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitErro
         match on_link_message(&shared, &bytes) {
             Ok(None) => {}
             Ok(Some(item)) => {
+                delivered_in_setup = setup.then(|| shared.demands.load(std::sync::atomic::Ordering::SeqCst));
                 // A dropped receiving half is not an error: see above.
                 let _ = out.send(Ok(item)).await;
             }
