@@ -289,3 +289,28 @@ async fn tls_resumed_session_redials_over_tls() {
     assert_eq!(within("echo after resume", who.echo("after".into())).await.expect("echo after resume"), "after");
     assert!(proxy.links.load(Ordering::SeqCst) >= 2, "the client redialed over TLS");
 }
+
+// rule: transport.tls — `Server` serves over TLS too, with its graceful
+// shutdown.
+#[tokio::test]
+async fn tls_server_serves_over_tls_and_shuts_down() {
+    let ca = Ca::new("test ca");
+    let (chain, key) = ca.leaf(&["localhost"], None, false);
+    let config = tls::server_config(chain, key, None).expect("server config");
+    let serving = vox_core::service::Server::with_builder(SessionBuilder::new().handler(WhoDispatcher::new(WhoImpl)))
+        .bind_tls("127.0.0.1:0", config)
+        .await
+        .expect("bind");
+    let client_config = tls::client_config(ca.roots(), None).expect("client config");
+    let client = within(
+        "connect",
+        SessionBuilder::new().connect_tls(serving.local_addr().to_string(), "localhost", client_config),
+    )
+    .await
+    .expect("client");
+    let who = WhoClient::new(client.root.caller.clone());
+    assert_eq!(within("echo", who.echo("served".into())).await.expect("echo"), "served");
+    let report = within("shutdown", serving.shutdown()).await;
+    assert_eq!(report.sessions_served, 1);
+    within("the client to end", client.handle.closed()).await;
+}

@@ -96,6 +96,41 @@ impl Server {
     /// [`ServeError::Bind`] if the address cannot be bound.
     pub async fn bind(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Serving, ServeError> {
         let listener = self.builder.clone().listen(addr).await.map_err(ServeError::Bind)?;
+        self.serve_listener(listener)
+    }
+
+    /// Like [`bind`](Self::bind), over TLS (rule `transport.tls`; see
+    /// [`SessionBuilder::listen_tls`]).
+    ///
+    /// # Errors
+    /// [`ServeError::Bind`] if the address cannot be bound.
+    #[cfg(feature = "tls")]
+    pub async fn bind_tls(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Serving, ServeError> {
+        let listener = self.builder.clone().listen_tls(addr, tls).await.map_err(ServeError::Bind)?;
+        self.serve_listener(listener)
+    }
+
+    /// Like [`bind`](Self::bind), for WebSocket clients (rule
+    /// `transport.websocket`; see [`SessionBuilder::listen_ws`]).
+    ///
+    /// # Errors
+    /// [`ServeError::Bind`] if the address cannot be bound.
+    #[cfg(feature = "websocket")]
+    pub async fn bind_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Serving, ServeError> {
+        let listener = self.builder.clone().listen_ws(addr).await.map_err(ServeError::Bind)?;
+        self.serve_listener(listener)
+    }
+
+    /// Serves the sessions of a listener made with this server's builder
+    /// (or any other), as [`bind`](Self::bind) does.
+    ///
+    /// # Errors
+    /// [`ServeError::Bind`] if the listener has no local address.
+    pub fn serve_listener(self, listener: Listener) -> Result<Serving, ServeError> {
         let local_addr = listener.local_addr().map_err(|e| ServeError::Bind(SessionError::Setup(e.to_string())))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Tracked::default());
