@@ -270,6 +270,12 @@ fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         // Invariants after every step.
         prop_assert_eq!(table.len(), model.live());
+        prop_assert_eq!(table.open_count(), model.live(), "pending opens count as open connections");
+        let mut cores: Vec<u64> = table.open_cores().iter().map(|core| core.id().0).collect();
+        cores.sort_unstable();
+        let open: Vec<u64> =
+            model.ids.iter().filter(|(_, state)| **state == RefState::Open).map(|(id, _)| *id).collect();
+        prop_assert_eq!(cores, open, "open_cores is exactly the open connections");
         prop_assert_eq!(table.late_messages, model.late);
         prop_assert!(table.tombstones.len() <= cap, "tombstones stay within their bound");
     }
@@ -294,5 +300,42 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         run(if odd { Parity::Odd } else { Parity::Even }, cap, ops)?;
+    }
+}
+
+/// Rules connection.open, connection.close: the connection state machine,
+/// every (state, event) pair against the transitions the rules allow; any
+/// other pair is a `PhaseError` naming both.
+#[test]
+fn connection_state_machine_allows_exactly_the_rule_transitions() {
+    use ConnEvent::*;
+    use ConnState::*;
+    let states = [PendingOutbound, PendingInbound, Open, Closing, Closed];
+    let events =
+        [PeerAccepted, PeerRejected, WeAccepted, WeRejected, LocalClose, CloseQueued, PeerClosed, SessionEnded];
+    for state in states {
+        for event in events {
+            let allowed = match (state, event) {
+                (PendingOutbound, PeerAccepted) | (PendingInbound, WeAccepted) => Some(Open),
+                (PendingOutbound, PeerRejected) | (PendingInbound, WeRejected) => Some(Closed),
+                (Open, LocalClose) => Some(Closing),
+                (Closing, CloseQueued) | (Open, PeerClosed) => Some(Closed),
+                (Closed, SessionEnded) => None,
+                (_, SessionEnded) => Some(Closed),
+                _ => None,
+            };
+            let got = state.next(event);
+            match allowed {
+                Some(to) => assert_eq!(got, Ok(to), "{state:?} + {event:?}"),
+                None => {
+                    let error = got.expect_err("illegal transition");
+                    assert_eq!(
+                        (error.from, error.event),
+                        (format!("{state:?}").as_str(), format!("{event:?}").as_str())
+                    );
+                    assert_eq!(error.to_string(), format!("illegal transition: {event:?} in phase {state:?}"));
+                }
+            }
+        }
     }
 }
