@@ -238,6 +238,11 @@ mod tests {
         assert!(seq_after(0, u32::MAX));
         assert!(!seq_after(u32::MAX, 0));
         assert!(!seq_after(5, 5));
+        // Just under half the space apart is still ordered; exactly half is
+        // not, either way: the order is antisymmetric.
+        assert!(seq_after((1 << 31) - 1, 0) && !seq_after(0, (1 << 31) - 1));
+        assert!(!seq_after(1 << 31, 0) && !seq_after(0, 1 << 31));
+        assert!(!seq_after(7 + (1 << 31), 7) && !seq_after(7, 7 + (1 << 31)));
     }
 
     #[test]
