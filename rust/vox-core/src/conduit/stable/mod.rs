@@ -130,6 +130,8 @@ struct Core {
     /// The peer's violation, once seen: the deadline for the end runs.
     violation: Option<StableEnd>,
     receive_limit: ReceiveLimit,
+    /// The newest epoch whose link the reader read to its end.
+    drained_epoch: Option<u64>,
     /// Incremented per attached link; halves of an older link are dropped.
     epoch: u64,
     tx_slot: Option<LinkTx>,
@@ -159,6 +161,8 @@ struct Shared {
     /// often, and a wake-up for the reader.
     demands: std::sync::atomic::AtomicU64,
     demand: Notify,
+    /// The reader finished a link (see `Core::drained_epoch`).
+    reader_drained: Notify,
 }
 
 impl Shared {
@@ -173,6 +177,7 @@ impl Shared {
                 closing: Closing::No,
                 violation: None,
                 receive_limit: ReceiveLimit::AsLink,
+                drained_epoch: None,
                 epoch: 0,
                 tx_slot: Some(tx),
                 rx_slot: Some(rx),
@@ -188,6 +193,7 @@ impl Shared {
             peer_identity,
             demands: std::sync::atomic::AtomicU64::new(0),
             demand: Notify::new(),
+            reader_drained: Notify::new(),
         })
     }
 
@@ -714,6 +720,8 @@ async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitErro
             Got::Link(Ok(Some(bytes))) => bytes,
             Got::Link(Ok(None) | Err(_)) => {
                 link = None;
+                shared.core.lock().drained_epoch = Some(epoch);
+                shared.reader_drained.notify_one();
                 shared.on_broken(epoch);
                 continue;
             }
@@ -859,16 +867,36 @@ pub async fn connect_over(
     Ok(halves(shared))
 }
 
+/// The longest a redial waits for the reader to finish the broken link.
+const DRAIN_BEFORE_REDIAL: Duration = Duration::from_millis(500);
+
 /// Client recovery task: after each break, redials with backoff until the
 /// recovery timeout, presenting the resume key.
 async fn redial(shared: Arc<Shared>, source: Arc<dyn LinkSource>) {
     loop {
         shared.broken.notified().await;
-        match &shared.core.lock().phase {
-            Phase::Closed(_) => return,
-            Phase::Attached => continue,
-            Phase::Broken => {}
-        }
+        let epoch = {
+            let core = shared.core.lock();
+            match &core.phase {
+                Phase::Closed(_) => return,
+                Phase::Attached => continue,
+                Phase::Broken => core.epoch,
+            }
+        };
+        // What the broken link still delivers (the peer's last frames, say
+        // its ProtocolError before it closed) is read before anything
+        // replaces or ends the conduit: the writer may have seen the break
+        // first. Bounded, for a link that never ends.
+        let drained = async {
+            loop {
+                let notified = shared.reader_drained.notified();
+                if shared.core.lock().drained_epoch.is_some_and(|e| e >= epoch) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_BEFORE_REDIAL, drained).await;
         let limit = shared.config.recovery_timeout;
         let deadline = tokio::time::Instant::now() + limit;
         let mut attempt = 0u32;
