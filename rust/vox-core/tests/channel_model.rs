@@ -555,6 +555,9 @@ fn step(
                     return Err("flush became due without waking the driver (lost wake-up)".into());
                 }
             }
+            if got.is_ready() == out.is_empty() {
+                return Err(format!("flush answered {got:?} with {out:?}: Ready exactly when something is due"));
+            }
             *driver_pending = if got.is_pending() { Some(driver.wakes()) } else { None };
             if m.lost && !out.is_empty() {
                 return Err(format!("flush after connection loss produced {out:?}"));

@@ -641,7 +641,7 @@ impl Inner {
             // An entry removed meanwhile (e.g. by connection loss) owes nothing.
             let Some(entry) = self.channels.get_mut(&id) else { continue };
             match &mut entry.state {
-                ChannelState::Open(Half::Receiving(half)) if half.grant_pending > 0 => {
+                ChannelState::Open(Half::Receiving(half)) if half.grant_pending != 0 => {
                     // rule: rpc.flow-control.credit — the sender only holds credit once told.
                     out.push(Payload::GrantCredit { id, additional: half.grant_pending });
                     half.outstanding = half.outstanding.saturating_add(half.grant_pending);
