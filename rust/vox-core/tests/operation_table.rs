@@ -219,6 +219,21 @@ fn operation_ttl_expired_ids_are_exact_for_exactly_the_cap() {
     execute(&mut t, 25, VOLATILE, false, base + TTL * 2);
 }
 
+// The table's inspection: its configuration, whether it holds any record,
+// and ids as they appear in its errors.
+#[test]
+fn operation_table_reports_its_config_emptiness_and_ids() {
+    let now = Instant::now();
+    let mut t = OperationTable::new(config());
+    assert_eq!(t.config(), &config());
+    assert!(t.is_empty() && t.len() == 0);
+    execute(&mut t, 42, VOLATILE, false, now);
+    assert!(!t.is_empty() && t.len() == 1);
+    assert_eq!(OpId(42).to_string(), "42");
+    let expired = Rejection::Expired { op: OpId(42) };
+    assert_eq!(expired.to_string(), "operation id 42 has expired");
+}
+
 #[test]
 fn operation_table_bounded_full_is_typed_error() {
     let now = Instant::now();

@@ -156,3 +156,9 @@ fn forget_running(inner: &mut Inner, ticket: Ticket) {
         inner.running.remove(&ticket.op());
     }
 }
+
+// The driver side of the table: waiters answered, stale executions stopped,
+// nothing left behind (issue 23).
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;
