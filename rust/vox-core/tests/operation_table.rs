@@ -226,7 +226,8 @@ fn operation_table_reports_its_config_emptiness_and_ids() {
     let now = Instant::now();
     let mut t = OperationTable::new(config());
     assert_eq!(t.config(), &config());
-    assert!(t.is_empty() && t.len() == 0);
+    assert!(t.is_empty());
+    assert_eq!(t.len(), 0);
     execute(&mut t, 42, VOLATILE, false, now);
     assert!(!t.is_empty() && t.len() == 1);
     assert_eq!(OpId(42).to_string(), "42");
