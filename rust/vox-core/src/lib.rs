@@ -90,6 +90,8 @@ pub mod conduit;
 pub mod driver;
 mod id_window;
 pub mod link;
+mod mutant;
+pub mod plumbing;
 pub mod service;
 pub mod session;
 pub mod sync;

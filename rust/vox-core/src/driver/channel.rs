@@ -12,7 +12,6 @@
 
 mod error;
 mod inner;
-pub(crate) mod mutant;
 mod state;
 mod table;
 

@@ -16,9 +16,9 @@ use super::context::{self, CallContext};
 use super::error::CallError;
 use super::handler::{Call, ChannelBinder, Handler, ReplySink};
 use super::liveness::Liveness;
-use super::ops::{Decision, SessionOps};
-use crate::session::operations::{ArgsDigest, Ticket, read_op_id};
-use crate::session::outbound::{Outbound, OutboundPermit};
+use crate::plumbing::operations::{ArgsDigest, Ticket, read_op_id};
+use crate::plumbing::ops::{Decision, SessionOps};
+use crate::plumbing::outbound::{Outbound, OutboundPermit};
 use crate::sync::Mutex;
 use crate::wire::{
     Blob, ChannelDecl, ConnectionId, ConnectionSettings, IdAllocator, Message, Metadata, MethodId, Parity, Payload,
@@ -949,8 +949,8 @@ enum Work {
     /// Wait for the live execution of the same operation.
     Attach {
         ops: Arc<SessionOps>,
-        op: crate::session::operations::OpId,
-        waiter: crate::session::operations::WaiterId,
+        op: crate::plumbing::operations::OpId,
+        waiter: crate::plumbing::operations::WaiterId,
         outcome: oneshot::Receiver<ResponseBody>,
     },
     /// Answer without running anything.
@@ -1176,8 +1176,8 @@ fn reply_or_failure(r: Option<(ResponseBody, Metadata)>) -> (ResponseBody, Metad
 async fn run_attached(
     mut attempt: Attempt,
     ops: Arc<SessionOps>,
-    op: crate::session::operations::OpId,
-    waiter: crate::session::operations::WaiterId,
+    op: crate::plumbing::operations::OpId,
+    waiter: crate::plumbing::operations::WaiterId,
     outcome: oneshot::Receiver<ResponseBody>,
 ) {
     let body = tokio::select! {

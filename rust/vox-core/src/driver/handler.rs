@@ -49,9 +49,9 @@ pub trait Handler: Send + Sync + 'static {
     /// and nothing is re-run. Generated dispatchers answer from their
     /// `#[vox(idem)]` / `#[vox(persist)]` attributes; a wrapping handler
     /// should forward this method to the handler it wraps.
-    fn policy(&self, method: MethodId) -> crate::session::operations::MethodPolicy {
+    fn policy(&self, method: MethodId) -> crate::plumbing::operations::MethodPolicy {
         let _ = method;
-        crate::session::operations::MethodPolicy::default()
+        crate::plumbing::operations::MethodPolicy::default()
     }
 }
 

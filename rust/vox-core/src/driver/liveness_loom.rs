@@ -25,7 +25,7 @@
 use crate::driver::CallError;
 use crate::driver::ConnectionCore;
 use crate::driver::channel::{ChannelLimits, LossCause};
-use crate::session::outbound;
+use crate::plumbing::outbound;
 use crate::wire::{
     Blob, ChannelDirection, ConnectionId, ConnectionSettings, Message, Metadata, MethodId, Parity, Payload,
     ResponseBody,

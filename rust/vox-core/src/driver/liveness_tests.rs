@@ -11,7 +11,7 @@ use crate::driver::ConnectionCore;
 use crate::driver::channel::{ChannelLimits, LossCause};
 use crate::driver::core::Inbound;
 use crate::driver::handler::Call;
-use crate::session::outbound::{self, Outbound};
+use crate::plumbing::outbound::{self, Outbound};
 use crate::wire::{
     Blob, ChannelDirection, ConnectionId, ConnectionSettings, Message, Metadata, MethodId, Parity, Payload, RequestId,
     ResponseBody,

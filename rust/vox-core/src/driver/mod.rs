@@ -10,7 +10,6 @@ mod error;
 mod handle;
 mod handler;
 pub mod liveness;
-pub(crate) mod ops;
 
 pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;

@@ -171,8 +171,7 @@ pub use vox_macros::service;
 /// are the same service).
 pub const SERVICE_KEY: &str = "vox-service";
 
-/// The `RejectConnection` metadata key with a readable reason.
-pub const REJECT_REASON_KEY: &str = "vox-reject-reason";
+pub use crate::wire::REJECT_REASON_KEY;
 
 /// One method of a service, as declared: its names and retry policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -422,7 +421,7 @@ impl Handler for ServiceRouter {
         }
     }
 
-    fn policy(&self, method: MethodId) -> crate::session::operations::MethodPolicy {
+    fn policy(&self, method: MethodId) -> crate::plumbing::operations::MethodPolicy {
         self.inner.by_method.get(&method).map(|h| h.policy(method)).unwrap_or_default()
     }
 }

@@ -4,7 +4,7 @@
 
 use super::MethodInfo;
 use crate::driver::{CallError, ChannelArg};
-use crate::session::operations::write_op_id;
+use crate::plumbing::operations::write_op_id;
 use crate::session::{Caller, RetryPolicy};
 use crate::wire::{self, Metadata, MethodId};
 use bytes::Bytes;

@@ -13,10 +13,10 @@ use super::run::{Attachment, Resume, ResumeSide, RunLoop};
 use super::table::ConnTable;
 use crate::conduit::stable::{self, StableAccepted, StableConfig, StableRegistry};
 use crate::conduit::{self, ConduitRx, ConduitTx};
-use crate::driver::ops::SessionOps;
 use crate::driver::{ConnectionCore, Handler};
 use crate::link::{self, Link, LinkConfig, LinkSource, TcpSource};
-use crate::session::operations::OperationConfig;
+use crate::plumbing::operations::OperationConfig;
+use crate::plumbing::ops::SessionOps;
 use crate::transport::{self, AcceptModes};
 use crate::wire::{
     ConduitMode, ConnectionId, ConnectionSettings, Metadata, PROTOCOL_VERSION, Parity, SESSION_RESUME_FEATURE,

@@ -15,7 +15,7 @@
 
 use super::SessionError;
 use super::handle::ConnectionHandle;
-use crate::driver::channel::mutant;
+use crate::mutant;
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, Signal};
 use crate::wire::{ConnectionId, ConnectionSettings, Metadata};
 use std::collections::VecDeque;

@@ -124,9 +124,9 @@ impl SessionHandle {
     /// A new operation id for a logical call (rule `retry.op-id`): unique in
     /// this session and increasing, as the peer's operation table expects.
     /// Every attempt of the call carries the same id
-    /// ([`write_op_id`](super::operations::write_op_id)).
-    pub fn next_op_id(&self) -> super::operations::OpId {
-        super::operations::OpId(self.op_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    /// ([`write_op_id`](crate::plumbing::operations::write_op_id)).
+    pub fn next_op_id(&self) -> crate::plumbing::operations::OpId {
+        crate::plumbing::operations::OpId(self.op_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
     }
 
     /// The most requests ever waiting in the control mailbox's bounded queue.

@@ -1,14 +1,12 @@
 //! Sessions: a set of connections over one conduit.
 //!
 //! The run loop (`run`) owns the conduit's receive half; the writer task
-//! ([`outbound`]) owns its send half; every request from a handle goes
+//! ([`outbound`](crate::plumbing::outbound)) owns its send half; every request from a handle goes
 //! through the one control mailbox ([`control`]). See ADR 0002.
 
 mod budget;
 pub mod control;
 pub mod handshake;
-pub mod operations;
-pub mod outbound;
 
 mod builder;
 mod handle;
@@ -74,7 +72,7 @@ pub enum SessionError {
 /// ": <reason>" from a rejection's metadata (the service router's
 /// `vox-reject-reason`, or the session's own `reason`), or nothing.
 fn rejection_reason(metadata: &Metadata) -> String {
-    match metadata.get_str(crate::service::REJECT_REASON_KEY).or_else(|| metadata.get_str("reason")) {
+    match metadata.get_str(crate::wire::REJECT_REASON_KEY).or_else(|| metadata.get_str("reason")) {
         Some(reason) => format!(": {reason}"),
         None => String::new(),
     }

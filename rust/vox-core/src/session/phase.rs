@@ -1,7 +1,7 @@
 //! Explicit state enums for the session phase and each connection, with
 //! guarded transitions: an illegal one is a [`PhaseError`] value.
 
-use crate::driver::channel::LossCause;
+use crate::plumbing::loss::LossCause;
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

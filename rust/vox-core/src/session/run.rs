@@ -14,7 +14,6 @@ use super::budget::BudgetKind;
 use super::builder::{AcceptDecision, ConnectionRequest, SessionConfig, Shared};
 use super::control::{ControlMsg, MailboxRx, MailboxTx};
 use super::handle::{Caller, ConnectionHandle, CoreRef, LiveToken, RootSlot};
-use super::outbound::{Finish, Outbound, spawn_writer};
 use super::phase::{CloseReason, ConnEvent, SessionPhase};
 use super::resume::{NewConduit, Redialer, SessionRegistry, redial};
 use super::table::{ConnTable, Entry, Lookup, Released};
@@ -22,8 +21,9 @@ use crate::conduit::ConduitRx;
 use crate::conduit::stable::{StableEnd, StableError};
 use crate::driver::ConnectionCore;
 use crate::driver::Inbound;
-use crate::driver::channel::LossCause;
-use crate::driver::ops::SessionOps;
+use crate::plumbing::loss::LossCause;
+use crate::plumbing::ops::SessionOps;
+use crate::plumbing::outbound::{Finish, Outbound, spawn_writer};
 use crate::wire::ResumeKey;
 use crate::wire::{ConduitMsg, ConnectionId, Message, Metadata, Payload};
 use std::collections::VecDeque;
@@ -526,7 +526,7 @@ impl RunLoop {
             Some(core) => {
                 // Marking the core ended first means nothing of this
                 // connection can be queued after the CloseConnection.
-                core.on_lost(crate::driver::channel::LossCause::ConnectionClosed);
+                core.on_lost(crate::plumbing::loss::LossCause::ConnectionClosed);
                 self.owe(Message { connection_id: id, payload: Payload::CloseConnection { metadata } });
                 true
             }
@@ -586,7 +586,7 @@ impl RunLoop {
             Payload::CloseConnection { .. } => {
                 if let Some(core) = self.table.release(id, Released::ByPeer) {
                     // rule: connection.close
-                    core.on_lost(crate::driver::channel::LossCause::ConnectionClosed);
+                    core.on_lost(crate::plumbing::loss::LossCause::ConnectionClosed);
                     return Step::Continue;
                 }
                 if self.table.released_by_us(id) {

@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::driver::ConnectionCore;
-use crate::session::outbound;
+use crate::plumbing::outbound;
 use crate::wire::ConnectionSettings;
 use proptest::prelude::*;
 use std::collections::BTreeMap;

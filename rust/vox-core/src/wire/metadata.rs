@@ -8,6 +8,9 @@ pub const SENSITIVE: u64 = 1 << 0;
 /// Flag bit 1: the entry is stripped when metadata is forwarded downstream.
 pub const NO_PROPAGATE: u64 = 1 << 1;
 
+/// The `RejectConnection` metadata key with a readable reason.
+pub const REJECT_REASON_KEY: &str = "vox-reject-reason";
+
 /// A metadata value.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataValue {

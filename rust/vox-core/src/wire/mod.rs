@@ -18,4 +18,4 @@ pub use message::{
     HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE, ServerHello,
     StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
-pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, SENSITIVE};
+pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY, SENSITIVE};

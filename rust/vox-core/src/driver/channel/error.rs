@@ -1,21 +1,7 @@
 //! Errors and outcomes of channel registry events.
 
+pub use crate::plumbing::loss::LossCause;
 use crate::wire::ChannelId;
-
-/// Why a connection (and with it every channel on it) ended.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LossCause {
-    /// The connection was closed (`CloseConnection`, link gone, keepalive timeout).
-    #[error("connection closed")]
-    ConnectionClosed,
-    /// The whole session was shut down locally.
-    #[error("session shut down")]
-    SessionShutdown,
-    /// One side violated the protocol; the session was torn down
-    /// ([session.protocol-error]).
-    #[error("protocol error: {0}")]
-    ProtocolError(String),
-}
 
 /// How a channel ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,12 +13,12 @@ use super::Wakeups;
 use super::error::{
     ChannelStats, CloseCause, ItemOutcome, LocalError, LossCause, RecvError, RemoteOutcome, SendError, ViolationKind,
 };
-use super::mutant;
 use super::state::{
     ChannelState, Closed, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, StateKind, Tombstone, Tombstones,
     WakerSlot,
 };
 use crate::id_window::{IdWindow, Seen};
+use crate::mutant;
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId, IdAllocator, Metadata, Payload};
 use remote::{Msg, Verdict, judge_ended};
 

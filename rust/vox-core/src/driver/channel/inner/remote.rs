@@ -9,8 +9,8 @@ use bytes::Bytes;
 use super::{Inner, ended};
 use crate::driver::channel::Wakeups;
 use crate::driver::channel::error::{CloseCause, ItemOutcome, LossCause, RemoteOutcome, ViolationKind};
-use crate::driver::channel::mutant;
 use crate::driver::channel::state::{ChannelState, Closing, Early, Half, Role};
+use crate::mutant;
 use crate::wire::ChannelId;
 
 /// A peer message kind, for the rules shared by live and remembered channels.

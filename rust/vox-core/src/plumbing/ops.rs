@@ -10,7 +10,7 @@
 //! channels died with it), and a retry on the new attachment attaches to it,
 //! gets its sealed outcome, or is failed closed.
 
-use crate::session::operations::{
+use crate::plumbing::operations::{
     Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable, Ticket, WaiterId,
 };
 use crate::sync::Mutex;

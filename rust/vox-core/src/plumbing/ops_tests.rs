@@ -4,7 +4,7 @@
 //! task stopped, and no handle of a finished execution kept.
 
 use super::{Decision, SessionOps};
-use crate::session::operations::{ArgsDigest, MethodPolicy, OpId, OperationConfig, Ticket};
+use crate::plumbing::operations::{ArgsDigest, MethodPolicy, OpId, OperationConfig, Ticket};
 use crate::wire::{Blob, MethodId, ResponseBody};
 use tokio::sync::oneshot::error::TryRecvError;
 
@@ -28,7 +28,7 @@ fn run(ops: &SessionOps, policy: MethodPolicy, channels: bool) -> Ticket {
     }
 }
 
-fn attach(ops: &SessionOps) -> (crate::session::operations::WaiterId, tokio::sync::oneshot::Receiver<ResponseBody>) {
+fn attach(ops: &SessionOps) -> (crate::plumbing::operations::WaiterId, tokio::sync::oneshot::Receiver<ResponseBody>) {
     match admit(ops, PLAIN, false) {
         Decision::Attach { op, waiter, outcome } => {
             assert_eq!(op, OP);

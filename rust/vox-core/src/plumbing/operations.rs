@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use vox_core::session::operations::{Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable};
+//! use vox_core::plumbing::operations::{Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable};
 //! use vox_core::wire::{MethodId, ResponseBody};
 //!
 //! let mut table = OperationTable::new(OperationConfig::default());
@@ -68,7 +68,7 @@ pub struct OpIdError;
 /// malformed (the driver answers `InvalidPayload` rather than guessing).
 ///
 /// ```
-/// use vox_core::session::operations::{OpId, read_op_id, write_op_id};
+/// use vox_core::plumbing::operations::{OpId, read_op_id, write_op_id};
 /// use vox_core::wire::Metadata;
 /// let mut md = Metadata::new();
 /// assert_eq!(read_op_id(&md), Ok(None));
