@@ -91,10 +91,20 @@ pub mod driver;
 mod id_window;
 pub mod link;
 mod mutant;
+// Internals that the proofs and models drive directly are public only with
+// the `test-util` feature (tokio does the same); users never need them.
+#[cfg(feature = "test-util")]
 pub mod plumbing;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod plumbing;
 pub mod service;
 pub mod session;
+#[cfg(feature = "test-util")]
 pub mod sync;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod sync;
 pub mod transport;
 pub mod wire;
 

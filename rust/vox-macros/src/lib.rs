@@ -612,11 +612,11 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                     })
                 }
 
-                fn policy(&self, method: #vc::wire::MethodId) -> #vc::plumbing::operations::MethodPolicy {
+                fn policy(&self, method: #vc::wire::MethodId) -> #vc::driver::MethodPolicy {
                     __METHODS
                         .iter()
                         .find(|m| m.id() == method)
-                        .map(|m| #vc::plumbing::operations::MethodPolicy { idem: m.idem, persist: m.persist })
+                        .map(|m| #vc::driver::MethodPolicy { idem: m.idem, persist: m.persist })
                         .unwrap_or_default()
                 }
             }

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 use vox_core::driver::{BoxFuture, Call, Handler, Rx, Tx};
-use vox_core::plumbing::operations::MethodPolicy;
+use vox_core::driver::MethodPolicy;
 use vox_core::wire::{self, Blob, MethodId, ResponseBody};
 
 /// The error of `divide`.

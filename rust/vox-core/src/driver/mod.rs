@@ -1,16 +1,27 @@
 //! Drivers: requests, responses and channels on one connection.
 //!
-//! [`channel::Registry`] owns all channel state; [`ConnectionCore`] owns
+//! `channel::Registry` owns all channel state; [`ConnectionCore`] owns
 //! calls and handlers; `handle` has the typed channel ends ([`Tx`], [`Rx`]).
 
+#[cfg(feature = "test-util")]
 pub mod channel;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod channel;
 pub(crate) mod context;
 mod core;
 mod error;
 mod handle;
 mod handler;
+#[cfg(feature = "test-util")]
 pub mod liveness;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod liveness;
 
+pub use crate::plumbing::loss::LossCause;
+pub use crate::plumbing::operations::MethodPolicy;
+pub use channel::ChannelStats;
 pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;
 pub use core::{ConnectionCore, CoreStats, Violation};

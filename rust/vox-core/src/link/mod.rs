@@ -7,7 +7,11 @@
 //! way towards their users; only the stream kind can see hostile input,
 //! because the peer chooses the length prefixes.
 
+#[cfg(feature = "test-util")]
 pub mod fault;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod fault;
 mod frames;
 mod identity;
 mod memory;
@@ -18,8 +22,10 @@ pub mod tls;
 #[cfg(feature = "websocket")]
 pub mod ws;
 
+#[cfg(feature = "test-util")]
 pub use fault::{FaultHandle, faulty_pair};
-pub use frames::{BATCH_BYTES, FrameWriter};
+pub use frames::BATCH_BYTES;
+pub(crate) use frames::FrameWriter;
 pub use identity::PeerIdentity;
 pub use memory::memory_pair;
 pub use source::{Backoff, ConnectError, LinkSource, TcpSource, connect_waiting};
@@ -167,7 +173,7 @@ struct StreamWriter {
 }
 
 /// What [`LinkTx::into_sink`] gives a writer that will own the link.
-pub enum LinkSink {
+pub(crate) enum LinkSink {
     /// A stream link's byte stream, with everything sent so far written.
     Frames(FrameWriter),
     /// An in-process link: messages are handed over whole, as by
@@ -189,7 +195,7 @@ impl LinkTx {
     /// in-process link comes back unchanged.
     ///
     /// Fails if the stream failed while writing what was queued.
-    pub async fn into_sink(self) -> Result<LinkSink, LinkError> {
+    pub(crate) async fn into_sink(self) -> Result<LinkSink, LinkError> {
         let Self { queue, writer, max_message_size } = self;
         let Some(StreamWriter { task, handoff }) = writer else {
             return Ok(LinkSink::Queue(LinkTx { queue, writer: None, max_message_size }));

@@ -5,29 +5,42 @@
 //! through the one control mailbox ([`control`]). See ADR 0002.
 
 mod budget;
+#[cfg(feature = "test-util")]
 pub mod control;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod control;
+#[cfg(feature = "test-util")]
 pub mod handshake;
+#[cfg(not(feature = "test-util"))]
+#[allow(dead_code, unused_imports)] // items only the proofs drive
+pub(crate) mod handshake;
 
 mod builder;
 mod handle;
+// Without test-util, the events only tests/session_phase.rs drives are unused.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code))]
 mod phase;
-pub mod resume;
+mod resume;
 mod run;
 mod table;
 
+pub use crate::plumbing::operations::{OP_ID_KEY, OpId, OpIdError, OperationConfig, read_op_id, write_op_id};
 pub use budget::{AbuseBudgets, BudgetConfig, BudgetExceeded, BudgetKind};
 pub use builder::{
     AcceptDecision, Accepted, Acceptor, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder,
     SessionConfig,
 };
 pub use handle::{Caller, ConnectionHandle, RawResponse, RetryPolicy, SessionHandle};
-pub use phase::{CloseReason, ConnState, PhaseError, SessionPhase};
+pub use handshake::{HandshakeError, SetupLimits};
+pub use phase::CloseReason;
+#[cfg(feature = "test-util")]
+pub use phase::{ConnState, PhaseError, SessionPhase};
 pub use resume::SessionResumeConfig;
 
 use crate::link::LinkError;
 use crate::transport::PrologueError;
 use crate::wire::{ConnectionId, Metadata};
-use handshake::HandshakeError;
 
 /// What a session operation reports.
 #[derive(Debug, Clone, thiserror::Error)]
