@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
-use vox_core::driver::{Call, CallError, ChannelError, Handler, channel, channel_with_credit};
+use vox_core::driver::{Call, CallError, ChannelError, Fault, Handler, LossCause, channel, channel_with_credit};
 use vox_core::session::{CloseReason, Session, SessionBuilder};
 use vox_core::wire::{
     self, Blob, ChannelDecl, ChannelDirection, ChannelId, ConnectionId, ConnectionSettings, Message, Metadata,
@@ -1179,12 +1179,15 @@ async fn rpc_metadata_order_duplicates_and_unknown_flags_are_preserved_end_to_en
 
 #[test]
 fn rpc_call_error_is_retryable_only_for_errors_before_any_effect() {
-    let retryable =
-        [CallError::ConnectionClosed, CallError::SessionShutdown, CallError::SendFailed("queue gone".into())];
-    for e in &retryable {
-        assert!(e.is_retryable(), "{e:?}");
-    }
+    assert!(CallError::ConnectionClosed.is_retryable());
+    assert_eq!(CallError::ConnectionClosed.fault(), Fault::Environment);
     let final_errors = [
+        // Local: a retry on the same session meets the same shutdown, the
+        // same unencodable arguments.
+        CallError::SessionShutdown,
+        CallError::SendFailed("arguments did not encode".into()),
+        CallError::DeadlineExceeded,
+        CallError::Rejected("conflict".into()),
         CallError::User(Blob::default()),
         CallError::UnknownMethod,
         CallError::InvalidPayload("x".into()),
@@ -1197,6 +1200,37 @@ fn rpc_call_error_is_retryable_only_for_errors_before_any_effect() {
     for e in &final_errors {
         assert!(!e.is_retryable(), "{e:?}");
     }
+}
+
+#[test]
+fn call_error_fault_says_who_caused_it() {
+    let peer = [
+        CallError::User(Blob::default()),
+        CallError::UnknownMethod,
+        CallError::InvalidPayload("x".into()),
+        CallError::HandlerFailed("panic".into()),
+        CallError::Rejected("conflict".into()),
+        CallError::ProtocolError("x".into()),
+        CallError::InvalidResponse("x".into()),
+    ];
+    let local = [
+        CallError::Cancelled,
+        CallError::DeadlineExceeded,
+        CallError::SessionShutdown,
+        CallError::SendFailed("x".into()),
+    ];
+    let environment = [CallError::ConnectionClosed, CallError::Indeterminate];
+    for (errors, fault) in
+        [(&peer[..], Fault::Peer), (&local[..], Fault::Local), (&environment[..], Fault::Environment)]
+    {
+        for e in errors {
+            assert_eq!(e.fault(), fault, "{e:?}");
+            // Only the environment's errors may be retryable.
+            assert!(!e.is_retryable() || fault == Fault::Environment, "{e:?}");
+        }
+    }
+    assert_eq!(LossCause::ConnectionClosed.fault(), Fault::Environment);
+    assert_eq!(LossCause::SessionShutdown.fault(), Fault::Local);
 }
 
 #[tokio::test]
@@ -1218,7 +1252,9 @@ async fn rpc_call_error_is_retryable_as_produced_by_the_runtime() {
     closed(&client).await;
     let err = caller.call::<_, String>(mid("echo"), &"x".to_string(), vec![]).await.unwrap_err();
     assert_eq!(err, CallError::SessionShutdown);
-    assert!(err.is_retryable());
+    // Our own shutdown: a retry meets the same closed session.
+    assert_eq!(err.fault(), Fault::Local);
+    assert!(!err.is_retryable());
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Errors a caller observes (PROTOCOL.md section 7).
 
-use super::channel::LossCause;
+use crate::plumbing::loss::{Fault, LossCause};
 use crate::wire::Blob;
 
 /// Why a call did not return a value.
@@ -36,10 +36,12 @@ pub enum CallError {
     /// The connection carrying the call ended.
     #[error("connection closed")]
     ConnectionClosed,
-    /// The session was shut down.
+    /// The session was shut down locally (`shutdown`, or its root released).
     #[error("session shut down")]
     SessionShutdown,
-    /// The request could not be sent.
+    /// The request could not be built or sent for a local reason: its
+    /// arguments did not encode, a channel could not be created, or the
+    /// connection's request ids ran out. API misuse; not retryable.
     #[error("request could not be sent: {0}")]
     SendFailed(String),
     /// A protocol violation ended the session.
@@ -51,10 +53,35 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether the same call may be attempted again: only errors that say the
-    /// request never took effect on a live path are retryable.
+    /// Who caused the error: the peer (it refused, failed or broke the
+    /// protocol), this program (misuse, its own cancel, deadline or
+    /// shutdown), or the environment (the connection was lost).
+    pub fn fault(&self) -> Fault {
+        match self {
+            CallError::User(_)
+            | CallError::UnknownMethod
+            | CallError::InvalidPayload(_)
+            | CallError::HandlerFailed(_)
+            | CallError::Rejected(_)
+            | CallError::ProtocolError(_)
+            | CallError::InvalidResponse(_) => Fault::Peer,
+            CallError::Cancelled
+            | CallError::DeadlineExceeded
+            | CallError::SessionShutdown
+            | CallError::SendFailed(_) => Fault::Local,
+            CallError::ConnectionClosed | CallError::Indeterminate => Fault::Environment,
+        }
+    }
+
+    /// Whether the same call may be attempted again. Only a loss in the
+    /// environment that says the request never took effect qualifies: a
+    /// closed connection. `Indeterminate` is the environment's too, but the
+    /// call may have run, so only an operation id makes a retry safe (the
+    /// generated clients do that).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CallError::ConnectionClosed | CallError::SessionShutdown | CallError::SendFailed(_))
+        let retryable = matches!(self, CallError::ConnectionClosed);
+        debug_assert!(!retryable || self.fault() == Fault::Environment);
+        retryable
     }
 }
 
@@ -75,9 +102,9 @@ mod tests {
     #[test]
     fn only_transport_level_errors_are_retryable() {
         assert!(CallError::ConnectionClosed.is_retryable());
-        assert!(CallError::SessionShutdown.is_retryable());
-        assert!(CallError::SendFailed("x".into()).is_retryable());
         for e in [
+            CallError::SessionShutdown,
+            CallError::SendFailed("x".into()),
             CallError::User(Blob::default()),
             CallError::UnknownMethod,
             CallError::InvalidPayload(String::new()),

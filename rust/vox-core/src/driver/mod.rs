@@ -19,7 +19,7 @@ pub mod liveness;
 #[allow(dead_code, unused_imports)] // items only the proofs drive
 pub(crate) mod liveness;
 
-pub use crate::plumbing::loss::LossCause;
+pub use crate::plumbing::loss::{Fault, LossCause};
 pub use crate::plumbing::operations::MethodPolicy;
 pub use channel::ChannelStats;
 pub use context::{CallContext, DEADLINE_KEY};

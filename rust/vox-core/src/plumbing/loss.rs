@@ -1,5 +1,19 @@
-//! Why a connection ended: shared by the driver (which fails its calls and
-//! channels with it) and the session (which decides it).
+//! Why a connection ended, and who was at fault: shared by the driver (which
+//! fails its calls and channels with it) and the session (which decides it).
+
+/// Who caused an error (DESIGN.md, "How the code is laid out"). Only an
+/// error of the environment can be worth retrying; a peer's or our own
+/// mistake happens again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The peer: it broke the protocol, or it refused or failed the request.
+    Peer,
+    /// This program: API misuse, its own cancellation, deadline or shutdown.
+    Local,
+    /// Neither side's code: the network, the link or the machine (a link
+    /// lost, a connection closed under the call, a keepalive timeout).
+    Environment,
+}
 
 /// Why a connection (and with it every channel on it) ended.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -14,4 +28,15 @@ pub enum LossCause {
     /// ([session.protocol-error]).
     #[error("protocol error: {0}")]
     ProtocolError(String),
+}
+
+impl LossCause {
+    /// Who ended the connection.
+    pub fn fault(&self) -> Fault {
+        match self {
+            LossCause::ConnectionClosed => Fault::Environment,
+            LossCause::SessionShutdown => Fault::Local,
+            LossCause::ProtocolError(_) => Fault::Peer,
+        }
+    }
 }

@@ -229,6 +229,15 @@ impl<E> ServiceError<E> {
         }
     }
 
+    /// Who caused the error: a user error is the peer's (its handler said
+    /// no); otherwise as [`CallError::fault`].
+    pub fn fault(&self) -> crate::driver::Fault {
+        match self {
+            ServiceError::User(_) => crate::driver::Fault::Peer,
+            ServiceError::Call(e) => e.fault(),
+        }
+    }
+
     /// Whether the same call may be attempted again (never for a user error).
     pub fn is_retryable(&self) -> bool {
         match self {
