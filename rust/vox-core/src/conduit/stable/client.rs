@@ -70,8 +70,8 @@ async fn redial(shared: Arc<Shared>, source: Arc<dyn LinkSource>) {
             let core = shared.core.lock();
             match &core.phase {
                 Phase::Closed(_) => return,
-                Phase::Attached => continue,
-                Phase::Broken => core.epoch,
+                Phase::Attached(_) => continue,
+                Phase::Broken(_) => core.epoch,
             }
         };
         // What the broken link still delivers (the peer's last frames, say

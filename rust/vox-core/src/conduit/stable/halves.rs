@@ -104,9 +104,12 @@ impl StableTx {
     async fn end(self, how: Closing) -> Result<(), ConduitError> {
         {
             let mut core = self.shared.core.lock();
-            // An abort already under way (a violation) is not softened.
-            if !matches!(core.closing, Closing::Abort { .. }) {
-                core.closing = how;
+            // An abort already under way (a violation) is not softened; a
+            // closed conduit has nothing left to close.
+            if let Some(closing) = core.phase.closing_mut() {
+                if !matches!(closing, Closing::Abort { .. }) {
+                    *closing = how;
+                }
             }
         }
         self.shared.writer_wake.notify_one();
@@ -140,15 +143,13 @@ impl Drop for StableTx {
     /// at once.
     fn drop(&mut self) {
         let mut core = self.shared.core.lock();
-        if matches!(core.phase, Phase::Closed(_)) {
-            return;
-        }
-        if core.closing != Closing::No {
+        let Some(closing) = core.phase.closing_mut() else { return };
+        if *closing != Closing::No {
             drop(core);
             self.shared.finish(StableEnd::LocalClose);
             return;
         }
-        core.closing = Closing::Graceful;
+        *closing = Closing::Graceful;
         drop(core);
         self.shared.writer_wake.notify_one();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

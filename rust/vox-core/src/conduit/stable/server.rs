@@ -130,15 +130,15 @@ async fn watchdog(shared: Arc<Shared>) {
             let core = shared.core.lock();
             match core.phase {
                 Phase::Closed(_) => return,
-                Phase::Attached => continue,
-                Phase::Broken => core.epoch,
+                Phase::Attached(_) => continue,
+                Phase::Broken(_) => core.epoch,
             }
         };
         let limit = shared.config.recovery_timeout;
         tokio::time::sleep(limit).await;
         let still_broken = {
             let core = shared.core.lock();
-            core.epoch == epoch && matches!(core.phase, Phase::Broken)
+            core.epoch == epoch && matches!(core.phase, Phase::Broken(_))
         };
         if still_broken {
             shared.finish(StableEnd::RecoveryTimeout(limit));

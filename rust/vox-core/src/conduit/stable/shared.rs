@@ -13,11 +13,32 @@ use crate::wire::ResumeKey;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// Where the conduit is. How it is being closed lives inside the open
+/// phases, so a closed conduit has no "closing" left to disagree with its
+/// end, and a break or a new link keeps the close that was under way.
 #[derive(Debug)]
 pub(super) enum Phase {
-    Attached,
-    Broken,
+    Attached(Closing),
+    Broken(Closing),
     Closed(StableEnd),
+}
+
+impl Phase {
+    /// Whether, and how, the conduit is being closed; `None` once closed.
+    pub(super) fn closing(&self) -> Option<&Closing> {
+        match self {
+            Phase::Attached(closing) | Phase::Broken(closing) => Some(closing),
+            Phase::Closed(_) => None,
+        }
+    }
+
+    /// See [`closing`](Self::closing).
+    pub(super) fn closing_mut(&mut self) -> Option<&mut Closing> {
+        match self {
+            Phase::Attached(closing) | Phase::Broken(closing) => Some(closing),
+            Phase::Closed(_) => None,
+        }
+    }
 }
 
 /// Whether, and how, the conduit is being closed.
@@ -48,7 +69,6 @@ pub(super) enum ReceiveLimit {
 pub(super) struct Core {
     pub(super) sm: StableState,
     pub(super) phase: Phase,
-    pub(super) closing: Closing,
     /// The peer's violation, once seen: the deadline for the end runs.
     pub(super) violation: Option<StableEnd>,
     pub(super) receive_limit: ReceiveLimit,
@@ -95,8 +115,7 @@ impl Shared {
         Arc::new(Shared {
             core: Mutex::new(Core {
                 sm: StableState::new(config.replay_limit),
-                phase: Phase::Attached,
-                closing: Closing::No,
+                phase: Phase::Attached(Closing::No),
                 violation: None,
                 receive_limit: ReceiveLimit::AsLink,
                 drained_epoch: None,
@@ -176,11 +195,13 @@ impl Shared {
     pub(super) fn on_broken(&self, epoch: u64) {
         {
             let mut core = self.core.lock();
-            if core.epoch != epoch || !matches!(core.phase, Phase::Attached) {
+            if core.epoch != epoch {
                 return;
             }
+            let Phase::Attached(closing) = &mut core.phase else { return };
+            let closing = std::mem::replace(closing, Closing::No);
             tracing::debug!(epoch, "stable conduit link broke; waiting for a new one");
-            core.phase = Phase::Broken;
+            core.phase = Phase::Broken(closing);
         }
         self.broken.notify_one();
         // The writer releases the dead link's write half.
@@ -192,9 +213,10 @@ impl Shared {
     pub(super) fn attach(&self, link: Link, peer_last: Option<u32>) -> Result<(), StableEnd> {
         {
             let mut core = self.core.lock();
-            if let Phase::Closed(end) = &core.phase {
-                return Err(end.clone());
-            }
+            let closing = match &core.phase {
+                Phase::Closed(end) => return Err(end.clone()),
+                Phase::Attached(closing) | Phase::Broken(closing) => closing.clone(),
+            };
             if let Err(e) = core.sm.on_reattach(peer_last) {
                 drop(core);
                 self.finish(StableEnd::Violation(e.clone()));
@@ -204,7 +226,7 @@ impl Shared {
             core.epoch += 1;
             core.tx_slot = Some(tx);
             core.rx_slot = Some(rx);
-            core.phase = Phase::Attached;
+            core.phase = Phase::Attached(closing);
             tracing::debug!(epoch = core.epoch, "stable conduit attached a new link");
         }
         self.writer_wake.notify_one();

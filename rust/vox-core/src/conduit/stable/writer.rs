@@ -43,7 +43,7 @@ pub(super) async fn writer(shared: Arc<Shared>) {
             if link.as_ref().map(|l| l.0) != Some(core.epoch) {
                 link = core.tx_slot.take().map(|tx| (core.epoch, tx));
             }
-            if matches!(core.phase, Phase::Broken) {
+            if matches!(core.phase, Phase::Broken(_)) {
                 // The link is dead: release its write half now, not when a
                 // new link or the end comes (a peer must not keep the socket).
                 if let Some((_, tx)) = link.take() {
@@ -51,9 +51,11 @@ pub(super) async fn writer(shared: Arc<Shared>) {
                 }
             }
             let epoch = core.epoch;
-            let attached = link.is_some() && matches!(core.phase, Phase::Attached);
+            let attached = link.is_some() && matches!(core.phase, Phase::Attached(_));
             let core = &mut *core;
-            match &core.closing {
+            // Closed was handled above.
+            let Some(closing) = core.phase.closing() else { break };
+            match closing {
                 // No link to carry the ProtocolError: end now rather than
                 // wait for the violator to come back.
                 Closing::Abort { end } if !attached => Work::Abort(end.clone()),
