@@ -1,8 +1,8 @@
 //! Sessions: a set of connections over one conduit.
 //!
 //! The run loop (`run`) owns the conduit's receive half; the writer task
-//! ([`outbound`](crate::plumbing::outbound)) owns its send half; every request from a handle goes
-//! through the one control mailbox ([`control`]). See ADR 0002.
+//! (`plumbing::outbound`) owns its send half; every request from a handle goes
+//! through the one control mailbox (`control`). See ADR 0002.
 
 mod budget;
 #[cfg(feature = "test-util")]

@@ -31,7 +31,7 @@ pub struct MethodPolicy {
     pub persist: bool,
 }
 
-/// Limits of an [`OperationTable`](super::OperationTable).
+/// Limits of the session's operation table (PROTOCOL.md section 10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationConfig {
     /// How long a finished record (Sealed, Released, Indeterminate) is kept
@@ -40,14 +40,14 @@ pub struct OperationConfig {
     /// The most records (of any state) the table holds. When a new id arrives
     /// at capacity, the finished record closest to expiry is expired early
     /// (its id is then rejected as
-    /// [`Rejection::Expired`](super::Rejection::Expired), exactly as after
+    /// `Rejection::Expired`, exactly as after
     /// its TTL); if every record is Live, the attempt gets
-    /// [`Rejection::Full`](super::Rejection::Full).
+    /// `Rejection::Full`.
     pub max_records: usize,
     /// The most attempts attached to one Live execution; one more gets
-    /// [`Rejection::TooManyWaiters`](super::Rejection::TooManyWaiters).
+    /// `Rejection::TooManyWaiters`.
     /// Waiters of a dead attachment should be removed with
-    /// [`OperationTable::detach`](super::OperationTable::detach).
+    /// `OperationTable::detach`.
     pub max_waiters_per_op: usize,
     /// How many expired ids are remembered exactly. Older ones fold into a
     /// watermark: every id at or below the highest forgotten id that has no
