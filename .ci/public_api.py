@@ -25,6 +25,8 @@ class Api:
         self.index = doc["index"]
         self.paths = doc["paths"]
         self.lines = set()
+        # id -> every public path it is reachable by (filled by a first walk).
+        self.public = {}
 
     def item(self, id_):
         return self.index.get(str(id_))
@@ -32,7 +34,16 @@ class Api:
     # -- types ---------------------------------------------------------------
 
     def path_name(self, p):
-        out = p["path"]
+        # A local item by the shortest public path users can name it by;
+        # another crate's by its canonical path. Never the path as written
+        # at the use site, so moving code between private modules does not
+        # change the listing.
+        id_ = p.get("id")
+        if id_ in self.public:
+            out = min(self.public[id_], key=lambda q: (len(q), q))
+        else:
+            known = self.paths.get(str(id_))
+            out = "::".join(known["path"]) if known and known.get("crate_id", 0) != 0 else p["path"]
         if p.get("args"):
             out += self.args(p["args"])
         return out
@@ -203,6 +214,7 @@ class Api:
         it = self.item(id_)
         if it is None:
             return
+        self.public.setdefault(id_, set()).add(path)
         (kind, v), = it["inner"].items()
         if kind == "module":
             self.walk_module(id_, path, seen)
@@ -310,6 +322,10 @@ def main():
     doc = json.load(open(sys.argv[1]))
     api = Api(doc)
     root = api.item(doc["root"])
+    # Twice: the first walk learns every item's public paths, the second
+    # renders the types with them.
+    api.walk_module(doc["root"], root["name"], set())
+    api.lines = set()
     api.walk_module(doc["root"], root["name"], set())
     for line in sorted(api.lines):
         print(line)
