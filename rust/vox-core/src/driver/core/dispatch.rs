@@ -3,7 +3,8 @@
 //! settled right here against the core's tables; requests go to
 //! `incoming`, channel traffic to the registry.
 
-use super::outgoing::CallEntry;
+use super::incoming::IncomingEvent;
+use super::outgoing::{CallEffect, CallEvent};
 use super::{ConnectionCore, Inbound, Violation};
 use crate::driver::channel::{ItemOutcome, RemoteOutcome, Violation as ChannelViolation};
 use crate::wire::{Metadata, Payload, RequestId, ResponseBody};
@@ -55,34 +56,31 @@ impl ConnectionCore {
         if st.lost.is_lost() {
             return Ok(Inbound::Handled);
         }
-        match st.calls.remove(&id) {
-            Some(CallEntry::Waiting { reply, _slot }) => {
+        match st.step_call(id, CallEvent::Response(ret, metadata)) {
+            effect @ CallEffect::Deliver { .. } => {
                 drop(st);
-                // rule: rpc.cancel — if the caller is gone, it lost interest.
-                let _ = reply.send(Ok((ret, metadata)));
+                effect.deliver();
                 Ok(Inbound::Handled)
             }
-            Some(CallEntry::Cancelled { .. }) => {
-                // rule: rpc.cancel — a response after cancelling is ignored.
+            CallEffect::Late => {
                 st.stats.late_responses += 1;
                 Ok(Inbound::Late)
             }
-            // rule: rpc.response.one-per-request
-            None => Err(self.violation(
+            CallEffect::Unsolicited => Err(self.violation(
                 id,
                 "response for a request that is not in flight (never sent, or already answered)",
                 "rpc.response.one-per-request",
             )),
+            // A response neither owes a cancel nor leaves the call unsettled.
+            CallEffect::Nothing | CallEffect::CancelDue => Ok(Inbound::Handled),
         }
     }
 
     fn on_cancel(&self, id: RequestId) -> Inbound {
         let mut st = self.state.lock();
         match st.handlers.get_mut(&id) {
-            Some(stop) => {
-                if let Some(stop) = stop.take() {
-                    let _ = stop.send(());
-                }
+            Some(call) => {
+                call.step(IncomingEvent::Cancel);
                 Inbound::Cancelled
             }
             // rule: rpc.cancel.crossing — the response already left.

@@ -49,7 +49,7 @@ impl ConnectionCore {
             }
             refuse = st.draining.is_some();
             self.registry.on_remote_announce(&channels).map_err(|v| self.channel_violation(v))?;
-            st.handlers.insert(id, Some(stop_tx));
+            st.handlers.insert(id, IncomingCall::Running { stop: stop_tx });
         }
         let has_channels = !channels.is_empty();
         let binder = ChannelBinder::new(self.clone(), channels);
@@ -163,8 +163,12 @@ impl ConnectionCore {
 
     fn finish_handler(&self, permit: OutboundPermit<'_>, id: RequestId, ret: ResponseBody, metadata: Metadata) {
         let mut st = self.state.lock();
-        if st.lost.is_lost() || st.handlers.remove(&id).is_none() {
+        if st.lost.is_lost() {
             return;
+        }
+        let Some(call) = st.handlers.get_mut(&id) else { return };
+        if !call.step(IncomingEvent::Answered) {
+            st.handlers.remove(&id);
         }
         if let (true, Some(idle)) = (st.handlers.is_empty(), &st.draining) {
             idle.notify_one();
@@ -173,6 +177,43 @@ impl ConnectionCore {
         // peer can only send its next request after seeing this response,
         // by which time the slot is free (rule: rpc.flow-control.max-concurrent-requests).
         permit.send(Message { connection_id: self.id, payload: Payload::Response { id, ret, metadata } });
+    }
+}
+
+/// One incoming request in the core's table, from its admission until its
+/// response is queued or the connection ends. Not in the table: not in
+/// flight, so a cancel for it crossed its response (rule `rpc.cancel.crossing`).
+pub(super) enum IncomingCall {
+    /// The handler runs; sending on `stop` stops it (rule `rpc.cancel`).
+    Running { stop: oneshot::Sender<()> },
+    /// The peer cancelled and the handler was told to stop; the request's
+    /// one response (usually `Cancelled`) is still owed.
+    Stopping,
+}
+
+/// What happens to an incoming request in flight.
+pub(super) enum IncomingEvent {
+    /// The peer's `CancelRequest`.
+    Cancel,
+    /// Its response is being queued.
+    Answered,
+}
+
+impl IncomingCall {
+    /// The one transition of an incoming request: `true` while it stays in
+    /// flight, `false` when it leaves the table.
+    pub(super) fn step(&mut self, event: IncomingEvent) -> bool {
+        match event {
+            IncomingEvent::Cancel => {
+                if let IncomingCall::Running { stop } = std::mem::replace(self, IncomingCall::Stopping) {
+                    // The handler's task may have ended; its answer is then
+                    // on its way anyway.
+                    let _ = stop.send(());
+                }
+                true
+            }
+            IncomingEvent::Answered => false,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! the send gate checks, so nothing outlives it unsettled.
 
 use super::ConnectionCore;
-use super::outgoing::CallEntry;
+use super::outgoing::{CallEntry, CallEvent};
 use crate::driver::channel::LossCause;
 
 impl ConnectionCore {
@@ -20,12 +20,11 @@ impl ConnectionCore {
         };
         self.slots.close();
         for (_, entry) in calls {
-            if let CallEntry::Waiting { reply, .. } = entry {
-                // The caller may be gone already; nothing is lost then.
-                let _ = reply.send(Err(cause.clone().into()));
-            }
+            let (_, effect) = CallEntry::step(Some(entry), CallEvent::Lost(cause.clone()));
+            effect.deliver();
         }
-        // Dropping the stop senders stops every handler (rule: connection.close).
+        // Dropping the entries drops their stop senders, which stops every
+        // handler (rule: connection.close).
         drop(handlers);
         self.registry.on_connection_lost(cause);
         if let Some(w) = waker {

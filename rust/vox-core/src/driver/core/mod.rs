@@ -33,6 +33,7 @@ mod violation;
 pub use violation::Violation;
 
 use self::flush::FlushPhase;
+use self::incoming::IncomingCall;
 use self::outgoing::CallEntry;
 use super::channel::{ChannelLimits, LossCause, Registry};
 use super::error::CallError;
@@ -45,7 +46,7 @@ use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Metadata, Parit
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 /// What an inbound payload that broke no rule was, as far as the session's
 /// abuse budgets care (rule `session.abuse-budget`).
@@ -65,8 +66,8 @@ struct CoreState {
     lost: Liveness,
     requests: IdAllocator,
     calls: HashMap<RequestId, CallEntry>,
-    // Inbound requests in flight; the sender stops the handler.
-    handlers: HashMap<RequestId, Option<oneshot::Sender<()>>>,
+    // Inbound requests in flight.
+    handlers: HashMap<RequestId, IncomingCall>,
     // Cancels of dropped calls not yet queued. Whoever holds an outbound
     // place pops them under this lock (the flush task, or `send_request`
     // before its own request), so a cancel always precedes on the wire every

@@ -1,22 +1,102 @@
 //! Outgoing calls: a slot under the peer's concurrency limit, the request
 //! and its channels on the wire, the wait for the response, and the cancel
 //! owed when the caller drops the call. The call's entry in the core's table
-//! is what the response and the connection's loss settle.
+//! is what the response and the connection's loss settle; every change to
+//! it is one [`CallEntry::step`], so the call's life reads in one place.
 
-use super::{CallReply, ConnectionCore};
+use super::{CallReply, ConnectionCore, CoreState};
 use crate::driver::channel::LossCause;
 use crate::driver::error::CallError;
 use crate::driver::handle::{ChannelArg, Early, SlotRef};
-use crate::wire::{Blob, ChannelDecl, ChannelId, Message, Metadata, MethodId, Payload, RequestId};
+use crate::wire::{Blob, ChannelDecl, ChannelId, Message, Metadata, MethodId, Payload, RequestId, ResponseBody};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+/// One outgoing call in the core's table, from the queueing of its request
+/// until its response or the connection's end. Not in the table: not in
+/// flight (never sent, or settled).
 pub(super) enum CallEntry {
+    /// The caller waits for the response.
     Waiting { reply: oneshot::Sender<CallReply>, _slot: OwnedSemaphorePermit },
-    // The caller gave up; the slot stays taken until the peer's response
-    // arrives, because until then the peer still counts the request as in
-    // flight and a new request could exceed its limit.
+    /// The caller gave up; the slot stays taken until the peer's response
+    /// arrives, because until then the peer still counts the request as in
+    /// flight and a new request could exceed its limit.
     Cancelled { _slot: OwnedSemaphorePermit },
+}
+
+/// What happens to an outgoing call.
+pub(super) enum CallEvent {
+    /// The caller dropped the call.
+    Dropped,
+    /// The peer's response arrived.
+    Response(ResponseBody, Metadata),
+    /// The connection ended.
+    Lost(LossCause),
+}
+
+/// What a step owes beyond the table. The core acts on it itself, so that
+/// what happens under its lock and what after stays visible at the caller.
+#[must_use]
+pub(super) enum CallEffect {
+    /// Nothing beyond the table.
+    Nothing,
+    /// A `CancelRequest` is owed to the peer (rule `rpc.cancel`).
+    CancelDue,
+    /// The outcome goes to the caller ([`CallEffect::deliver`]); the slot
+    /// goes with it and is freed after the hand-over.
+    Deliver { reply: oneshot::Sender<CallReply>, outcome: CallReply, _slot: OwnedSemaphorePermit },
+    /// A response after the caller cancelled, ignored (rule `rpc.cancel`).
+    Late,
+    /// A response for no call in flight (rule `rpc.response.one-per-request`).
+    Unsolicited,
+}
+
+impl CallEntry {
+    /// The one transition of an outgoing call: its state in the table
+    /// (`None`: not in flight) and an event give its next state and what
+    /// that owes.
+    pub(super) fn step(entry: Option<CallEntry>, event: CallEvent) -> (Option<CallEntry>, CallEffect) {
+        match (entry, event) {
+            (Some(CallEntry::Waiting { _slot, .. }), CallEvent::Dropped) => {
+                (Some(CallEntry::Cancelled { _slot }), CallEffect::CancelDue)
+            }
+            // Cancelled once is enough; an unknown call was settled already.
+            (entry @ (Some(CallEntry::Cancelled { .. }) | None), CallEvent::Dropped) => (entry, CallEffect::Nothing),
+            (Some(CallEntry::Waiting { reply, _slot }), CallEvent::Response(ret, metadata)) => {
+                (None, CallEffect::Deliver { reply, outcome: Ok((ret, metadata)), _slot })
+            }
+            // rule: rpc.cancel — a response after cancelling is ignored.
+            (Some(CallEntry::Cancelled { .. }), CallEvent::Response(..)) => (None, CallEffect::Late),
+            // rule: rpc.response.one-per-request
+            (None, CallEvent::Response(..)) => (None, CallEffect::Unsolicited),
+            (Some(CallEntry::Waiting { reply, _slot }), CallEvent::Lost(cause)) => {
+                (None, CallEffect::Deliver { reply, outcome: Err(cause.into()), _slot })
+            }
+            (Some(CallEntry::Cancelled { .. }) | None, CallEvent::Lost(_)) => (None, CallEffect::Nothing),
+        }
+    }
+}
+
+impl CallEffect {
+    /// Hands a delivered outcome to its caller; call it outside the core's
+    /// lock, since the caller's task may run at once.
+    pub(super) fn deliver(self) {
+        if let CallEffect::Deliver { reply, outcome, _slot } = self {
+            // rule: rpc.cancel — if the caller is gone, it lost interest.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl CoreState {
+    /// Steps call `id` of the table (see [`CallEntry::step`]).
+    pub(super) fn step_call(&mut self, id: RequestId, event: CallEvent) -> CallEffect {
+        let (next, effect) = CallEntry::step(self.calls.remove(&id), event);
+        if let Some(next) = next {
+            self.calls.insert(id, next);
+        }
+        effect
+    }
 }
 
 impl ConnectionCore {
@@ -113,17 +193,12 @@ impl ConnectionCore {
             if st.lost.is_lost() {
                 return;
             }
-            match st.calls.remove(&id) {
-                Some(CallEntry::Waiting { _slot, .. }) => {
-                    st.calls.insert(id, CallEntry::Cancelled { _slot });
+            match st.step_call(id, CallEvent::Dropped) {
+                CallEffect::CancelDue => {
                     st.cancels_due.push_back(id);
                     st.flush_waker.take()
                 }
-                Some(other) => {
-                    st.calls.insert(id, other);
-                    None
-                }
-                None => None,
+                _ => None,
             }
         };
         if let Some(w) = waker {
