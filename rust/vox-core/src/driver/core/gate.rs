@@ -1,0 +1,54 @@
+//! The send gate: the only way a message of this connection reaches the
+//! outbound queue. A place is reserved first (which may wait), then the
+//! liveness check and the queueing happen under the core's lock, the same
+//! lock that marks the connection lost, so nothing slips in after the end.
+
+use super::ConnectionCore;
+use crate::driver::channel::{LossCause, SendError};
+use crate::plumbing::outbound::OutboundPermit;
+use crate::wire::{Blob, ChannelId, Message, Payload};
+
+impl ConnectionCore {
+    /// Queues `payload` on this connection unless it has ended.
+    pub(crate) async fn send(&self, payload: Payload) -> Result<(), LossCause> {
+        let permit = self.reserve().await?;
+        self.send_with(permit, payload)
+    }
+
+    pub(crate) async fn reserve(&self) -> Result<OutboundPermit<'_>, LossCause> {
+        match self.outbound.reserve().await {
+            Ok(p) => Ok(p),
+            Err(_) => Err(self.lost().unwrap_or(LossCause::ConnectionClosed)),
+        }
+    }
+
+    pub(crate) fn try_reserve(&self) -> Option<OutboundPermit<'_>> {
+        self.outbound.try_reserve()
+    }
+
+    pub(crate) fn send_with(&self, permit: OutboundPermit<'_>, payload: Payload) -> Result<(), LossCause> {
+        let st = self.state.lock();
+        if let Err(c) = st.lost.admit() {
+            return Err(c.clone());
+        }
+        permit.send(Message { connection_id: self.id, payload });
+        Ok(())
+    }
+
+    /// Sends one channel item, spending one credit, atomically with respect
+    /// to connection loss.
+    pub(crate) fn send_item_with(
+        &self,
+        permit: OutboundPermit<'_>,
+        id: ChannelId,
+        item: Blob,
+    ) -> Result<(), SendError> {
+        let st = self.state.lock();
+        if let Err(c) = st.lost.admit() {
+            return Err(SendError::ConnectionLost(c.clone()));
+        }
+        self.registry.spend_credit(id)?;
+        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! The per-connection driver core: outgoing calls, in-flight handlers, and
+//! inbound dispatch. Channel state is NOT here: it lives in the connection's
+//! [`Registry`], and this module only forwards channel events to it.
+//!
+//! Every message this connection sends goes through [`ConnectionCore`]'s
+//! send methods, which reserve a place in the session's outbound queue and
+//! then, under the core's lock, check that the connection is still live
+//! before queueing. Marking the connection lost takes the same lock, so no
+//! message of a connection can be queued after the session queued its
+//! `CloseConnection` or its teardown.
+//!
+//! The core is one type with one lock, split here by concern: each child
+//! module adds an `impl ConnectionCore` block for one job, so the state the
+//! jobs share (the fields below) stays in one place while no file has to
+//! hold them all. `construct` makes cores; `gate` is the send path above;
+//! `outgoing` has this side's calls; `flush` the task sending what became
+//! due; `loss` the end; `dispatch` routes inbound payloads; `incoming`,
+//! `admission`, `running` and `contained` serve the peer's requests;
+//! `violation` names the peer's broken rules.
+
+mod admission;
+mod construct;
+mod contained;
+mod dispatch;
+mod flush;
+mod gate;
+mod incoming;
+mod loss;
+mod outgoing;
+mod running;
+mod violation;
+
+pub use violation::Violation;
+
+use self::flush::FlushPhase;
+use self::incoming::IncomingCall;
+use self::outgoing::CallEntry;
+use super::channel::{ChannelLimits, LossCause, Registry};
+use super::error::CallError;
+use super::handler::Handler;
+use super::liveness::Liveness;
+use crate::plumbing::ops::SessionOps;
+use crate::plumbing::outbound::Outbound;
+use crate::sync::Mutex;
+use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Metadata, Parity, RequestId, ResponseBody};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::Waker;
+use tokio::sync::Semaphore;
+
+/// What an inbound payload that broke no rule was, as far as the session's
+/// abuse budgets care (rule `session.abuse-budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// Ordinary traffic.
+    Handled,
+    /// Tolerated under a crossing rule and discarded (late).
+    Late,
+    /// A `CancelRequest` that stopped a request still in flight.
+    Cancelled,
+}
+
+pub(crate) type CallReply = Result<(ResponseBody, Metadata), CallError>;
+
+struct CoreState {
+    lost: Liveness,
+    requests: IdAllocator,
+    calls: HashMap<RequestId, CallEntry>,
+    // Inbound requests in flight.
+    handlers: HashMap<RequestId, IncomingCall>,
+    // Cancels of dropped calls not yet queued. Whoever holds an outbound
+    // place pops them under this lock (the flush task, or `send_request`
+    // before its own request), so a cancel always precedes on the wire every
+    // request made after the call was dropped.
+    cancels_due: VecDeque<RequestId>,
+    /// `Some` once the session drains (graceful shutdown): new requests are
+    /// refused, and the notify fires when the last handler in flight ends.
+    draining: Option<Arc<tokio::sync::Notify>>,
+    flush_waker: Option<Waker>,
+    flush: FlushPhase,
+    stats: CoreStats,
+}
+
+/// A snapshot of one connection's driver counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Outgoing calls awaiting a response (including cancelled ones whose
+    /// `Cancelled` response has not arrived yet).
+    pub calls_in_flight: usize,
+    /// Inbound requests being handled.
+    pub handlers_in_flight: usize,
+    /// Responses that arrived after the caller cancelled (ignored).
+    pub late_responses: u64,
+    /// `CancelRequest`s for requests no longer in flight (ignored).
+    pub late_cancels: u64,
+}
+
+/// Driver state of one connection (root or virtual).
+pub struct ConnectionCore {
+    pub(crate) id: ConnectionId,
+    pub(crate) local_parity: Parity,
+    pub(crate) local_settings: ConnectionSettings,
+    pub(crate) peer_settings: ConnectionSettings,
+    pub(crate) registry: Registry,
+    pub(crate) outbound: Outbound,
+    slots: Arc<Semaphore>,
+    state: Mutex<CoreState>,
+    handler: Option<Arc<dyn Handler>>,
+    /// The session's operation table (section 10); `None` serves every
+    /// request as a plain call.
+    ops: Option<Arc<SessionOps>>,
+    limits: ChannelLimits,
+    /// The peer's network address, for handlers' `CallContext`.
+    peer: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The peer's verified identity (TLS), for handlers' `CallContext`.
+    identity: std::sync::OnceLock<crate::link::PeerIdentity>,
+}
+
+impl std::fmt::Debug for ConnectionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCore").field("id", &self.id).field("local_parity", &self.local_parity).finish()
+    }
+}
+
+impl ConnectionCore {
+    /// The connection id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The counterpart's settings for this connection.
+    pub fn peer_settings(&self) -> &ConnectionSettings {
+        &self.peer_settings
+    }
+
+    /// Driver counters.
+    pub fn stats(&self) -> CoreStats {
+        let st = self.state.lock();
+        CoreStats { calls_in_flight: st.calls.len(), handlers_in_flight: st.handlers.len(), ..st.stats.clone() }
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn lost(&self) -> Option<LossCause> {
+        self.state.lock().lost.cause().cloned()
+    }
+
+    /// Starts a graceful shutdown of this connection's serving side: new
+    /// requests are answered `Rejected` without running, and `idle` is
+    /// notified once no handler is in flight. Returns whether none is now.
+    pub(crate) fn start_draining(&self, idle: Arc<tokio::sync::Notify>) -> bool {
+        let mut st = self.state.lock();
+        st.draining = Some(idle);
+        st.handlers.is_empty()
+    }
+
+    /// Whether no handler of this connection is in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state.lock().handlers.is_empty()
+    }
+
+    /// The peer's network address, once the session recorded it.
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer.get().copied()
+    }
+
+    /// Records the peer's network address (the session does, for every core
+    /// of an attachment whose link has one).
+    pub(crate) fn set_peer_addr(&self, addr: Option<std::net::SocketAddr>) {
+        if let Some(addr) = addr {
+            let _ = self.peer.set(addr);
+        }
+    }
+
+    /// The peer's verified identity, once the session recorded it.
+    pub(crate) fn peer_identity(&self) -> Option<crate::link::PeerIdentity> {
+        self.identity.get().cloned()
+    }
+
+    /// Records the peer's verified identity (the session does, for every
+    /// core of an attachment whose link has one).
+    pub(crate) fn set_peer_identity(&self, identity: Option<crate::link::PeerIdentity>) {
+        if let Some(identity) = identity {
+            let _ = self.identity.set(identity);
+        }
+    }
+
+    /// Whether this side serves a handler on the connection (rule
+    /// `rpc.caller.liveness`: then the peer may still call it, so dropping
+    /// this side's callers does not end it).
+    pub(crate) fn serves_handler(&self) -> bool {
+        self.handler.is_some()
+    }
+}
