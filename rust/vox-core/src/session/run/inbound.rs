@@ -43,20 +43,24 @@ impl RunLoop {
                 self.violation("CloseConnection for the root connection".into(), "connection.root")
             }
             Payload::OpenConnection { parity, settings, metadata } => self.on_open(id, parity, settings, metadata),
-            Payload::AcceptConnection { settings, .. } => match self.table.take_pending(id, ConnEvent::PeerAccepted) {
-                Ok((reply, local_settings, parity)) => {
+            Payload::AcceptConnection { settings, .. } => {
+                let accepted = self.table.pending(id, ConnEvent::PeerAccepted).and_then(|(local_settings, parity)| {
                     let core = self.new_core(id, parity, local_settings, settings, None);
-                    self.table.set_open(id, core.clone());
-                    let caller = Caller::new(CoreRef::Fixed(core), LiveToken::new(self.mailbox_tx.clone(), id));
-                    // If the opener stopped waiting, dropping the handle
-                    // closes the connection through the liveness rule.
-                    let _ = reply.send(Ok(ConnectionHandle { id, caller }));
-                    Step::Continue
+                    self.table.accept_outbound(id, core.clone()).map(|reply| (reply, core))
+                });
+                match accepted {
+                    Ok((reply, core)) => {
+                        let caller = Caller::new(CoreRef::Fixed(core), LiveToken::new(self.mailbox_tx.clone(), id));
+                        // If the opener stopped waiting, dropping the handle
+                        // closes the connection through the liveness rule.
+                        let _ = reply.send(Ok(ConnectionHandle { id, caller }));
+                        Step::Continue
+                    }
+                    Err(e) => self.violation(e, "connection.open"),
                 }
-                Err(e) => self.violation(e, "connection.open"),
-            },
-            Payload::RejectConnection { metadata } => match self.table.take_pending(id, ConnEvent::PeerRejected) {
-                Ok((reply, _, _)) => {
+            }
+            Payload::RejectConnection { metadata } => match self.table.reject_outbound(id) {
+                Ok(reply) => {
                     let _ = reply.send(Err(SessionError::Rejected { metadata }));
                     Step::Continue
                 }
