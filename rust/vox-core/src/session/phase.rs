@@ -167,42 +167,59 @@ impl SessionPhase {
 }
 
 /// The state of one connection in the session's table.
+///
+/// An inbound open is decided (accepted or rejected) before the run loop
+/// reads anything else, and our own close is queued as it is decided, so
+/// neither has a state of its own: a connection is only ever stored in one
+/// of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
     /// We sent `OpenConnection`; waiting for accept or reject.
     PendingOutbound,
-    /// The peer sent `OpenConnection`; our acceptor is deciding.
-    PendingInbound,
     /// Messages flow.
     Open,
-    /// We decided to close; `CloseConnection` is queued.
-    Closing,
-    /// Released (kept only as a bounded tombstone).
-    Closed,
+    /// We closed it: the peer's messages may still cross our close and are
+    /// discarded (rule `connection.close.crossing`).
+    ClosedByUs,
+    /// The peer closed it, one side rejected it, or the peer's close crossed
+    /// ours: anything more from the peer on it is a violation.
+    ClosedByPeer,
 }
 
 impl ConnState {
-    /// The state after `event`, or the typed error.
-    pub fn next(self, event: ConnEvent) -> Result<ConnState, PhaseError> {
+    /// The state after `event` for a connection in state `from` (`None`: the
+    /// table holds nothing for the id yet), or the typed error. The table
+    /// applies every change through this, so the rules live in one match.
+    pub fn next(from: Option<ConnState>, event: ConnEvent) -> Result<ConnState, PhaseError> {
         use ConnEvent::*;
         use ConnState::*;
-        let from = match self {
-            PendingOutbound => "PendingOutbound",
-            PendingInbound => "PendingInbound",
-            Open => "Open",
-            Closing => "Closing",
-            Closed => "Closed",
-        };
-        match (self, event) {
-            (PendingOutbound, PeerAccepted) => Ok(Open),
-            (PendingOutbound, PeerRejected) => Ok(Closed),
-            (PendingInbound, WeAccepted) => Ok(Open),
-            (PendingInbound, WeRejected) => Ok(Closed),
-            (Open, LocalClose) => Ok(Closing),
-            (Closing, CloseQueued) => Ok(Closed),
-            (Open, PeerClosed) => Ok(Closed),
-            (PendingOutbound | PendingInbound | Open | Closing, SessionEnded) => Ok(Closed),
-            (_, e) => Err(PhaseError { from, event: e.name() }),
+        match (from, event) {
+            (None, LocalOpen) => Ok(PendingOutbound),
+            (None, WeAccepted) => Ok(Open),
+            (None, WeRejected) => Ok(ClosedByPeer),
+            (Some(PendingOutbound), PeerAccepted) => Ok(Open),
+            (Some(PendingOutbound), PeerRejected) => Ok(ClosedByPeer),
+            (Some(Open), LocalClose) => Ok(ClosedByUs),
+            (Some(Open), PeerClosed) => Ok(ClosedByPeer),
+            // rule: connection.close.crossing — both sides closed at once.
+            (Some(ClosedByUs), PeerClosed) => Ok(ClosedByPeer),
+            (from, e) => Err(PhaseError { from: ConnState::name(from), event: e.name() }),
+        }
+    }
+
+    /// Whether a connection in this state is live: it counts against the
+    /// connection limit and a teardown must end it.
+    pub(crate) fn is_live(self) -> bool {
+        matches!(self, ConnState::PendingOutbound | ConnState::Open)
+    }
+
+    pub(crate) fn name(state: Option<ConnState>) -> &'static str {
+        match state {
+            None => "Unknown",
+            Some(ConnState::PendingOutbound) => "PendingOutbound",
+            Some(ConnState::Open) => "Open",
+            Some(ConnState::ClosedByUs) => "ClosedByUs",
+            Some(ConnState::ClosedByPeer) => "ClosedByPeer",
         }
     }
 }
@@ -210,35 +227,32 @@ impl ConnState {
 /// Events of the connection state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnEvent {
+    /// We sent `OpenConnection`.
+    LocalOpen,
     /// `AcceptConnection` received.
     PeerAccepted,
     /// `RejectConnection` received.
     PeerRejected,
-    /// Our acceptor accepted.
+    /// Our acceptor accepted the peer's `OpenConnection`.
     WeAccepted,
-    /// Our acceptor rejected (or no acceptor, or over the limit).
+    /// Our acceptor rejected it (or no acceptor, or over the limit).
     WeRejected,
-    /// Local close requested.
+    /// We closed it; our `CloseConnection` is queued at once.
     LocalClose,
-    /// Our `CloseConnection` is queued.
-    CloseQueued,
     /// `CloseConnection` received.
     PeerClosed,
-    /// The session ended.
-    SessionEnded,
 }
 
 impl ConnEvent {
     fn name(self) -> &'static str {
         match self {
+            ConnEvent::LocalOpen => "LocalOpen",
             ConnEvent::PeerAccepted => "PeerAccepted",
             ConnEvent::PeerRejected => "PeerRejected",
             ConnEvent::WeAccepted => "WeAccepted",
             ConnEvent::WeRejected => "WeRejected",
             ConnEvent::LocalClose => "LocalClose",
-            ConnEvent::CloseQueued => "CloseQueued",
             ConnEvent::PeerClosed => "PeerClosed",
-            ConnEvent::SessionEnded => "SessionEnded",
         }
     }
 }
@@ -267,9 +281,10 @@ mod tests {
 
     #[test]
     fn connection_state_rejects_illegal_events() {
-        assert_eq!(ConnState::PendingOutbound.next(ConnEvent::PeerAccepted), Ok(ConnState::Open));
-        assert!(ConnState::Open.next(ConnEvent::PeerAccepted).is_err());
-        assert!(ConnState::Closed.next(ConnEvent::PeerClosed).is_err());
-        assert!(ConnState::PendingInbound.next(ConnEvent::PeerClosed).is_err());
+        use ConnState::*;
+        assert_eq!(ConnState::next(Some(PendingOutbound), ConnEvent::PeerAccepted), Ok(Open));
+        assert!(ConnState::next(Some(Open), ConnEvent::PeerAccepted).is_err());
+        assert!(ConnState::next(Some(ClosedByPeer), ConnEvent::PeerClosed).is_err());
+        assert!(ConnState::next(None, ConnEvent::PeerClosed).is_err());
     }
 }

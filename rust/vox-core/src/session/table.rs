@@ -1,6 +1,11 @@
 //! The session's connection table (rule `connection.*`): which virtual
 //! connections exist, in which state, and how to judge a message for an id
 //! that is gone without keeping unbounded state.
+//!
+//! Every id the table knows has one [`ConnState`], and every change goes
+//! through [`ConnTable::apply`], which checks it against the state machine
+//! ([`ConnState::next`]) before storing the result: no caller edits the
+//! storage directly, so the table cannot reach a state the rules forbid.
 
 use super::phase::{ConnEvent, ConnState, PhaseError};
 use super::{ConnectionHandle, SessionError};
@@ -13,6 +18,7 @@ use tokio::sync::oneshot;
 
 pub(crate) type OpenReply = oneshot::Sender<Result<ConnectionHandle, SessionError>>;
 
+/// A live connection and what its state owns.
 pub(crate) enum Entry {
     PendingOutbound { reply: OpenReply, settings: ConnectionSettings, parity: Parity },
     Open { core: Arc<ConnectionCore> },
@@ -27,7 +33,8 @@ impl Entry {
     }
 }
 
-/// How a released connection ended, for judging late messages.
+/// Who released a connection ([`ConnTable::release`]); it decides how the
+/// peer's late messages are judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Released {
     /// We closed it: the peer's messages may still cross (discarded).
@@ -49,7 +56,10 @@ pub(crate) enum Lookup<'a> {
 
 pub(crate) struct ConnTable {
     entries: HashMap<ConnectionId, Entry>,
-    tombstones: VecDeque<(ConnectionId, Released)>,
+    /// Released connections and the state each ended in, oldest first: enough
+    /// to judge messages that cross a close, bounded by `tombstone_cap`
+    /// whatever the peer does.
+    tombstones: VecDeque<(ConnectionId, ConnState)>,
     tombstone_cap: usize,
     local_parity: Parity,
     alloc: IdAllocator,
@@ -82,14 +92,46 @@ impl ConnTable {
         self.entries.len()
     }
 
-    fn bury(&mut self, id: ConnectionId, how: Released) {
+    /// `None`: never held, or released longer ago than the tombstones
+    /// remember, or ended with the attachment ([`drain`](Self::drain)).
+    fn state(&self, id: ConnectionId) -> Option<ConnState> {
+        match self.entries.get(&id) {
+            Some(entry) => Some(entry.state()),
+            None => self.tombstones.iter().rev().find(|(t, _)| *t == id).map(|(_, state)| *state),
+        }
+    }
+
+    /// The one place a connection changes state: `event` is checked against
+    /// the state machine, then the new state is stored, with `entry` when it
+    /// is live. Returns what the previous state owned.
+    fn apply(&mut self, id: ConnectionId, event: ConnEvent, entry: Option<Entry>) -> Result<Option<Entry>, PhaseError> {
+        let from = self.state(id);
+        let to = ConnState::next(from, event)?;
+        match entry {
+            Some(entry) if entry.state() == to => Ok(self.entries.insert(id, entry)),
+            None if !to.is_live() => {
+                let previous = self.entries.remove(&id);
+                match self.tombstones.iter_mut().rev().find(|(t, _)| *t == id) {
+                    // Still released (a crossing close): same place in the order.
+                    Some(tombstone) => tombstone.1 = to,
+                    None => self.bury(id, to),
+                }
+                Ok(previous)
+            }
+            // A caller handing over the wrong payload is a bug here, not
+            // the peer's doing: refuse it without touching the table.
+            _ => Err(PhaseError { from: ConnState::name(from), event: "an entry not of the new state" }),
+        }
+    }
+
+    fn bury(&mut self, id: ConnectionId, state: ConnState) {
         if self.tombstone_cap == 0 {
             return;
         }
         if self.tombstones.len() == self.tombstone_cap {
             self.tombstones.pop_front();
         }
-        self.tombstones.push_back((id, how));
+        self.tombstones.push_back((id, state));
     }
 
     /// Allocates an id and records a pending outbound open.
@@ -105,7 +147,9 @@ impl ConnTable {
         self.highest_local = raw;
         // The opener picks the connection parity; we use our session parity.
         let parity = self.local_parity;
-        self.entries.insert(id, Entry::PendingOutbound { reply, settings, parity });
+        // Ids are allocated once, so the id is new and this cannot fail.
+        let opened = self.apply(id, ConnEvent::LocalOpen, Some(Entry::PendingOutbound { reply, settings, parity }));
+        debug_assert!(opened.is_ok());
         Ok((id, parity))
     }
 
@@ -124,59 +168,60 @@ impl ConnTable {
         Ok(())
     }
 
+    /// Our acceptor accepted the peer's open of `id` (checked by
+    /// [`check_inbound_open`](Self::check_inbound_open)).
     pub(crate) fn insert_open(&mut self, id: ConnectionId, core: Arc<ConnectionCore>) -> Result<(), PhaseError> {
-        ConnState::PendingInbound.next(ConnEvent::WeAccepted)?;
-        self.entries.insert(id, Entry::Open { core });
-        Ok(())
+        self.apply(id, ConnEvent::WeAccepted, Some(Entry::Open { core })).map(drop)
     }
 
+    /// Our acceptor rejected the peer's open of `id` (checked by
+    /// [`check_inbound_open`](Self::check_inbound_open)).
     pub(crate) fn reject_inbound(&mut self, id: ConnectionId) {
-        self.bury(id, Released::ByPeer);
+        let rejected = self.apply(id, ConnEvent::WeRejected, None);
+        debug_assert!(rejected.is_ok());
     }
 
-    /// `AcceptConnection` or `RejectConnection` for `id`.
-    pub(crate) fn take_pending(
-        &mut self,
-        id: ConnectionId,
-        event: ConnEvent,
-    ) -> Result<(OpenReply, ConnectionSettings, Parity), String> {
-        match self.entries.get(&id).map(Entry::state) {
-            Some(ConnState::PendingOutbound) => {}
-            Some(s) => return Err(format!("{event:?} for connection {id} in state {s:?}")),
-            None => return Err(format!("{event:?} for connection {id}, which we did not open")),
-        }
-        if let Err(e) = ConnState::PendingOutbound.next(event) {
-            return Err(e.to_string());
-        }
-        match self.entries.remove(&id) {
-            Some(Entry::PendingOutbound { reply, settings, parity }) => {
-                if event == ConnEvent::PeerRejected {
-                    self.bury(id, Released::ByPeer);
-                }
-                Ok((reply, settings, parity))
-            }
-            _ => Err(format!("connection {id} is not pending")),
+    /// Whether the peer may answer `event` (`AcceptConnection` or
+    /// `RejectConnection`) for `id`: only for an open of ours it has not
+    /// answered yet. Gives our settings and parity for it, which its core is
+    /// made with.
+    pub(crate) fn pending(&self, id: ConnectionId, event: ConnEvent) -> Result<(ConnectionSettings, Parity), String> {
+        match self.entries.get(&id) {
+            Some(Entry::PendingOutbound { settings, parity, .. }) => Ok((settings.clone(), *parity)),
+            Some(entry) => Err(format!("{event:?} for connection {id} in state {:?}", entry.state())),
+            _ => Err(format!("{event:?} for connection {id}, which we did not open")),
         }
     }
 
-    pub(crate) fn set_open(&mut self, id: ConnectionId, core: Arc<ConnectionCore>) {
-        self.entries.insert(id, Entry::Open { core });
+    /// `AcceptConnection` for `id` (see [`pending`](Self::pending)): the
+    /// connection is open, served by `core`. Returns the opener's reply.
+    pub(crate) fn accept_outbound(&mut self, id: ConnectionId, core: Arc<ConnectionCore>) -> Result<OpenReply, String> {
+        self.answer(id, ConnEvent::PeerAccepted, Some(Entry::Open { core }))
+    }
+
+    /// `RejectConnection` for `id`. Returns the opener's reply.
+    pub(crate) fn reject_outbound(&mut self, id: ConnectionId) -> Result<OpenReply, String> {
+        self.answer(id, ConnEvent::PeerRejected, None)
+    }
+
+    fn answer(&mut self, id: ConnectionId, event: ConnEvent, entry: Option<Entry>) -> Result<OpenReply, String> {
+        self.pending(id, event)?;
+        match self.apply(id, event, entry) {
+            Ok(Some(Entry::PendingOutbound { reply, .. })) => Ok(reply),
+            Ok(_) => Err(format!("connection {id} is not pending")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Removes an open connection, recording who released it.
     pub(crate) fn release(&mut self, id: ConnectionId, how: Released) -> Option<Arc<ConnectionCore>> {
-        match self.entries.remove(&id) {
-            Some(Entry::Open { core }) => {
-                let event = if how == Released::ByUs { ConnEvent::LocalClose } else { ConnEvent::PeerClosed };
-                debug_assert!(ConnState::Open.next(event).is_ok());
-                self.bury(id, how);
-                Some(core)
-            }
-            Some(other) => {
-                self.entries.insert(id, other);
-                None
-            }
-            None => None,
+        if self.state(id) != Some(ConnState::Open) {
+            return None;
+        }
+        let event = if how == Released::ByUs { ConnEvent::LocalClose } else { ConnEvent::PeerClosed };
+        match self.apply(id, event, None) {
+            Ok(Some(Entry::Open { core })) => Some(core),
+            _ => None,
         }
     }
 
@@ -188,14 +233,14 @@ impl ConnTable {
                 _ => Lookup::PendingOutbound,
             };
         }
-        if let Some((_, how)) = self.tombstones.iter().rev().find(|(t, _)| *t == id) {
-            return match how {
+        if let Some((_, state)) = self.tombstones.iter().rev().find(|(t, _)| *t == id) {
+            return match state {
                 // rule: connection.close.crossing
-                Released::ByUs => {
+                ConnState::ClosedByUs => {
                     self.late_messages += 1;
                     Lookup::Late
                 }
-                Released::ByPeer => Lookup::Violation(format!("message on connection {id} after it was released")),
+                _ => Lookup::Violation(format!("message on connection {id} after it was released")),
             };
         }
         // Ours are allocated consecutively, so the high-water mark is exact;
@@ -219,14 +264,15 @@ impl ConnTable {
     /// The peer's `CloseConnection` crossed ours: from now on any message
     /// from the peer on `id` is a violation (rule `connection.close.crossing`).
     pub(crate) fn mark_peer_closed(&mut self, id: ConnectionId) {
-        if let Some(entry) = self.tombstones.iter_mut().rev().find(|(t, _)| *t == id) {
-            entry.1 = Released::ByPeer;
+        if self.state(id) == Some(ConnState::ClosedByUs) {
+            let crossed = self.apply(id, ConnEvent::PeerClosed, None);
+            debug_assert!(crossed.is_ok());
         }
     }
 
     /// Whether `id` was released by us recently (a crossing close is fine).
     pub(crate) fn released_by_us(&self, id: ConnectionId) -> bool {
-        self.tombstones.iter().any(|(t, how)| *t == id && *how == Released::ByUs)
+        self.state(id) == Some(ConnState::ClosedByUs)
     }
 
     /// The cores of the open connections.
@@ -240,7 +286,10 @@ impl ConnTable {
             .collect()
     }
 
-    /// Everything, for teardown.
+    /// Every live connection, for teardown or a lost attachment. They are
+    /// forgotten, not released: the session or attachment ended them, not
+    /// either side, and the ids stay used (a late message for one is judged
+    /// by the id high-water marks). Released connections stay remembered.
     pub(crate) fn drain(&mut self) -> Vec<Entry> {
         self.entries.drain().map(|(_, e)| e).collect()
     }

@@ -1,0 +1,260 @@
+//! Accepting sessions on a TCP listener: binding, the accept loop that
+//! runs every link's setup in its own task, and the [`Listener`] that hands
+//! out the outcomes. TLS and WebSocket listeners differ only in how an
+//! accepted TCP connection becomes a link ([`Upgrade`]).
+
+use super::pending::PendingSetups;
+use super::{Accepted, Session, SessionBuilder};
+use crate::link::{self, Link, LinkConfig};
+use crate::session::SessionError;
+#[cfg(doc)]
+use crate::session::handshake::SetupLimits;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl SessionBuilder {
+    /// Binds a TCP listener that accepts sessions with these settings, with
+    /// a listen backlog of [`SetupLimits::listen_backlog`] (1024 by default)
+    /// and `SO_REUSEADDR` as tokio's own `TcpListener::bind` sets it.
+    pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(|stream, config| Box::pin(std::future::ready(Ok(link::tcp(stream, config)))));
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// Like [`listen`](Self::listen), over TLS (rule `transport.tls`): the
+    /// TLS handshake is part of each link's setup, held to the prologue
+    /// deadline and the setup bounds of [`SetupLimits`]. With a
+    /// client-certificate verifier in `tls` (mutual TLS), a client without
+    /// an acceptable certificate never becomes a session; the verified
+    /// certificate is the link's [`peer_identity`](crate::link::LinkRx::peer_identity)
+    /// and reaches handlers in `CallContext::peer_identity`.
+    #[cfg(feature = "tls")]
+    pub async fn listen_tls(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(move |stream, config| {
+            let tls = tls.clone();
+            Box::pin(async move { Ok(link::tls::accept_tls(stream, tls, config).await?) })
+        });
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// Like [`listen`](Self::listen), for WebSocket clients (rule
+    /// `transport.websocket`): each TCP connection is upgraded (any
+    /// request path), the upgrade being part of the link's setup and held
+    /// to its deadlines.
+    #[cfg(feature = "websocket")]
+    pub async fn listen_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade =
+            Arc::new(|stream, config| Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) }));
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// The listener of [`listen`](Self::listen), with `upgrade` turning
+    /// each accepted TCP connection into a link inside its setup.
+    async fn listen_with(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        upgrade: Upgrade,
+    ) -> Result<Listener, SessionError> {
+        let tcp = bind_tcp(addr, self.config.setup.listen_backlog)
+            .await
+            .map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+        let local_addr = tcp.local_addr().map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
+        let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pending = Arc::new(PendingSetups::new());
+        let task = tokio::spawn(accept_loop(tcp, self.clone(), upgrade, tx, dropped_failures.clone(), pending.clone()));
+        Ok(Listener {
+            local_addr,
+            builder: self,
+            outcomes: tokio::sync::Mutex::new(rx),
+            dropped_failures,
+            pending,
+            task,
+        })
+    }
+}
+
+/// Outcomes (new sessions, per-link failures) a [`Listener`] holds until
+/// they are taken. New sessions wait for room (backpressure on setup);
+/// failures beyond it are dropped after being logged.
+const LISTENER_BACKLOG: usize = 16;
+
+/// Binds like `tokio::net::TcpListener::bind` (every resolved address in
+/// turn, the first that binds wins; `SO_REUSEADDR` off Windows), but with
+/// the given listen backlog.
+async fn bind_tcp(addr: impl tokio::net::ToSocketAddrs, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            #[cfg(not(windows))]
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")))
+}
+
+/// Accepts sessions on a TCP listener.
+///
+/// A background task accepts TCP connections as fast as they come and runs
+/// each one's prologue and handshake in its own task, so a slow or silent
+/// peer holds up nobody, and links that resume an existing session's stable
+/// conduit are attached whether or not anyone is calling
+/// [`accept`](Self::accept) (rule `session.resume`). Unfinished setups are
+/// bounded by [`SetupLimits::max_pending_setups`] without delaying new
+/// links: beyond it, the oldest unfinished setup is closed (rule
+/// `session.setup.limits`). Dropping the listener stops accepting; sessions
+/// already established carry on.
+pub struct Listener {
+    local_addr: std::net::SocketAddr,
+    builder: SessionBuilder,
+    outcomes: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<Session, SessionError>>>,
+    dropped_failures: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<PendingSetups>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Turns an accepted TCP connection into a link (length-prefixed TCP, TLS,
+/// WebSocket); run inside the link's setup, under its deadlines.
+type Upgrade = Arc<
+    dyn Fn(
+            tokio::net::TcpStream,
+            LinkConfig,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, SessionError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+async fn accept_loop(
+    tcp: tokio::net::TcpListener,
+    builder: SessionBuilder,
+    upgrade: Upgrade,
+    outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
+    dropped_failures: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<PendingSetups>,
+) {
+    loop {
+        // rule: session.setup.limits — accept first, always: room for the
+        // new setup is made by closing the oldest one, never by waiting.
+        let (stream, peer) = match tcp.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Per-connection accept errors (the peer reset before we
+                // took it, descriptor limits) do not end the listener.
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let link = upgrade(stream, builder.config.link.clone());
+        let link = async move {
+            let mut link = link.await?;
+            link.rx.set_peer_addr(peer);
+            Ok(link)
+        };
+        let (guard, cancelled) = pending.admit(builder.config.setup.max_pending_setups);
+        let builder = builder.clone();
+        let outcomes = outcomes.clone();
+        let dropped_failures = dropped_failures.clone();
+        tokio::spawn(async move {
+            let outcome = builder.accept_setup(link, cancelled).await;
+            drop(guard);
+            match outcome {
+                Ok(Accepted::New(session)) => {
+                    let _ = outcomes.send(Ok(session)).await;
+                }
+                Ok(Accepted::Resumed) => tracing::debug!(%peer, "link resumed a stable conduit"),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "inbound link did not become a session");
+                    // Failures never wait for room: a full backlog must not
+                    // hold a setup task. One that does not fit is counted
+                    // (`Listener::dropped_failures`) after being logged above.
+                    if outcomes.try_send(Err(e)).is_err() {
+                        dropped_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.local_addr)
+    }
+
+    /// The next new session. Links that fail their setup are logged and
+    /// skipped, so `while let Ok(s) = listener.accept().await` keeps
+    /// serving after a bad client; an error means the listener stopped.
+    pub async fn accept(&self) -> Result<Session, SessionError> {
+        loop {
+            match self.accept_attempt().await {
+                Ok(s) => return Ok(s),
+                Err(SessionError::Closed(reason)) => return Err(SessionError::Closed(reason)),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// The next outcome of an inbound link: a new session, or why a link did
+    /// not become one (for tests and diagnostics). At most
+    /// `LISTENER_BACKLOG` (16) failures are held; older ones are dropped.
+    pub async fn accept_attempt(&self) -> Result<Session, SessionError> {
+        match self.outcomes.lock().await.recv().await {
+            Some(outcome) => outcome,
+            None => Err(SessionError::Closed(crate::session::CloseReason::LinkError("the listener stopped".into()))),
+        }
+    }
+
+    /// Per-link failures that were logged but not kept for
+    /// [`accept_attempt`](Self::accept_attempt) because its backlog was full.
+    pub fn dropped_failures(&self) -> u64 {
+        self.dropped_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The builder used for accepted sessions.
+    pub fn builder(&self) -> &SessionBuilder {
+        &self.builder
+    }
+
+    /// Inbound links whose prologue and handshake are still in progress
+    /// (at most [`SetupLimits::max_pending_setups`]).
+    pub fn pending_setups(&self) -> usize {
+        *self.pending.count.borrow()
+    }
+
+    /// Waits until at most `n` setups are in progress: each one counts until
+    /// its task is done with it (it became a session, failed, timed out, or
+    /// was closed to make room).
+    pub async fn pending_setups_at_most(&self, n: usize) {
+        let mut count = self.pending.count.subscribe();
+        // The sender lives as long as `self`.
+        let _ = count.wait_for(|c| *c <= n).await;
+    }
+
+    /// Unfinished setups closed so far to make room for newer links, because
+    /// [`SetupLimits::max_pending_setups`] were in progress (rule
+    /// `session.setup.limits`).
+    pub fn evicted_setups(&self) -> u64 {
+        self.pending.evicted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,81 @@
+//! Turning a conduit whose handshake is done into a running session: the
+//! root connection, the mailbox, the run loop's task and the handles given
+//! to the application. Both sides, and every transport, end here.
+
+use super::{Session, SessionBuilder, Shared};
+use crate::driver::ConnectionCore;
+use crate::plumbing::ops::SessionOps;
+use crate::session::control::mailbox;
+use crate::session::handle::{Caller, ConnectionHandle, CoreRef, LiveToken, RootSlot, SessionHandle};
+use crate::session::phase::SessionPhase;
+use crate::session::resume::NewConduit;
+use crate::session::run::{Attachment, Resume, ResumeSide, RunLoop};
+use crate::session::table::ConnTable;
+use crate::wire::ConnectionId;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+impl SessionBuilder {
+    pub(super) fn start(self, conduit: NewConduit, resume: Option<Resume>) -> Session {
+        let config = Arc::new(self.config);
+        let negotiated = conduit.negotiated.clone();
+        let peer_addr = conduit.rx.peer_addr();
+        let peer_identity = conduit.rx.peer_identity();
+        let link = Attachment::start(conduit, config.outbound_capacity);
+        let (mailbox_tx, mailbox_rx) = mailbox(config.mailbox_capacity);
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let (generation_tx, generation_rx) = watch::channel(1);
+        let ops = config.operations.clone().map(|c| Arc::new(SessionOps::new(c)));
+        let root_core = ConnectionCore::new(
+            ConnectionId::ROOT,
+            negotiated.local_parity,
+            negotiated.local_root.clone(),
+            negotiated.peer_root.clone(),
+            link.outbound.clone(),
+            self.root_handler,
+            config.channel_limits(),
+            ops.clone(),
+        );
+        root_core.set_peer_addr(peer_addr);
+        root_core.set_peer_identity(peer_identity);
+        tokio::spawn(root_core.clone().run_flush());
+        let budgets = crate::session::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
+        let mut phase = SessionPhase::Handshaking;
+        if let Err(e) = phase.on_established() {
+            tracing::error!(error = %e, "fresh session not in Handshaking");
+        }
+        if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &resume {
+            registry.insert(key.clone(), mailbox_tx.clone(), negotiated.local_parity.opposite());
+        }
+        let root_slot = RootSlot::new(root_core.clone());
+        let run = RunLoop {
+            phase,
+            table: ConnTable::new(negotiated.local_parity, 1024),
+            root: root_core,
+            root_slot: root_slot.clone(),
+            root_released: false,
+            mailbox: mailbox_rx,
+            mailbox_tx: mailbox_tx.clone(),
+            link,
+            config,
+            shared: Arc::new(Shared { acceptor: self.acceptor }),
+            closed_tx,
+            generation_tx,
+            ops,
+            resume,
+            ping_nonce: 0,
+            budgets,
+            draining: None,
+        };
+        tokio::spawn(run.run());
+        let handle = SessionHandle {
+            mailbox: mailbox_tx.clone(),
+            closed: closed_rx,
+            generation: generation_rx,
+            op_ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        let caller = Caller::new(CoreRef::Root(root_slot), LiveToken::new(mailbox_tx, ConnectionId::ROOT))
+            .in_session(handle.clone());
+        Session { handle, root: ConnectionHandle { id: ConnectionId::ROOT, caller }, negotiated }
+    }
+}

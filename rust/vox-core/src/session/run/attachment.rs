@@ -1,0 +1,44 @@
+//! What the loop owns of the conduit it is attached to. Kept in one value
+//! so that losing the conduit drops all of it at once: nothing queued for
+//! an old attachment can reach a new conduit.
+
+use crate::conduit::ConduitRx;
+use crate::plumbing::outbound::{Finish, Outbound, spawn_writer};
+use crate::session::resume::NewConduit;
+use crate::wire::Message;
+use std::collections::VecDeque;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The loop's part of one attachment. When the attachment ends, all of it
+/// is dropped together (the writer aborted), so nothing queued for an old
+/// attachment can reach a new conduit.
+pub(crate) struct Attachment {
+    pub(crate) outbound: Outbound,
+    /// `None` while resuming.
+    pub(crate) writer: Option<JoinHandle<Result<(), String>>>,
+    pub(crate) finish: Option<oneshot::Sender<Finish>>,
+    pub(crate) conduit: Option<ConduitRx>,
+    pub(crate) owed: VecDeque<Message>,
+    pub(crate) ping_outstanding: Option<(u64, Instant)>,
+}
+
+impl Attachment {
+    pub(crate) fn start(conduit: NewConduit, capacity: usize) -> Attachment {
+        let (finish_tx, finish_rx) = oneshot::channel();
+        let (outbound, writer) = spawn_writer(conduit.tx, capacity, finish_rx);
+        Attachment {
+            outbound,
+            writer: Some(writer),
+            finish: Some(finish_tx),
+            conduit: Some(conduit.rx),
+            owed: VecDeque::new(),
+            ping_outstanding: None,
+        }
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        self.writer.is_some()
+    }
+}

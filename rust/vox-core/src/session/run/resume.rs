@@ -1,0 +1,141 @@
+//! Losing the conduit and binding a replacement (rule `session.resume`):
+//! what a resumable session keeps across the break, what fails with the old
+//! attachment, and the redial (initiator) or the listener's hand-over
+//! (acceptor) that ends the wait.
+
+use super::{Attachment, Event, RunLoop};
+use crate::plumbing::loss::LossCause;
+use crate::session::SessionError;
+use crate::session::phase::CloseReason;
+use crate::session::resume::{NewConduit, Redialer, SessionRegistry, redial};
+use crate::session::table::Entry;
+use crate::wire::ResumeKey;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How a resumable session gets its next conduit.
+pub(crate) struct Resume {
+    pub(crate) key: ResumeKey,
+    pub(crate) side: ResumeSide,
+    /// When `Resuming` gives up.
+    pub(crate) deadline: Option<Instant>,
+}
+
+pub(crate) enum ResumeSide {
+    /// We redial; the attempt's result arrives here.
+    Initiator { redialer: Redialer, pending: Option<oneshot::Receiver<Result<NewConduit, String>>> },
+    /// The listener routes a resuming `Hello` to us (`ControlMsg::Reattach`).
+    Acceptor { registry: SessionRegistry },
+}
+
+/// While resuming: the redial's result (initiator) or the recovery deadline.
+pub(super) async fn resume_event(r: &mut Option<Resume>) -> Event {
+    let Some(Resume { deadline: Some(deadline), side, .. }) = r else { return std::future::pending().await };
+    let deadline = *deadline;
+    let redialed = async {
+        match side {
+            ResumeSide::Initiator { pending: Some(p), .. } => match p.await {
+                Ok(r) => r,
+                Err(_) => Err("the redial task ended without a result".into()),
+            },
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = redialed => Event::Redialed(r),
+        _ = tokio::time::sleep_until(deadline) => Event::RecoveryTimeout,
+    }
+}
+
+impl RunLoop {
+    /// The conduit is gone. A resumable session keeps its session-scoped
+    /// state (connection namespace, operation table, handles) and waits for
+    /// a replacement; what was in flight on the lost attachment fails (rule
+    /// `session.resume`). Otherwise `Err` says why the session ends.
+    pub(super) fn detach(&mut self, reason: CloseReason) -> Result<(), CloseReason> {
+        let Some(resume) = self.resume.as_mut() else { return Err(reason) };
+        let lost = match self.phase.on_attachment_lost() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "conduit loss outside Established");
+                return Err(reason);
+            }
+        };
+        tracing::info!(%reason, generation = lost, "session conduit lost; resuming");
+        // Pending calls fail retryably, handlers are stopped (or, for
+        // operations, handed to the table), channels report the break (rule
+        // `retry.channel.disconnect.closes`).
+        self.root.on_lost(LossCause::ConnectionClosed);
+        // Virtual connections end with the attachment: whether an open, an
+        // accept or a close crossed the break is unknowable, so neither side
+        // keeps any (the id namespace is kept: ids are never reused).
+        for entry in self.table.drain() {
+            match entry {
+                Entry::Open { core } => core.on_lost(LossCause::ConnectionClosed),
+                Entry::PendingOutbound { reply, .. } => {
+                    let _ = reply.send(Err(SessionError::Resuming));
+                }
+            }
+        }
+        if let Some(w) = self.link.writer.take() {
+            w.abort();
+        }
+        self.link.finish = None;
+        self.link.conduit = None;
+        self.link.owed.clear();
+        self.link.ping_outstanding = None;
+        // One deadline for both: the loop gives up when the redial does.
+        let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
+        resume.deadline = Some(deadline);
+        if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
+            let (tx, rx) = oneshot::channel();
+            let redialer = redialer.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(redial(redialer, deadline).await);
+            });
+            *pending = Some(rx);
+        }
+        Ok(())
+    }
+
+    /// Binds `conduit` as the next attachment. A resume that arrives while
+    /// we still think the old attachment is alive first detaches it: the
+    /// peer has given it up (rule `session.resume`).
+    pub(super) fn reattach(&mut self, conduit: NewConduit) {
+        if self.phase.is_established() {
+            if let Err(reason) = self.detach(CloseReason::LinkError("replaced by a resumed conduit".into())) {
+                tracing::debug!(%reason, "reattach to a session that cannot resume");
+                return;
+            }
+        }
+        if self.root.local_parity != conduit.negotiated.local_parity {
+            tracing::warn!("resuming conduit negotiated another parity; dropped");
+            return;
+        }
+        let generation = match self.phase.on_reattached() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "reattach outside Resuming; conduit dropped");
+                return;
+            }
+        };
+        let negotiated = conduit.negotiated.clone();
+        let peer_addr = conduit.rx.peer_addr();
+        let peer_identity = conduit.rx.peer_identity();
+        self.link = Attachment::start(conduit, self.config.outbound_capacity);
+        let root = self.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
+        root.set_peer_addr(peer_addr);
+        root.set_peer_identity(peer_identity);
+        tokio::spawn(root.clone().run_flush());
+        self.root_slot.set(root.clone());
+        self.root = root;
+        if let Some(resume) = self.resume.as_mut() {
+            resume.deadline = None;
+            if let ResumeSide::Initiator { pending, .. } = &mut resume.side {
+                *pending = None;
+            }
+        }
+        tracing::info!(generation, "session resumed on a new conduit");
+        let _ = self.generation_tx.send(generation);
+    }
+}
