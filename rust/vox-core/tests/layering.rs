@@ -4,7 +4,8 @@
 //! This reads the sources, not the compiled crate: every `crate::<module>`
 //! path and every `super::` chain that leaves its top-level module, outside
 //! comments and string literals, is an import of that module. A path into a
-//! higher layer fails the test, naming the file, the line and the rule.
+//! higher layer fails the test, naming the file, the line and the rule. It
+//! also bounds the length of every source file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -276,6 +277,25 @@ fn layering_no_cycle_between_top_level_modules() {
         .filter_map(|((a, b), at)| edges.get(&(b.clone(), a.clone())).map(|back| format!("{a} <-> {b} ({at}, {back})")))
         .collect();
     assert!(cycles.is_empty(), "import cycles between top-level modules: {cycles:?}");
+}
+
+/// Files stay small enough to read in one sitting (issue 17): a file that
+/// grows past the limit is split by concern into a folder.
+const MAX_FILE_LINES: usize = 600;
+
+#[test]
+fn layering_no_source_file_longer_than_600_lines() {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path).expect("read source").lines().count();
+            (lines > MAX_FILE_LINES)
+                .then(|| format!("{} ({lines} lines)", path.strip_prefix(src_dir()).unwrap().display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "source files over {MAX_FILE_LINES} lines (split them by concern): {long:?}");
 }
 
 /// The check itself: an upward path, a `super::` chain out of the module, and
