@@ -21,7 +21,7 @@ pub(crate) mod liveness;
 
 pub use crate::plumbing::loss::{Fault, LossCause};
 pub use crate::plumbing::operations::MethodPolicy;
-pub use channel::ChannelStats;
+pub use channel::{ChannelStats, Violation as ChannelViolation, ViolationKind as ChannelViolationKind};
 pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;
 pub use core::{ConnectionCore, CoreStats, Violation};

@@ -32,7 +32,7 @@ pub use builder::{
     SessionConfig,
 };
 pub use handle::{Caller, ConnectionHandle, RawResponse, RetryPolicy, SessionHandle};
-pub use handshake::{HandshakeError, SetupLimits};
+pub use handshake::{HandshakeError, Negotiated, SetupLimits};
 pub use phase::CloseReason;
 #[cfg(feature = "test-util")]
 pub use phase::{ConnState, PhaseError, SessionPhase};
