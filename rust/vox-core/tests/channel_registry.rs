@@ -585,7 +585,7 @@ fn connection_loss_closes_everything_and_wakes_waiters() {
     let mut out = Vec::new();
     assert!(registry.poll_outbound(&mut Context::from_waker(&driver_waker), &mut out).is_pending());
 
-    let cause = LossCause::ProtocolError("bad".to_owned());
+    let cause = LossCause::ProtocolError { fault: vox_core::driver::Fault::Peer, description: "bad".to_owned() };
     registry.on_connection_lost(cause.clone());
     assert_eq!((wakes(&sender_wakes), wakes(&receiver_wakes), wakes(&driver_wakes)), (1, 1, 1));
     let stats = registry.stats();

@@ -923,8 +923,8 @@ async fn rpc_flow_control_credit_item_beyond_credit_is_protocol_error_without_st
     assert!(before.is_empty(), "{before:?}");
     assert_local_protocol_error(&client).await;
     // Every pending call and live channel handle reports the protocol error.
-    assert!(matches!(within(call).await.unwrap(), Err(CallError::ProtocolError(_))));
-    assert!(matches!(rx.recv().await, Err(ChannelError::ProtocolError(_))));
+    assert!(matches!(within(call).await.unwrap(), Err(CallError::ProtocolError { fault: Fault::Peer, .. })));
+    assert!(matches!(rx.recv().await, Err(ChannelError::ProtocolError { fault: Fault::Peer, .. })));
 }
 
 #[tokio::test]
@@ -1194,7 +1194,7 @@ fn rpc_call_error_is_retryable_only_for_errors_before_any_effect() {
         CallError::Cancelled,
         CallError::Indeterminate,
         CallError::HandlerFailed("panic".into()),
-        CallError::ProtocolError("x".into()),
+        CallError::ProtocolError { fault: Fault::Peer, description: "x".into() },
         CallError::InvalidResponse("x".into()),
     ];
     for e in &final_errors {
@@ -1210,7 +1210,7 @@ fn call_error_fault_says_who_caused_it() {
         CallError::InvalidPayload("x".into()),
         CallError::HandlerFailed("panic".into()),
         CallError::Rejected("conflict".into()),
-        CallError::ProtocolError("x".into()),
+        CallError::ProtocolError { fault: Fault::Peer, description: "x".into() },
         CallError::InvalidResponse("x".into()),
     ];
     let local = [

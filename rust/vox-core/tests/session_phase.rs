@@ -2,6 +2,7 @@
 //! in every phase, the generation count across resumes, and what pending
 //! work observes when the session ends.
 
+use vox_core::driver::Fault;
 use vox_core::driver::channel::LossCause;
 use vox_core::session::{CloseReason, PhaseError, SessionPhase};
 
@@ -110,12 +111,12 @@ fn session_close_reason_loss_cause_and_text() {
         ),
         (
             CloseReason::LocalProtocolError("bad".into()),
-            LossCause::ProtocolError("bad".into()),
+            LossCause::ProtocolError { fault: Fault::Peer, description: "bad".into() },
             "peer violated the protocol: bad",
         ),
         (
             CloseReason::PeerProtocolError("odd".into()),
-            LossCause::ProtocolError("odd".into()),
+            LossCause::ProtocolError { fault: Fault::Local, description: "odd".into() },
             "peer reported a protocol error: odd",
         ),
     ];

@@ -9,7 +9,7 @@ use common::raw_peer::*;
 use common::testbed::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vox_core::driver::{Call, CallError, ChannelError, channel};
+use vox_core::driver::{Call, CallError, ChannelError, Fault, channel};
 use vox_core::session::{
     AcceptDecision, CloseReason, ConnectionHandle, ConnectionRequest, Session, SessionBuilder, SessionError,
 };
@@ -149,12 +149,16 @@ async fn session_protocol_error_violation_tears_down_and_fails_pending_calls() {
     assert!(d.contains("connection.root"), "{d}");
     for call in [within("echo", echo).await.unwrap().map(|_| ()), within("generate", generate).await.unwrap()] {
         match call {
-            Err(CallError::ProtocolError(e)) => assert!(e.contains("connection.root"), "{e}"),
+            Err(CallError::ProtocolError { fault: Fault::Peer, description: e }) => {
+                assert!(e.contains("connection.root"), "{e}")
+            }
             other => panic!("pending call must fail with ProtocolError, got {other:?}"),
         }
     }
     match within("channel", rx.recv()).await {
-        Err(ChannelError::ProtocolError(e)) => assert!(e.contains("connection.root"), "{e}"),
+        Err(ChannelError::ProtocolError { fault: Fault::Peer, description: e }) => {
+            assert!(e.contains("connection.root"), "{e}")
+        }
         other => panic!("live channel must report the protocol error, got {other:?}"),
     }
     assert_local_protocol_error(&client, "connection.root").await;
@@ -169,7 +173,10 @@ async fn session_protocol_error_from_peer_ends_session_with_peer_text() {
     let text = "raw peer says: you broke rule X";
     raw.send(0, Payload::ProtocolError { description: text.into() }).await;
     assert_eq!(within("closed", client.handle.closed()).await, CloseReason::PeerProtocolError(text.into()));
-    assert_eq!(within("echo", echo).await.unwrap(), Err(CallError::ProtocolError(text.into())));
+    assert_eq!(
+        within("echo", echo).await.unwrap(),
+        Err(CallError::ProtocolError { fault: Fault::Local, description: text.into() })
+    );
     // The link is closed: the raw side reaches end of stream.
     while let Some(m) = raw.recv().await {
         assert!(!matches!(m.payload, Payload::Request { .. }), "nothing new after the teardown: {m:?}");

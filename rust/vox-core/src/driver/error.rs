@@ -45,8 +45,13 @@ pub enum CallError {
     #[error("request could not be sent: {0}")]
     SendFailed(String),
     /// A protocol violation ended the session.
-    #[error("protocol error: {0}")]
-    ProtocolError(String),
+    #[error("protocol error ({}): {description}", crate::plumbing::loss::blame(*fault))]
+    ProtocolError {
+        /// Who broke the rule (see [`LossCause::ProtocolError`]).
+        fault: Fault,
+        /// The violation.
+        description: String,
+    },
     /// The local side could not decode the response.
     #[error("cannot decode the response: {0}")]
     InvalidResponse(String),
@@ -63,8 +68,8 @@ impl CallError {
             | CallError::InvalidPayload(_)
             | CallError::HandlerFailed(_)
             | CallError::Rejected(_)
-            | CallError::ProtocolError(_)
             | CallError::InvalidResponse(_) => Fault::Peer,
+            CallError::ProtocolError { fault, .. } => *fault,
             CallError::Cancelled
             | CallError::DeadlineExceeded
             | CallError::SessionShutdown
@@ -90,7 +95,7 @@ impl From<LossCause> for CallError {
         match c {
             LossCause::ConnectionClosed => CallError::ConnectionClosed,
             LossCause::SessionShutdown => CallError::SessionShutdown,
-            LossCause::ProtocolError(d) => CallError::ProtocolError(d),
+            LossCause::ProtocolError { fault, description } => CallError::ProtocolError { fault, description },
         }
     }
 }
@@ -112,7 +117,7 @@ mod tests {
             CallError::Indeterminate,
             CallError::Rejected(String::new()),
             CallError::DeadlineExceeded,
-            CallError::ProtocolError(String::new()),
+            CallError::ProtocolError { fault: Fault::Peer, description: String::new() },
         ] {
             assert!(!e.is_retryable(), "{e:?}");
         }

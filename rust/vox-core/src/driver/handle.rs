@@ -44,8 +44,13 @@ pub enum ChannelError {
     #[error("session shut down")]
     SessionShutdown,
     /// A protocol violation ended the session.
-    #[error("protocol error: {0}")]
-    ProtocolError(String),
+    #[error("protocol error ({}): {description}", crate::plumbing::loss::blame(*fault))]
+    ProtocolError {
+        /// Who broke the rule (see [`LossCause::ProtocolError`]).
+        fault: crate::plumbing::loss::Fault,
+        /// The violation.
+        description: String,
+    },
     /// The call that would have announced the channel failed before sending.
     #[error("the channel was never announced: {0}")]
     NotAnnounced(String),
@@ -59,7 +64,7 @@ impl From<LossCause> for ChannelError {
         match c {
             LossCause::ConnectionClosed => ChannelError::ConnectionClosed,
             LossCause::SessionShutdown => ChannelError::SessionShutdown,
-            LossCause::ProtocolError(d) => ChannelError::ProtocolError(d),
+            LossCause::ProtocolError { fault, description } => ChannelError::ProtocolError { fault, description },
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::driver::ConnectionCore;
 use crate::driver::channel::{ChannelLimits, LossCause};
 use crate::driver::core::Inbound;
 use crate::driver::handler::Call;
+use crate::plumbing::loss::Fault;
 use crate::plumbing::outbound::{self, Outbound};
 use crate::wire::{
     Blob, ChannelDirection, ConnectionId, ConnectionSettings, Message, Metadata, MethodId, Parity, Payload, RequestId,
@@ -27,11 +28,14 @@ fn liveness_admits_until_the_end_then_reports_its_first_cause() {
     assert_eq!(gate.admit(), Ok(()));
     assert!(!gate.is_lost());
     assert_eq!(gate.cause(), None);
-    assert!(gate.end(LossCause::ProtocolError("first".into())), "the first end makes the transition");
+    assert!(
+        gate.end(LossCause::ProtocolError { fault: Fault::Peer, description: "first".into() }),
+        "the first end makes the transition"
+    );
     assert!(!gate.end(LossCause::SessionShutdown), "a second end is a no-op");
-    assert_eq!(gate.admit(), Err(LossCause::ProtocolError("first".into())));
+    assert_eq!(gate.admit(), Err(LossCause::ProtocolError { fault: Fault::Peer, description: "first".into() }));
     assert!(gate.is_lost());
-    assert_eq!(gate.cause(), Some(&LossCause::ProtocolError("first".into())));
+    assert_eq!(gate.cause(), Some(&LossCause::ProtocolError { fault: Fault::Peer, description: "first".into() }));
 }
 
 const CONN: ConnectionId = ConnectionId(3);

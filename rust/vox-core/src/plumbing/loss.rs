@@ -25,9 +25,16 @@ pub enum LossCause {
     #[error("session shut down")]
     SessionShutdown,
     /// One side violated the protocol; the session was torn down
-    /// ([session.protocol-error]).
-    #[error("protocol error: {0}")]
-    ProtocolError(String),
+    /// ([session.protocol-error]). `fault` says which: [`Fault::Peer`] when
+    /// we caught the peer breaking a rule (and sent `ProtocolError`),
+    /// [`Fault::Local`] when the peer reported that we broke one.
+    #[error("protocol error ({}): {description}", blame(*fault))]
+    ProtocolError {
+        /// Who broke the rule.
+        fault: Fault,
+        /// The violation, as detected or as the peer described it.
+        description: String,
+    },
 }
 
 impl LossCause {
@@ -36,7 +43,16 @@ impl LossCause {
         match self {
             LossCause::ConnectionClosed => Fault::Environment,
             LossCause::SessionShutdown => Fault::Local,
-            LossCause::ProtocolError(_) => Fault::Peer,
+            LossCause::ProtocolError { fault, .. } => *fault,
         }
+    }
+}
+
+/// Who broke the protocol, in words for error texts.
+pub(crate) fn blame(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Peer => "the peer broke a rule",
+        Fault::Local => "the peer reports that we broke a rule",
+        Fault::Environment => "a link fault",
     }
 }

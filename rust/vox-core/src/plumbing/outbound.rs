@@ -100,13 +100,26 @@ pub struct Finish {
     pub linger: Duration,
 }
 
+/// Why the writer task ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// Writing to the conduit failed (the link broke, or a message did not
+    /// encode): the environment's fault, or a local bug for an encode error.
+    #[error(transparent)]
+    Conduit(#[from] crate::conduit::ConduitError),
+    /// After the end was decided, the peer did not take the last messages
+    /// within the linger.
+    #[error("the peer did not read the last messages within {0:?}")]
+    LingerExpired(Duration),
+}
+
 /// Starts the writer task. It returns when the link fails or after
 /// `finish` is received and handled; the `Result` tells the run loop why.
 pub fn spawn_writer(
     conduit: ConduitTx,
     capacity: usize,
     finish: oneshot::Receiver<Finish>,
-) -> (Outbound, tokio::task::JoinHandle<Result<(), String>>) {
+) -> (Outbound, tokio::task::JoinHandle<Result<(), WriterError>>) {
     let capacity = capacity.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     let outbound = Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity }) };
@@ -131,7 +144,11 @@ const MAX_YIELDS: usize = 1;
 /// the writer yields so that the ones runnable right now can add to this
 /// batch before it pays for a write, for as long as each yield brings more.
 /// A lone message (request/response traffic) is written at once.
-async fn write_batch(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>, first: Message) -> Result<(), String> {
+async fn write_batch(
+    out: &mut ConduitWriter,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> Result<(), WriterError> {
     push(out, first).await?;
     gather(out, rx).await?;
     let mut yields = 0;
@@ -144,11 +161,11 @@ async fn write_batch(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>, 
             break;
         }
     }
-    out.flush().await.map_err(|e| e.to_string())
+    Ok(out.flush().await?)
 }
 
 /// Moves what is already queued into the batch, while the batch wants more.
-async fn gather(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>) -> Result<(), String> {
+async fn gather(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriterError> {
     while out.wants_more() {
         let Ok(m) = rx.try_recv() else { break };
         push(out, m).await?;
@@ -156,18 +173,18 @@ async fn gather(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>) -> Re
     Ok(())
 }
 
-async fn push(out: &mut ConduitWriter, m: Message) -> Result<(), String> {
-    out.push(&ConduitMsg::Message(m)).await.map_err(|e| e.to_string())
+async fn push(out: &mut ConduitWriter, m: Message) -> Result<(), WriterError> {
+    Ok(out.push(&ConduitMsg::Message(m)).await?)
 }
 
 async fn writer(
     conduit: ConduitTx,
     mut rx: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Finish>,
-) -> Result<(), String> {
+) -> Result<(), WriterError> {
     // The writer owns the conduit from here on; on a stream link it writes
     // the frames itself, so a message takes one task hop to the socket.
-    let mut out = conduit.into_writer().await.map_err(|e| e.to_string())?;
+    let mut out = conduit.into_writer().await?;
     let how = loop {
         tokio::select! {
             biased;
@@ -181,7 +198,7 @@ async fn writer(
     };
     rx.close();
     let Some(how) = how else {
-        return out.close().await.map_err(|e| e.to_string());
+        return Ok(out.close().await?);
     };
     let linger = how.linger;
     let work = async move {
@@ -196,7 +213,7 @@ async fn writer(
                 Err(mpsc::error::TryRecvError::Empty) if how.drain => {
                     // Senders holding a place may still add: send what is
                     // batched while waiting for them.
-                    out.flush().await.map_err(|e| e.to_string())?;
+                    out.flush().await?;
                     match rx.recv().await {
                         Some(m) => push(&mut out, m).await?,
                         None => break,
@@ -205,22 +222,22 @@ async fn writer(
                 Err(_) => break,
             }
             if !out.wants_more() {
-                out.flush().await.map_err(|e| e.to_string())?;
+                out.flush().await?;
             }
         }
         if let Some(last) = how.last {
             push(&mut out, last).await?;
         }
         if how.drain {
-            out.close().await.map_err(|e| e.to_string())
+            Ok(out.close().await?)
         } else {
             // rule: session.protocol-error — never wait on the violator
             // (a stable conduit would otherwise wait for its acks).
-            out.abort().await.map_err(|e| e.to_string())
+            Ok(out.abort().await?)
         }
     };
     match tokio::time::timeout(linger, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("peer did not read the last messages within {linger:?}")),
+        Err(_) => Err(WriterError::LingerExpired(linger)),
     }
 }

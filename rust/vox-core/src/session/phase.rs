@@ -1,7 +1,7 @@
 //! Explicit state enums for the session phase and each connection, with
 //! guarded transitions: an illegal one is a [`PhaseError`] value.
 
-use crate::plumbing::loss::LossCause;
+use crate::plumbing::loss::{Fault, LossCause};
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +45,12 @@ impl CloseReason {
     pub fn loss_cause(&self) -> LossCause {
         match self {
             CloseReason::Shutdown | CloseReason::RootReleased => LossCause::SessionShutdown,
-            CloseReason::LocalProtocolError(d) | CloseReason::PeerProtocolError(d) => {
-                LossCause::ProtocolError(d.clone())
+            // We caught the peer: its fault. The peer caught us: ours.
+            CloseReason::LocalProtocolError(d) => {
+                LossCause::ProtocolError { fault: Fault::Peer, description: d.clone() }
+            }
+            CloseReason::PeerProtocolError(d) => {
+                LossCause::ProtocolError { fault: Fault::Local, description: d.clone() }
             }
             CloseReason::PeerClosed
             | CloseReason::LinkError(_)

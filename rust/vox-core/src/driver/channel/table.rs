@@ -200,7 +200,10 @@ fn events() -> Vec<(&'static str, Event)> {
             format!("[{}]", kinds.join(", "))
         }),
         ("connection lost", |r, _| {
-            r.on_connection_lost(LossCause::ProtocolError("test".to_owned()));
+            r.on_connection_lost(LossCause::ProtocolError {
+                fault: crate::plumbing::loss::Fault::Peer,
+                description: "test".to_owned(),
+            });
             "()".to_owned()
         }),
     ]

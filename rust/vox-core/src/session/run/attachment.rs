@@ -17,7 +17,7 @@ use tokio::time::Instant;
 pub(crate) struct Attachment {
     pub(crate) outbound: Outbound,
     /// `None` while resuming.
-    pub(crate) writer: Option<JoinHandle<Result<(), String>>>,
+    pub(crate) writer: Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
     pub(crate) finish: Option<oneshot::Sender<Finish>>,
     pub(crate) conduit: Option<ConduitRx>,
     pub(crate) owed: VecDeque<Message>,

@@ -76,7 +76,7 @@ pub(crate) struct RunLoop {
 }
 
 enum Event {
-    WriterEnded(Result<Result<(), String>, tokio::task::JoinError>),
+    WriterEnded(Result<Result<(), crate::plumbing::outbound::WriterError>, tokio::task::JoinError>),
     OwedSent,
     OutboundClosed,
     Control(Option<ControlMsg>),
@@ -96,8 +96,8 @@ enum Step {
 }
 
 async fn writer_end(
-    w: &mut Option<JoinHandle<Result<(), String>>>,
-) -> Result<Result<(), String>, tokio::task::JoinError> {
+    w: &mut Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
+) -> Result<Result<(), crate::plumbing::outbound::WriterError>, tokio::task::JoinError> {
     match w {
         Some(w) => w.await,
         None => std::future::pending().await,
@@ -162,7 +162,7 @@ impl RunLoop {
                 Event::WriterEnded(w) => {
                     let reason = match w {
                         Ok(Ok(())) => CloseReason::PeerClosed,
-                        Ok(Err(e)) => CloseReason::LinkError(e),
+                        Ok(Err(e)) => CloseReason::LinkError(e.to_string()),
                         Err(e) => CloseReason::LinkError(format!("writer task failed: {e}")),
                     };
                     // The finished handle must not be polled again.
