@@ -13,8 +13,8 @@
 //! hand-written in a small wrapper in front of the dispatcher.
 
 use serde::{Deserialize, Serialize};
-use vox_core::driver::{BoxFuture, Call, Handler, Rx, Tx};
 use vox_core::driver::MethodPolicy;
+use vox_core::driver::{BoxFuture, Call, Handler, Rx, Tx};
 use vox_core::wire::{self, Blob, MethodId, ResponseBody};
 
 /// The error of `divide`.
