@@ -16,5 +16,6 @@ pub mod error;
 pub mod peer;
 pub mod runner;
 pub mod subject;
+pub mod transport;
 
 pub use error::CaseError;
