@@ -15,6 +15,7 @@ mod rpc;
 mod session;
 mod stable;
 mod transport;
+mod transports;
 
 /// A running case.
 pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
@@ -80,6 +81,10 @@ pub static RESTRICTED: &[(&str, Kind, &str)] = &[
         "writes a raw 15 MiB length prefix and part of its body on the TCP stream",
     ),
     ("session_keepalive_half_sent_frame_closes_link", Kind::Tcp, "writes half a frame as raw TCP bytes"),
+    ("transport_tls_session_over_verified_tls", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_tls_subject_rejects_unverified_server", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_websocket_binary_messages", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
+    ("transport_websocket_text_message_is_link_error", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
 ];
 
 macro_rules! case {
@@ -120,6 +125,15 @@ pub static CASES: &[Case] = &[
         SubjectAccepts,
         ["session.parity", "session.handshake", "connection.open"]
     ),
+    // ---- TLS and WebSocket (one transport each, see RESTRICTED)
+    case!(
+        transports::transport_tls_session_over_verified_tls,
+        SubjectAccepts,
+        ["transport.tls", "session.handshake", "session.resume"]
+    ),
+    case!(transports::transport_tls_subject_rejects_unverified_server, SubjectCalls, ["transport.tls"]),
+    case!(transports::transport_websocket_binary_messages, SubjectAccepts, ["transport.websocket", "link.message"]),
+    case!(transports::transport_websocket_text_message_is_link_error, SubjectAccepts, ["transport.websocket"]),
     // ---- stable conduit and resume (subject accepts)
     case!(
         stable::conduit_stable_hello_issues_resume_key,
