@@ -13,6 +13,7 @@
 //! | `SPEC_TRANSPORT` | every mode: the transport of every link (see [`Transport`]). `tcp` (default, also when unset or empty): plain TCP. `tls` (rule `transport.tls`): TLS over TCP with the pair `SPEC_TLS_CERT`/`SPEC_TLS_KEY`; the dialing modes (`server`, `client`) trust `SPEC_TLS_CERT` as their only root and verify the name `localhost`, `listen` presents the pair. `ws` (rule `transport.websocket`): WebSocket; the dialing modes connect to `ws://PEER_ADDR/`, `listen` accepts an upgrade on any path. Redials (stable conduit, session resume) use the same transport. |
 //! | `SPEC_TLS_CERT` | with `SPEC_TRANSPORT=tls`: path of a PEM certificate (the first one in the file is used). |
 //! | `SPEC_TLS_KEY` | with `SPEC_TRANSPORT=tls`: path of its PEM private key (mode `listen`). |
+//! | `SPEC_TLS_CLIENT_AUTH` | with `SPEC_TRANSPORT=tls`, mode `listen`: `1` requires mutual TLS, a client certificate verified against `SPEC_TLS_CERT` as the only root (its identity reaches handlers: Testbed `peer_names`); unset or `0`: no client certificate asked for. |
 //!
 //! The subject accepts at most [`MAX_CONNECTIONS`] virtual connections at
 //! once; further `OpenConnection`s are rejected. An `OpenConnection` whose
@@ -125,6 +126,9 @@ pub enum Transport {
         cert: String,
         /// `SPEC_TLS_KEY` (only the listening mode needs it).
         key: Option<String>,
+        /// `SPEC_TLS_CLIENT_AUTH=1`: the listening mode requires a client
+        /// certificate verified against `cert`.
+        client_auth: bool,
     },
     /// WebSocket.
     Ws,
@@ -141,6 +145,11 @@ impl Transport {
                 cert: std::env::var("SPEC_TLS_CERT")
                     .map_err(|_| SubjectError::Config("SPEC_TRANSPORT=tls needs SPEC_TLS_CERT".into()))?,
                 key: std::env::var("SPEC_TLS_KEY").ok(),
+                client_auth: match std::env::var("SPEC_TLS_CLIENT_AUTH").as_deref() {
+                    Err(_) | Ok("0") => false,
+                    Ok("1") => true,
+                    Ok(other) => return Err(SubjectError::Config(format!("SPEC_TLS_CLIENT_AUTH={other:?} (0 or 1)"))),
+                },
             }),
             other => Err(SubjectError::Config(format!("SPEC_TRANSPORT={other:?} (tcp, tls or ws)"))),
         }
@@ -165,13 +174,25 @@ impl Transport {
     pub async fn listen(&self, builder: SessionBuilder, addr: &str) -> Result<Listener, SubjectError> {
         Ok(match self {
             Transport::Tcp => builder.listen(addr).await?,
-            Transport::Tls { cert, key } => {
+            Transport::Tls { cert, key, client_auth } => {
+                let verifier = if *client_auth {
+                    let mut roots = RootCertStore::empty();
+                    roots
+                        .add(read_cert(cert)?)
+                        .map_err(|e| SubjectError::Config(format!("SPEC_TLS_CERT={cert}: {e}")))?;
+                    Some(
+                        vox_core::link::tls::client_verifier(roots)
+                            .map_err(|e| SubjectError::Config(format!("TLS client verifier: {e}")))?,
+                    )
+                } else {
+                    None
+                };
                 let key = key
                     .as_deref()
                     .ok_or_else(|| SubjectError::Config("SPEC_TRANSPORT=tls needs SPEC_TLS_KEY to listen".into()))?;
                 let key = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| SubjectError::Config(format!("SPEC_TLS_KEY={key}: {e}")))?;
-                let tls = vox_core::link::tls::server_config(vec![read_cert(cert)?], key, None)
+                let tls = vox_core::link::tls::server_config(vec![read_cert(cert)?], key, verifier)
                     .map_err(|e| SubjectError::Config(format!("TLS server config: {e}")))?;
                 builder.listen_tls(addr, tls).await?
             }
