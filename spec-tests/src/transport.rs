@@ -92,6 +92,9 @@ pub struct TlsMaterial {
     pub cert: CertificateDer<'static>,
     /// Client config trusting only the certificate.
     pub client: Arc<ClientConfig>,
+    /// Like `client`, presenting the same certificate as the client's
+    /// (mutual TLS).
+    pub client_auth: Arc<ClientConfig>,
     /// Server config presenting the certificate.
     pub server: Arc<ServerConfig>,
 }
@@ -110,15 +113,25 @@ pub fn self_signed(names: &[&str]) -> Result<(CertificateDer<'static>, String, r
     Ok((cert.der().clone(), cert.pem(), key))
 }
 
-/// A client config whose only root is `root`.
-pub fn client_config(root: CertificateDer<'static>) -> Result<Arc<ClientConfig>, String> {
+/// A client config whose only root is `root`, presenting `cert` with its
+/// key (mutual TLS) if given.
+pub fn client_config(
+    root: CertificateDer<'static>,
+    cert: Option<(CertificateDer<'static>, &rcgen::KeyPair)>,
+) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     roots.add(root).map_err(|e| format!("adding the root: {e}"))?;
-    let config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some((cert, key)) => {
+            let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+            builder.with_client_auth_cert(vec![cert], key).map_err(|e| format!("client certificate: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -147,7 +160,8 @@ impl TlsMaterial {
             dir,
             cert_path,
             key_path,
-            client: client_config(cert.clone())?,
+            client: client_config(cert.clone(), None)?,
+            client_auth: client_config(cert.clone(), Some((cert.clone(), &key)))?,
             server: server_config(cert.clone(), &key)?,
             cert,
         })

@@ -83,6 +83,7 @@ pub static RESTRICTED: &[(&str, Kind, &str)] = &[
     ("session_keepalive_half_sent_frame_closes_link", Kind::Tcp, "writes half a frame as raw TCP bytes"),
     ("transport_tls_session_over_verified_tls", Kind::Tls, "checks TLS itself (rule transport.tls)"),
     ("transport_tls_subject_rejects_unverified_server", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_tls_mutual_identity_reaches_handler", Kind::Tls, "checks TLS itself (rule transport.tls)"),
     ("transport_websocket_binary_messages", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
     ("transport_websocket_text_message_is_link_error", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
 ];
@@ -132,6 +133,7 @@ pub static CASES: &[Case] = &[
         ["transport.tls", "session.handshake", "session.resume"]
     ),
     case!(transports::transport_tls_subject_rejects_unverified_server, SubjectCalls, ["transport.tls"]),
+    case!(transports::transport_tls_mutual_identity_reaches_handler, SubjectAccepts, ["transport.tls"]),
     case!(transports::transport_websocket_binary_messages, SubjectAccepts, ["transport.websocket", "link.message"]),
     case!(transports::transport_websocket_text_message_is_link_error, SubjectAccepts, ["transport.websocket"]),
     // ---- stable conduit and resume (subject accepts)

@@ -131,6 +131,44 @@ pub async fn transport_tls_session_over_verified_tls(cmd: SubjectCmd) -> CaseRes
     running.conclude_alive(result).await
 }
 
+/// The subject listens over TLS requiring a client certificate verified
+/// against the run's certificate (`SPEC_TLS_CLIENT_AUTH=1`): a harness
+/// presenting the run's pair gets a session whose handler sees the verified
+/// identity (Testbed `peer_names` answers the certificate's DNS names); a
+/// second link without a client certificate never gets a transport accept
+/// and leaves the session alone.
+pub async fn transport_tls_mutual_identity_reaches_handler(cmd: SubjectCmd) -> CaseResult {
+    let material = tls()?;
+    let (running, addr) = subject::listen_with(&cmd, &[("SPEC_TLS_CLIENT_AUTH", "1")]).await?;
+    let result = async {
+        let mut peer = Peer::new(tls_dial(addr, material.client_auth.clone()).await?);
+        peer.initiate_session(Parity::Odd).await?;
+        peer.send(0, request(1, "peer_names", &(), vec![])).await?;
+        let names: Option<Vec<String>> = ok_value(&peer.response(0, 1).await?)?;
+        ensure!(
+            names.as_deref() == Some(&[transport::TLS_SERVER_NAME.to_string()][..]),
+            "transport.tls: the handler saw the peer identity {names:?}, expected the client certificate's names [{:?}]",
+            transport::TLS_SERVER_NAME
+        );
+        // No client certificate: TLS 1.3 may finish the client's side of
+        // the handshake before the server refuses, so the refusal shows on
+        // the first exchange at the latest.
+        let refused = match tls_dial(addr, material.client.clone()).await {
+            Err(_) => true,
+            Ok(link) => {
+                let mut anon = Peer::new(link);
+                let hello = TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode: ConduitMode::Bare };
+                anon.initiate_prologue(hello).await.is_err()
+            }
+        };
+        ensure!(refused, "transport.tls: a client without a certificate got a transport accept under mutual TLS");
+        echo(&mut peer, 3, "still mutual").await?;
+        Ok(())
+    }
+    .await;
+    running.conclude(result).await
+}
+
 /// The subject dials the harness over TLS and trusts only the run's
 /// certificate; the harness presents another self-signed certificate for
 /// `localhost`. The subject must refuse the server (no session, no
