@@ -1,8 +1,15 @@
 //! Rule coverage: each rule id of `docs/spec/protocol.md` against the wire
 //! cases that name it and, for rules only observable through the local
 //! API, vox-core's own tests named after the rule.
+//!
+//! A wire case counts for a rule only if it runs over the transport whose
+//! run must cover that rule ([`required_transport`]): TCP for every rule
+//! but the transports' own (`transport.tls`, `transport.websocket`), which
+//! need a case that runs over that transport. A tcp-only case therefore
+//! never stands in for TLS, nor a tls-only case for TCP.
 
 use crate::cases::CASES;
+use crate::transport::Kind;
 use std::path::Path;
 
 /// One rule of the project's rule list.
@@ -19,7 +26,9 @@ pub struct Rule {
 pub struct RuleCoverage {
     /// The rule.
     pub rule: Rule,
-    /// Wire cases naming the rule.
+    /// The transport whose run covers it.
+    pub transport: Kind,
+    /// Wire cases naming the rule that run over that transport.
     pub cases: Vec<&'static str>,
     /// vox-core tests named after the rule.
     pub local: Vec<String>,
@@ -63,15 +72,26 @@ pub fn local_tests(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The transport whose run must cover rule `id`: the transport whose own
+/// rule it is, or TCP.
+pub fn required_transport(id: &str) -> Kind {
+    Kind::ALL.into_iter().find(|k| k.own_rule() == Some(id)).unwrap_or(Kind::Tcp)
+}
+
 /// Maps every rule to its coverage.
 pub fn compute(rules: Vec<Rule>, local: &[String]) -> Vec<RuleCoverage> {
     rules
         .into_iter()
         .map(|rule| {
-            let cases = CASES.iter().filter(|c| c.rules.contains(&rule.id.as_str())).map(|c| c.name).collect();
+            let transport = required_transport(&rule.id);
+            let cases = CASES
+                .iter()
+                .filter(|c| c.rules.contains(&rule.id.as_str()) && c.runs_on(transport))
+                .map(|c| c.name)
+                .collect();
             let prefix = format!("{}_", snake(&rule.id));
             let local = local.iter().filter(|n| n.starts_with(&prefix)).cloned().collect();
-            RuleCoverage { rule, cases, local }
+            RuleCoverage { rule, transport, cases, local }
         })
         .collect()
 }

@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vox_spec_tests::cases::CASES;
+use vox_spec_tests::cases::{CASES, RESTRICTED};
 use vox_spec_tests::coverage;
 use vox_spec_tests::runner;
 use vox_spec_tests::subject::SubjectCmd;
+use vox_spec_tests::transport::{self, Kind};
 
 fn root() -> PathBuf {
     std::env::var_os("VOX_ROOT")
@@ -51,8 +52,22 @@ fn run(opts: &RunOpts) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let transport = match transport::init() {
+        Ok(t) => t.kind,
+        Err(e) => {
+            eprintln!("spec-tests: transport: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_over(opts, &rt, transport);
+    transport::cleanup();
+    code
+}
+
+fn run_over(opts: &RunOpts, rt: &tokio::runtime::Runtime, transport: Kind) -> ExitCode {
     let cmd = SubjectCmd::from_env();
     eprintln!("spec-tests: subject command: {}", cmd.0);
+    eprintln!("spec-tests: transport: {} (SPEC_TRANSPORT)", transport.name());
     let started = std::time::Instant::now();
     let known = match std::env::var_os("SPEC_KNOWN_FAILURES") {
         Some(p) if p.is_empty() => Vec::new(),
@@ -64,26 +79,40 @@ fn run(opts: &RunOpts) -> ExitCode {
     let repeat = opts.repeat;
     for round in 1..=repeat {
         // One run prints every case; repeated runs only failures.
-        let outcomes = rt.block_on(runner::run(&opts.filter, cmd.clone(), &known, repeat == 1));
+        let outcomes = rt.block_on(runner::run(&opts.filter, cmd.clone(), &known, repeat == 1, transport));
         let failed: Vec<_> = outcomes.iter().filter(|o| o.is_failure()).collect();
         let xfail = outcomes.iter().filter(|o| o.failure.is_some() && o.known.is_some()).count();
+        let skipped = outcomes.iter().filter(|o| o.skipped.is_some()).count();
         let last = round == repeat || outcomes.is_empty() || !failed.is_empty();
         if !last {
             continue;
         }
         let of = if repeat > 1 { format!(" (run {round} of {repeat})") } else { String::new() };
         println!(
-            "spec-tests: {} cases, {} passed, {} failed, {} known failures in {:.1?}{of}",
+            "spec-tests: {} cases over {}, {} passed, {} failed, {} known failures, {} skipped (not for {}) in {:.1?}{of}",
             outcomes.len(),
-            outcomes.len() - failed.len() - xfail,
+            transport.name(),
+            outcomes.len() - failed.len() - xfail - skipped,
             failed.len(),
             xfail,
+            skipped,
+            transport.name(),
             started.elapsed()
         );
         for o in &failed {
             println!("{}", o.line());
         }
-        if outcomes.is_empty() {
+        if outcomes.len() == skipped {
+            println!("spec-tests: no case ran");
+            return ExitCode::FAILURE;
+        }
+        // A whole run over a transport other than TCP must have run and
+        // passed a case of that transport's own rule (the static coverage
+        // check counts those cases for their transport's run only).
+        if let Some(rule) = transport.own_rule().filter(|_| opts.filter.is_empty())
+            && !outcomes.iter().any(|o| o.passed() && o.case.rules.contains(&rule))
+        {
+            println!("spec-tests: coverage: no case of rule {rule} passed in this {} run", transport.name());
             return ExitCode::FAILURE;
         }
         if !failed.is_empty() {
@@ -126,6 +155,11 @@ fn coverage_cmd(allow_pending: bool) -> ExitCode {
             }
         }
     }
+    for (name, _, _) in RESTRICTED {
+        if !CASES.iter().any(|c| c.name == *name) {
+            bad_ids.push(format!("cases::RESTRICTED names unknown case {name}"));
+        }
+    }
     let report = coverage::compute(rules, &local);
     let mut missing = Vec::new();
     for rc in &report {
@@ -135,7 +169,7 @@ fn coverage_cmd(allow_pending: bool) -> ExitCode {
         } else if rc.cases.is_empty() {
             println!("LOCAL   {}: {}", rc.rule.id, rc.local.join(", "));
         } else {
-            println!("WIRE    {}: {}", rc.rule.id, rc.cases.join(", "));
+            println!("WIRE    {} ({} run): {}", rc.rule.id, rc.transport.name(), rc.cases.join(", "));
         }
     }
     for b in &bad_ids {

@@ -510,7 +510,7 @@ pub async fn stable_hello(
     addr: std::net::SocketAddr,
     hello: ClientHello,
 ) -> CaseResult<(LinkTx, LinkRx, Option<StableHelloReply>)> {
-    let mut peer = Peer::new(vox_core::link::connect_tcp(addr, vox_core::link::LinkConfig::default()).await?);
+    let mut peer = Peer::new(crate::transport::current().dial(addr).await?);
     peer.initiate_prologue(TransportHello {
         magic: TRANSPORT_MAGIC,
         version: TRANSPORT_VERSION,

@@ -3,6 +3,7 @@
 use crate::cases::{CASES, Case};
 use crate::error::CaseError;
 use crate::subject::SubjectCmd;
+use crate::transport::Kind;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -22,12 +23,18 @@ pub struct Outcome {
     pub failure: Option<String>,
     /// Why the case is expected to fail (a known bug), if it is.
     pub known: Option<String>,
+    /// Why the case was not run over this run's transport, if it was not
+    /// (`cases::RESTRICTED`).
+    pub skipped: Option<String>,
 }
 
 impl Outcome {
     /// The report line.
     pub fn line(&self) -> String {
         let rules = self.case.rules.join(", ");
+        if let Some(why) = &self.skipped {
+            return format!("SKIP {} [{}]: {}", self.case.name, rules, why);
+        }
         match (&self.failure, &self.known) {
             (None, None) => format!("PASS {} [{}]", self.case.name, rules),
             (None, Some(why)) => format!("XPASS {} [{}] (listed as known failure: {why})", self.case.name, rules),
@@ -38,17 +45,40 @@ impl Outcome {
 
     /// Whether this outcome fails the run.
     pub fn is_failure(&self) -> bool {
-        self.failure.is_some() && self.known.is_none()
+        self.skipped.is_none() && self.failure.is_some() && self.known.is_none()
+    }
+
+    /// Whether the case ran and passed.
+    pub fn passed(&self) -> bool {
+        self.skipped.is_none() && self.failure.is_none()
     }
 }
 
-/// Runs every case whose name contains `filter`, in parallel, printing one
-/// line per case as it completes (only the failing ones unless `verbose`);
-/// returns the outcomes in table order.
-pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)], verbose: bool) -> Vec<Outcome> {
+/// Runs every case whose name contains `filter` over `transport`, in
+/// parallel, printing one line per case as it completes (only the failing
+/// ones unless `verbose`); returns the outcomes in table order. A case that
+/// does not run over `transport` (`cases::RESTRICTED`) is not run: its
+/// outcome is skipped, with the reason.
+pub async fn run(
+    filter: &str,
+    cmd: SubjectCmd,
+    known: &[(String, String)],
+    verbose: bool,
+    transport: Kind,
+) -> Vec<Outcome> {
     let sem = Arc::new(Semaphore::new(PARALLELISM));
     let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
     for (index, case) in CASES.iter().enumerate().filter(|(_, c)| c.name.contains(filter)) {
+        if let Some((only, why)) = case.only_on().filter(|(k, _)| *k != transport) {
+            let skipped = Some(format!("only over {} ({why}); this run is over {}", only.name(), transport.name()));
+            let outcome = Outcome { case, failure: None, known: None, skipped };
+            if verbose {
+                println!("{}", outcome.line());
+            }
+            out.push((index, outcome));
+            continue;
+        }
         let sem = sem.clone();
         let cmd = cmd.clone();
         let known = known.iter().find(|(n, _)| n == case.name).map(|(_, why)| why.clone());
@@ -68,14 +98,13 @@ pub async fn run(filter: &str, cmd: SubjectCmd, known: &[(String, String)], verb
                 Ok(Ok(Err(CaseError::Failed(e)))) => Some(e),
                 Ok(Ok(Err(e))) => Some(e.to_string()),
             };
-            let outcome = Outcome { case, failure, known };
+            let outcome = Outcome { case, failure, known, skipped: None };
             if verbose || outcome.is_failure() {
                 println!("{}", outcome.line());
             }
             (index, outcome)
         });
     }
-    let mut out = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(o) => out.push(o),

@@ -35,6 +35,10 @@ impl SubjectCmd {
     fn spawn(&self, envs: &[(&str, &str)], stdout: bool) -> CaseResult<Child> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(format!("exec {}", self.0));
+        // Every mode makes its links over the run's transport.
+        for (k, v) in crate::transport::current().subject_env() {
+            cmd.env(k, v);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -75,6 +79,20 @@ impl Running {
             fail!("the subject exited with {status}: {err}");
         }
         Ok(())
+    }
+
+    /// Like [`Running::finish`], and returns what the subject wrote on
+    /// stderr (lines joined with ` | `).
+    pub async fn finish_stderr(mut self) -> CaseResult<String> {
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Err(_) => fail!("the subject did not exit after the session ended (hang)"),
+            Ok(s) => s?,
+        };
+        let err = self.stderr().await;
+        if !status.success() {
+            fail!("the subject exited with {status}: {err}");
+        }
+        Ok(err)
     }
 
     /// Waits for the subject to exit and requires that it did not crash
@@ -154,14 +172,31 @@ impl Running {
 }
 
 /// Starts the subject in `mode` against a fresh harness listener and returns
-/// the accepted link.
+/// the accepted link (over the run's transport).
 pub async fn connect_in(cmd: &SubjectCmd, mode: &str, scenario: &str) -> CaseResult<(Running, Link)> {
-    let (running, stream) = connect_stream(cmd, mode, scenario, &[]).await?;
-    Ok((running, link::tcp(stream, LinkConfig::default())))
+    connect_link(cmd, mode, scenario, &[]).await
 }
 
-/// Like [`connect_in`] with extra environment variables for the subject;
-/// returns the accepted TCP stream.
+/// Like [`connect_in`] with extra environment variables for the subject.
+pub async fn connect_link(
+    cmd: &SubjectCmd,
+    mode: &str,
+    scenario: &str,
+    envs: &[(&str, &str)],
+) -> CaseResult<(Running, Link)> {
+    let (mut running, stream) = connect_stream(cmd, mode, scenario, envs).await?;
+    // The subject may give up during the TLS handshake or WebSocket upgrade.
+    let link = tokio::select! {
+        l = tokio::time::timeout(PATIENCE, crate::transport::current().accept(stream)) => l,
+        e = running.early_exit() => return Err(e),
+    };
+    let link = link.map_err(|_| CaseError::Timeout("the subject's TLS handshake or WebSocket upgrade".into()))??;
+    Ok((running, link))
+}
+
+/// Starts the subject in `mode` against a fresh harness listener and returns
+/// the accepted TCP connection as it is, before any TLS handshake or
+/// WebSocket upgrade (the caller runs those, or writes raw bytes).
 pub async fn connect_stream(
     cmd: &SubjectCmd,
     mode: &str,
@@ -190,8 +225,8 @@ pub async fn server(cmd: &SubjectCmd) -> CaseResult<(Running, Peer)> {
 
 /// Like [`server`], with extra environment variables for the subject.
 pub async fn server_with(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<(Running, Peer)> {
-    let (running, stream) = connect_stream(cmd, "server", "", envs).await?;
-    let mut peer = Peer::new(link::tcp(stream, LinkConfig::default()));
+    let (running, link) = connect_link(cmd, "server", "", envs).await?;
+    let mut peer = Peer::new(link);
     peer.accept_session(ConnectionSettings::default()).await?;
     Ok((running, peer))
 }
@@ -200,8 +235,10 @@ pub async fn server_with(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<
 /// socket, for writing bytes that are not whole link messages (a half-sent
 /// frame). Write to it only once everything sent through the peer's link
 /// has been written (after a round trip, e.g. [`Peer::barrier`]), and send
-/// nothing through the link afterwards.
+/// nothing through the link afterwards. TCP only (the case must be marked
+/// tcp-only in [`crate::cases::RESTRICTED`]).
 pub async fn server_raw(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<(Running, Peer, TcpStream)> {
+    crate::transport::current().require_tcp("subject::server_raw")?;
     let (running, stream) = connect_stream(cmd, "server", "", envs).await?;
     let std_stream = stream.into_std()?;
     let raw = TcpStream::from_std(std_stream.try_clone()?)?;
@@ -245,7 +282,15 @@ pub async fn listen_with(cmd: &SubjectCmd, envs: &[(&str, &str)]) -> CaseResult<
     Ok((running, addr))
 }
 
-/// Connects a link to a listening subject.
+/// Connects a link to a listening subject, over the run's transport.
 pub async fn dial(addr: SocketAddr) -> CaseResult<Link> {
-    Ok(link::connect_tcp(addr, LinkConfig::default()).await?)
+    crate::transport::current().dial(addr).await
+}
+
+/// A raw TCP connection to a listening subject, for bytes that are not
+/// whole link messages. TCP only (the case must be marked tcp-only in
+/// [`crate::cases::RESTRICTED`]).
+pub async fn dial_raw(addr: SocketAddr) -> CaseResult<TcpStream> {
+    crate::transport::current().require_tcp("subject::dial_raw")?;
+    Ok(TcpStream::connect(addr).await?)
 }

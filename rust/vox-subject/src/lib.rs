@@ -10,6 +10,10 @@
 //! | `PEER_ADDR` | `host:port` of the harness (modes `server` and `client`). |
 //! | `CLIENT_SCENARIO` | the scenario name for mode `client` (see [`scenarios::SCENARIOS`]). |
 //! | `SUBJECT_KEEPALIVE` | every mode: `<interval_ms>/<timeout_ms>` sets `SessionConfig::keepalive` (rule `session.keepalive`), `off` turns it off; unset keeps vox-core's default (on). |
+//! | `SPEC_TRANSPORT` | every mode: the transport of every link (see [`Transport`]). `tcp` (default, also when unset or empty): plain TCP. `tls` (rule `transport.tls`): TLS over TCP with the pair `SPEC_TLS_CERT`/`SPEC_TLS_KEY`; the dialing modes (`server`, `client`) trust `SPEC_TLS_CERT` as their only root and verify the name `localhost`, `listen` presents the pair. `ws` (rule `transport.websocket`): WebSocket; the dialing modes connect to `ws://PEER_ADDR/`, `listen` accepts an upgrade on any path. Redials (stable conduit, session resume) use the same transport. |
+//! | `SPEC_TLS_CERT` | with `SPEC_TRANSPORT=tls`: path of a PEM certificate (the first one in the file is used). |
+//! | `SPEC_TLS_KEY` | with `SPEC_TRANSPORT=tls`: path of its PEM private key (mode `listen`). |
+//! | `SPEC_TLS_CLIENT_AUTH` | with `SPEC_TRANSPORT=tls`, mode `listen`: `1` requires mutual TLS, a client certificate verified against `SPEC_TLS_CERT` as the only root (its identity reaches handlers: Testbed `peer_names`); unset or `0`: no client certificate asked for. |
 //!
 //! The subject accepts at most [`MAX_CONNECTIONS`] virtual connections at
 //! once; further `OpenConnection`s are rejected. An `OpenConnection` whose
@@ -21,8 +25,11 @@ pub mod testbed;
 
 use std::sync::Arc;
 use std::time::Duration;
+use vox_core::link::tls::rustls::RootCertStore;
+use vox_core::link::tls::rustls::pki_types::pem::PemObject;
+use vox_core::link::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use vox_core::service::{REJECT_REASON_KEY, SERVICE_KEY};
-use vox_core::session::{AcceptDecision, ConnectionRequest, KeepaliveConfig, SessionBuilder};
+use vox_core::session::{AcceptDecision, ConnectionRequest, KeepaliveConfig, Listener, Session, SessionBuilder};
 use vox_core::wire::{ConnectionSettings, Metadata};
 
 /// The most virtual connections the subject holds at once.
@@ -103,4 +110,98 @@ pub fn parse_keepalive(v: &str) -> Result<Option<KeepaliveConfig>, SubjectError>
     let (i, t) = v.split_once('/').ok_or_else(bad)?;
     let ms = |x: &str| x.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| bad());
     Ok(Some(KeepaliveConfig { interval: ms(i)?, timeout: ms(t)? }))
+}
+
+/// The TLS server name the dialing modes verify.
+pub const TLS_SERVER_NAME: &str = "localhost";
+
+/// The transport of every link the subject makes (`SPEC_TRANSPORT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP with the PEM certificate and key at these paths.
+    Tls {
+        /// `SPEC_TLS_CERT`.
+        cert: String,
+        /// `SPEC_TLS_KEY` (only the listening mode needs it).
+        key: Option<String>,
+        /// `SPEC_TLS_CLIENT_AUTH=1`: the listening mode requires a client
+        /// certificate verified against `cert`.
+        client_auth: bool,
+    },
+    /// WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// Reads `SPEC_TRANSPORT`, `SPEC_TLS_CERT` and `SPEC_TLS_KEY`.
+    pub fn from_env() -> Result<Transport, SubjectError> {
+        let kind = std::env::var("SPEC_TRANSPORT").unwrap_or_default();
+        match kind.trim() {
+            "" | "tcp" => Ok(Transport::Tcp),
+            "ws" => Ok(Transport::Ws),
+            "tls" => Ok(Transport::Tls {
+                cert: std::env::var("SPEC_TLS_CERT")
+                    .map_err(|_| SubjectError::Config("SPEC_TRANSPORT=tls needs SPEC_TLS_CERT".into()))?,
+                key: std::env::var("SPEC_TLS_KEY").ok(),
+                client_auth: match std::env::var("SPEC_TLS_CLIENT_AUTH").as_deref() {
+                    Err(_) | Ok("0") => false,
+                    Ok("1") => true,
+                    Ok(other) => return Err(SubjectError::Config(format!("SPEC_TLS_CLIENT_AUTH={other:?} (0 or 1)"))),
+                },
+            }),
+            other => Err(SubjectError::Config(format!("SPEC_TRANSPORT={other:?} (tcp, tls or ws)"))),
+        }
+    }
+
+    /// Connects `builder` to the harness at `addr` (`host:port`).
+    pub async fn connect(&self, builder: SessionBuilder, addr: &str) -> Result<Session, SubjectError> {
+        Ok(match self {
+            Transport::Tcp => builder.connect(addr).await?,
+            Transport::Tls { cert, .. } => {
+                let mut roots = RootCertStore::empty();
+                roots.add(read_cert(cert)?).map_err(|e| SubjectError::Config(format!("SPEC_TLS_CERT={cert}: {e}")))?;
+                let tls = vox_core::link::tls::client_config(roots, None)
+                    .map_err(|e| SubjectError::Config(format!("TLS client config: {e}")))?;
+                builder.connect_tls(addr, TLS_SERVER_NAME, tls).await?
+            }
+            Transport::Ws => builder.connect_ws(&format!("ws://{addr}/")).await?,
+        })
+    }
+
+    /// Binds `builder`'s listener on `addr`.
+    pub async fn listen(&self, builder: SessionBuilder, addr: &str) -> Result<Listener, SubjectError> {
+        Ok(match self {
+            Transport::Tcp => builder.listen(addr).await?,
+            Transport::Tls { cert, key, client_auth } => {
+                let verifier = if *client_auth {
+                    let mut roots = RootCertStore::empty();
+                    roots
+                        .add(read_cert(cert)?)
+                        .map_err(|e| SubjectError::Config(format!("SPEC_TLS_CERT={cert}: {e}")))?;
+                    Some(
+                        vox_core::link::tls::client_verifier(roots)
+                            .map_err(|e| SubjectError::Config(format!("TLS client verifier: {e}")))?,
+                    )
+                } else {
+                    None
+                };
+                let key = key
+                    .as_deref()
+                    .ok_or_else(|| SubjectError::Config("SPEC_TRANSPORT=tls needs SPEC_TLS_KEY to listen".into()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| SubjectError::Config(format!("SPEC_TLS_KEY={key}: {e}")))?;
+                let tls = vox_core::link::tls::server_config(vec![read_cert(cert)?], key, verifier)
+                    .map_err(|e| SubjectError::Config(format!("TLS server config: {e}")))?;
+                builder.listen_tls(addr, tls).await?
+            }
+            Transport::Ws => builder.listen_ws(addr).await?,
+        })
+    }
+}
+
+/// The first certificate of a PEM file.
+fn read_cert(path: &str) -> Result<CertificateDer<'static>, SubjectError> {
+    CertificateDer::from_pem_file(path).map_err(|e| SubjectError::Config(format!("SPEC_TLS_CERT={path}: {e}")))
 }

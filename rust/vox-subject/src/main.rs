@@ -3,14 +3,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use vox_subject::{SubjectError, configure_from_env, scenarios, server_builder};
+use vox_subject::{SubjectError, Transport, configure_from_env, scenarios, server_builder};
 
 fn env(name: &str) -> Result<String, SubjectError> {
     std::env::var(name).map_err(|_| SubjectError::Config(format!("{name} is not set")))
 }
 
 async fn serve() -> Result<(), SubjectError> {
-    let session = configure_from_env(server_builder())?.connect(env("PEER_ADDR")?).await?;
+    let session = Transport::from_env()?.connect(configure_from_env(server_builder())?, &env("PEER_ADDR")?).await?;
     let reason = session.handle.closed().await;
     eprintln!("vox-subject: session ended: {reason:?}");
     drop(session);
@@ -30,7 +30,7 @@ fn listen_builder() -> Result<vox_core::session::SessionBuilder, SubjectError> {
 }
 
 async fn listen() -> Result<(), SubjectError> {
-    let listener = listen_builder()?.listen("127.0.0.1:0").await?;
+    let listener = Transport::from_env()?.listen(listen_builder()?, "127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();

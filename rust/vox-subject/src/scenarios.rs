@@ -40,12 +40,10 @@ async fn echo(session: &Session, s: &str) -> Result<String, CallError> {
 /// Runs scenario `name` against the harness at `addr`.
 pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
     let f = |what: String| fail(name, what);
+    let transport = crate::Transport::from_env()?;
     if name == "establish_fails" {
-        return match crate::configure_from_env(SessionBuilder::new())?
-            .handshake_timeout(Duration::from_secs(10))
-            .connect(addr)
-            .await
-        {
+        let builder = crate::configure_from_env(SessionBuilder::new())?.handshake_timeout(Duration::from_secs(10));
+        return match transport.connect(builder, addr).await {
             Ok(_) => Err(f("the session was established".into())),
             Err(e) => {
                 eprintln!("vox-subject: establishment failed as expected: {e}");
@@ -53,7 +51,7 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
             }
         };
     }
-    let session = crate::configure_from_env(SessionBuilder::new())?.connect(addr).await?;
+    let session = transport.connect(crate::configure_from_env(SessionBuilder::new())?, addr).await?;
     let caller = session.root.caller.clone();
     match name {
         "basic_calls" => {

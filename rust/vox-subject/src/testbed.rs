@@ -69,6 +69,7 @@ pub const METHODS: &[&str] = &[
     "sleep_ms",
     "generate_retry_idem",
     "generate_retry_non_idem",
+    "peer_names",
 ];
 
 /// Testbed as a service trait; `echo` is served by [`testbed`] itself.
@@ -99,6 +100,10 @@ pub trait Testbed {
     /// retry with the same operation id fails closed with `Indeterminate`
     /// (rule `retry.channel.recovery.non-idem`).
     async fn generate_retry_non_idem(&self, n: u32, out: Tx<i32>);
+    /// The DNS names of the caller's verified certificate as the handler
+    /// sees it (mutual TLS, rule `transport.tls`); `None` when the link has
+    /// no verified peer certificate.
+    async fn peer_names(&self) -> Option<Vec<String>>;
 }
 
 /// The implementation behind the generated dispatcher.
@@ -144,6 +149,10 @@ impl Testbed for Bed {
     }
     async fn generate_retry_non_idem(&self, n: u32, out: Tx<i32>) {
         generate(n, out).await
+    }
+    async fn peer_names(&self) -> Option<Vec<String>> {
+        let identity = vox_core::driver::CallContext::current()?.peer_identity?;
+        Some(identity.dns_names().to_vec())
     }
 }
 

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vox_core::wire::{
@@ -51,7 +50,7 @@ fn bare_prologue() -> TransportHello {
 pub async fn session_setup_limits_oversized_first_message_closes(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
     let result = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = subject::dial_raw(addr).await?;
         let (mut rd, mut wr) = stream.split();
         // A first message of 15 MiB (under the session's 16 MiB maximum,
         // far over the setup limit) announced before any prologue, of which
@@ -111,14 +110,17 @@ pub async fn session_setup_limits_oversized_hello_closes(cmd: SubjectCmd) -> Cas
 pub async fn session_setup_limits_silent_link_closed_after_prologue_deadline(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
     let result = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        // Say nothing at all: the prologue deadline (2 s by default) must
-        // close the link; 6 s is a generous bound, and well below the 10 s
+        // Over the run's transport (a TLS handshake or WebSocket upgrade
+        // is part of the link's setup, under the same deadline), then say
+        // nothing at all: the prologue deadline (2 s by default) must close
+        // the link; 6 s is a generous bound, and well below the 10 s
         // handshake timeout.
+        let mut link = subject::dial(addr).await?;
         let bound = Duration::from_secs(6);
         let started = Instant::now();
+        let drain = async { while let Ok(Some(_)) = link.rx.recv().await {} };
         ensure!(
-            closed_within(&mut stream, bound).await,
+            tokio::time::timeout(bound, drain).await.is_ok(),
             "session.setup.limits: a link that never sent its prologue was still open after {bound:?}"
         );
         let took = started.elapsed();

@@ -2,6 +2,7 @@
 
 use crate::error::CaseResult;
 use crate::subject::SubjectCmd;
+use crate::transport::Kind;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -14,6 +15,7 @@ mod rpc;
 mod session;
 mod stable;
 mod transport;
+mod transports;
 
 /// A running case.
 pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
@@ -43,6 +45,48 @@ pub struct Case {
     /// The case itself.
     pub run: fn(SubjectCmd) -> CaseFuture,
 }
+
+impl Case {
+    /// The one transport this case runs on, and why, if it does not run on
+    /// every transport (see [`RESTRICTED`]).
+    pub fn only_on(&self) -> Option<(Kind, &'static str)> {
+        RESTRICTED.iter().find(|(n, _, _)| *n == self.name).map(|(_, k, why)| (*k, *why))
+    }
+
+    /// Whether the case runs over `kind`.
+    pub fn runs_on(&self, kind: Kind) -> bool {
+        self.only_on().is_none_or(|(k, _)| k == kind)
+    }
+}
+
+/// The one place that says which cases run on one transport only, and why;
+/// every other case runs on every transport (`SPEC_TRANSPORT`). Over the
+/// other transports these cases are reported as `SKIP` with the reason,
+/// never run and never counted as passed. The tcp-only ones write bytes
+/// that are not whole link messages on the raw TCP stream (the helpers that
+/// hand out a raw stream, `subject::server_raw` and `subject::dial_raw`,
+/// fail the case over any other transport, so a case missing here cannot
+/// pass by accident); the tls-only and ws-only ones check their transport's
+/// own rule and would fail over TCP.
+pub static RESTRICTED: &[(&str, Kind, &str)] = &[
+    (
+        "transport_prologue_bare_accepted_raw_frames",
+        Kind::Tcp,
+        "writes and reads length-prefixed frames as raw TCP bytes (transport.stream)",
+    ),
+    ("link_rx_oversized_frame_closes_without_waiting", Kind::Tcp, "writes a raw 4 GiB length prefix on the TCP stream"),
+    (
+        "session_setup_limits_oversized_first_message_closes",
+        Kind::Tcp,
+        "writes a raw 15 MiB length prefix and part of its body on the TCP stream",
+    ),
+    ("session_keepalive_half_sent_frame_closes_link", Kind::Tcp, "writes half a frame as raw TCP bytes"),
+    ("transport_tls_session_over_verified_tls", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_tls_subject_rejects_unverified_server", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_tls_mutual_identity_reaches_handler", Kind::Tls, "checks TLS itself (rule transport.tls)"),
+    ("transport_websocket_binary_messages", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
+    ("transport_websocket_text_message_is_link_error", Kind::Ws, "checks WebSocket itself (rule transport.websocket)"),
+];
 
 macro_rules! case {
     ($m:ident :: $f:ident, $dir:ident, [$($r:literal),* $(,)?]) => {
@@ -82,6 +126,16 @@ pub static CASES: &[Case] = &[
         SubjectAccepts,
         ["session.parity", "session.handshake", "connection.open"]
     ),
+    // ---- TLS and WebSocket (one transport each, see RESTRICTED)
+    case!(
+        transports::transport_tls_session_over_verified_tls,
+        SubjectAccepts,
+        ["transport.tls", "session.handshake", "session.resume"]
+    ),
+    case!(transports::transport_tls_subject_rejects_unverified_server, SubjectCalls, ["transport.tls"]),
+    case!(transports::transport_tls_mutual_identity_reaches_handler, SubjectAccepts, ["transport.tls"]),
+    case!(transports::transport_websocket_binary_messages, SubjectAccepts, ["transport.websocket", "link.message"]),
+    case!(transports::transport_websocket_text_message_is_link_error, SubjectAccepts, ["transport.websocket"]),
     // ---- stable conduit and resume (subject accepts)
     case!(
         stable::conduit_stable_hello_issues_resume_key,

@@ -6,7 +6,6 @@ use crate::subject::{self, SubjectCmd};
 use crate::{ensure, fail};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use vox_core::link::{self, LinkConfig};
 use vox_core::wire::{
     self, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello, HelloYourself, PROTOCOL_VERSION, Parity,
@@ -35,7 +34,7 @@ async fn prologue_answer(
 
 pub async fn transport_prologue_bare_accepted_raw_frames(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = subject::dial_raw(addr).await?;
     // rule: transport.stream — 32-bit little-endian length, then the message.
     let body = wire::encode("TransportMsg", &hello(TRANSPORT_MAGIC, TRANSPORT_VERSION, ConduitMode::Bare))?;
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
@@ -122,7 +121,7 @@ pub async fn transport_prologue_garbage_closes(cmd: SubjectCmd) -> CaseResult {
 
 pub async fn link_rx_oversized_frame_closes_without_waiting(cmd: SubjectCmd) -> CaseResult {
     let (running, addr) = subject::listen(&cmd).await?;
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = subject::dial_raw(addr).await?;
     // Announce a ~4 GiB message and send nothing more: the subject must see
     // a link error at once instead of waiting for (or allocating) it.
     stream.write_all(&0xFFFF_FFF0u32.to_le_bytes()).await?;
