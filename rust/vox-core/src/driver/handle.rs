@@ -146,7 +146,7 @@ impl ChannelSlot {
         Arc::new(Pair { ends: Mutex::new([unbound(), unbound()]) })
     }
 
-    pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId, _role: Role) -> ChannelSlot {
+    pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId) -> ChannelSlot {
         ChannelSlot::Bound { core, id }
     }
 

@@ -3,7 +3,7 @@
 //! that turns announced channel ids into typed handles.
 
 use super::core::ConnectionCore;
-use super::handle::{ChannelSlot, Role, Rx, Tx};
+use super::handle::{ChannelSlot, Rx, Tx};
 use crate::wire::{self, Blob, ChannelDecl, ChannelDirection, Metadata, MethodId, ResponseBody};
 use bytes::Bytes;
 use serde::Serialize;
@@ -207,13 +207,13 @@ impl ChannelBinder {
     /// this handler receives).
     pub fn rx<T: DeserializeOwned>(&mut self, index: usize) -> Result<Rx<T>, BindError> {
         let decl = self.take(index, ChannelDirection::CallerToHandler)?;
-        Ok(Rx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id, Role::Receiver)))
+        Ok(Rx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id)))
     }
 
     /// Binds the channel at `index` (a `Tx<T>` argument: this handler sends).
     pub fn tx<T: Serialize>(&mut self, index: usize) -> Result<Tx<T>, BindError> {
         let decl = self.take(index, ChannelDirection::HandlerToCaller)?;
-        Ok(Tx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id, Role::Sender)))
+        Ok(Tx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id)))
     }
 }
 
