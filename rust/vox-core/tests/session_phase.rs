@@ -8,7 +8,6 @@ use vox_core::session::{CloseReason, PhaseError, SessionPhase};
 
 fn phases() -> Vec<SessionPhase> {
     vec![
-        SessionPhase::Handshaking,
         SessionPhase::Established { generation: 3 },
         SessionPhase::Resuming { lost: 3 },
         SessionPhase::Closing(CloseReason::Shutdown),
@@ -18,7 +17,6 @@ fn phases() -> Vec<SessionPhase> {
 
 fn name(p: &SessionPhase) -> &'static str {
     match p {
-        SessionPhase::Handshaking => "Handshaking",
         SessionPhase::Established { .. } => "Established",
         SessionPhase::Resuming { .. } => "Resuming",
         SessionPhase::Closing(_) => "Closing",
@@ -42,11 +40,6 @@ fn refused<T: std::fmt::Debug>(
 #[test]
 fn session_phase_every_event_in_every_phase() {
     for start in phases() {
-        let mut p = start.clone();
-        match p.on_established() {
-            Ok(()) if start == SessionPhase::Handshaking => assert_eq!(p, SessionPhase::Established { generation: 1 }),
-            got => refused(&start, "established", got, &p),
-        }
         let mut p = start.clone();
         match p.on_attachment_lost() {
             Ok(lost) if matches!(start, SessionPhase::Established { .. }) => {
@@ -84,8 +77,7 @@ fn session_phase_every_event_in_every_phase() {
 
 #[test]
 fn session_resume_generations_count_every_attachment() {
-    let mut p = SessionPhase::Handshaking;
-    p.on_established().unwrap();
+    let mut p = SessionPhase::established();
     for generation in 1..=5 {
         assert_eq!(p, SessionPhase::Established { generation });
         assert_eq!(p.on_attachment_lost(), Ok(generation));

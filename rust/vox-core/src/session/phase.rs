@@ -77,8 +77,6 @@ pub struct PhaseError {
 /// of a newer one to act on (ADR 0003).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionPhase {
-    /// Prologue and handshake running.
-    Handshaking,
     /// Messages flow on attachment `generation`.
     Established {
         /// The current attachment.
@@ -99,7 +97,6 @@ pub enum SessionPhase {
 impl SessionPhase {
     fn name(&self) -> &'static str {
         match self {
-            SessionPhase::Handshaking => "Handshaking",
             SessionPhase::Established { .. } => "Established",
             SessionPhase::Resuming { .. } => "Resuming",
             SessionPhase::Closing(_) => "Closing",
@@ -107,15 +104,11 @@ impl SessionPhase {
         }
     }
 
-    /// Handshake completed: attachment 1.
-    pub fn on_established(&mut self) -> Result<(), PhaseError> {
-        match self {
-            SessionPhase::Handshaking => {
-                *self = SessionPhase::Established { generation: 1 };
-                Ok(())
-            }
-            _ => Err(PhaseError { from: self.name(), event: "established" }),
-        }
+    /// A new session's phase. A session exists only once its prologue and
+    /// handshake completed (before that there is only a setup task), so it
+    /// starts established, on attachment 1.
+    pub fn established() -> SessionPhase {
+        SessionPhase::Established { generation: 1 }
     }
 
     /// The current attachment ended without ending the session.
@@ -144,7 +137,7 @@ impl SessionPhase {
     /// Teardown begins. Only the first reason counts.
     pub fn on_closing(&mut self, reason: CloseReason) -> Result<(), PhaseError> {
         match self {
-            SessionPhase::Handshaking | SessionPhase::Established { .. } | SessionPhase::Resuming { .. } => {
+            SessionPhase::Established { .. } | SessionPhase::Resuming { .. } => {
                 *self = SessionPhase::Closing(reason);
                 Ok(())
             }
@@ -267,9 +260,7 @@ mod tests {
 
     #[test]
     fn session_phase_transitions_are_guarded() {
-        let mut p = SessionPhase::Handshaking;
-        p.on_established().unwrap();
-        assert!(p.on_established().is_err());
+        let mut p = SessionPhase::established();
         assert!(p.on_reattached().is_err(), "no reattach while established");
         assert_eq!(p.on_attachment_lost(), Ok(1));
         assert!(p.on_attachment_lost().is_err(), "lost only once per attachment");

@@ -40,10 +40,7 @@ impl SessionBuilder {
         root_core.set_peer_identity(peer_identity);
         tokio::spawn(root_core.clone().run_flush());
         let budgets = crate::session::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
-        let mut phase = SessionPhase::Handshaking;
-        if let Err(e) = phase.on_established() {
-            tracing::error!(error = %e, "fresh session not in Handshaking");
-        }
+        let phase = SessionPhase::established();
         if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &resume {
             registry.insert(key.clone(), mailbox_tx.clone(), negotiated.local_parity.opposite());
         }
