@@ -6,10 +6,16 @@ use vox_core::driver::Fault;
 use vox_core::driver::channel::LossCause;
 use vox_core::session::{CloseReason, PhaseError, SessionPhase};
 
+/// The recovery deadline the resuming phases carry (any fixed instant).
+fn deadline() -> tokio::time::Instant {
+    static AT: std::sync::LazyLock<tokio::time::Instant> = std::sync::LazyLock::new(tokio::time::Instant::now);
+    *AT
+}
+
 fn phases() -> Vec<SessionPhase> {
     vec![
         SessionPhase::Established { generation: 3 },
-        SessionPhase::Resuming { lost: 3 },
+        SessionPhase::Resuming { lost: 3, deadline: deadline() },
         SessionPhase::Closing(CloseReason::Shutdown),
         SessionPhase::Closed(CloseReason::Shutdown),
     ]
@@ -41,10 +47,10 @@ fn refused<T: std::fmt::Debug>(
 fn session_phase_every_event_in_every_phase() {
     for start in phases() {
         let mut p = start.clone();
-        match p.on_attachment_lost() {
+        match p.on_attachment_lost(deadline()) {
             Ok(lost) if matches!(start, SessionPhase::Established { .. }) => {
                 assert_eq!(lost, 3);
-                assert_eq!(p, SessionPhase::Resuming { lost: 3 });
+                assert_eq!(p, SessionPhase::Resuming { lost: 3, deadline: deadline() });
             }
             got => refused(&start, "attachment lost", got, &p),
         }
@@ -80,7 +86,7 @@ fn session_resume_generations_count_every_attachment() {
     let mut p = SessionPhase::established();
     for generation in 1..=5 {
         assert_eq!(p, SessionPhase::Established { generation });
-        assert_eq!(p.on_attachment_lost(), Ok(generation));
+        assert_eq!(p.on_attachment_lost(deadline()), Ok(generation));
         assert!(!p.is_established());
         assert_eq!(p.on_reattached(), Ok(generation + 1));
         assert!(p.is_established());

@@ -87,6 +87,9 @@ pub enum SessionPhase {
     Resuming {
         /// The attachment that ended.
         lost: u64,
+        /// When the wait gives up (`SessionResumeConfig::recovery_timeout`
+        /// after the loss); the redial gives up at the same moment.
+        deadline: tokio::time::Instant,
     },
     /// Tearing down.
     Closing(CloseReason),
@@ -111,11 +114,12 @@ impl SessionPhase {
         SessionPhase::Established { generation: 1 }
     }
 
-    /// The current attachment ended without ending the session.
-    pub fn on_attachment_lost(&mut self) -> Result<u64, PhaseError> {
+    /// The current attachment ended without ending the session; the wait
+    /// for a replacement ends at `deadline`.
+    pub fn on_attachment_lost(&mut self, deadline: tokio::time::Instant) -> Result<u64, PhaseError> {
         match *self {
             SessionPhase::Established { generation } => {
-                *self = SessionPhase::Resuming { lost: generation };
+                *self = SessionPhase::Resuming { lost: generation, deadline };
                 Ok(generation)
             }
             _ => Err(PhaseError { from: self.name(), event: "attachment lost" }),
@@ -125,7 +129,7 @@ impl SessionPhase {
     /// A replacement conduit was bound: the next generation.
     pub fn on_reattached(&mut self) -> Result<u64, PhaseError> {
         match *self {
-            SessionPhase::Resuming { lost } => {
+            SessionPhase::Resuming { lost, .. } => {
                 let generation = lost + 1;
                 *self = SessionPhase::Established { generation };
                 Ok(generation)
@@ -262,12 +266,12 @@ mod tests {
     fn session_phase_transitions_are_guarded() {
         let mut p = SessionPhase::established();
         assert!(p.on_reattached().is_err(), "no reattach while established");
-        assert_eq!(p.on_attachment_lost(), Ok(1));
-        assert!(p.on_attachment_lost().is_err(), "lost only once per attachment");
+        assert_eq!(p.on_attachment_lost(tokio::time::Instant::now()), Ok(1));
+        assert!(p.on_attachment_lost(tokio::time::Instant::now()).is_err(), "lost only once per attachment");
         assert_eq!(p.on_reattached(), Ok(2));
         assert_eq!(p, SessionPhase::Established { generation: 2 });
         p.on_closing(CloseReason::Shutdown).unwrap();
-        assert!(p.on_attachment_lost().is_err());
+        assert!(p.on_attachment_lost(tokio::time::Instant::now()).is_err());
         assert!(p.on_reattached().is_err());
         assert!(p.on_closing(CloseReason::PeerClosed).is_err(), "first reason wins");
         assert_eq!(p.on_closed().unwrap(), CloseReason::Shutdown);

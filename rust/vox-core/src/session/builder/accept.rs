@@ -108,11 +108,8 @@ impl SessionBuilder {
         // rule: session.setup.limits — the peer is a session peer now.
         rx.unrestrict();
         if !resumed {
-            let resume = fresh.map(|key| Resume {
-                key,
-                side: ResumeSide::Acceptor { registry: self.session_registry.clone() },
-                deadline: None,
-            });
+            let resume =
+                fresh.map(|key| Resume { key, side: ResumeSide::Acceptor { registry: self.session_registry.clone() } });
             return Ok(Accepted::New(self.start(NewConduit { tx, rx, negotiated }, resume)));
         }
         // The session may have ended since the lookup: then the link is

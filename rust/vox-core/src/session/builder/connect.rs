@@ -86,7 +86,7 @@ impl SessionBuilder {
                 })
             });
             let redialer = Redialer { attempt, backoff: self.config.session_resume.backoff.clone() };
-            Resume { key, side: ResumeSide::Initiator { redialer, pending: None }, deadline: None }
+            Resume { key, side: ResumeSide::Initiator { redialer, pending: None } }
         });
         Ok(self.start(conduit, resume))
     }

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 /// attachment can reach a new conduit.
 pub(crate) struct Attachment {
     pub(crate) outbound: Outbound,
-    /// `None` while resuming.
+    /// `None` once the task ended (its handle must not be polled again) and
+    /// while resuming; whether the session is attached is the phase's to
+    /// say, never this field's.
     pub(crate) writer: Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
     pub(crate) finish: Option<oneshot::Sender<Finish>>,
     pub(crate) conduit: Option<ConduitRx>,
@@ -36,9 +38,5 @@ impl Attachment {
             owed: VecDeque::new(),
             ping_outstanding: None,
         }
-    }
-
-    pub(super) fn is_live(&self) -> bool {
-        self.writer.is_some()
     }
 }

@@ -32,7 +32,7 @@ impl RunLoop {
     pub(super) fn on_control(&mut self, m: ControlMsg) -> Step {
         match m {
             ControlMsg::OpenConnection { settings, metadata, reply } => {
-                if !self.link.is_live() {
+                if !self.phase.is_established() {
                     let _ = reply.send(Err(SessionError::Resuming));
                     return Step::Continue;
                 }
@@ -75,7 +75,7 @@ impl RunLoop {
                 self.root_released = true;
                 Step::Continue
             }
-            ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.link.is_live()),
+            ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.phase.is_established()),
             ControlMsg::Drain { grace } => {
                 if self.draining.is_none() {
                     let idle = Arc::new(tokio::sync::Notify::new());
@@ -100,7 +100,7 @@ impl RunLoop {
             return Step::Continue;
         }
         let idle = self.root.is_idle() && self.table.open_cores().iter().all(|c| c.is_idle());
-        if idle { Step::End(CloseReason::Shutdown, None, self.link.is_live()) } else { Step::Continue }
+        if idle { Step::End(CloseReason::Shutdown, None, self.phase.is_established()) } else { Step::Continue }
     }
 
     fn close_local(&mut self, id: ConnectionId, metadata: Metadata) -> bool {

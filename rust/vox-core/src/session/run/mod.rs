@@ -124,7 +124,7 @@ impl RunLoop {
             if self.root_released && self.table.open_count() == 0 && !self.root.serves_handler() {
                 break (CloseReason::RootReleased, None, true);
             }
-            let live = self.link.is_live();
+            let live = self.phase.is_established();
             let can_take = self.link.owed.len() < OWED_CAPACITY;
             let link = &mut self.link;
             let event = tokio::select! {
@@ -149,7 +149,7 @@ impl RunLoop {
                 },
                 m = self.mailbox.recv(), if can_take => Event::Control(m),
                 i = inbound(&mut link.conduit), if can_take => Event::Inbound(i),
-                e = resume_event(&mut self.resume) => e,
+                e = resume_event(&self.phase, &mut self.resume) => e,
                 e = drain_event(&self.draining) => e,
                 _ = async {
                     match ticker.as_mut() {
@@ -183,7 +183,7 @@ impl RunLoop {
                 Event::DrainProgress => self.drain_check(),
                 Event::DrainDeadline => {
                     tracing::info!("grace period over; ending the session with handlers still in flight");
-                    Step::End(CloseReason::Shutdown, None, self.link.is_live())
+                    Step::End(CloseReason::Shutdown, None, self.phase.is_established())
                 }
                 Event::OutboundClosed => Step::Lost(CloseReason::LinkError("outbound path closed".into())),
                 Event::Control(Some(m)) => self.on_control(m),

@@ -6,7 +6,7 @@
 use super::{Attachment, Event, RunLoop};
 use crate::plumbing::loss::LossCause;
 use crate::session::SessionError;
-use crate::session::phase::CloseReason;
+use crate::session::phase::{CloseReason, SessionPhase};
 use crate::session::resume::{NewConduit, Redialer, SessionRegistry, redial};
 use crate::session::table::Entry;
 use crate::wire::ResumeKey;
@@ -17,8 +17,6 @@ use tokio::time::Instant;
 pub(crate) struct Resume {
     pub(crate) key: ResumeKey,
     pub(crate) side: ResumeSide,
-    /// When `Resuming` gives up.
-    pub(crate) deadline: Option<Instant>,
 }
 
 pub(crate) enum ResumeSide {
@@ -29,8 +27,10 @@ pub(crate) enum ResumeSide {
 }
 
 /// While resuming: the redial's result (initiator) or the recovery deadline.
-pub(super) async fn resume_event(r: &mut Option<Resume>) -> Event {
-    let Some(Resume { deadline: Some(deadline), side, .. }) = r else { return std::future::pending().await };
+pub(super) async fn resume_event(phase: &SessionPhase, r: &mut Option<Resume>) -> Event {
+    let (SessionPhase::Resuming { deadline, .. }, Some(Resume { side, .. })) = (phase, r) else {
+        return std::future::pending().await;
+    };
     let deadline = *deadline;
     let redialed = async {
         match side {
@@ -54,7 +54,9 @@ impl RunLoop {
     /// `session.resume`). Otherwise `Err` says why the session ends.
     pub(super) fn detach(&mut self, reason: CloseReason) -> Result<(), CloseReason> {
         let Some(resume) = self.resume.as_mut() else { return Err(reason) };
-        let lost = match self.phase.on_attachment_lost() {
+        // One deadline for both: the loop gives up when the redial does.
+        let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
+        let lost = match self.phase.on_attachment_lost(deadline) {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!(error = %e, "conduit loss outside Established");
@@ -84,9 +86,6 @@ impl RunLoop {
         self.link.conduit = None;
         self.link.owed.clear();
         self.link.ping_outstanding = None;
-        // One deadline for both: the loop gives up when the redial does.
-        let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
-        resume.deadline = Some(deadline);
         if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
             let (tx, rx) = oneshot::channel();
             let redialer = redialer.clone();
@@ -129,11 +128,8 @@ impl RunLoop {
         tokio::spawn(root.clone().run_flush());
         self.root_slot.set(root.clone());
         self.root = root;
-        if let Some(resume) = self.resume.as_mut() {
-            resume.deadline = None;
-            if let ResumeSide::Initiator { pending, .. } = &mut resume.side {
-                *pending = None;
-            }
+        if let Some(Resume { side: ResumeSide::Initiator { pending, .. }, .. }) = self.resume.as_mut() {
+            *pending = None;
         }
         tracing::info!(generation, "session resumed on a new conduit");
         let _ = self.generation_tx.send(generation);
