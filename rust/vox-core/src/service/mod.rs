@@ -314,7 +314,7 @@ pub fn reject_reason(error: &SessionError) -> Option<&str> {
 }
 
 #[derive(Clone)]
-struct Entry {
+struct RouteEntry {
     name: &'static str,
     handler: Arc<dyn Handler>,
 }
@@ -347,7 +347,7 @@ pub struct ServiceRouter {
 #[derive(Default, Clone)]
 struct RouterInner {
     settings: ConnectionSettings,
-    by_name: BTreeMap<String, Entry>,
+    by_name: BTreeMap<String, RouteEntry>,
     by_method: HashMap<MethodId, Arc<dyn Handler>>,
 }
 
@@ -374,7 +374,7 @@ impl ServiceRouter {
         let handler: Arc<dyn Handler> = Arc::new(dispatcher);
         let inner = self.inner_mut();
         if let Some(old) =
-            inner.by_name.insert(kebab(D::SERVICE_NAME), Entry { name: D::SERVICE_NAME, handler: handler.clone() })
+            inner.by_name.insert(kebab(D::SERVICE_NAME), RouteEntry { name: D::SERVICE_NAME, handler: handler.clone() })
         {
             let old_name = old.name;
             inner.by_method.retain(|_, h| !Arc::ptr_eq(h, &old.handler));

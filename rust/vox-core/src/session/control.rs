@@ -66,7 +66,7 @@ struct Reserved {
     dropped: VecDeque<ConnectionId>,
 }
 
-struct Shared {
+struct MailboxShared {
     reserved: Mutex<Reserved>,
     wake: Signal,
     queue_high_water: AtomicUsize,
@@ -77,20 +77,20 @@ struct Shared {
 #[derive(Clone)]
 pub struct MailboxTx {
     queue: mpsc::Sender<ControlMsg>,
-    shared: Arc<Shared>,
+    shared: Arc<MailboxShared>,
 }
 
 /// Receiving side of the mailbox, owned by the run loop.
 pub struct MailboxRx {
     queue: mpsc::Receiver<ControlMsg>,
-    shared: Arc<Shared>,
+    shared: Arc<MailboxShared>,
 }
 
 /// Creates a mailbox whose bounded queue holds `capacity` messages.
 pub fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
     let capacity = capacity.max(1);
     let (tx, rx) = mpsc::channel(capacity);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(MailboxShared {
         reserved: Mutex::new(Reserved::default()),
         wake: Signal::new(),
         queue_high_water: AtomicUsize::new(0),

@@ -79,11 +79,11 @@ pub(crate) fn fresh_key() -> Result<ResumeKey, SessionError> {
 /// live sessions.
 #[derive(Clone, Default)]
 pub(crate) struct SessionRegistry {
-    inner: Arc<Mutex<HashMap<ResumeKey, Entry>>>,
+    inner: Arc<Mutex<HashMap<ResumeKey, RegistryEntry>>>,
 }
 
 #[derive(Clone)]
-struct Entry {
+struct RegistryEntry {
     mailbox: MailboxTx,
     /// The initiator's parity, which a resuming `Hello` must repeat.
     parity: Parity,
@@ -91,7 +91,7 @@ struct Entry {
 
 impl SessionRegistry {
     pub(crate) fn insert(&self, key: ResumeKey, mailbox: MailboxTx, parity: Parity) {
-        self.inner.lock().insert(key, Entry { mailbox, parity });
+        self.inner.lock().insert(key, RegistryEntry { mailbox, parity });
     }
 
     pub(crate) fn remove(&self, key: &ResumeKey) {
@@ -121,13 +121,13 @@ pub(crate) enum RedialError {
 }
 
 /// One resume attempt: dial, prologue, conduit, resuming handshake.
-pub(crate) type Attempt =
+pub(crate) type RedialAttempt =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<NewConduit, RedialError>> + Send>> + Send + Sync>;
 
 /// The initiator's side of resuming: how to make an attempt.
 #[derive(Clone)]
 pub(crate) struct Redialer {
-    pub(crate) attempt: Attempt,
+    pub(crate) attempt: RedialAttempt,
     pub(crate) backoff: Backoff,
 }
 

@@ -19,16 +19,16 @@ use tokio::sync::oneshot;
 pub(crate) type OpenReply = oneshot::Sender<Result<ConnectionHandle, SessionError>>;
 
 /// A live connection and what its state owns.
-pub(crate) enum Entry {
+pub(crate) enum ConnEntry {
     PendingOutbound { reply: OpenReply, settings: ConnectionSettings, parity: Parity },
     Open { core: Arc<ConnectionCore> },
 }
 
-impl Entry {
+impl ConnEntry {
     fn state(&self) -> ConnState {
         match self {
-            Entry::PendingOutbound { .. } => ConnState::PendingOutbound,
-            Entry::Open { .. } => ConnState::Open,
+            ConnEntry::PendingOutbound { .. } => ConnState::PendingOutbound,
+            ConnEntry::Open { .. } => ConnState::Open,
         }
     }
 }
@@ -55,7 +55,7 @@ pub(crate) enum Lookup<'a> {
 }
 
 pub(crate) struct ConnTable {
-    entries: HashMap<ConnectionId, Entry>,
+    entries: HashMap<ConnectionId, ConnEntry>,
     /// Released connections and the state each ended in, oldest first: enough
     /// to judge messages that cross a close, bounded by `tombstone_cap`
     /// whatever the peer does.
@@ -104,7 +104,12 @@ impl ConnTable {
     /// The one place a connection changes state: `event` is checked against
     /// the state machine, then the new state is stored, with `entry` when it
     /// is live. Returns what the previous state owned.
-    fn apply(&mut self, id: ConnectionId, event: ConnEvent, entry: Option<Entry>) -> Result<Option<Entry>, PhaseError> {
+    fn apply(
+        &mut self,
+        id: ConnectionId,
+        event: ConnEvent,
+        entry: Option<ConnEntry>,
+    ) -> Result<Option<ConnEntry>, PhaseError> {
         let from = self.state(id);
         let to = ConnState::next(from, event)?;
         match entry {
@@ -148,7 +153,7 @@ impl ConnTable {
         // The opener picks the connection parity; we use our session parity.
         let parity = self.local_parity;
         // Ids are allocated once, so the id is new and this cannot fail.
-        let opened = self.apply(id, ConnEvent::LocalOpen, Some(Entry::PendingOutbound { reply, settings, parity }));
+        let opened = self.apply(id, ConnEvent::LocalOpen, Some(ConnEntry::PendingOutbound { reply, settings, parity }));
         debug_assert!(opened.is_ok());
         Ok((id, parity))
     }
@@ -171,7 +176,7 @@ impl ConnTable {
     /// Our acceptor accepted the peer's open of `id` (checked by
     /// [`check_inbound_open`](Self::check_inbound_open)).
     pub(crate) fn insert_open(&mut self, id: ConnectionId, core: Arc<ConnectionCore>) -> Result<(), PhaseError> {
-        self.apply(id, ConnEvent::WeAccepted, Some(Entry::Open { core })).map(drop)
+        self.apply(id, ConnEvent::WeAccepted, Some(ConnEntry::Open { core })).map(drop)
     }
 
     /// Our acceptor rejected the peer's open of `id` (checked by
@@ -187,7 +192,7 @@ impl ConnTable {
     /// made with.
     pub(crate) fn pending(&self, id: ConnectionId, event: ConnEvent) -> Result<(ConnectionSettings, Parity), String> {
         match self.entries.get(&id) {
-            Some(Entry::PendingOutbound { settings, parity, .. }) => Ok((settings.clone(), *parity)),
+            Some(ConnEntry::PendingOutbound { settings, parity, .. }) => Ok((settings.clone(), *parity)),
             Some(entry) => Err(format!("{event:?} for connection {id} in state {:?}", entry.state())),
             _ => Err(format!("{event:?} for connection {id}, which we did not open")),
         }
@@ -196,7 +201,7 @@ impl ConnTable {
     /// `AcceptConnection` for `id` (see [`pending`](Self::pending)): the
     /// connection is open, served by `core`. Returns the opener's reply.
     pub(crate) fn accept_outbound(&mut self, id: ConnectionId, core: Arc<ConnectionCore>) -> Result<OpenReply, String> {
-        self.answer(id, ConnEvent::PeerAccepted, Some(Entry::Open { core }))
+        self.answer(id, ConnEvent::PeerAccepted, Some(ConnEntry::Open { core }))
     }
 
     /// `RejectConnection` for `id`. Returns the opener's reply.
@@ -204,10 +209,10 @@ impl ConnTable {
         self.answer(id, ConnEvent::PeerRejected, None)
     }
 
-    fn answer(&mut self, id: ConnectionId, event: ConnEvent, entry: Option<Entry>) -> Result<OpenReply, String> {
+    fn answer(&mut self, id: ConnectionId, event: ConnEvent, entry: Option<ConnEntry>) -> Result<OpenReply, String> {
         self.pending(id, event)?;
         match self.apply(id, event, entry) {
-            Ok(Some(Entry::PendingOutbound { reply, .. })) => Ok(reply),
+            Ok(Some(ConnEntry::PendingOutbound { reply, .. })) => Ok(reply),
             Ok(_) => Err(format!("connection {id} is not pending")),
             Err(e) => Err(e.to_string()),
         }
@@ -220,7 +225,7 @@ impl ConnTable {
         }
         let event = if how == Released::ByUs { ConnEvent::LocalClose } else { ConnEvent::PeerClosed };
         match self.apply(id, event, None) {
-            Ok(Some(Entry::Open { core })) => Some(core),
+            Ok(Some(ConnEntry::Open { core })) => Some(core),
             _ => None,
         }
     }
@@ -229,7 +234,7 @@ impl ConnTable {
     pub(crate) fn lookup(&mut self, id: ConnectionId) -> Lookup<'_> {
         if self.entries.contains_key(&id) {
             return match self.entries.get(&id) {
-                Some(Entry::Open { core }) => Lookup::Open(core),
+                Some(ConnEntry::Open { core }) => Lookup::Open(core),
                 _ => Lookup::PendingOutbound,
             };
         }
@@ -280,8 +285,8 @@ impl ConnTable {
         self.entries
             .values()
             .filter_map(|e| match e {
-                Entry::Open { core } => Some(core.clone()),
-                Entry::PendingOutbound { .. } => None,
+                ConnEntry::Open { core } => Some(core.clone()),
+                ConnEntry::PendingOutbound { .. } => None,
             })
             .collect()
     }
@@ -290,7 +295,7 @@ impl ConnTable {
     /// forgotten, not released: the session or attachment ended them, not
     /// either side, and the ids stay used (a late message for one is judged
     /// by the id high-water marks). Released connections stay remembered.
-    pub(crate) fn drain(&mut self) -> Vec<Entry> {
+    pub(crate) fn drain(&mut self) -> Vec<ConnEntry> {
         self.entries.drain().map(|(_, e)| e).collect()
     }
 }

@@ -254,8 +254,8 @@ fn run(parity: Parity, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .drain()
                     .into_iter()
                     .map(|entry| match entry {
-                        Entry::Open { core } => (true, core.id().0),
-                        Entry::PendingOutbound { .. } => (false, u64::MAX),
+                        ConnEntry::Open { core } => (true, core.id().0),
+                        ConnEntry::PendingOutbound { .. } => (false, u64::MAX),
                     })
                     .collect();
                 drained.sort_unstable();

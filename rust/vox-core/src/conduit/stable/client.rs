@@ -2,7 +2,7 @@
 //! and the recovery task that redials after each break with the resume key.
 
 use super::hello::{StableSetupError, recv_decoded, send_encoded};
-use super::shared::{Phase, Shared};
+use super::shared::{Phase, StableShared};
 use super::{StableConfig, StableEnd, StableRx, StableTx, halves};
 use crate::link::{Link, LinkSource};
 use crate::transport;
@@ -53,7 +53,7 @@ pub async fn connect_over(
     if sh.last_received.is_some() {
         return Err(StableSetupError::Hello("a new conduit's ServerHello claims frames were received".into()));
     }
-    let shared = Shared::new(sh.resume_key, config, link);
+    let shared = StableShared::new(sh.resume_key, config, link);
     tokio::spawn(redial(shared.clone(), source));
     Ok(halves(shared))
 }
@@ -63,7 +63,7 @@ const DRAIN_BEFORE_REDIAL: Duration = Duration::from_millis(500);
 
 /// Client recovery task: after each break, redials with backoff until the
 /// recovery timeout, presenting the resume key.
-async fn redial(shared: Arc<Shared>, source: Arc<dyn LinkSource>) {
+async fn redial(shared: Arc<StableShared>, source: Arc<dyn LinkSource>) {
     loop {
         shared.broken.notified().await;
         let epoch = {

@@ -3,7 +3,7 @@
 //! only takes from the reader's queue; the tasks do the link I/O, so a link
 //! break is invisible here.
 
-use super::shared::{Closing, Phase, ReceiveLimit, Shared};
+use super::shared::{Closing, Phase, ReceiveLimit, StableShared};
 use super::{ConduitError, StableEnd, ended};
 use crate::wire::{self, Blob, ConduitMsg};
 use bytes::Bytes;
@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 
 /// Sending half of a stable conduit.
 pub struct StableTx {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<StableShared>,
 }
 
 /// Receiving half of a stable conduit.
 pub struct StableRx {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<StableShared>,
     pub(super) queue: mpsc::Receiver<Result<Bytes, ConduitError>>,
 }
 

@@ -36,7 +36,7 @@ pub use state::{Inbound, StableError, StableState, seq_after};
 use super::ConduitError;
 use crate::link::Backoff;
 use reader::{DELIVERY_QUEUE, reader};
-use shared::Shared;
+use shared::StableShared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -105,7 +105,7 @@ fn ended(end: &StableEnd) -> ConduitError {
 }
 
 /// Starts the writer and reader tasks of a conduit and hands out its halves.
-fn halves(shared: Arc<Shared>) -> (StableTx, StableRx) {
+fn halves(shared: Arc<StableShared>) -> (StableTx, StableRx) {
     let (out, queue) = mpsc::channel(DELIVERY_QUEUE);
     tokio::spawn(writer(shared.clone()));
     tokio::spawn(reader(shared.clone(), out));

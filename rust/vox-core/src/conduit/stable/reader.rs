@@ -2,7 +2,7 @@
 //! duplicates and queues delivered items for [`StableRx`](super::StableRx);
 //! it switches to a newer link as soon as one is attached.
 
-use super::shared::{Phase, ReceiveLimit, Shared};
+use super::shared::{Phase, ReceiveLimit, StableShared};
 use super::state::Inbound;
 use super::{ConduitError, StableEnd};
 use crate::link::{LinkError, LinkRx};
@@ -28,7 +28,7 @@ pub(super) const DELIVERY_QUEUE: usize = 32;
 /// [`StableRx`](super::StableRx). Messages that
 /// arrive after the receiving half was dropped are acknowledged and
 /// discarded, so closing never waits on a reader that is gone.
-pub(super) async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, ConduitError>>) {
+pub(super) async fn reader(shared: Arc<StableShared>, out: mpsc::Sender<Result<Bytes, ConduitError>>) {
     let mut link: Option<(u64, LinkRx)> = None;
     // While the session handshake runs, an item is read only once the
     // consumer asked for one with nothing queued: a message the peer sends
@@ -114,7 +114,7 @@ pub(super) async fn reader(shared: Arc<Shared>, out: mpsc::Sender<Result<Bytes, 
 
 /// One link message: applies its ack, and returns the item to deliver (if
 /// any), or how the peer broke the rules.
-fn on_link_message(shared: &Shared, bytes: &Bytes) -> Result<Option<Bytes>, StableEnd> {
+fn on_link_message(shared: &StableShared, bytes: &Bytes) -> Result<Option<Bytes>, StableEnd> {
     let msg = match wire::decode::<StableMsg>("StableMsg", bytes) {
         Ok(m) => m,
         Err(e) => return Err(StableEnd::Undecodable(e.to_string())),

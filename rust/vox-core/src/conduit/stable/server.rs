@@ -3,7 +3,7 @@
 //! broken conduit nobody came back for.
 
 use super::hello::{StableSetupError, recv_decoded, send_encoded};
-use super::shared::{Phase, Shared};
+use super::shared::{Phase, StableShared};
 use super::{StableConfig, StableEnd, StableRx, StableTx, halves};
 use crate::link::Link;
 use crate::sync::Mutex;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 /// that ended is dropped from the index on the next insertion.
 #[derive(Clone, Default)]
 pub struct StableRegistry {
-    inner: Arc<Mutex<HashMap<Bytes, Weak<Shared>>>>,
+    inner: Arc<Mutex<HashMap<Bytes, Weak<StableShared>>>>,
 }
 
 impl std::fmt::Debug for StableRegistry {
@@ -84,7 +84,7 @@ impl StableRegistry {
                 &StableHelloReply::Welcome(ServerHello { resume_key: key.clone(), last_received: None }),
             )
             .await?;
-            let shared = Shared::new(key.clone(), config, link);
+            let shared = StableShared::new(key.clone(), config, link);
             {
                 let mut map = self.inner.lock();
                 map.retain(|_, w| w.strong_count() > 0);
@@ -123,7 +123,7 @@ impl StableRegistry {
 
 /// Server recovery task: after a break, ends the conduit if no link comes
 /// back within the recovery timeout.
-async fn watchdog(shared: Arc<Shared>) {
+async fn watchdog(shared: Arc<StableShared>) {
     loop {
         shared.broken.notified().await;
         let epoch = {

@@ -1,4 +1,4 @@
-//! The state one conduit's halves and tasks share ([`Shared`]): the state
+//! The state one conduit's halves and tasks share ([`StableShared`]): the state
 //! machine, the link slots and the wake-ups, behind one lock. The
 //! transitions every task may take (break, attach, violation, end) live here
 //! so each is taken under the lock, in one place.
@@ -83,7 +83,7 @@ pub(super) struct Core {
 /// State shared by the halves and tasks of one conduit. Each `Notify` has a
 /// single waiter (writer task, sending half, receiving half, recovery task),
 /// so `notify_one`'s stored permit makes every wake-up impossible to lose.
-pub(super) struct Shared {
+pub(super) struct StableShared {
     pub(super) core: Mutex<Core>,
     pub(super) key: ResumeKey,
     pub(super) config: StableConfig,
@@ -107,12 +107,12 @@ pub(super) struct Shared {
     pub(super) reader_drained: Notify,
 }
 
-impl Shared {
-    pub(super) fn new(key: ResumeKey, config: StableConfig, link: Link) -> Arc<Shared> {
+impl StableShared {
+    pub(super) fn new(key: ResumeKey, config: StableConfig, link: Link) -> Arc<StableShared> {
         let peer_addr = link.rx.peer_addr();
         let peer_identity = link.rx.peer_identity().cloned();
         let (tx, rx) = link.split();
-        Arc::new(Shared {
+        Arc::new(StableShared {
             core: Mutex::new(Core {
                 sm: StableState::new(config.replay_limit),
                 phase: Phase::Attached(Closing::No),

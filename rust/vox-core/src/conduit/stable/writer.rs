@@ -2,7 +2,7 @@
 //! frames leave in seq order even while links are swapped, and the closing
 //! sequences (`Bye`, or an abort after a violation) are written last.
 
-use super::shared::{Closing, Phase, Shared};
+use super::shared::{Closing, Phase, StableShared};
 use super::{ConduitError, StableEnd};
 use crate::link::LinkTx;
 use crate::wire::{self, StableMsg};
@@ -23,7 +23,7 @@ enum Work {
 
 /// `fut`, unless the conduit is closed first (then `None`): a write to a
 /// peer that stopped reading must not outlive the conduit.
-async fn unless_shut<T>(shared: &Shared, fut: impl std::future::Future<Output = T>) -> Option<T> {
+async fn unless_shut<T>(shared: &StableShared, fut: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         r = fut => Some(r),
         _ = shared.shutdown.notified() => None,
@@ -31,7 +31,7 @@ async fn unless_shut<T>(shared: &Shared, fut: impl std::future::Future<Output = 
 }
 
 /// The one task that writes to the conduit's links.
-pub(super) async fn writer(shared: Arc<Shared>) {
+pub(super) async fn writer(shared: Arc<StableShared>) {
     let mut link: Option<(u64, LinkTx)> = None;
     loop {
         let notified = shared.writer_wake.notified();
@@ -124,7 +124,7 @@ pub(super) async fn writer(shared: Arc<Shared>) {
 
 /// Flushes and closes a link's sending half, unless the conduit is closed
 /// first (a peer that stopped reading): then the half is aborted.
-async fn close_link(shared: &Shared, tx: LinkTx) {
+async fn close_link(shared: &StableShared, tx: LinkTx) {
     // `close` consumes the half; keep a way to abort it if we give up.
     let abort = tx.abort_handle();
     if unless_shut(shared, tx.close()).await.is_none() {

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 
 use super::RegistryConfig;
 use super::error::{ChannelStats, CloseCause, ItemOutcome, LossCause, RemoteOutcome, ViolationKind};
-use super::state::{ChannelState, Closed, Entry, Role, Tombstone, Tombstones};
+use super::state::{ChannelEntry, ChannelState, Closed, Role, Tombstone, Tombstones};
 use crate::id_window::{IdWindow, Seen};
 use crate::wire::{ChannelId, IdAllocator};
-use outbound::Outbound;
+use outbound::DueQueue;
 use remote::{Msg, Verdict, judge_ended};
 
 mod inspect;
@@ -43,14 +43,14 @@ enum Gate<E> {
 #[derive(Debug)]
 pub(super) struct Inner {
     config: RegistryConfig,
-    channels: HashMap<ChannelId, Entry>,
+    channels: HashMap<ChannelId, ChannelEntry>,
     local_ids: IdAllocator,
     /// The highest id we allocated: our ids at or below it are "known".
     highest_local: Option<u64>,
     /// The ids the peer announced: exactly for the most recent ones, and
     /// whether older ones were forgotten (rule `rpc.channel.unknown`).
     remote_ids: IdWindow,
-    outbound: Outbound,
+    outbound: DueQueue,
     tombstones: Tombstones,
     lost: Option<LossCause>,
     counters: ChannelStats,
@@ -65,7 +65,7 @@ impl Inner {
             channels: HashMap::new(),
             highest_local: None,
             remote_ids: IdWindow::default(),
-            outbound: Outbound::default(),
+            outbound: DueQueue::default(),
             lost: None,
             counters: ChannelStats::default(),
         }
@@ -102,7 +102,7 @@ impl Inner {
         if !done {
             return;
         }
-        if let Some(Entry { state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
+        if let Some(ChannelEntry { state: ChannelState::Closed(closed), .. }) = self.channels.remove(&id) {
             if self.lost.is_none() {
                 self.tombstones
                     .insert(id, Tombstone { role: closed.role, cause: closed.cause, peer_ended: closed.peer_ended });

@@ -195,7 +195,7 @@ pub struct Closed {
 
 /// A map entry: the state plus the waker, which outlives state changes.
 #[derive(Debug)]
-pub(super) struct Entry {
+pub(super) struct ChannelEntry {
     /// The local handle's waker (sender in `poll_credit`, receiver in
     /// `poll_recv`); kept here because it must survive the transition that
     /// has to wake it.
@@ -204,7 +204,7 @@ pub(super) struct Entry {
     pub(super) state: ChannelState,
 }
 
-impl Entry {
+impl ChannelEntry {
     /// Our end of the channel; fixed at creation. Read from the state rather
     /// than stored: a field would make every entry of the map a word larger.
     pub(super) fn role(&self) -> Role {

@@ -49,6 +49,6 @@ where
     }
 }
 
-pub(crate) struct Shared {
+pub(crate) struct ListenerShared {
     pub(crate) acceptor: Option<Arc<dyn Acceptor>>,
 }

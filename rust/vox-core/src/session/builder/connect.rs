@@ -74,7 +74,7 @@ impl SessionBuilder {
             tokio::time::timeout(timeout, setup).await.map_err(|_| SessionError::HandshakeTimeout(timeout))??;
         let resume = conduit.negotiated.resume_key.clone().map(|key| {
             let attempt_key = key.clone();
-            let attempt: resume::Attempt = Arc::new(move || {
+            let attempt: resume::RedialAttempt = Arc::new(move || {
                 let (config, source, key) = (config.clone(), source.clone(), attempt_key.clone());
                 Box::pin(async move {
                     let timeout = config.handshake_timeout;

@@ -14,7 +14,7 @@ mod listener;
 mod pending;
 mod start;
 
-pub(crate) use acceptor::Shared;
+pub(crate) use acceptor::ListenerShared;
 pub use acceptor::{AcceptDecision, Acceptor, ConnectionRequest};
 pub use config::{KeepaliveConfig, SessionConfig};
 pub use listener::Listener;

@@ -2,7 +2,7 @@
 //! root connection, the mailbox, the run loop's task and the handles given
 //! to the application. Both sides, and every transport, end here.
 
-use super::{Session, SessionBuilder, Shared};
+use super::{ListenerShared, Session, SessionBuilder};
 use crate::driver::ConnectionCore;
 use crate::plumbing::ops::SessionOps;
 use crate::session::control::mailbox;
@@ -55,7 +55,7 @@ impl SessionBuilder {
             mailbox_tx: mailbox_tx.clone(),
             link,
             config,
-            shared: Arc::new(Shared { acceptor: self.acceptor }),
+            shared: Arc::new(ListenerShared { acceptor: self.acceptor }),
             closed_tx,
             generation_tx,
             ops,

@@ -35,7 +35,7 @@ use crate::driver::ConnectionCore;
 use crate::driver::Inbound;
 use crate::plumbing::ops::SessionOps;
 use crate::session::budget::BudgetKind;
-use crate::session::builder::{SessionConfig, Shared};
+use crate::session::builder::{ListenerShared, SessionConfig};
 use crate::session::control::{ControlMsg, MailboxRx, MailboxTx};
 use crate::session::handle::RootSlot;
 use crate::session::phase::{CloseReason, SessionPhase};
@@ -62,7 +62,7 @@ pub(crate) struct RunLoop {
     /// Everything of the current attachment that the loop owns.
     pub(crate) link: Attachment,
     pub(crate) config: Arc<SessionConfig>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ListenerShared>,
     pub(crate) closed_tx: watch::Sender<Option<CloseReason>>,
     pub(crate) generation_tx: watch::Sender<u64>,
     pub(crate) ops: Option<Arc<SessionOps>>,

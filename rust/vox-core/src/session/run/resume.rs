@@ -8,7 +8,7 @@ use crate::plumbing::loss::LossCause;
 use crate::session::SessionError;
 use crate::session::phase::{CloseReason, SessionPhase};
 use crate::session::resume::{NewConduit, Redialer, SessionRegistry, redial};
-use crate::session::table::Entry;
+use crate::session::table::ConnEntry;
 use crate::wire::ResumeKey;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -73,8 +73,8 @@ impl RunLoop {
         // keeps any (the id namespace is kept: ids are never reused).
         for entry in self.table.drain() {
             match entry {
-                Entry::Open { core } => core.on_lost(LossCause::ConnectionClosed),
-                Entry::PendingOutbound { reply, .. } => {
+                ConnEntry::Open { core } => core.on_lost(LossCause::ConnectionClosed),
+                ConnEntry::PendingOutbound { reply, .. } => {
                     let _ = reply.send(Err(SessionError::Resuming));
                 }
             }

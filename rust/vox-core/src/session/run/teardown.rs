@@ -6,7 +6,7 @@ use super::{Resume, ResumeSide, RunLoop};
 use crate::plumbing::outbound::Finish;
 use crate::session::SessionError;
 use crate::session::phase::CloseReason;
-use crate::session::table::Entry;
+use crate::session::table::ConnEntry;
 use crate::wire::Message;
 
 impl RunLoop {
@@ -22,8 +22,8 @@ impl RunLoop {
         let mut cores = vec![self.root.clone()];
         for entry in self.table.drain() {
             match entry {
-                Entry::Open { core } => cores.push(core),
-                Entry::PendingOutbound { reply, .. } => {
+                ConnEntry::Open { core } => cores.push(core),
+                ConnEntry::PendingOutbound { reply, .. } => {
                     let _ = reply.send(Err(SessionError::Closed(reason.clone())));
                 }
             }

@@ -6,7 +6,9 @@ use std::mem;
 
 use super::{Inner, ended};
 use crate::driver::channel::error::{CloseCause, LocalError, ViolationKind};
-use crate::driver::channel::state::{ChannelState, Closing, Early, Entry, Half, ItemQueue, RecvHalf, Role, WakerSlot};
+use crate::driver::channel::state::{
+    ChannelEntry, ChannelState, Closing, Early, Half, ItemQueue, RecvHalf, Role, WakerSlot,
+};
 use crate::wire::{ChannelDecl, ChannelDirection, ChannelId};
 
 impl Inner {
@@ -32,7 +34,7 @@ impl Inner {
             ChannelDirection::CallerToHandler => Half::Sending { credit: initial_credit },
             ChannelDirection::HandlerToCaller => Half::Receiving(RecvHalf::new(initial_credit)),
         };
-        self.channels.insert(id, Entry { waker: WakerSlot::new(), state: ChannelState::Open(half) });
+        self.channels.insert(id, ChannelEntry { waker: WakerSlot::new(), state: ChannelState::Open(half) });
         Ok(ChannelDecl { id, direction, initial_credit })
     }
 
@@ -87,7 +89,8 @@ impl Inner {
                 },
                 ChannelDirection::HandlerToCaller => Early::Sending { credit: decl.initial_credit, reset: false },
             };
-            self.channels.insert(decl.id, Entry { waker: WakerSlot::new(), state: ChannelState::Pending(early) });
+            self.channels
+                .insert(decl.id, ChannelEntry { waker: WakerSlot::new(), state: ChannelState::Pending(early) });
             self.remote_ids.insert(decl.id.0);
         }
         Ok(())

@@ -17,13 +17,13 @@ use crate::wire::{ChannelId, Metadata, Payload};
 /// here rather than as a flag in each map entry: only channels with a flush
 /// owed pay for it, and a flag would make every entry a word larger.
 #[derive(Debug, Default)]
-pub(super) struct Outbound {
+pub(super) struct DueQueue {
     fifo: VecDeque<ChannelId>,
     queued: HashSet<ChannelId>,
     pub(super) waker: Option<Waker>,
 }
 
-impl Outbound {
+impl DueQueue {
     pub(super) fn due(&mut self, id: ChannelId, wake: &mut Wakeups) {
         if self.queued.insert(id) {
             self.fifo.push_back(id);

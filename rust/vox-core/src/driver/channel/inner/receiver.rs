@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{Gate, Inner, ended};
 use crate::driver::channel::Wakeups;
 use crate::driver::channel::error::{CloseCause, RecvError};
-use crate::driver::channel::state::{ChannelState, Closing, Entry, Half, Role};
+use crate::driver::channel::state::{ChannelEntry, ChannelState, Closing, Half, Role};
 use crate::mutant;
 use crate::wire::ChannelId;
 
@@ -31,7 +31,7 @@ impl Inner {
         }
         match self.channels.get(&id) {
             Some(entry) if entry.role() != Role::Receiver => Gate::Refused(RecvError::WrongDirection(id)),
-            Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(RecvError::NotBound(id)),
+            Some(ChannelEntry { state: ChannelState::Pending(_), .. }) => Gate::Refused(RecvError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
                 Some(t) if t.role == Role::Receiver => Gate::Remembered(t.cause.clone()),

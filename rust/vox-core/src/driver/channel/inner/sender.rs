@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use super::{Gate, Inner};
 use crate::driver::channel::Wakeups;
 use crate::driver::channel::error::{CloseCause, SendError};
-use crate::driver::channel::state::{ChannelState, Closing, Entry, Half, Role};
+use crate::driver::channel::state::{ChannelEntry, ChannelState, Closing, Half, Role};
 use crate::mutant;
 use crate::wire::ChannelId;
 
@@ -30,7 +30,7 @@ impl Inner {
         }
         match self.channels.get(&id) {
             Some(entry) if entry.role() != Role::Sender => Gate::Refused(SendError::WrongDirection(id)),
-            Some(Entry { state: ChannelState::Pending(_), .. }) => Gate::Refused(SendError::NotBound(id)),
+            Some(ChannelEntry { state: ChannelState::Pending(_), .. }) => Gate::Refused(SendError::NotBound(id)),
             Some(_) => Gate::Live,
             None => match self.tombstones.get(id) {
                 Some(t) if t.role == Role::Sender => Gate::Remembered(t.cause.clone()),
