@@ -79,6 +79,16 @@ async fn recv(link: &mut Link) -> Result<TransportMsg, PrologueError> {
 }
 
 /// Initiator side: asks for `mode` and waits for the answer.
+///
+/// # Cancel safety
+/// Not cancel-safe: a dropped future may leave the hello sent and the answer
+/// unread; the link is then mid-prologue and must be dropped.
+///
+/// # Errors
+/// [`PrologueError::Rejected`] or [`PrologueError::ModeMismatch`] when the
+/// acceptor refuses or answers another mode, [`PrologueError::Garbage`] for an
+/// answer that is not one (the peer's fault), [`PrologueError::PeerClosed`] if
+/// the link ends first, [`PrologueError::Link`] when the link fails.
 pub async fn initiate(link: &mut Link, mode: ConduitMode) -> Result<(), PrologueError> {
     send(&link.tx, &TransportMsg::Hello(TransportHello { magic: TRANSPORT_MAGIC, version: TRANSPORT_VERSION, mode }))
         .await?;
@@ -93,6 +103,13 @@ pub async fn initiate(link: &mut Link, mode: ConduitMode) -> Result<(), Prologue
 /// Acceptor side: reads the initiator's hello and accepts or rejects it.
 /// After a rejection the caller must close the link (rule
 /// `transport.prologue.reject-close`); the error says why.
+///
+/// # Cancel safety
+/// As [`accept_within`]: a dropped future leaves the link mid-prologue; drop
+/// the link.
+///
+/// # Errors
+/// As [`accept_within`], without [`PrologueError::Timeout`].
 pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, PrologueError> {
     accept_within(link, modes, None).await
 }
@@ -101,6 +118,18 @@ pub async fn accept(link: &mut Link, modes: AcceptModes) -> Result<ConduitMode, 
 /// `TransportHello` has arrived `first_message` after the call, it fails
 /// with [`PrologueError::Timeout`] (rule `session.setup.limits`: a link that
 /// never speaks is dropped early, whatever the whole setup may take).
+///
+/// # Cancel safety
+/// Not cancel-safe: a dropped future may have consumed the hello without
+/// answering it; the link is then mid-prologue and must be dropped.
+///
+/// # Errors
+/// The initiator's faults: [`PrologueError::Garbage`] for a first message that
+/// is not a hello, [`PrologueError::BadMagic`] for a peer that is not vox,
+/// [`PrologueError::Refused`] (after sending `Reject`) for a version or mode
+/// this side does not take, [`PrologueError::Timeout`] if no message came in
+/// time, [`PrologueError::PeerClosed`]; [`PrologueError::Link`] when the link
+/// fails.
 pub async fn accept_within(
     link: &mut Link,
     modes: AcceptModes,

@@ -101,12 +101,31 @@ impl FrameWriter {
     }
 
     /// Writes every frame added so far and flushes the stream.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: a dropped flush may have written part of the batch, and
+    /// the pieces it wrote stay in it, so a later flush would write them again.
+    /// After a cancelled flush, drop the writer (end the link) instead of
+    /// flushing again.
+    ///
+    /// # Errors
+    /// [`LinkError::Io`] when writing to or flushing the stream fails (a stream
+    /// that accepts zero bytes counts as failed); the batch is then in an
+    /// unknown state and the link is done.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         self.batch.write_to(&mut self.writer).await.map_err(write_error)
     }
 
     /// Writes what is left, flushes and shuts the write direction down; the
     /// peer then sees end-of-stream after the last frame.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the writer and its stream: frames not yet
+    /// written are lost and the write direction is not shut down cleanly.
+    ///
+    /// # Errors
+    /// [`LinkError::Io`] when writing, flushing or shutting the stream down
+    /// fails.
     pub async fn shutdown(mut self) -> Result<(), LinkError> {
         self.flush().await?;
         // rule: link.rx.eof — the shutdown is what lets the peer see the end.

@@ -214,14 +214,20 @@ impl LinkTx {
         }
     }
 
-    /// Queues one whole message for transmission.
+    /// Queues one whole message for transmission. Waits while the queue is
+    /// full.
     ///
-    /// Cancel-safe: a slot is reserved first and the message is handed over
-    /// in one step only once the slot is ours, so a dropped future publishes
-    /// nothing and gives its reservation back. Waits while the queue is full.
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a slot is reserved
+    /// first and the message is handed over in one step only once the slot is
+    /// ours, so a dropped future publishes nothing and gives its reservation
+    /// back.
     ///
-    /// Fails with [`LinkError::TooLarge`] (checked before anything else) or
-    /// [`LinkError::Closed`] if the link can no longer carry messages.
+    /// # Errors
+    /// [`LinkError::TooLarge`] (checked before anything else) if `msg` is
+    /// longer than [`max_message_size`](Self::max_message_size), the caller's
+    /// fault; [`LinkError::Closed`] if the link can no longer carry messages
+    /// (the writer task ended or failed). Nothing is queued either way.
     pub async fn send(&self, msg: Bytes) -> Result<(), LinkError> {
         // rule: link.tx.max-size
         if msg.len() > self.max_message_size {
@@ -264,6 +270,17 @@ impl LinkTx {
     /// Stops accepting messages, waits until everything queued has been
     /// written and flushed and the write side shut down (stream links), then
     /// returns. The peer then sees end-of-stream after the last message.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not stop the close: the queue is closed either
+    /// way, and a stream link's writer task still writes what is queued and
+    /// shuts the stream down; only its result is lost.
+    ///
+    /// # Errors
+    /// [`LinkError::Io`] when the writer task failed to write, flush or shut
+    /// the stream down, or did not run to its end (it panicked or was stopped
+    /// through [`abort_handle`](Self::abort_handle)). Never fails for an
+    /// in-process link.
     pub async fn close(self) -> Result<(), LinkError> {
         let Self { queue, writer, .. } = self;
         // The writer task ends once the queue is drained and every sender is gone.
@@ -383,12 +400,21 @@ impl LinkRx {
 
     /// Receives the next whole message.
     ///
-    /// Cancel-safe, so it may be used inside `tokio::select!`: bytes of a
-    /// partly received frame stay in an internal buffer.
-    ///
     /// Returns `Ok(Some(msg))` for a message and `Ok(None)` at end of stream,
     /// and keeps returning `Ok(None)` after that. After an error, every later
     /// call returns [`LinkError::Dead`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used inside `tokio::select!`: bytes of a
+    /// partly received frame stay in an internal buffer.
+    ///
+    /// # Errors
+    /// The peer's faults: [`LinkError::TooLarge`] for a frame announced above
+    /// [`current_limit`](Self::current_limit), [`LinkError::Stalled`] for a
+    /// frame that stopped half-way for longer than the frame timeout,
+    /// [`LinkError::Truncated`] for a stream that ended mid-frame;
+    /// [`LinkError::Io`] when reading fails; [`LinkError::Dead`] on every call
+    /// after one of these.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
         match self.state {
             // rule: link.rx.eof

@@ -124,6 +124,15 @@ pub enum ConnectError {
 /// `backoff` for at most `timeout` (rule `session.initial-connect-waiting`).
 /// Permanent errors are returned at once; on timeout the last transient
 /// error is reported.
+///
+/// # Cancel safety
+/// Dropping the future abandons the attempt in progress (its half-open
+/// connection is dropped) and makes no more; nothing else is left behind.
+///
+/// # Errors
+/// [`ConnectError::Permanent`] at once for an error retrying cannot fix,
+/// [`ConnectError::TimedOut`] with the last transient error once `timeout` has
+/// passed.
 pub async fn connect_waiting(
     source: &dyn LinkSource,
     backoff: &Backoff,

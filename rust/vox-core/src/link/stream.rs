@@ -75,6 +75,13 @@ pub fn tcp(stream: tokio::net::TcpStream, config: LinkConfig) -> Link {
 }
 
 /// Connects to `addr` over TCP and creates a link on the connection.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt; nothing is left behind.
+///
+/// # Errors
+/// [`LinkError::Io`] if the address cannot be resolved or the TCP connection
+/// cannot be made.
 pub async fn connect_tcp(addr: impl tokio::net::ToSocketAddrs, config: LinkConfig) -> Result<Link, LinkError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -92,6 +99,12 @@ pub fn unix(stream: tokio::net::UnixStream, config: LinkConfig) -> Link {
 }
 
 /// Connects to the Unix domain socket at `path` and creates a link on it.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt; nothing is left behind.
+///
+/// # Errors
+/// [`LinkError::Io`] (naming the path) if the socket cannot be connected to.
 #[cfg(unix)]
 pub async fn connect_unix(path: impl AsRef<std::path::Path>, config: LinkConfig) -> Result<Link, LinkError> {
     let path = path.as_ref();

@@ -88,6 +88,14 @@ fn handshake_error(context: &'static str, peer: &str, e: std::io::Error) -> Link
 
 /// Runs the client side of a TLS handshake over `stream` and makes a link
 /// on it, recording the server's verified certificate.
+///
+/// # Cancel safety
+/// Dropping the future abandons the handshake and drops `stream`.
+///
+/// # Errors
+/// [`LinkError::Io`] if the TLS handshake fails, e.g. the server's certificate
+/// does not verify for `server_name` (rustls' reason is inside), or the stream
+/// fails.
 pub async fn client_link<S>(
     stream: S,
     server_name: ServerName<'static>,
@@ -113,6 +121,14 @@ where
 
 /// Runs the server side of a TLS handshake over `stream` and makes a link
 /// on it, recording the client's verified certificate (mutual TLS).
+///
+/// # Cancel safety
+/// Dropping the future abandons the handshake and drops `stream`.
+///
+/// # Errors
+/// [`LinkError::Io`] if the TLS handshake fails, e.g. a client certificate the
+/// server config requires is missing or does not verify (rustls' reason is
+/// inside), or the stream fails.
 pub async fn server_link<S>(stream: S, tls: Arc<ServerConfig>, config: LinkConfig) -> Result<Link, LinkError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -132,6 +148,12 @@ where
 
 /// Accepts TLS on an accepted TCP connection (Nagle off, the peer's address
 /// recorded).
+///
+/// # Cancel safety
+/// Dropping the future abandons the handshake and drops the connection.
+///
+/// # Errors
+/// As [`server_link`]: [`LinkError::Io`] if the TLS handshake fails.
 pub async fn accept_tls(
     tcp: tokio::net::TcpStream,
     tls: Arc<ServerConfig>,
@@ -148,6 +170,14 @@ pub async fn accept_tls(
 
 /// Connects to `addr` over TCP, runs the TLS handshake verifying
 /// `server_name`, and makes a link.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt or the handshake and
+/// drops the connection.
+///
+/// # Errors
+/// [`LinkError::Io`] if the TCP connection to `addr` cannot be made or the TLS
+/// handshake fails (as [`client_link`]).
 pub async fn connect_tls(
     addr: &str,
     server_name: ServerName<'static>,

@@ -61,6 +61,13 @@ where
 
 /// Upgrades an accepted connection (a TCP stream, or TLS over one) to a
 /// WebSocket (any path) and makes a link on it.
+///
+/// # Cancel safety
+/// Dropping the future abandons the upgrade and drops `stream`.
+///
+/// # Errors
+/// [`LinkError::Io`] if the WebSocket upgrade fails: the peer sent no valid
+/// upgrade request, or the stream failed.
 pub async fn accept_ws<S>(stream: S, config: LinkConfig) -> Result<Link, LinkError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -72,6 +79,13 @@ where
 }
 
 /// Runs the client upgrade for `url` over `stream` and makes a link.
+///
+/// # Cancel safety
+/// Dropping the future abandons the upgrade and drops `stream`.
+///
+/// # Errors
+/// [`LinkError::Io`] if the WebSocket upgrade fails: `url` is not a valid
+/// WebSocket URL, the server refused the upgrade, or the stream failed.
 pub async fn client_ws<S>(url: &str, stream: S, config: LinkConfig) -> Result<Link, LinkError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -119,6 +133,15 @@ async fn tcp(addr: &str) -> Result<tokio::net::TcpStream, LinkError> {
 }
 
 /// Connects to a `ws://` URL and makes a link on the WebSocket.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt or the upgrade and drops
+/// the connection.
+///
+/// # Errors
+/// [`LinkError::Io`] if `url` is not a `ws://` URL with a host (a `wss://` URL
+/// needs [`connect_wss`]), the TCP connection cannot be made, or the upgrade
+/// fails (as [`client_ws`]).
 pub async fn connect_ws(url: &str, config: LinkConfig) -> Result<Link, LinkError> {
     let (_, addr, secure) = authority(url)?;
     if secure {
@@ -141,6 +164,15 @@ pub async fn connect_ws(url: &str, config: LinkConfig) -> Result<Link, LinkError
 
 /// Connects to a `wss://` URL: TLS verified by `tls` against the URL's
 /// host (see [`super::tls`]), then the WebSocket upgrade.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt, the TLS handshake or
+/// the upgrade and drops the connection.
+///
+/// # Errors
+/// [`LinkError::Io`] if `url` has no valid host, the TCP connection cannot be
+/// made, the TLS handshake fails (the server's certificate does not verify for
+/// the URL's host), or the upgrade fails (as [`client_ws`]).
 #[cfg(feature = "tls")]
 pub async fn connect_wss(
     url: &str,
