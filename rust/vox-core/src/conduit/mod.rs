@@ -65,12 +65,30 @@ pub fn from_stable(tx: stable::StableTx, rx: stable::StableRx) -> (ConduitTx, Co
 impl ConduitTx {
     /// Encodes and sends one message. Cancel-safe: the link publishes whole
     /// messages or nothing.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
+    /// queued nothing.
+    ///
+    /// # Errors
+    /// [`ConduitError::Encode`] if `msg` cannot be encoded (a local bug);
+    /// otherwise as [`send_encoded`](Self::send_encoded).
     pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
         let bytes = wire::encode("ConduitMsg", msg)?;
         self.send_encoded(Bytes::from(bytes)).await
     }
 
     /// Sends pre-encoded bytes (the session writer encodes outside the link).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: the link and the
+    /// stable conduit queue whole messages or nothing ([`LinkTx::send`],
+    /// [`stable::StableTx::send_encoded`]).
+    ///
+    /// # Errors
+    /// Bare: [`ConduitError::Link`] with [`LinkError::TooLarge`] (the caller's
+    /// fault) or [`LinkError::Closed`]. Stable: [`ConduitError::Stable`] with
+    /// why the conduit ended, once it has.
     pub async fn send_encoded(&self, bytes: Bytes) -> Result<(), ConduitError> {
         match &self.kind {
             TxKind::Bare(link) => Ok(link.send(bytes).await?),
@@ -79,6 +97,16 @@ impl ConduitTx {
     }
 
     /// Flushes and closes the underlying link.
+    ///
+    /// # Cancel safety
+    /// As [`LinkTx::close`] (bare: the close goes on without the future) and
+    /// [`stable::StableTx::close`] (stable: dropping the future ends the
+    /// conduit at once, unacknowledged messages lost).
+    ///
+    /// # Errors
+    /// Bare: [`ConduitError::Link`] if the link failed writing what was queued.
+    /// Stable: [`ConduitError::Stable`] if the conduit ended otherwise than by
+    /// this close or the peer's `Bye`.
     pub async fn close(self) -> Result<(), ConduitError> {
         match self.kind {
             TxKind::Bare(link) => Ok(link.close().await?),
@@ -91,6 +119,17 @@ impl ConduitTx {
     /// On a bare stream link the writer takes the byte stream over and
     /// encodes messages straight into its batch; otherwise messages go
     /// through [`send_encoded`](ConduitTx::send_encoded) as before.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe on a bare stream link: the writer task still writes what
+    /// was queued, but the stream it hands back is dropped with the future, so
+    /// the conduit can send nothing more. Otherwise it does not wait.
+    ///
+    /// # Errors
+    /// Bare stream link only: [`ConduitError::Link`] with [`LinkError::Io`] if
+    /// the writer task failed writing what was queued (or did not finish),
+    /// [`LinkError::Closed`] if it had already shut the stream down. Never
+    /// fails otherwise.
     pub async fn into_writer(self) -> Result<ConduitWriter, ConduitError> {
         let kind = match self.kind {
             TxKind::Bare(link) => match link.into_sink().await? {
@@ -143,6 +182,17 @@ impl WriterKind {
 impl ConduitWriter {
     /// Adds one message. Fails if it cannot be encoded or is larger than the
     /// link allows (then nothing was added), or if the conduit failed.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: on a bare stream link it does not wait; otherwise it waits
+    /// only in [`ConduitTx::send_encoded`], which is cancel-safe (a dropped
+    /// future added nothing).
+    ///
+    /// # Errors
+    /// [`ConduitError::Encode`] if `msg` cannot be encoded,
+    /// [`ConduitError::Link`] with [`LinkError::TooLarge`] if it is larger than
+    /// the link allows; otherwise as [`ConduitTx::send_encoded`] (the conduit
+    /// failed).
     pub async fn push(&mut self, msg: &ConduitMsg) -> Result<(), ConduitError> {
         match &mut self.kind {
             WriterKind::Frames(frames) => {
@@ -181,6 +231,16 @@ impl ConduitWriter {
     }
 
     /// Sends everything added so far.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe on a bare stream link: a dropped flush may have written
+    /// part of the batch and a later one would write some of it again, so
+    /// after a dropped flush the writer must not be used again. Elsewhere it
+    /// does nothing.
+    ///
+    /// # Errors
+    /// [`ConduitError::Link`] with [`LinkError::Io`] when writing the batch to
+    /// the stream fails. Never fails when messages are sent as pushed.
     pub async fn flush(&mut self) -> Result<(), ConduitError> {
         match &mut self.kind {
             WriterKind::Frames(frames) => Ok(frames.flush().await?),
@@ -189,6 +249,14 @@ impl ConduitWriter {
     }
 
     /// Sends what is left and closes the conduit (see [`ConduitTx::close`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the sending side: on a bare stream link what
+    /// was not written yet is lost; otherwise as [`ConduitTx::close`].
+    ///
+    /// # Errors
+    /// [`ConduitError::Link`] when writing or shutting the stream down fails;
+    /// otherwise as [`ConduitTx::close`].
     pub async fn close(self) -> Result<(), ConduitError> {
         match self.kind {
             WriterKind::Frames(frames) => Ok(frames.shutdown().await?),
@@ -218,6 +286,10 @@ impl ConduitWriter {
 
 impl ConduitRx {
     /// The next message, or `None` at end of stream. Cancel-safe.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
+    /// loses no message (see [`LinkRx::recv`] and [`stable::StableRx::recv`]).
     ///
     /// # Errors
     /// [`ConduitError::Decode`] for bytes that are not a message within the

@@ -47,12 +47,26 @@ impl OutboundPermit<'_> {
 
 impl Outbound {
     /// Queues one message, waiting while the queue is full. Cancel-safe.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
+    /// queued nothing.
+    ///
+    /// # Errors
+    /// [`OutboundClosed`] once the writer has stopped (the session ended); the
+    /// message is not queued.
     pub async fn send(&self, msg: Message) -> Result<(), OutboundClosed> {
         self.reserve().await?.send(msg);
         Ok(())
     }
 
     /// Reserves a place; cancel-safe (dropping the future reserves nothing).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe (see above), so it may be used in `tokio::select!`.
+    ///
+    /// # Errors
+    /// [`OutboundClosed`] once the writer has stopped (the session ended).
     pub async fn reserve(&self) -> Result<OutboundPermit<'_>, OutboundClosed> {
         let permit = self.tx.reserve().await.map_err(|_| OutboundClosed)?;
         Ok(OutboundPermit { permit, outbound: self })

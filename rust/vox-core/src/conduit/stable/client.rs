@@ -33,6 +33,13 @@ async fn hello_on(
 
 /// Opens a new stable conduit through `source` (client side). The conduit
 /// redials through the same source after every break.
+///
+/// # Cancel safety
+/// As [`connect_over`]; dropping the future while dialing leaves nothing
+/// behind.
+///
+/// # Errors
+/// As [`connect_over`], and [`StableSetupError::Link`] if dialing fails.
 pub async fn connect(
     source: Arc<dyn LinkSource>,
     config: StableConfig,
@@ -43,6 +50,18 @@ pub async fn connect(
 
 /// Like [`connect`], with the first link already dialed (for example by
 /// [`crate::link::connect_waiting`]).
+///
+/// # Cancel safety
+/// Dropping the future drops the link and no conduit is made on this side. If
+/// the server had already answered, its side of the conduit waits for a
+/// reconnect that never comes and ends after its recovery timeout.
+///
+/// # Errors
+/// [`StableSetupError::Prologue`] if the transport prologue fails,
+/// [`StableSetupError::Hello`] if no valid `ServerHello` comes within
+/// [`StableConfig::hello_timeout`] or it claims frames were received (the
+/// server's fault), [`StableSetupError::UnknownKey`] if the server refuses,
+/// [`StableSetupError::Link`] when the link fails.
 pub async fn connect_over(
     link: Link,
     source: Arc<dyn LinkSource>,

@@ -38,6 +38,14 @@ impl StableTx {
     /// (backpressure, rule `stable.replay-buffer.bounded`); returns once the
     /// message is in the buffer, from where it is sent and, if needed, sent
     /// again. Cancel-safe: a cancelled call queued nothing.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a cancelled call
+    /// queued nothing.
+    ///
+    /// # Errors
+    /// [`ConduitError::Stable`] with why the conduit ended, once it has (a
+    /// local close included); the message is then not queued.
     pub async fn send_encoded(&self, bytes: Bytes) -> Result<(), ConduitError> {
         let mut item = Blob(bytes);
         loop {
@@ -61,6 +69,13 @@ impl StableTx {
     }
 
     /// Encodes and queues one message.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`send_encoded`](Self::send_encoded).
+    ///
+    /// # Errors
+    /// [`ConduitError::Encode`] if `msg` cannot be encoded (a local bug);
+    /// otherwise as [`send_encoded`](Self::send_encoded).
     pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
         self.send_encoded(Bytes::from(wire::encode("ConduitMsg", msg)?)).await
     }
@@ -169,6 +184,10 @@ impl StableRx {
     /// The next message, or `None` once the conduit was closed on purpose.
     /// Link breaks are invisible here: delivery resumes on the next link.
     /// Cancel-safe.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
+    /// leaves the next message queued.
     ///
     /// # Errors
     /// [`ConduitError::Decode`] for an item that is not a message (the

@@ -71,6 +71,19 @@ impl StableRegistry {
     /// `ClientHello` and either starts a new conduit or attaches the link to
     /// the conduit named by its resume key. An unknown key is refused with
     /// `UnknownKey` and the link is closed.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the link: no conduit is created, and no link
+    /// is attached to an existing one (that conduit stays broken, so its client
+    /// may redial).
+    ///
+    /// # Errors
+    /// [`StableSetupError::Hello`] if no valid `ClientHello` comes within
+    /// [`StableConfig::hello_timeout`] (the client's fault) or no resume key
+    /// could be made; [`StableSetupError::UnknownKey`] (after telling the
+    /// client) for a key of no live conduit or a position it cannot resume from
+    /// (that conduit then ends); [`StableSetupError::Link`] when the link
+    /// fails.
     pub async fn accept(&self, mut link: Link, config: StableConfig) -> Result<StableAccepted, StableSetupError> {
         let limit = config.hello_timeout;
         let hello = tokio::time::timeout(limit, recv_decoded::<ClientHello>(&mut link, "ClientHello"))
