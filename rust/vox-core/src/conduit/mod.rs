@@ -63,8 +63,7 @@ pub fn from_stable(tx: stable::StableTx, rx: stable::StableRx) -> (ConduitTx, Co
 }
 
 impl ConduitTx {
-    /// Encodes and sends one message. Cancel-safe: the link publishes whole
-    /// messages or nothing.
+    /// Encodes and sends one message.
     ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
@@ -285,7 +284,7 @@ impl ConduitWriter {
 }
 
 impl ConduitRx {
-    /// The next message, or `None` at end of stream. Cancel-safe.
+    /// The next message, or `None` at end of stream.
     ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future

@@ -46,7 +46,7 @@ impl OutboundPermit<'_> {
 }
 
 impl Outbound {
-    /// Queues one message, waiting while the queue is full. Cancel-safe.
+    /// Queues one message, waiting while the queue is full.
     ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
@@ -60,10 +60,11 @@ impl Outbound {
         Ok(())
     }
 
-    /// Reserves a place; cancel-safe (dropping the future reserves nothing).
+    /// Reserves a place.
     ///
     /// # Cancel safety
-    /// Cancel-safe (see above), so it may be used in `tokio::select!`.
+    /// Cancel-safe, so it may be used in `tokio::select!`: dropping the future
+    /// reserves nothing.
     ///
     /// # Errors
     /// [`OutboundClosed`] once the writer has stopped (the session ended).

@@ -37,7 +37,7 @@ impl StableTx {
     /// Queues one encoded message. Waits while the replay buffer is full
     /// (backpressure, rule `stable.replay-buffer.bounded`); returns once the
     /// message is in the buffer, from where it is sent and, if needed, sent
-    /// again. Cancel-safe: a cancelled call queued nothing.
+    /// again.
     ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: a cancelled call
@@ -183,7 +183,6 @@ impl Drop for StableTx {
 impl StableRx {
     /// The next message, or `None` once the conduit was closed on purpose.
     /// Link breaks are invisible here: delivery resumes on the next link.
-    /// Cancel-safe.
     ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
