@@ -442,8 +442,15 @@ impl<T> Tx<T> {
         hand_over(&mut self.slot, Role::Receiver, ChannelDirection::HandlerToCaller)
     }
 
-    /// Sends one item, waiting for credit (backpressure). Cancel-safe:
-    /// dropping the future before it returns sends nothing and spends no credit.
+    /// Sends one item, waiting for credit (backpressure).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: dropping the future
+    /// before it returns sends nothing and spends no credit.
+    ///
+    /// # Errors
+    /// [`ChannelError::Codec`] if `item` cannot be encoded; otherwise as
+    /// [`send_raw`](Self::send_raw).
     pub async fn send(&mut self, item: &T) -> Result<(), ChannelError>
     where
         T: Serialize,
@@ -458,6 +465,19 @@ impl<T> Tx<T> {
     /// of items are kept and go out right after the call's request, so
     /// "fill the stream, then call" works; beyond that, `send` waits for the
     /// call.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: credit is spent and
+    /// the item queued in one step that cannot wait, so a dropped future sends
+    /// nothing and spends no credit.
+    ///
+    /// # Errors
+    /// [`ChannelError::Reset`] once the receiver reset the channel;
+    /// [`ChannelError::ConnectionClosed`], [`ChannelError::SessionShutdown`] or
+    /// [`ChannelError::ProtocolError`] when the connection was lost;
+    /// [`ChannelError::NotAnnounced`] if the channel's call failed before
+    /// sending its request; [`ChannelError::Closed`] if this end was handed to
+    /// a call.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
         let item = match self.slot.keep_early(item) {
@@ -516,6 +536,17 @@ impl<T> Tx<T> {
     /// Closes the channel after the items already sent. Before the
     /// channel's call is made, the close goes out after the call's request
     /// and the items kept for it, and this returns at once.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a dropped future drops the `Tx`, which closes the channel
+    /// after the items already sent just the same.
+    ///
+    /// # Errors
+    /// [`ChannelError::Reset`] if the receiver had already reset the channel, a
+    /// connection-loss variant ([`ChannelError::ConnectionClosed`],
+    /// [`ChannelError::SessionShutdown`], [`ChannelError::ProtocolError`]), or
+    /// [`ChannelError::NotAnnounced`] if the channel's call failed before
+    /// sending its request.
     pub async fn close(mut self) -> Result<(), ChannelError> {
         if self.slot.close_early() {
             self.slot = ChannelSlot::Gone;
@@ -549,6 +580,13 @@ impl<T> Rx<T> {
 
     /// The next item: `Ok(Some(item))` in order, `Ok(None)` after the sender
     /// closed and every item was taken, or an error on reset or loss.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`recv_raw`](Self::recv_raw).
+    ///
+    /// # Errors
+    /// [`ChannelError::Codec`] for an item that does not decode as `T`;
+    /// otherwise as [`recv_raw`](Self::recv_raw).
     pub async fn recv(&mut self) -> Result<Option<T>, ChannelError>
     where
         T: DeserializeOwned,
@@ -560,6 +598,17 @@ impl<T> Rx<T> {
     }
 
     /// The next pre-serialized item.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: an item is taken
+    /// only when the future completes, so a dropped future loses nothing.
+    ///
+    /// # Errors
+    /// [`ChannelError::ConnectionClosed`], [`ChannelError::SessionShutdown`] or
+    /// [`ChannelError::ProtocolError`] when the connection was lost (items
+    /// still queued are not delivered); [`ChannelError::NotAnnounced`] if the
+    /// channel's call failed before sending its request;
+    /// [`ChannelError::Closed`] if this end was handed to a call.
     pub async fn recv_raw(&mut self) -> Result<Option<Bytes>, ChannelError> {
         use tracing::Instrument;
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
