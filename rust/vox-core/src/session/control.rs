@@ -102,6 +102,13 @@ pub fn mailbox(capacity: usize) -> (MailboxTx, MailboxRx) {
 impl MailboxTx {
     /// Sends an async request; waits while the queue is full. Fails only when
     /// the run loop has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a dropped future
+    /// queued nothing.
+    ///
+    /// # Errors
+    /// Gives `msg` back once the run loop has ended; nothing was queued.
     pub async fn send(&self, msg: ControlMsg) -> Result<(), ControlMsg> {
         let permit = match self.queue.reserve().await {
             Ok(p) => p,
@@ -180,7 +187,14 @@ impl MailboxRx {
 
     /// The next request. Reserved-lane requests are taken first because they
     /// cannot have waited. Returns `None` only when every sender is gone and
-    /// the lanes are empty. Cancel-safe.
+    /// the lanes are empty.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a request is taken
+    /// only when the future completes.
+    ///
+    /// # Errors
+    /// Never fails; `None` means every sender is gone and both lanes are empty.
     pub async fn recv(&mut self) -> Option<ControlMsg> {
         loop {
             if let Some(m) = self.take_reserved() {

@@ -32,6 +32,19 @@ impl SessionHandle {
     }
 
     /// Opens a virtual connection; resolves when the peer accepts or rejects.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a dropped future either sent nothing or leaves the open to
+    /// the session, which closes the connection again once the peer accepts it
+    /// (nobody holds its callers).
+    ///
+    /// # Errors
+    /// [`SessionError::Rejected`] if the peer refuses,
+    /// [`SessionError::TooManyConnections`] at the local limit,
+    /// [`SessionError::IdSpaceExhausted`], [`SessionError::Resuming`] while the
+    /// session waits for a replacement conduit (retry after
+    /// [`attached_after`](Self::attached_after)), [`SessionError::Closed`] once
+    /// the session has ended.
     pub async fn open_connection(
         &self,
         settings: ConnectionSettings,
@@ -44,6 +57,16 @@ impl SessionHandle {
 
     /// Closes a virtual connection: pending calls fail, channels end, and the
     /// peer gets `CloseConnection`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: once the request reached the mailbox, dropping the future
+    /// does not stop the close; before that, nothing was sent.
+    ///
+    /// # Errors
+    /// [`SessionError::CannotCloseRoot`] for the root connection,
+    /// [`SessionError::UnknownConnection`] if `id` is not open (never opened,
+    /// or already closed by either side), [`SessionError::Closed`] once the
+    /// session has ended.
     pub async fn close_connection(&self, id: ConnectionId, metadata: Metadata) -> Result<(), SessionError> {
         let (reply, rx) = oneshot::channel();
         self.mailbox.send(ControlMsg::CloseConnection { id, metadata, reply }).await.map_err(|_| self.ended())?;
@@ -80,6 +103,14 @@ impl SessionHandle {
     }
 
     /// Resolves when the session has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches the session, so it may be used in
+    /// `tokio::select!`.
+    ///
+    /// # Errors
+    /// Never fails: it resolves with the close reason
+    /// ([`CloseReason::Shutdown`] if the session went without recording one).
     pub async fn closed(&self) -> CloseReason {
         let mut rx = self.closed.clone();
         loop {
@@ -105,6 +136,14 @@ impl SessionHandle {
 
     /// Resolves once an attachment newer than `generation` is bound, with
     /// its generation; fails if the session ends first.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches the session, so it may be used in
+    /// `tokio::select!`.
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`] with the close reason if the session ends (or
+    /// had ended) before a newer attachment is bound.
     pub async fn attached_after(&self, generation: u64) -> Result<u64, SessionError> {
         let mut rx = self.generation.clone();
         loop {
@@ -398,6 +437,15 @@ impl Caller {
     }
 
     /// Serializes `args`, calls, and decodes the return value.
+    ///
+    /// # Cancel safety
+    /// As [`call_raw`](Self::call_raw): dropping the future cancels the call
+    /// (`CancelRequest`).
+    ///
+    /// # Errors
+    /// [`CallError::SendFailed`] if `args` cannot be encoded,
+    /// [`CallError::InvalidResponse`] if the return value does not decode as
+    /// `R`; otherwise as [`call_raw`](Self::call_raw).
     ///
     /// ```no_run
     /// # async fn demo(caller: vox_core::session::Caller) -> Result<(), vox_core::driver::CallError> {

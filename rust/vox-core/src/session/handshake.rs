@@ -153,6 +153,18 @@ fn version_mismatch(theirs: u32) -> String {
 }
 
 /// Initiator side of the handshake.
+///
+/// # Cancel safety
+/// Not cancel-safe: a dropped future leaves the handshake half-done; the
+/// conduit must be closed.
+///
+/// # Errors
+/// The peer's answers: [`HandshakeError::Refused`] for its `Sorry`,
+/// [`HandshakeError::Unexpected`] for a message out of sequence,
+/// [`HandshakeError::NotResumed`] when a resume was answered as a new session;
+/// [`HandshakeError::RefusedPeer`] when we refused its protocol version;
+/// [`HandshakeError::PeerClosed`]; [`HandshakeError::Conduit`] when the conduit
+/// fails.
 pub async fn initiate(
     tx: &ConduitTx,
     rx: &mut ConduitRx,
@@ -200,6 +212,14 @@ pub async fn initiate(
 
 /// Acceptor side of the handshake: takes the parity opposite to the
 /// initiator's.
+///
+/// # Cancel safety
+/// Not cancel-safe, as [`accept_deciding`]: the conduit must be closed after a
+/// dropped future.
+///
+/// # Errors
+/// As [`accept_deciding`]; a `Hello` that asks to resume is refused
+/// ([`HandshakeError::RefusedPeer`]).
 pub async fn accept(
     tx: &ConduitTx,
     rx: &mut ConduitRx,
@@ -218,6 +238,18 @@ pub async fn accept(
 /// Acceptor side, with `decide` choosing between a new session (with or
 /// without a resume key), resuming a live one, and refusing. Returns the
 /// outcome and whether it resumed a session.
+///
+/// # Cancel safety
+/// Not cancel-safe: a dropped future leaves the handshake half-done (a `Hello`
+/// may be consumed, `HelloYourself` sent); the conduit must be closed.
+///
+/// # Errors
+/// [`HandshakeError::RefusedPeer`] (after sending `Sorry`) for a first message
+/// that is not `Hello`, an unsupported protocol version, or a refusal by
+/// `decide`; [`HandshakeError::Refused`] for the peer's `Sorry`,
+/// [`HandshakeError::Unexpected`] for anything but `LetsGo` after our answer;
+/// [`HandshakeError::PeerClosed`]; [`HandshakeError::Conduit`] when the conduit
+/// fails.
 pub async fn accept_deciding(
     tx: &ConduitTx,
     rx: &mut ConduitRx,

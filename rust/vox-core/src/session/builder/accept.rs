@@ -24,6 +24,15 @@ impl SessionBuilder {
     /// stable conduit is not a new session: use
     /// [`establish_acceptor_any`](Self::establish_acceptor_any) (or
     /// [`Listener::accept`], which handles it) to tell the two apart.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// As [`establish_acceptor_any`](Self::establish_acceptor_any), and
+    /// [`SessionError::Setup`] when the link resumed an existing session's
+    /// stable conduit instead of starting a session.
     pub async fn establish_acceptor(self, link: Link) -> Result<Session, SessionError> {
         match self.establish_acceptor_any(link).await? {
             Accepted::New(s) => Ok(s),
@@ -37,6 +46,18 @@ impl SessionBuilder {
     /// existing session's stable conduit, or a new conduit that resumes an
     /// existing session by its key (rule `session.resume`). A key this
     /// builder's sessions do not hold is refused with `Sorry`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started. A resuming conduit is handed to its session
+    /// only when the future completes.
+    ///
+    /// # Errors
+    /// [`SessionError::HandshakeTimeout`] when the first message or the whole
+    /// setup misses its deadline; [`SessionError::Setup`] with the cause when
+    /// the prologue, the stable conduit's hello or the handshake fails (a
+    /// violation by the peer, or a resume key no session here holds), or the
+    /// resumed session ended meanwhile.
     pub async fn establish_acceptor_any(self, link: Link) -> Result<Accepted, SessionError> {
         self.accept_setup(std::future::ready(Ok(link)), std::future::pending()).await
     }

@@ -23,6 +23,16 @@ impl SessionBuilder {
     /// alone cannot be redialed, so the session ends with it; for a stable
     /// conduit or session resume use [`establish_resumable`](Self::establish_resumable)
     /// or [`connect`](Self::connect)).
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::HandshakeTimeout`] if the setup takes longer than
+    /// [`SessionConfig::handshake_timeout`]; [`SessionError::Setup`] with the
+    /// cause when the prologue or the handshake fails (the acceptor refused, or
+    /// broke the protocol) or the link fails.
     pub async fn establish_initiator(self, link: Link) -> Result<Session, SessionError> {
         let timeout = self.config.handshake_timeout;
         let setup = async {
@@ -47,6 +57,13 @@ impl SessionBuilder {
     /// `first`, if given, is an already dialed first link. (Same as
     /// [`establish_resumable`](Self::establish_resumable) with
     /// [`SessionConfig::conduit`] set to `Stable`.)
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// As [`establish_resumable`](Self::establish_resumable).
     pub async fn establish_stable(
         mut self,
         source: Arc<dyn LinkSource>,
@@ -61,6 +78,16 @@ impl SessionBuilder {
     /// first link). A stable conduit redials `source` after a link break;
     /// with [`SessionResumeConfig::request`], a lost conduit is replaced by a
     /// new one bound to the same session (rule `session.resume`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::HandshakeTimeout`] if the setup takes longer than
+    /// [`SessionConfig::handshake_timeout`]; [`SessionError::Setup`] with the
+    /// cause when dialing, the prologue, the stable conduit's hello or the
+    /// handshake fails.
     pub async fn establish_resumable(
         self,
         source: Arc<dyn LinkSource>,
@@ -94,6 +121,15 @@ impl SessionBuilder {
     /// Connects over TCP and runs the initiator side, with the conduit of
     /// [`SessionConfig::conduit`]; a stable conduit redials `addr` after a
     /// break, and so does a session with [`SessionResumeConfig::request`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] with the cause if the TCP connection cannot be
+    /// made; otherwise as [`establish_initiator`](Self::establish_initiator) or
+    /// [`establish_resumable`](Self::establish_resumable).
     pub async fn connect(self, addr: impl ToString) -> Result<Session, SessionError> {
         let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
         if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
@@ -109,6 +145,16 @@ impl SessionBuilder {
     /// config's backoff until `timeout`; then the last one is reported. A
     /// permanent failure (the peer rejects us, the handshake fails) is
     /// reported at once.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started. While waiting for the server, the attempt in
+    /// progress is dropped too.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] with the last connect error once `timeout` has
+    /// passed, or at once for a permanent one; then as
+    /// [`connect`](Self::connect).
     pub async fn connect_waiting(self, addr: impl ToString, timeout: Duration) -> Result<Session, SessionError> {
         let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
         let first = link::connect_waiting(&source, &self.config.stable.backoff, timeout)
@@ -124,6 +170,16 @@ impl SessionBuilder {
     /// WebSocket, or one of the caller's own): a bare conduit uses one
     /// link, dialed within [`SessionConfig::handshake_timeout`]; a stable
     /// conduit or a resumable session redials `source` after a break.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// Bare conduit: [`SessionError::HandshakeTimeout`] if dialing takes longer
+    /// than [`SessionConfig::handshake_timeout`], [`SessionError::Setup`] if it
+    /// fails, then as [`establish_initiator`](Self::establish_initiator).
+    /// Otherwise as [`establish_resumable`](Self::establish_resumable).
     pub async fn connect_with(self, source: impl LinkSource) -> Result<Session, SessionError> {
         if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
             let timeout = self.config.handshake_timeout;
@@ -140,6 +196,15 @@ impl SessionBuilder {
     /// fails with the cause; `tls` presents a client certificate if it has
     /// one (mutual TLS). Redials (stable conduit, session resume) go over
     /// TLS with the same verification ([`link::tls::TlsSource`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] if `server_name` is not a valid DNS name or IP
+    /// address, or the TLS handshake fails (the certificate does not verify);
+    /// otherwise as [`connect_with`](Self::connect_with).
     #[cfg(feature = "tls")]
     pub async fn connect_tls(
         self,
@@ -153,6 +218,15 @@ impl SessionBuilder {
 
     /// Connects over WebSocket (rule `transport.websocket`) to a `ws://`
     /// URL; see [`link::ws`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] if `url` is not a `ws://` URL with a host, or
+    /// the connection or the upgrade fails; otherwise as
+    /// [`connect_with`](Self::connect_with).
     #[cfg(feature = "websocket")]
     pub async fn connect_ws(self, url: &str) -> Result<Session, SessionError> {
         let source = link::ws::WsSource::new(url, self.config.link.clone())?;

@@ -16,6 +16,13 @@ impl SessionBuilder {
     /// Binds a TCP listener that accepts sessions with these settings, with
     /// a listen backlog of [`SetupLimits::listen_backlog`] (1024 by default)
     /// and `SO_REUSEADDR` as tokio's own `TcpListener::bind` sets it.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] (`bind: ...`) if `addr` does not resolve or no
+    /// resolved address can be bound (in use, no permission).
     pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
         let upgrade: Upgrade = Arc::new(|stream, config| Box::pin(std::future::ready(Ok(link::tcp(stream, config)))));
         self.listen_with(addr, upgrade).await
@@ -28,6 +35,13 @@ impl SessionBuilder {
     /// an acceptable certificate never becomes a session; the verified
     /// certificate is the link's [`peer_identity`](crate::link::LinkRx::peer_identity)
     /// and reaches handlers in `CallContext::peer_identity`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen): [`SessionError::Setup`] if the address
+    /// cannot be bound. TLS failures come later, per link.
     #[cfg(feature = "tls")]
     pub async fn listen_tls(
         self,
@@ -45,6 +59,13 @@ impl SessionBuilder {
     /// `transport.websocket`): each TCP connection is upgraded (any
     /// request path), the upgrade being part of the link's setup and held
     /// to its deadlines.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen): [`SessionError::Setup`] if the address
+    /// cannot be bound. Upgrade failures come later, per link.
     #[cfg(feature = "websocket")]
     pub async fn listen_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
         let upgrade: Upgrade =
@@ -205,6 +226,15 @@ impl Listener {
     /// The next new session. Links that fail their setup are logged and
     /// skipped, so `while let Ok(s) = listener.accept().await` keeps
     /// serving after a bad client; an error means the listener stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, so it may be used in `tokio::select!`: a session is taken
+    /// only when the future completes, and setups go on in the background
+    /// either way.
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`] only if the listener's accept loop stopped,
+    /// which it does not while the `Listener` lives unless its task panicked.
     pub async fn accept(&self) -> Result<Session, SessionError> {
         loop {
             match self.accept_attempt().await {
@@ -218,6 +248,16 @@ impl Listener {
     /// The next outcome of an inbound link: a new session, or why a link did
     /// not become one (for tests and diagnostics). At most
     /// `LISTENER_BACKLOG` (16) failures are held; older ones are dropped.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`accept`](Self::accept): an outcome is taken only when
+    /// the future completes.
+    ///
+    /// # Errors
+    /// A link's failure: [`SessionError::HandshakeTimeout`], or
+    /// [`SessionError::Setup`] with the cause (prologue, TLS or WebSocket
+    /// upgrade, handshake, or closed to make room for newer links).
+    /// [`SessionError::Closed`] if the accept loop stopped.
     pub async fn accept_attempt(&self) -> Result<Session, SessionError> {
         match self.outcomes.lock().await.recv().await {
             Some(outcome) => outcome,
@@ -245,6 +285,13 @@ impl Listener {
     /// Waits until at most `n` setups are in progress: each one counts until
     /// its task is done with it (it became a session, failed, timed out, or
     /// was closed to make room).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches the count, so it may be used in
+    /// `tokio::select!`.
+    ///
+    /// # Errors
+    /// Never fails: the count is kept as long as the listener lives.
     pub async fn pending_setups_at_most(&self, n: usize) {
         let mut count = self.pending.count.subscribe();
         // The sender lives as long as `self`.
