@@ -474,6 +474,17 @@ pub mod __private {
     }
 
     /// One call of a generated client's method, with its retries.
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the attempt in flight (`CancelRequest`) or
+    /// stops waiting for the session to be attached again; no further
+    /// attempt is made.
+    ///
+    /// # Errors
+    /// As [`Caller::call`]. Without channels, on a resumable session, an
+    /// error that [`CallError::is_retryable`] is retried under the caller's
+    /// retry policy once the session is attached again; the last attempt's
+    /// error comes back when the attempts are used up or the session ends.
     pub async fn call<A: serde::Serialize, R: DeserializeOwned>(
         caller: &Caller,
         info: &MethodInfo,
@@ -486,6 +497,13 @@ pub mod __private {
 
     /// Connects to `addr` with `builder` and returns a client of the root
     /// connection (the session lives as long as the client's callers).
+    ///
+    /// # Cancel safety
+    /// As [`SessionBuilder::connect`](crate::session::SessionBuilder::connect):
+    /// dropping the future abandons the setup.
+    ///
+    /// # Errors
+    /// As [`SessionBuilder::connect`](crate::session::SessionBuilder::connect).
     pub async fn connect<C: Client>(
         builder: crate::session::SessionBuilder,
         addr: impl ToString,

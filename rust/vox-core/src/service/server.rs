@@ -92,6 +92,10 @@ impl Server {
 
     /// Starts serving on `addr` and returns at once.
     ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing; once bound it
+    /// returns at once.
+    ///
     /// # Errors
     /// [`ServeError::Bind`] if the address cannot be bound.
     pub async fn bind(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Serving, ServeError> {
@@ -101,6 +105,9 @@ impl Server {
 
     /// Like [`bind`](Self::bind), over TLS (rule `transport.tls`; see
     /// [`SessionBuilder::listen_tls`]).
+    ///
+    /// # Cancel safety
+    /// As [`bind`](Self::bind).
     ///
     /// # Errors
     /// [`ServeError::Bind`] if the address cannot be bound.
@@ -116,6 +123,9 @@ impl Server {
 
     /// Like [`bind`](Self::bind), for WebSocket clients (rule
     /// `transport.websocket`; see [`SessionBuilder::listen_ws`]).
+    ///
+    /// # Cancel safety
+    /// As [`bind`](Self::bind).
     ///
     /// # Errors
     /// [`ServeError::Bind`] if the address cannot be bound.
@@ -139,6 +149,11 @@ impl Server {
     }
 
     /// Serves on `addr` until the process ends.
+    ///
+    /// # Cancel safety
+    /// Once bound it never completes, so dropping the future is how it stops:
+    /// accepting stops, without a drain; sessions already accepted are left
+    /// to run until their peers end them.
     ///
     /// # Errors
     /// [`ServeError::Bind`] if the address cannot be bound.
@@ -222,6 +237,9 @@ impl Serving {
     /// # Cancel safety
     /// Dropping the future leaves the sessions draining on their own; they
     /// end within the grace period.
+    ///
+    /// # Errors
+    /// Never fails: the report says what the server did.
     pub async fn shutdown(self) -> ServeReport {
         let _ = self.stop.send(true);
         // The accept loop ends at once; its end drops the listener.
