@@ -126,9 +126,8 @@ impl ConduitTx {
     ///
     /// # Errors
     /// Bare stream link only: [`ConduitError::Link`] with [`LinkError::Io`] if
-    /// the writer task failed writing what was queued (or did not finish),
-    /// [`LinkError::Closed`] if it had already shut the stream down. Never
-    /// fails otherwise.
+    /// the writer task failed writing what was queued, or did not run to its
+    /// end. Never fails otherwise.
     pub async fn into_writer(self) -> Result<ConduitWriter, ConduitError> {
         let kind = match self.kind {
             TxKind::Bare(link) => match link.into_sink().await? {

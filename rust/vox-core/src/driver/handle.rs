@@ -476,8 +476,7 @@ impl<T> Tx<T> {
     /// [`ChannelError::ConnectionClosed`], [`ChannelError::SessionShutdown`] or
     /// [`ChannelError::ProtocolError`] when the connection was lost;
     /// [`ChannelError::NotAnnounced`] if the channel's call failed before
-    /// sending its request; [`ChannelError::Closed`] if this end was handed to
-    /// a call.
+    /// sending its request.
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
         let item = match self.slot.keep_early(item) {
@@ -607,8 +606,7 @@ impl<T> Rx<T> {
     /// [`ChannelError::ConnectionClosed`], [`ChannelError::SessionShutdown`] or
     /// [`ChannelError::ProtocolError`] when the connection was lost (items
     /// still queued are not delivered); [`ChannelError::NotAnnounced`] if the
-    /// channel's call failed before sending its request;
-    /// [`ChannelError::Closed`] if this end was handed to a call.
+    /// channel's call failed before sending its request.
     pub async fn recv_raw(&mut self) -> Result<Option<Bytes>, ChannelError> {
         use tracing::Instrument;
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
