@@ -165,8 +165,9 @@ impl Server {
     /// gracefully (see [`Serving::shutdown`]).
     ///
     /// # Cancel safety
-    /// Dropping the future stops accepting and ends every session at once,
-    /// without the grace period.
+    /// Dropping the future stops accepting, without a drain: sessions already
+    /// accepted are left to run until their peers end them (to end them too,
+    /// complete `signal` instead).
     ///
     /// # Errors
     /// [`ServeError::Bind`] if the address cannot be bound.
