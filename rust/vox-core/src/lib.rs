@@ -93,19 +93,52 @@ pub mod link;
 mod mutant;
 // Internals that the proofs and models drive directly are public only with
 // the `test-util` feature (tokio does the same); users never need them.
-#[cfg(feature = "test-util")]
-pub mod plumbing;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod plumbing;
 pub mod service;
 pub mod session;
-#[cfg(feature = "test-util")]
-pub mod sync;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod sync;
 pub mod transport;
 pub mod wire;
+
+/// Internals that the proofs, models and fuzzers drive directly, reachable
+/// only with the `test-util` feature (users never need it; the crate's own
+/// tests turn it on). Each module re-exports one internal module, which
+/// itself stays `pub(crate)`: declared once, it is parsed once by tools
+/// such as cargo-mutants.
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    /// The channel registry and its state types (`driver::channel`).
+    pub mod channel {
+        pub use crate::driver::channel::*;
+    }
+    /// A connection's send gate (`driver::liveness`).
+    pub mod liveness {
+        pub use crate::driver::liveness::*;
+    }
+    /// The session's control mailbox (`session::control`).
+    pub mod control {
+        pub use crate::session::control::*;
+    }
+    /// The session handshake, driven by hand (`session::handshake`).
+    pub mod handshake {
+        pub use crate::session::handshake::*;
+    }
+    /// The sans-IO operation table (`plumbing::operations`).
+    pub mod operations {
+        pub use crate::plumbing::operations::*;
+    }
+    /// The session's one outbound writer (`plumbing::outbound`).
+    pub mod outbound {
+        pub use crate::plumbing::outbound::*;
+    }
+    /// Locks and signals that switch to loom under `--cfg loom` (`sync`).
+    pub mod sync {
+        pub use crate::sync::*;
+    }
+}
 
 pub use service::service;

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use vox_core::driver::channel::{
+use vox_core::test_util::channel::{
     ItemOutcome, LocalError, LossCause, RecvError, Registry, RegistryConfig, SendError, Violation, ViolationKind,
 };
 use vox_core::wire::{ChannelDecl, ChannelDirection, ChannelId, Parity, Payload};

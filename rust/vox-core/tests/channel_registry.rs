@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
-use vox_core::driver::channel::{
+use vox_core::test_util::channel::{
     ChannelStats, ItemOutcome, LocalError, LossCause, RecvError, Registry, RegistryConfig, RemoteOutcome, SendError,
     StateKind, Violation, ViolationKind, transition_table,
 };

@@ -13,9 +13,9 @@ mod common {
 
 use common::testbed::*;
 use std::time::{Duration, Instant};
-use vox_core::driver::channel::DEFAULT_MAX_RECEIVE_WINDOW;
 use vox_core::driver::{Call, Handler, channel_with_credit};
 use vox_core::session::{Session, SessionBuilder};
+use vox_core::test_util::channel::DEFAULT_MAX_RECEIVE_WINDOW;
 
 const CREDIT: u32 = 16;
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
-use vox_core::driver::channel::{
+use vox_core::test_util::channel::{
     ItemOutcome, LossCause, RecvError, Registry, RegistryConfig, RemoteOutcome, SendError, StateKind,
 };
 use vox_core::wire::{ChannelDecl, ChannelDirection, ChannelId, Parity, Payload};
@@ -307,7 +307,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 #[test]
 fn mailbox_full_vs_drop_request() {
     use tokio::sync::oneshot;
-    use vox_core::session::control::{ControlMsg, DropRequest, mailbox};
+    use vox_core::test_util::control::{ControlMsg, DropRequest, mailbox};
     use vox_core::wire::{ConnectionId, Metadata};
 
     fn close(id: u64) -> ControlMsg {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use tokio::sync::oneshot;
-use vox_core::session::control::{ControlMsg, DropRequest, MailboxRx, MailboxTx, mailbox};
+use vox_core::test_util::control::{ControlMsg, DropRequest, MailboxRx, MailboxTx, mailbox};
 use vox_core::wire::{ConnectionId, Metadata};
 
 struct Flag(AtomicBool);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use vox_core::plumbing::operations::{
+use vox_core::test_util::operations::{
     Admission, ArgsDigest, ConflictKind, MethodPolicy, OpId, OpState, OperationConfig, OperationStats, OperationTable,
     Rejection, Ticket, TicketError, WaiterId,
 };

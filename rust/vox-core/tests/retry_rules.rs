@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vox_core::driver::{Call, CallError, channel};
 use vox_core::link::{self, Backoff, Link, LinkConfig, LinkError, LinkSource};
-use vox_core::plumbing::operations::write_op_id;
 use vox_core::session::{Accepted, Session, SessionBuilder};
+use vox_core::test_util::operations::write_op_id;
 use vox_core::wire::{ConduitMode, Metadata, MethodId};
 
 fn count_id() -> MethodId {

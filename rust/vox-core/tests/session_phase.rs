@@ -3,8 +3,8 @@
 //! work observes when the session ends.
 
 use vox_core::driver::Fault;
-use vox_core::driver::channel::LossCause;
 use vox_core::session::{CloseReason, PhaseError, SessionPhase};
+use vox_core::test_util::channel::LossCause;
 
 /// The recovery deadline the resuming phases carry (any fixed instant).
 fn deadline() -> tokio::time::Instant {

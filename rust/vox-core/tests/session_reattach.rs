@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vox_core::driver::{Call, CallError, Handler, channel_with_credit};
 use vox_core::link::{self, Backoff, FaultHandle, Link, LinkConfig, LinkError, LinkSource};
-use vox_core::plumbing::operations::{MethodPolicy, OpId, write_op_id};
 use vox_core::session::{Accepted, CloseReason, Session, SessionBuilder, SessionError};
+use vox_core::test_util::operations::{MethodPolicy, OpId, write_op_id};
 use vox_core::wire::{Metadata, MethodId};
 
 fn mid(name: &str) -> MethodId {

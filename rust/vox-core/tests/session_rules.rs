@@ -898,8 +898,9 @@ async fn raw_acceptor_tight() -> (Session, RawPeer) {
     let raw = async move {
         vox_core::transport::accept(&mut a, vox_core::transport::AcceptModes::default()).await.expect("prologue");
         let (tx, mut rx) = vox_core::conduit::bare(a);
-        let negotiated =
-            vox_core::session::handshake::accept(&tx, &mut rx, ConnectionSettings::default()).await.expect("handshake");
+        let negotiated = vox_core::test_util::handshake::accept(&tx, &mut rx, ConnectionSettings::default())
+            .await
+            .expect("handshake");
         RawPeer { tx, rx, negotiated }
     };
     let mut builder = SessionBuilder::new();

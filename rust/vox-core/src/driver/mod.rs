@@ -3,20 +3,16 @@
 //! `channel::Registry` owns all channel state; [`ConnectionCore`] owns
 //! calls and handlers; `handle` has the typed channel ends ([`Tx`], [`Rx`]).
 
-#[cfg(feature = "test-util")]
-pub mod channel;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod channel;
 pub(crate) mod context;
 mod core;
 mod error;
 mod handle;
 mod handler;
-#[cfg(feature = "test-util")]
-pub mod liveness;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod liveness;
 
 pub use crate::plumbing::loss::{Fault, LossCause};

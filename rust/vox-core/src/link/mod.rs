@@ -7,10 +7,8 @@
 //! way towards their users; only the stream kind can see hostile input,
 //! because the peer chooses the length prefixes.
 
-#[cfg(feature = "test-util")]
-pub mod fault;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod fault;
 mod frames;
 mod identity;

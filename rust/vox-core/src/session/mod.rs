@@ -5,15 +5,11 @@
 //! through the one control mailbox (`control`). See ADR 0002.
 
 mod budget;
-#[cfg(feature = "test-util")]
-pub mod control;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod control;
-#[cfg(feature = "test-util")]
-pub mod handshake;
-#[cfg(not(feature = "test-util"))]
-#[allow(dead_code, unused_imports)] // items only the proofs drive
+// Items only the proofs drive are unused without test-util.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod handshake;
 
 mod builder;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 use vox_core::conduit::{self, ConduitRx, ConduitTx};
 use vox_core::link::{self, LinkConfig};
-use vox_core::session::handshake::{self, Negotiated};
 use vox_core::session::{Session, SessionBuilder};
+use vox_core::test_util::handshake::{self, Negotiated};
 use vox_core::transport;
 use vox_core::wire::{ConduitMode, ConduitMsg, ConnectionSettings, Message, PROTOCOL_VERSION, Parity, Payload};
 
