@@ -357,7 +357,7 @@ async fn rpc_unknown_method_gets_error_response_and_connection_stays_up() {
     let (_server, client) = memory_sessions(server_builder(), SessionBuilder::new()).await;
     let caller = &client.root.caller;
     let err = caller.call::<_, ()>(MethodId::from_names("Testbed", "no_such_method"), &(), vec![]).await.unwrap_err();
-    assert_eq!(err, CallError::UnknownMethod);
+    assert!(matches!(err, CallError::UnknownMethod { .. }), "{:?}", err);
     let echoed: String = caller.call(mid("echo"), &"ok".to_string(), vec![]).await.unwrap();
     assert_eq!(echoed, "ok");
 }
@@ -417,7 +417,8 @@ async fn rpc_error_scope_call_errors_affect_only_their_call() {
         e => panic!("{e:?}"),
     }
     assert!(matches!(panic.unwrap_err(), CallError::HandlerFailed(_)));
-    assert_eq!(unknown.unwrap_err(), CallError::UnknownMethod);
+    let unknown = unknown.unwrap_err();
+    assert!(matches!(unknown, CallError::UnknownMethod { .. }), "{unknown:?}");
     assert!(matches!(invalid.unwrap_err(), CallError::InvalidPayload(_)));
     assert_eq!(echo.unwrap(), "fine");
     assert!(client.handle.close_reason().is_none());
@@ -1189,7 +1190,7 @@ fn rpc_call_error_is_retryable_only_for_errors_before_any_effect() {
         CallError::DeadlineExceeded,
         CallError::Rejected("conflict".into()),
         CallError::User(Blob::default()),
-        CallError::UnknownMethod,
+        CallError::UnknownMethod { method: "x".into() },
         CallError::InvalidPayload("x".into()),
         CallError::Cancelled,
         CallError::Indeterminate,
@@ -1206,7 +1207,7 @@ fn rpc_call_error_is_retryable_only_for_errors_before_any_effect() {
 fn call_error_fault_says_who_caused_it() {
     let peer = [
         CallError::User(Blob::default()),
-        CallError::UnknownMethod,
+        CallError::UnknownMethod { method: "x".into() },
         CallError::InvalidPayload("x".into()),
         CallError::HandlerFailed("panic".into()),
         CallError::Rejected("conflict".into()),

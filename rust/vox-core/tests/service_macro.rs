@@ -215,10 +215,10 @@ async fn unknown_method_and_invalid_payload() {
     let caller = &c.root.caller;
     // A method the service does not have.
     let r = caller.call::<_, i64>(MethodId::from_names("Arith", "multiply"), &(1i64, 2i64), vec![]).await;
-    assert_eq!(r, Err(CallError::UnknownMethod));
+    assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{:?}", r);
     // A method of another service.
     let r = caller.call::<_, String>(EchoClient::METHODS[0].id(), &"x".to_string(), vec![]).await;
-    assert_eq!(r, Err(CallError::UnknownMethod));
+    assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{:?}", r);
     // Arguments that do not decode as (i64, i64).
     let r = caller.call_raw(ArithClient::METHODS[0].id(), Bytes::from_static(&[0x01]), vec![], Metadata::new()).await;
     assert!(matches!(r, Err(CallError::InvalidPayload(_))), "{r:?}");
@@ -258,7 +258,10 @@ async fn router_accepts_virtual_connections_by_service_name() {
     assert_eq!(echo.echo("hi".into()).await, Ok("hi".to_string()));
     // Each connection only serves its own service.
     let wrong = EchoClient::from_caller(arith.caller().clone());
-    assert_eq!(wrong.echo("x".into()).await, Err(CallError::UnknownMethod));
+    let err = wrong.echo("x".into()).await.expect_err("Arith's connection has no Echo.echo");
+    // A generated client names the method it called (issue 18, point 8).
+    assert_eq!(err, CallError::UnknownMethod { method: "Echo.echo".into() });
+    assert!(err.to_string().contains("unknown method Echo.echo"), "{err}");
     // Names match in kebab case.
     let md = Metadata::new().with_str(SERVICE_KEY, "echo", 0);
     let conn = c.handle.open_connection(ConnectionSettings::default(), md).await.expect("open by kebab name");
@@ -291,7 +294,7 @@ async fn router_as_root_handler_routes_by_method_id() {
     assert_eq!(arith.add(5, 5).await, Ok(10));
     assert_eq!(echo.echo("root".into()).await, Ok("root".to_string()));
     let r = c.root.caller.call::<_, ()>(MethodId::from_names("Nobody", "nothing"), &(), vec![]).await;
-    assert_eq!(r, Err(CallError::UnknownMethod));
+    assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{:?}", r);
 }
 
 /// Keeps subscribers' channels beyond the call that announced them.
@@ -382,5 +385,5 @@ async fn a_service_without_methods_answers_unknown_method() {
     let (_s, c) = sessions(SessionBuilder::new().handler(NothingDispatcher::new(NothingImpl))).await;
     assert!(NothingClient::METHODS.is_empty());
     let r = c.root.caller.call::<_, ()>(MethodId::from_names("Nothing", "x"), &(), vec![]).await;
-    assert_eq!(r, Err(CallError::UnknownMethod));
+    assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{:?}", r);
 }

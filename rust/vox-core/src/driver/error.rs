@@ -10,8 +10,12 @@ pub enum CallError {
     #[error("the handler returned an application error ({} bytes)", .0.len())]
     User(Blob),
     /// The peer has no method with this id on the connection.
-    #[error("unknown method")]
-    UnknownMethod,
+    #[error("unknown method {method}: the peer has no method with this id on this connection")]
+    UnknownMethod {
+        /// The method called: `Service.method` from a generated client,
+        /// the method id from a raw call.
+        method: String,
+    },
     /// The peer could not decode the arguments.
     #[error("invalid payload: {0}")]
     InvalidPayload(String),
@@ -64,7 +68,7 @@ impl CallError {
     pub fn fault(&self) -> Fault {
         match self {
             CallError::User(_)
-            | CallError::UnknownMethod
+            | CallError::UnknownMethod { .. }
             | CallError::InvalidPayload(_)
             | CallError::HandlerFailed(_)
             | CallError::Rejected(_)
@@ -111,7 +115,7 @@ mod tests {
             CallError::SessionShutdown,
             CallError::SendFailed("x".into()),
             CallError::User(Blob::default()),
-            CallError::UnknownMethod,
+            CallError::UnknownMethod { method: String::new() },
             CallError::InvalidPayload(String::new()),
             CallError::Cancelled,
             CallError::Indeterminate,

@@ -66,6 +66,9 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
 fn named(info: &MethodInfo, e: CallError) -> CallError {
     match e {
         CallError::InvalidResponse(r) => CallError::InvalidResponse(format!("{}.{}: {r}", info.service, info.name)),
+        CallError::UnknownMethod { .. } => {
+            CallError::UnknownMethod { method: format!("{}.{}", info.service, info.name) }
+        }
         CallError::InvalidPayload(r) if !r.starts_with(info.service) => {
             CallError::InvalidPayload(format!("{}.{}: {r}", info.service, info.name))
         }

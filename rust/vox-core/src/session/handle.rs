@@ -426,7 +426,7 @@ impl Caller {
         match body {
             ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
             ResponseBody::User(b) => Err(CallError::User(b)),
-            ResponseBody::UnknownMethod => Err(CallError::UnknownMethod),
+            ResponseBody::UnknownMethod => Err(CallError::UnknownMethod { method: method_id.to_string() }),
             ResponseBody::InvalidPayload { reason } => Err(CallError::InvalidPayload(reason)),
             ResponseBody::Cancelled => Err(CallError::Cancelled),
             ResponseBody::Indeterminate => Err(CallError::Indeterminate),

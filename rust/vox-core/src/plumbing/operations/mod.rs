@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use vox_core::plumbing::operations::{Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable};
+//! use vox_core::test_util::operations::{Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable};
 //! use vox_core::wire::{MethodId, ResponseBody};
 //!
 //! let mut table = OperationTable::new(OperationConfig::default());

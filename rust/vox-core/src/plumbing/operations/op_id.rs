@@ -33,7 +33,7 @@ pub struct OpIdError;
 /// malformed (the driver answers `InvalidPayload` rather than guessing).
 ///
 /// ```
-/// use vox_core::plumbing::operations::{OpId, read_op_id, write_op_id};
+/// use vox_core::session::{OpId, read_op_id, write_op_id};
 /// use vox_core::wire::Metadata;
 /// let mut md = Metadata::new();
 /// assert_eq!(read_op_id(&md), Ok(None));
