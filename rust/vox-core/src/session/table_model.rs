@@ -344,3 +344,28 @@ fn connection_state_machine_allows_exactly_the_rule_transitions() {
         }
     }
 }
+
+/// Only a pending or open connection is live (it counts against the limit
+/// and a teardown must end it); a released one is a tombstone.
+#[test]
+fn connection_state_live_exactly_while_pending_or_open() {
+    use ConnState::*;
+    for (state, live) in [(PendingOutbound, true), (Open, true), (ClosedByUs, false), (ClosedByPeer, false)] {
+        assert_eq!(state.is_live(), live, "{state:?}");
+    }
+}
+
+/// The table's one transition refuses to make a connection live without
+/// the entry that owns it (a caller bug), and leaves the table as it was:
+/// no tombstone in a live state, the id still free to open.
+#[test]
+fn connection_table_live_state_needs_its_entry() {
+    let mut table = ConnTable::new(Parity::Odd, 4);
+    let id = ConnectionId(2);
+    for event in [ConnEvent::WeAccepted, ConnEvent::LocalOpen] {
+        let Err(refused) = table.apply(id, event, None) else { panic!("{event:?}: a live state without its entry") };
+        assert_eq!(refused.event, "an entry not of the new state");
+        assert_eq!(table.state(id), None, "{event:?} left the table unchanged");
+        assert_eq!(table.len(), 0);
+    }
+}
