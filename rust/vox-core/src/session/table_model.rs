@@ -369,3 +369,35 @@ fn connection_table_live_state_needs_its_entry() {
         assert_eq!(table.len(), 0);
     }
 }
+
+/// The table's one transition stores an entry only in the state it stands
+/// for: an open core handed over for a pending open is refused, and the
+/// table is left as it was.
+#[tokio::test]
+async fn connection_table_entry_must_match_the_new_state() {
+    let (out, _rx) = outbound::detached(4);
+    let mut table = ConnTable::new(Parity::Odd, 4);
+    let id = ConnectionId(3);
+    let wrong = ConnEntry::Open { core: core(id, Parity::Odd, &out) };
+    let Err(refused) = table.apply(id, ConnEvent::LocalOpen, Some(wrong)) else {
+        panic!("a pending open stored with an open core");
+    };
+    assert_eq!(refused.event, "an entry not of the new state");
+    assert_eq!((table.state(id), table.len()), (None, 0));
+}
+
+/// An answer for a connection that is already open names its state, not
+/// "which we did not open" (the text reaches the peer's ProtocolError).
+#[tokio::test]
+async fn connection_table_answer_for_an_open_connection_names_its_state() {
+    let (out, _rx) = outbound::detached(4);
+    let mut table = ConnTable::new(Parity::Odd, 4);
+    let (reply, _answer) = oneshot::channel();
+    let Ok((id, parity)) = table.open_outbound(ConnectionSettings::default(), reply) else { panic!("open") };
+    assert!(table.pending(id, ConnEvent::PeerAccepted).is_ok());
+    assert!(table.accept_outbound(id, core(id, parity, &out)).is_ok());
+    let again = table.pending(id, ConnEvent::PeerAccepted).expect_err("already open");
+    assert!(again.contains("in state Open"), "{again}");
+    let never = table.pending(ConnectionId(99), ConnEvent::PeerAccepted).expect_err("never opened");
+    assert!(never.contains("which we did not open"), "{never}");
+}
