@@ -14,6 +14,7 @@ pub(crate) mod handshake;
 
 mod builder;
 mod handle;
+mod machine;
 // Without test-util, the events only tests/session_phase.rs drives are unused.
 #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
 mod phase;

@@ -165,6 +165,14 @@ impl SessionPhase {
     pub fn is_established(&self) -> bool {
         matches!(self, SessionPhase::Established { .. })
     }
+
+    /// While resuming, when the wait for a replacement conduit gives up.
+    pub fn resuming_deadline(&self) -> Option<tokio::time::Instant> {
+        match self {
+            SessionPhase::Resuming { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
 }
 
 /// The state of one connection in the session's table.
@@ -266,7 +274,10 @@ mod tests {
     fn session_phase_transitions_are_guarded() {
         let mut p = SessionPhase::established();
         assert!(p.on_reattached().is_err(), "no reattach while established");
-        assert_eq!(p.on_attachment_lost(tokio::time::Instant::now()), Ok(1));
+        assert_eq!(p.resuming_deadline(), None, "no deadline while established");
+        let deadline = tokio::time::Instant::now();
+        assert_eq!(p.on_attachment_lost(deadline), Ok(1));
+        assert_eq!(p.resuming_deadline(), Some(deadline), "resuming waits until the deadline");
         assert!(p.on_attachment_lost(tokio::time::Instant::now()).is_err(), "lost only once per attachment");
         assert_eq!(p.on_reattached(), Ok(2));
         assert_eq!(p, SessionPhase::Established { generation: 2 });

@@ -33,6 +33,25 @@ impl ConnectionCore {
         Self::build(id, local_parity, local_settings, peer_settings, outbound, handler, limits, ops, registry, None)
     }
 
+    /// [`ConnectionCore::new`], started: its flush task runs (until the
+    /// core is lost). Everything that serves a live connection makes its
+    /// core this way, so no caller has to remember to start it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn started(
+        id: ConnectionId,
+        local_parity: Parity,
+        local_settings: ConnectionSettings,
+        peer_settings: ConnectionSettings,
+        outbound: Outbound,
+        handler: Option<Arc<dyn Handler>>,
+        limits: ChannelLimits,
+        ops: Option<Arc<SessionOps>>,
+    ) -> Arc<ConnectionCore> {
+        let core = Self::new(id, local_parity, local_settings, peer_settings, outbound, handler, limits, ops);
+        tokio::spawn(core.clone().run_flush());
+        core
+    }
+
     fn registry_config(local_parity: Parity, local: &ConnectionSettings, limits: ChannelLimits) -> RegistryConfig {
         RegistryConfig {
             local_parity,
@@ -48,7 +67,8 @@ impl ConnectionCore {
     /// newly negotiated settings, a new outbound path, and nothing in flight.
     /// Its request and channel ids continue above this core's, so nothing of
     /// the old attachment's ids is reused (rule `retry.channel.volatile.rebinding`).
-    /// Call it after [`ConnectionCore::on_lost`] on this core.
+    /// Call it after [`ConnectionCore::on_lost`] on this core. Like
+    /// [`ConnectionCore::started`], the successor runs its own flush task.
     pub(crate) fn successor(
         &self,
         outbound: Outbound,
@@ -60,7 +80,7 @@ impl ConnectionCore {
             &self.registry,
         );
         let requests = self.state.lock().requests.continuation();
-        Self::build(
+        let core = Self::build(
             self.id,
             self.local_parity,
             local_settings,
@@ -71,7 +91,9 @@ impl ConnectionCore {
             self.ops.clone(),
             registry,
             Some(requests),
-        )
+        );
+        tokio::spawn(core.clone().run_flush());
+        core
     }
 
     #[allow(clippy::too_many_arguments)]

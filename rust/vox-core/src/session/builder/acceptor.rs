@@ -48,7 +48,3 @@ where
         self(request)
     }
 }
-
-pub(crate) struct ListenerShared {
-    pub(crate) acceptor: Option<Arc<dyn Acceptor>>,
-}

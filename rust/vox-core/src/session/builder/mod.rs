@@ -14,7 +14,6 @@ mod listener;
 mod pending;
 mod start;
 
-pub(crate) use acceptor::ListenerShared;
 pub use acceptor::{AcceptDecision, Acceptor, ConnectionRequest};
 pub use config::{KeepaliveConfig, SessionConfig};
 pub use listener::Listener;

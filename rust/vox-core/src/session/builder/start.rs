@@ -2,15 +2,14 @@
 //! root connection, the mailbox, the run loop's task and the handles given
 //! to the application. Both sides, and every transport, end here.
 
-use super::{ListenerShared, Session, SessionBuilder};
+use super::{Session, SessionBuilder};
 use crate::driver::ConnectionCore;
 use crate::plumbing::ops::SessionOps;
 use crate::session::control::mailbox;
 use crate::session::handle::{Caller, ConnectionHandle, CoreRef, LiveToken, RootSlot, SessionHandle};
-use crate::session::phase::SessionPhase;
+use crate::session::machine::{Limits, Machine};
 use crate::session::resume::NewConduit;
 use crate::session::run::{Attachment, Resume, ResumeSide, RunLoop};
-use crate::session::table::ConnTable;
 use crate::wire::ConnectionId;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -26,7 +25,7 @@ impl SessionBuilder {
         let (closed_tx, closed_rx) = watch::channel(None);
         let (generation_tx, generation_rx) = watch::channel(1);
         let ops = config.operations.clone().map(|c| Arc::new(SessionOps::new(c)));
-        let root_core = ConnectionCore::new(
+        let root_core = ConnectionCore::started(
             ConnectionId::ROOT,
             negotiated.local_parity,
             negotiated.local_root.clone(),
@@ -38,30 +37,24 @@ impl SessionBuilder {
         );
         root_core.set_peer_addr(peer_addr);
         root_core.set_peer_identity(peer_identity);
-        tokio::spawn(root_core.clone().run_flush());
         let budgets = crate::session::budget::Budgets::new(&config.budgets, tokio::time::Instant::now());
-        let phase = SessionPhase::established();
         if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &resume {
             registry.insert(key.clone(), mailbox_tx.clone(), negotiated.local_parity.opposite());
         }
         let root_slot = RootSlot::new(root_core.clone());
+        let limits = Limits { max_connections: config.max_connections, keepalive: config.keepalive.clone() };
+        let machine =
+            Machine::new(root_core, negotiated.local_parity, limits, budgets, self.acceptor, mailbox_tx.clone());
         let run = RunLoop {
-            phase,
-            table: ConnTable::new(negotiated.local_parity, 1024),
-            root: root_core,
+            machine,
             root_slot: root_slot.clone(),
-            root_released: false,
             mailbox: mailbox_rx,
-            mailbox_tx: mailbox_tx.clone(),
             link,
             config,
-            shared: Arc::new(ListenerShared { acceptor: self.acceptor }),
             closed_tx,
             generation_tx,
             ops,
             resume,
-            ping_nonce: 0,
-            budgets,
             draining: None,
         };
         tokio::spawn(run.run());

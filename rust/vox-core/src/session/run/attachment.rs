@@ -1,15 +1,14 @@
 //! What the loop owns of the conduit it is attached to. Kept in one value
 //! so that losing the conduit drops all of it at once: nothing queued for
-//! an old attachment can reach a new conduit.
+//! an old attachment can reach a new conduit. (What the session owes the
+//! peer on this attachment, and the outstanding ping, are the machine's,
+//! cleared by `Machine::on_attachment_lost`.)
 
 use crate::conduit::ConduitRx;
 use crate::plumbing::outbound::{Finish, Outbound, spawn_writer};
 use crate::session::resume::NewConduit;
-use crate::wire::Message;
-use std::collections::VecDeque;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// The loop's part of one attachment. When the attachment ends, all of it
 /// is dropped together (the writer aborted), so nothing queued for an old
@@ -22,21 +21,12 @@ pub(crate) struct Attachment {
     pub(crate) writer: Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
     pub(crate) finish: Option<oneshot::Sender<Finish>>,
     pub(crate) conduit: Option<ConduitRx>,
-    pub(crate) owed: VecDeque<Message>,
-    pub(crate) ping_outstanding: Option<(u64, Instant)>,
 }
 
 impl Attachment {
     pub(crate) fn start(conduit: NewConduit, capacity: usize) -> Attachment {
         let (finish_tx, finish_rx) = oneshot::channel();
         let (outbound, writer) = spawn_writer(conduit.tx, capacity, finish_rx);
-        Attachment {
-            outbound,
-            writer: Some(writer),
-            finish: Some(finish_tx),
-            conduit: Some(conduit.rx),
-            owed: VecDeque::new(),
-            ping_outstanding: None,
-        }
+        Attachment { outbound, writer: Some(writer), finish: Some(finish_tx), conduit: Some(conduit.rx) }
     }
 }

@@ -4,11 +4,8 @@
 //! (acceptor) that ends the wait.
 
 use super::{Attachment, Event, RunLoop};
-use crate::plumbing::loss::LossCause;
-use crate::session::SessionError;
-use crate::session::phase::{CloseReason, SessionPhase};
+use crate::session::phase::CloseReason;
 use crate::session::resume::{NewConduit, Redialer, SessionRegistry, redial};
-use crate::session::table::ConnEntry;
 use crate::wire::ResumeKey;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -26,12 +23,12 @@ pub(crate) enum ResumeSide {
     Acceptor { registry: SessionRegistry },
 }
 
-/// While resuming: the redial's result (initiator) or the recovery deadline.
-pub(super) async fn resume_event(phase: &SessionPhase, r: &mut Option<Resume>) -> Event {
-    let (SessionPhase::Resuming { deadline, .. }, Some(Resume { side, .. })) = (phase, r) else {
+/// While resuming (`deadline` is the phase's): the redial's result
+/// (initiator) or the recovery deadline.
+pub(super) async fn resume_event(deadline: Option<Instant>, r: &mut Option<Resume>) -> Event {
+    let (Some(deadline), Some(Resume { side, .. })) = (deadline, r) else {
         return std::future::pending().await;
     };
-    let deadline = *deadline;
     let redialed = async {
         match side {
             ResumeSide::Initiator { pending: Some(p), .. } => match p.await {
@@ -56,7 +53,7 @@ impl RunLoop {
         let Some(resume) = self.resume.as_mut() else { return Err(reason) };
         // One deadline for both: the loop gives up when the redial does.
         let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
-        let lost = match self.phase.on_attachment_lost(deadline) {
+        let lost = match self.machine.on_attachment_lost(deadline) {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!(error = %e, "conduit loss outside Established");
@@ -64,28 +61,11 @@ impl RunLoop {
             }
         };
         tracing::info!(%reason, generation = lost, "session conduit lost; resuming");
-        // Pending calls fail retryably, handlers are stopped (or, for
-        // operations, handed to the table), channels report the break (rule
-        // `retry.channel.disconnect.closes`).
-        self.root.on_lost(LossCause::ConnectionClosed);
-        // Virtual connections end with the attachment: whether an open, an
-        // accept or a close crossed the break is unknowable, so neither side
-        // keeps any (the id namespace is kept: ids are never reused).
-        for entry in self.table.drain() {
-            match entry {
-                ConnEntry::Open { core } => core.on_lost(LossCause::ConnectionClosed),
-                ConnEntry::PendingOutbound { reply, .. } => {
-                    let _ = reply.send(Err(SessionError::Resuming));
-                }
-            }
-        }
         if let Some(w) = self.link.writer.take() {
             w.abort();
         }
         self.link.finish = None;
         self.link.conduit = None;
-        self.link.owed.clear();
-        self.link.ping_outstanding = None;
         if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
             let (tx, rx) = oneshot::channel();
             let redialer = redialer.clone();
@@ -101,33 +81,35 @@ impl RunLoop {
     /// we still think the old attachment is alive first detaches it: the
     /// peer has given it up (rule `session.resume`).
     pub(super) fn reattach(&mut self, conduit: NewConduit) {
-        if self.phase.is_established() {
+        if self.machine.phase.is_established() {
             if let Err(reason) = self.detach(CloseReason::LinkError("replaced by a resumed conduit".into())) {
                 tracing::debug!(%reason, "reattach to a session that cannot resume");
                 return;
             }
         }
-        if self.root.local_parity != conduit.negotiated.local_parity {
+        if self.machine.root.local_parity != conduit.negotiated.local_parity {
             tracing::warn!("resuming conduit negotiated another parity; dropped");
             return;
         }
-        let generation = match self.phase.on_reattached() {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(error = %e, "reattach outside Resuming; conduit dropped");
-                return;
-            }
-        };
+        if self.machine.phase.resuming_deadline().is_none() {
+            tracing::debug!("reattach outside Resuming; conduit dropped");
+            return;
+        }
         let negotiated = conduit.negotiated.clone();
         let peer_addr = conduit.rx.peer_addr();
         let peer_identity = conduit.rx.peer_identity();
         self.link = Attachment::start(conduit, self.config.outbound_capacity);
-        let root = self.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
+        let root = self.machine.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
         root.set_peer_addr(peer_addr);
         root.set_peer_identity(peer_identity);
-        tokio::spawn(root.clone().run_flush());
-        self.root_slot.set(root.clone());
-        self.root = root;
+        let generation = match self.machine.on_reattached(root.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "reattach refused by the phase; conduit dropped");
+                return;
+            }
+        };
+        self.root_slot.set(root);
         if let Some(Resume { side: ResumeSide::Initiator { pending, .. }, .. }) = self.resume.as_mut() {
             *pending = None;
         }

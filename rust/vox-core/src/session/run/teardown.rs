@@ -4,30 +4,17 @@
 
 use super::{Resume, ResumeSide, RunLoop};
 use crate::plumbing::outbound::Finish;
-use crate::session::SessionError;
 use crate::session::phase::CloseReason;
-use crate::session::table::ConnEntry;
 use crate::wire::Message;
 
 impl RunLoop {
     pub(super) async fn teardown(mut self, reason: CloseReason, last: Option<Message>, drain: bool) {
-        if let Err(e) = self.phase.on_closing(reason.clone()) {
-            tracing::debug!(error = %e, "teardown in unexpected phase");
-        }
         tracing::debug!(%reason, "session ending");
         if let Some(Resume { key, side: ResumeSide::Acceptor { registry }, .. }) = &self.resume {
             registry.remove(key);
         }
         let cause = reason.loss_cause();
-        let mut cores = vec![self.root.clone()];
-        for entry in self.table.drain() {
-            match entry {
-                ConnEntry::Open { core } => cores.push(core),
-                ConnEntry::PendingOutbound { reply, .. } => {
-                    let _ = reply.send(Err(SessionError::Closed(reason.clone())));
-                }
-            }
-        }
+        let cores = self.machine.on_closing(&reason);
         if drain {
             // What the application handed over before the end (a channel
             // close, the cancel of a dropped call) is already accepted for
@@ -52,7 +39,7 @@ impl RunLoop {
         // Owed messages (a pong, a close) were decided before the end: they
         // go first. A graceful end waits for room; a violation only takes
         // the room there is, so a peer that stopped reading cannot stall us.
-        while let Some(m) = self.link.owed.pop_front() {
+        while let Some(m) = self.machine.poll_transmit() {
             if drain {
                 if self.link.outbound.send(m).await.is_err() {
                     break;
@@ -72,7 +59,7 @@ impl RunLoop {
                 tracing::debug!(error = %e, "writer task ended abnormally");
             }
         }
-        let reason = self.phase.on_closed().unwrap_or(reason);
+        let reason = self.machine.phase.on_closed().unwrap_or(reason);
         let _ = self.closed_tx.send(Some(reason));
     }
 }

@@ -1,25 +1,27 @@
 //! The peer's messages: session-level ones (ping, pong, protocol errors)
 //! answered here, connection lifecycle (open, accept, reject, close) applied
-//! to the table, and everything else handed to its connection's driver
-//! without waiting on it.
+//! to the table, and everything else handed to its connection's driver,
+//! which never waits.
 
-use super::{RunLoop, Step};
-use crate::driver::ConnectionCore;
+use super::{Env, Machine, Step};
+use crate::driver::{ConnectionCore, Handler};
 use crate::session::SessionError;
 use crate::session::budget::BudgetKind;
 use crate::session::builder::{AcceptDecision, ConnectionRequest};
 use crate::session::handle::{Caller, ConnectionHandle, CoreRef, LiveToken};
 use crate::session::phase::{CloseReason, ConnEvent};
 use crate::session::table::{Lookup, Released};
-use crate::wire::{ConnectionId, Message, Metadata, Payload};
+use crate::wire::{ConnectionId, ConnectionSettings, Message, Metadata, Parity, Payload};
 use std::sync::Arc;
+use tokio::time::Instant;
 
-impl RunLoop {
-    pub(super) fn on_message(&mut self, m: Message) -> Step {
+impl Machine {
+    /// Decides one message from the peer, received at `now`.
+    pub(crate) fn on_message(&mut self, m: Message, now: Instant, env: &mut dyn Env) -> Step {
         let id = m.connection_id;
         match m.payload {
             Payload::Ping { nonce } if id.is_root() => {
-                if let Some(e) = self.spend(BudgetKind::Pings) {
+                if let Some(e) = self.spend(BudgetKind::Pings, now) {
                     return e;
                 }
                 // rule: session.keepalive
@@ -27,8 +29,8 @@ impl RunLoop {
                 Step::Continue
             }
             Payload::Pong { nonce } if id.is_root() => {
-                if matches!(self.link.ping_outstanding, Some((n, _)) if n == nonce) {
-                    self.link.ping_outstanding = None;
+                if matches!(self.ping_outstanding, Some((n, _)) if n == nonce) {
+                    self.ping_outstanding = None;
                 }
                 Step::Continue
             }
@@ -42,10 +44,12 @@ impl RunLoop {
             Payload::CloseConnection { .. } if id.is_root() => {
                 self.violation("CloseConnection for the root connection".into(), "connection.root")
             }
-            Payload::OpenConnection { parity, settings, metadata } => self.on_open(id, parity, settings, metadata),
+            Payload::OpenConnection { parity, settings, metadata } => {
+                self.on_open(id, parity, settings, metadata, now, env)
+            }
             Payload::AcceptConnection { settings, .. } => {
                 let accepted = self.table.pending(id, ConnEvent::PeerAccepted).and_then(|(local_settings, parity)| {
-                    let core = self.new_core(id, parity, local_settings, settings, None);
+                    let core = self.new_core(env, id, parity, local_settings, settings, None);
                     self.table.accept_outbound(id, core.clone()).map(|reply| (reply, core))
                 });
                 match accepted {
@@ -79,7 +83,7 @@ impl RunLoop {
                     return Step::Continue;
                 }
                 match self.table.lookup(id) {
-                    Lookup::Late => self.spend(BudgetKind::LateMessages).unwrap_or(Step::Continue),
+                    Lookup::Late => self.spend(BudgetKind::LateMessages, now).unwrap_or(Step::Continue),
                     Lookup::Violation(e) => self.violation(e, "connection.close"),
                     _ => self.violation(
                         format!("CloseConnection for connection {id} before it was accepted"),
@@ -90,17 +94,17 @@ impl RunLoop {
             payload if id.is_root() => {
                 let root = self.root.clone();
                 let outcome = root.on_payload(payload);
-                self.on_inbound(outcome)
+                self.on_inbound(outcome, now)
             }
             payload => match self.table.lookup(id) {
                 Lookup::Open(core) => {
                     let core = core.clone();
                     let outcome = core.on_payload(payload);
-                    self.on_inbound(outcome)
+                    self.on_inbound(outcome, now)
                 }
                 Lookup::Late => {
                     tracing::debug!(conn = %id, kind = payload.kind(), "discarded message for a connection we closed");
-                    self.spend(BudgetKind::LateMessages).unwrap_or(Step::Continue)
+                    self.spend(BudgetKind::LateMessages, now).unwrap_or(Step::Continue)
                 }
                 Lookup::PendingOutbound => self.violation(
                     format!("{} on connection {id} before AcceptConnection", payload.kind()),
@@ -114,20 +118,22 @@ impl RunLoop {
     fn on_open(
         &mut self,
         id: ConnectionId,
-        parity: crate::wire::Parity,
-        settings: crate::wire::ConnectionSettings,
+        parity: Parity,
+        settings: ConnectionSettings,
         metadata: Metadata,
+        now: Instant,
+        env: &mut dyn Env,
     ) -> Step {
         if let Err(e) = self.table.check_inbound_open(id) {
             return self.violation(e, "connection.open");
         }
         // rule: connection.open.rejection
-        let decision = if self.draining.is_some() {
+        let decision = if self.draining {
             AcceptDecision::Reject(Metadata::new().with_str("reason", "the server is shutting down", 0))
-        } else if self.table.len() >= self.config.max_connections {
+        } else if self.table.len() >= self.limits.max_connections {
             AcceptDecision::Reject(Metadata::new().with_str("reason", "too many connections", 0))
         } else {
-            match &self.shared.acceptor {
+            match &self.acceptor {
                 None => AcceptDecision::Reject(Metadata::new().with_str("reason", "no acceptor configured", 0)),
                 Some(a) => a.decide(&ConnectionRequest { id, metadata, peer_settings: settings.clone() }),
             }
@@ -135,7 +141,7 @@ impl RunLoop {
         match decision {
             AcceptDecision::Accept { settings: local, metadata, handler } => {
                 // rule: connection.parity — we use the opener's opposite.
-                let core = self.new_core(id, parity.opposite(), local.clone(), settings, handler);
+                let core = self.new_core(env, id, parity.opposite(), local.clone(), settings, handler);
                 if let Err(e) = self.table.insert_open(id, core) {
                     tracing::error!(error = %e, "connection table refused an accepted connection");
                 }
@@ -145,7 +151,7 @@ impl RunLoop {
                 });
             }
             AcceptDecision::Reject(metadata) => {
-                if let Some(e) = self.spend(BudgetKind::RejectedOpens) {
+                if let Some(e) = self.spend(BudgetKind::RejectedOpens, now) {
                     return e;
                 }
                 self.table.reject_inbound(id);
@@ -155,27 +161,20 @@ impl RunLoop {
         Step::Continue
     }
 
+    /// A core for a new virtual connection, knowing the peer as the root
+    /// does (address, verified identity).
     fn new_core(
         &self,
+        env: &mut dyn Env,
         id: ConnectionId,
-        parity: crate::wire::Parity,
-        local: crate::wire::ConnectionSettings,
-        peer: crate::wire::ConnectionSettings,
-        handler: Option<Arc<dyn crate::driver::Handler>>,
+        parity: Parity,
+        local: ConnectionSettings,
+        peer: ConnectionSettings,
+        handler: Option<Arc<dyn Handler>>,
     ) -> Arc<ConnectionCore> {
-        let core = ConnectionCore::new(
-            id,
-            parity,
-            local,
-            peer,
-            self.link.outbound.clone(),
-            handler,
-            self.config.channel_limits(),
-            self.ops.clone(),
-        );
+        let core = env.new_core(id, parity, local, peer, handler);
         core.set_peer_addr(self.root.peer_addr());
         core.set_peer_identity(self.root.peer_identity());
-        tokio::spawn(core.clone().run_flush());
         core
     }
 }

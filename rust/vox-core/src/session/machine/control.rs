@@ -1,44 +1,28 @@
 //! Requests from handles, through the control mailbox: opening and closing
-//! virtual connections, the liveness signals of dropped handles, shutdown
-//! and graceful draining, and a resumed conduit handed over by a listener.
+//! virtual connections, the liveness signals of dropped handles, and
+//! shutdown. Draining (a timer) and a resumed conduit handed over by a
+//! listener (a new attachment) are the run loop's.
 
-use super::{Event, RunLoop, Step};
+use super::{Machine, Step};
 use crate::session::SessionError;
 use crate::session::control::ControlMsg;
 use crate::session::phase::CloseReason;
 use crate::session::table::Released;
 use crate::wire::{ConnectionId, Message, Metadata, Payload};
-use std::sync::Arc;
-use tokio::time::Instant;
 
-/// A graceful shutdown in progress: new requests are refused, and the
-/// session ends once no handler is in flight or at `deadline`.
-pub(crate) struct Draining {
-    idle: Arc<tokio::sync::Notify>,
-    deadline: Instant,
-}
-
-/// While draining: a handler ended (check whether all are done) or the
-/// grace period ran out.
-pub(super) async fn drain_event(d: &Option<Draining>) -> Event {
-    let Some(d) = d else { return std::future::pending().await };
-    tokio::select! {
-        _ = d.idle.notified() => Event::DrainProgress,
-        _ = tokio::time::sleep_until(d.deadline) => Event::DrainDeadline,
-    }
-}
-
-impl RunLoop {
-    pub(super) fn on_control(&mut self, m: ControlMsg) -> Step {
-        match m {
+impl Machine {
+    /// Decides a request from a handle. `Err` gives back what is not a
+    /// decision but work for the run loop (`Drain`, `Reattach`).
+    pub(crate) fn on_control(&mut self, m: ControlMsg) -> Result<Step, ControlMsg> {
+        Ok(match m {
             ControlMsg::OpenConnection { settings, metadata, reply } => {
                 if !self.phase.is_established() {
                     let _ = reply.send(Err(SessionError::Resuming));
-                    return Step::Continue;
+                    return Ok(Step::Continue);
                 }
-                if self.table.len() >= self.config.max_connections {
-                    let _ = reply.send(Err(SessionError::TooManyConnections { limit: self.config.max_connections }));
-                    return Step::Continue;
+                if self.table.len() >= self.limits.max_connections {
+                    let _ = reply.send(Err(SessionError::TooManyConnections { limit: self.limits.max_connections }));
+                    return Ok(Step::Continue);
                 }
                 match self.table.open_outbound(settings.clone(), reply) {
                     Ok((id, parity)) => {
@@ -76,31 +60,8 @@ impl RunLoop {
                 Step::Continue
             }
             ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.phase.is_established()),
-            ControlMsg::Drain { grace } => {
-                if self.draining.is_none() {
-                    let idle = Arc::new(tokio::sync::Notify::new());
-                    self.root.start_draining(idle.clone());
-                    for core in self.table.open_cores() {
-                        core.start_draining(idle.clone());
-                    }
-                    self.draining = Some(Draining { idle, deadline: Instant::now() + grace });
-                }
-                self.drain_check()
-            }
-            ControlMsg::Reattach(conduit) => {
-                self.reattach(*conduit);
-                Step::Continue
-            }
-        }
-    }
-
-    /// While draining: ends the session once no handler is in flight.
-    pub(super) fn drain_check(&mut self) -> Step {
-        if self.draining.is_none() {
-            return Step::Continue;
-        }
-        let idle = self.root.is_idle() && self.table.open_cores().iter().all(|c| c.is_idle());
-        if idle { Step::End(CloseReason::Shutdown, None, self.phase.is_established()) } else { Step::Continue }
+            m @ (ControlMsg::Drain { .. } | ControlMsg::Reattach(_)) => return Err(m),
+        })
     }
 
     fn close_local(&mut self, id: ConnectionId, metadata: Metadata) -> bool {
