@@ -183,7 +183,12 @@ async fn session_handshake_sorry_closes_the_link() {
         }
         assert!(matches!(within("close", rx.recv()).await, Ok(None) | Err(_)), "link must close after Sorry");
         let err = within("server", server).await.unwrap().expect_err("no session after Sorry");
-        assert!(matches!(err, SessionError::Setup(_)), "{err:?}");
+        // The handshake's own error, not flattened into text.
+        assert!(
+            matches!(&err, SessionError::Handshake(h) if matches!(**h, vox_core::session::HandshakeError::RefusedPeer { .. })),
+            "{err:?}"
+        );
+        assert_eq!(err.fault(), vox_core::driver::Fault::Peer, "the peer sent a version we refuse");
     })
     .await;
 }

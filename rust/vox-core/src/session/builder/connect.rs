@@ -152,14 +152,14 @@ impl SessionBuilder {
     /// progress is dropped too.
     ///
     /// # Errors
-    /// [`SessionError::Setup`] with the last connect error once `timeout` has
+    /// [`SessionError::Connect`] with the last connect error once `timeout` has
     /// passed, or at once for a permanent one; then as
     /// [`connect`](Self::connect).
     pub async fn connect_waiting(self, addr: impl ToString, timeout: Duration) -> Result<Session, SessionError> {
         let source = TcpSource { addr: addr.to_string(), config: self.config.link.clone() };
         let first = link::connect_waiting(&source, &self.config.stable.backoff, timeout)
             .await
-            .map_err(|e| SessionError::Setup(e.to_string()))?;
+            .map_err(|e| SessionError::Connect(std::sync::Arc::new(e)))?;
         if self.config.conduit == ConduitMode::Bare && !self.config.session_resume.request {
             return self.establish_initiator(first).await;
         }

@@ -82,8 +82,8 @@ impl SessionBuilder {
     ) -> Result<Listener, SessionError> {
         let tcp = bind_tcp(addr, self.config.setup.listen_backlog)
             .await
-            .map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
-        let local_addr = tcp.local_addr().map_err(|e| SessionError::Setup(format!("bind: {e}")))?;
+            .map_err(|e| SessionError::Bind(std::sync::Arc::new(e)))?;
+        let local_addr = tcp.local_addr().map_err(|e| SessionError::Bind(std::sync::Arc::new(e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
         let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let pending = Arc::new(PendingSetups::new());
