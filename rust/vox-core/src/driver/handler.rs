@@ -2,8 +2,9 @@
 //! [`ReplySink`] it answers through exactly once, and the [`ChannelBinder`]
 //! that turns announced channel ids into typed handles.
 
-use super::core::ConnectionCore;
-use super::handle::{ChannelSlot, Rx, Tx};
+use super::channel::LocalError;
+use super::core::{ChannelPort, ConnectionCore};
+use super::handle::{ChannelSlot, Role, Rx, Tx};
 use crate::wire::{self, Blob, ChannelDecl, ChannelDirection, Metadata, MethodId, ResponseBody};
 use bytes::Bytes;
 use serde::Serialize;
@@ -172,12 +173,14 @@ pub enum BindError {
 /// senders).
 pub struct ChannelBinder {
     core: Arc<ConnectionCore>,
-    decls: Vec<(ChannelDecl, bool)>,
+    /// What the request announced. Whether one is taken is the registry's
+    /// to say (a taken channel is no longer `Pending` there), not ours.
+    decls: Vec<ChannelDecl>,
 }
 
 impl ChannelBinder {
     pub(crate) fn new(core: Arc<ConnectionCore>, decls: Vec<ChannelDecl>) -> Self {
-        ChannelBinder { core, decls: decls.into_iter().map(|d| (d, false)).collect() }
+        ChannelBinder { core, decls }
     }
 
     /// How many channels the request announced.
@@ -191,16 +194,15 @@ impl ChannelBinder {
     }
 
     fn take(&mut self, index: usize, want: ChannelDirection) -> Result<ChannelDecl, BindError> {
-        let (decl, bound) = self.decls.get_mut(index).ok_or(BindError::NoSuchChannel(index))?;
+        let decl = *self.decls.get(index).ok_or(BindError::NoSuchChannel(index))?;
         if decl.direction != want {
             return Err(BindError::WrongDirection { index, actual: decl.direction });
         }
-        if *bound {
-            return Err(BindError::AlreadyBound(index));
-        }
-        self.core.registry.bind(decl.id).map_err(|e| BindError::Registry(e.to_string()))?;
-        *bound = true;
-        Ok(*decl)
+        self.core.bind(decl.id).map_err(|e| match e {
+            LocalError::AlreadyBound(_) => BindError::AlreadyBound(index),
+            e => BindError::Registry(e.to_string()),
+        })?;
+        Ok(decl)
     }
 
     /// Binds the channel at `index` (an `Rx<T>` argument: the caller sends,
@@ -219,15 +221,15 @@ impl ChannelBinder {
 
 impl Drop for ChannelBinder {
     fn drop(&mut self) {
-        for (decl, bound) in &self.decls {
-            if *bound {
-                continue;
-            }
-            if self.core.registry.bind(decl.id).is_ok() {
-                match decl.direction {
-                    ChannelDirection::CallerToHandler => self.core.registry.receiver_dropped(decl.id),
-                    ChannelDirection::HandlerToCaller => self.core.registry.sender_dropped(decl.id),
-                }
+        // The channels no handle took: bind them only to release them (a
+        // taken one refuses the bind), so the caller's ends learn the end.
+        for decl in &self.decls {
+            if self.core.bind(decl.id).is_ok() {
+                let role = match decl.direction {
+                    ChannelDirection::CallerToHandler => Role::Receiver,
+                    ChannelDirection::HandlerToCaller => Role::Sender,
+                };
+                self.core.release(decl.id, role);
             }
         }
     }

@@ -96,8 +96,9 @@ fn close_connection_vs_inbound_traffic() {
             None,
         );
         // A sender that let go: its CloseChannel is owed to the flush task.
-        let channel = core.registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
-        core.registry.sender_dropped(channel);
+        let channel =
+            core.registry_for_models().create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
+        core.registry_for_models().sender_dropped(channel);
         let caller = {
             let core = core.clone();
             thread::spawn(move || block_on(core.call(MethodId(1), Blob::default(), &[], Metadata::new())))

@@ -130,8 +130,8 @@ fn connection_close_flush_waiting_for_room_sends_nothing_after_the_end() {
     runtime().block_on(async {
         let (out, mut rx) = full_outbound();
         let core = core(&out, None);
-        let id = core.registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
-        core.registry.sender_dropped(id);
+        let id = core.registry_for_models().create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
+        core.registry_for_models().sender_dropped(id);
         let flush = tokio::spawn(core.clone().run_flush());
         settle().await;
         let queued = close_and_collect(&core, &out, &mut rx).await;

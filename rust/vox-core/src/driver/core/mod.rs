@@ -16,7 +16,8 @@
 //! `outgoing` has this side's calls; `flush` the task sending what became
 //! due; `loss` the end; `dispatch` routes inbound payloads; `incoming`,
 //! `admission`, `running` and `contained` serve the peer's requests;
-//! `violation` names the peer's broken rules.
+//! `violation` names the peer's broken rules; `port` is all that channel
+//! handles may ask of the core.
 
 mod admission;
 mod construct;
@@ -27,9 +28,11 @@ mod gate;
 mod incoming;
 mod loss;
 mod outgoing;
+mod port;
 mod running;
 mod violation;
 
+pub(crate) use port::ChannelPort;
 pub use violation::Violation;
 
 use self::flush::FlushPhase;
@@ -101,7 +104,9 @@ pub struct ConnectionCore {
     pub(crate) local_parity: Parity,
     pub(crate) local_settings: ConnectionSettings,
     pub(crate) peer_settings: ConnectionSettings,
-    pub(crate) registry: Registry,
+    /// Reached from outside the core only through [`ChannelPort`] (handles)
+    /// and [`ConnectionCore::channel_stats`].
+    registry: Registry,
     pub(crate) outbound: Outbound,
     slots: Arc<Semaphore>,
     state: Mutex<CoreState>,
@@ -131,6 +136,18 @@ impl ConnectionCore {
     /// The counterpart's settings for this connection.
     pub fn peer_settings(&self) -> &ConnectionSettings {
         &self.peer_settings
+    }
+
+    /// The channel registry's counters for this connection.
+    pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
+        self.registry.stats()
+    }
+
+    /// The channel registry, for the models and tests that drive it
+    /// beside the core (liveness tests, loom model 6).
+    #[cfg(any(test, loom))]
+    pub(crate) fn registry_for_models(&self) -> &Registry {
+        &self.registry
     }
 
     /// Driver counters.

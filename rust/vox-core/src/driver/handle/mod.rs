@@ -8,9 +8,9 @@
 mod slot;
 
 use super::channel::{LossCause, RecvError, SendError};
-use super::core::ConnectionCore;
+use super::core::{ChannelPort, ConnectionCore};
 use crate::sync::Mutex;
-use crate::wire::{self, Blob, ChannelDirection, ChannelId};
+use crate::wire::{self, ChannelDirection, ChannelId};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -169,7 +169,7 @@ fn hand_over(slot: &mut ChannelSlot, kept: Role, direction: ChannelDirection) ->
 /// A trace span for one channel operation, built only when it is enabled.
 fn span(core: &ConnectionCore, id: ChannelId, end: &'static str) -> Option<tracing::Span> {
     if tracing::enabled!(tracing::Level::TRACE) {
-        Some(tracing::trace_span!("channel", conn = %core.id(), channel = %id, end))
+        Some(tracing::trace_span!("channel", conn = %core.connection_id(), channel = %id, end))
     } else {
         None
     }
@@ -234,16 +234,8 @@ impl<T> Tx<T> {
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
         let send = async {
-            std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
-            // Fast path: a free slot in the outbound queue needs no await.
-            let permit = match core.try_reserve() {
-                Some(permit) => permit,
-                None => core.reserve().await?,
-            };
-            // One sender per channel: the credit seen above is still there
-            // unless a reset or connection loss came in between, which is
-            // then reported.
-            core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
+            std::future::poll_fn(|cx| core.poll_credit(id, cx)).await?;
+            Ok(core.send_item(id, item).await?)
         };
         match span(core, id, "tx") {
             Some(span) => send.instrument(span).await,
@@ -266,15 +258,16 @@ impl<T> Tx<T> {
         };
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        match core.registry.poll_credit(id, &mut cx) {
+        match core.poll_credit(id, &mut cx) {
             std::task::Poll::Pending => return Err(TrySendError::Full(item)),
             std::task::Poll::Ready(Err(e)) => return Err(TrySendError::Closed(item, e.into())),
             std::task::Poll::Ready(Ok(())) => {}
         }
-        let Some(permit) = core.try_reserve() else {
-            return Err(TrySendError::Full(item));
-        };
-        core.send_item_with(permit, id, Blob(bytes)).map_err(|e| TrySendError::Closed(item, e.into()))
+        match core.try_send_item(id, bytes) {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(TrySendError::Full(item)),
+            Err(e) => Err(TrySendError::Closed(item, e.into())),
+        }
     }
 
     /// Closes the channel after the items already sent. Before the
@@ -297,7 +290,7 @@ impl<T> Tx<T> {
             return Ok(());
         }
         let (core, id) = self.slot.wait_bound(Role::Sender).await?;
-        core.registry.local_close(id)?;
+        core.close(id)?;
         // The close is made due in the registry and sent by the flush task,
         // after every item this handle queued; dropping must not release.
         self.slot = ChannelSlot::Gone;
@@ -359,7 +352,7 @@ impl<T> Rx<T> {
         }
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
-        let recv = std::future::poll_fn(|cx| core.registry.poll_recv(id, cx));
+        let recv = std::future::poll_fn(|cx| core.poll_recv(id, cx));
         let r = match span(core, id, "rx") {
             Some(span) => recv.instrument(span).await,
             None => recv.await,

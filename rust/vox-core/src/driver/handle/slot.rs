@@ -254,11 +254,8 @@ impl SlotRef {
     }
 }
 
+/// rule: rpc.channel.close — a dropped sender closes after its items; a
+/// dropped receiver resets (rule: rpc.channel.reset).
 pub(super) fn release(core: &ConnectionCore, id: ChannelId, role: Role) {
-    match role {
-        // rule: rpc.channel.close — a dropped sender closes after its items.
-        Role::Sender => core.registry.sender_dropped(id),
-        // A dropped receiver resets (rule: rpc.channel.reset).
-        Role::Receiver => core.registry.receiver_dropped(id),
-    }
+    core.release(id, role);
 }
