@@ -14,8 +14,8 @@ fn deadline() -> tokio::time::Instant {
 
 fn phases() -> Vec<SessionPhase> {
     vec![
-        SessionPhase::Established { generation: 3 },
-        SessionPhase::Resuming { lost: 3, deadline: deadline() },
+        SessionPhase::Established { generation: 3, attachment: () },
+        SessionPhase::Resuming { lost: 3, deadline: deadline(), redial: () },
         SessionPhase::Closing(CloseReason::Shutdown),
         SessionPhase::Closed(CloseReason::Shutdown),
     ]
@@ -47,24 +47,25 @@ fn refused<T: std::fmt::Debug>(
 fn session_phase_every_event_in_every_phase() {
     for start in phases() {
         let mut p = start.clone();
-        match p.on_attachment_lost(deadline()) {
-            Ok(lost) if matches!(start, SessionPhase::Established { .. }) => {
+        match p.on_attachment_lost(deadline(), ()) {
+            Ok((lost, ())) if matches!(start, SessionPhase::Established { .. }) => {
                 assert_eq!(lost, 3);
-                assert_eq!(p, SessionPhase::Resuming { lost: 3, deadline: deadline() });
+                assert_eq!(p, SessionPhase::Resuming { lost: 3, deadline: deadline(), redial: () });
             }
             got => refused(&start, "attachment lost", got, &p),
         }
         let mut p = start.clone();
-        match p.on_reattached() {
-            Ok(generation) if matches!(start, SessionPhase::Resuming { .. }) => {
+        match p.on_reattached(()) {
+            Ok((generation, ())) if matches!(start, SessionPhase::Resuming { .. }) => {
                 assert_eq!(generation, 4, "the next attachment has the next generation");
-                assert_eq!(p, SessionPhase::Established { generation: 4 });
+                assert_eq!(p, SessionPhase::Established { generation: 4, attachment: () });
             }
             got => refused(&start, "reattached", got, &p),
         }
         let mut p = start.clone();
         match p.on_closing(CloseReason::PeerClosed) {
-            Ok(()) if !matches!(start, SessionPhase::Closing(_) | SessionPhase::Closed(_)) => {
+            Ok(attachment) if !matches!(start, SessionPhase::Closing(_) | SessionPhase::Closed(_)) => {
+                assert_eq!(attachment.is_some(), start.is_established(), "the attachment exists only when established");
                 assert_eq!(p, SessionPhase::Closing(CloseReason::PeerClosed));
             }
             got => refused(&start, "closing", got, &p),
@@ -83,12 +84,12 @@ fn session_phase_every_event_in_every_phase() {
 
 #[test]
 fn session_resume_generations_count_every_attachment() {
-    let mut p = SessionPhase::established();
+    let mut p = SessionPhase::established(());
     for generation in 1..=5 {
-        assert_eq!(p, SessionPhase::Established { generation });
-        assert_eq!(p.on_attachment_lost(deadline()), Ok(generation));
+        assert_eq!(p, SessionPhase::Established { generation, attachment: () });
+        assert_eq!(p.on_attachment_lost(deadline(), ()), Ok((generation, ())));
         assert!(!p.is_established());
-        assert_eq!(p.on_reattached(), Ok(generation + 1));
+        assert_eq!(p.on_reattached(()), Ok((generation + 1, ())));
         assert!(p.is_established());
     }
 }

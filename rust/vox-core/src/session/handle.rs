@@ -376,7 +376,7 @@ impl Caller {
 
     /// Channel counters of the connection.
     pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
-        self.core.get().registry.stats()
+        self.core.get().channel_stats()
     }
 
     /// Calls `method_id` with serialized `args` and the given channel ends.

@@ -75,12 +75,21 @@ pub struct PhaseError {
 /// attachment lives in objects of that attachment only (its outbound path,
 /// writer, connection cores), so an event of an older generation has nothing
 /// of a newer one to act on (ADR 0003).
+///
+/// The phase owns what only exists in it: `A`, the attachment (the run
+/// loop's writer, outbound path and conduit), lives inside `Established`,
+/// and `R`, the wait for a replacement (the redial in flight), inside
+/// `Resuming`. So "is the session attached?" has one answer, and nothing
+/// of a lost attachment can be reached while resuming. The models drive it
+/// with `()` for both.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionPhase {
+pub enum SessionPhase<A = (), R = ()> {
     /// Messages flow on attachment `generation`.
     Established {
         /// The current attachment.
         generation: u64,
+        /// What the session owns of it.
+        attachment: A,
     },
     /// Attachment `lost` ended; waiting for a replacement conduit (rule
     /// `session.resume`). Session-scoped state is kept.
@@ -90,6 +99,8 @@ pub enum SessionPhase {
         /// When the wait gives up (`SessionResumeConfig::recovery_timeout`
         /// after the loss); the redial gives up at the same moment.
         deadline: tokio::time::Instant,
+        /// What the wait is made of.
+        redial: R,
     },
     /// Tearing down.
     Closing(CloseReason),
@@ -97,7 +108,7 @@ pub enum SessionPhase {
     Closed(CloseReason),
 }
 
-impl SessionPhase {
+impl<A, R> SessionPhase<A, R> {
     fn name(&self) -> &'static str {
         match self {
             SessionPhase::Established { .. } => "Established",
@@ -110,55 +121,73 @@ impl SessionPhase {
     /// A new session's phase. A session exists only once its prologue and
     /// handshake completed (before that there is only a setup task), so it
     /// starts established, on attachment 1.
-    pub fn established() -> SessionPhase {
-        SessionPhase::Established { generation: 1 }
+    pub fn established(attachment: A) -> Self {
+        SessionPhase::Established { generation: 1, attachment }
+    }
+
+    /// Takes the phase out for a transition, leaving a placeholder that
+    /// the transition replaces (or restores) before it returns.
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, SessionPhase::Closed(CloseReason::Shutdown))
     }
 
     /// The current attachment ended without ending the session; the wait
-    /// for a replacement ends at `deadline`.
-    pub fn on_attachment_lost(&mut self, deadline: tokio::time::Instant) -> Result<u64, PhaseError> {
-        match *self {
-            SessionPhase::Established { generation } => {
-                *self = SessionPhase::Resuming { lost: generation, deadline };
-                Ok(generation)
+    /// for a replacement (`redial`) ends at `deadline`. Returns the lost
+    /// generation and its attachment, for the caller to dispose of.
+    pub fn on_attachment_lost(&mut self, deadline: tokio::time::Instant, redial: R) -> Result<(u64, A), PhaseError> {
+        match self.take() {
+            SessionPhase::Established { generation, attachment } => {
+                *self = SessionPhase::Resuming { lost: generation, deadline, redial };
+                Ok((generation, attachment))
             }
-            _ => Err(PhaseError { from: self.name(), event: "attachment lost" }),
+            other => Err(self.restore(other, "attachment lost")),
         }
     }
 
-    /// A replacement conduit was bound: the next generation.
-    pub fn on_reattached(&mut self) -> Result<u64, PhaseError> {
-        match *self {
-            SessionPhase::Resuming { lost, .. } => {
+    /// A replacement conduit was bound as `attachment`: the next
+    /// generation, and the finished wait.
+    pub fn on_reattached(&mut self, attachment: A) -> Result<(u64, R), PhaseError> {
+        match self.take() {
+            SessionPhase::Resuming { lost, redial, .. } => {
                 let generation = lost + 1;
-                *self = SessionPhase::Established { generation };
-                Ok(generation)
+                *self = SessionPhase::Established { generation, attachment };
+                Ok((generation, redial))
             }
-            _ => Err(PhaseError { from: self.name(), event: "reattached" }),
+            other => Err(self.restore(other, "reattached")),
         }
     }
 
-    /// Teardown begins. Only the first reason counts.
-    pub fn on_closing(&mut self, reason: CloseReason) -> Result<(), PhaseError> {
-        match self {
-            SessionPhase::Established { .. } | SessionPhase::Resuming { .. } => {
+    /// Teardown begins. Only the first reason counts. Returns the
+    /// attachment, if the session had one, for the last writes.
+    pub fn on_closing(&mut self, reason: CloseReason) -> Result<Option<A>, PhaseError> {
+        match self.take() {
+            SessionPhase::Established { attachment, .. } => {
                 *self = SessionPhase::Closing(reason);
-                Ok(())
+                Ok(Some(attachment))
             }
-            _ => Err(PhaseError { from: self.name(), event: "closing" }),
+            SessionPhase::Resuming { .. } => {
+                *self = SessionPhase::Closing(reason);
+                Ok(None)
+            }
+            other => Err(self.restore(other, "closing")),
         }
     }
 
     /// Teardown finished.
     pub fn on_closed(&mut self) -> Result<CloseReason, PhaseError> {
-        match self {
+        match self.take() {
             SessionPhase::Closing(r) => {
-                let r = r.clone();
                 *self = SessionPhase::Closed(r.clone());
                 Ok(r)
             }
-            _ => Err(PhaseError { from: self.name(), event: "closed" }),
+            other => Err(self.restore(other, "closed")),
         }
+    }
+
+    /// An illegal event: the phase is put back as it was.
+    fn restore(&mut self, phase: Self, event: &'static str) -> PhaseError {
+        *self = phase;
+        PhaseError { from: self.name(), event }
     }
 
     /// Whether messages may flow.
@@ -170,6 +199,14 @@ impl SessionPhase {
     pub fn resuming_deadline(&self) -> Option<tokio::time::Instant> {
         match self {
             SessionPhase::Resuming { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// The current attachment, while established.
+    pub fn attachment_mut(&mut self) -> Option<&mut A> {
+        match self {
+            SessionPhase::Established { attachment, .. } => Some(attachment),
             _ => None,
         }
     }
@@ -272,21 +309,30 @@ mod tests {
 
     #[test]
     fn session_phase_transitions_are_guarded() {
-        let mut p = SessionPhase::established();
-        assert!(p.on_reattached().is_err(), "no reattach while established");
+        let mut p: SessionPhase<&str, u8> = SessionPhase::established("first");
+        assert!(p.on_reattached("early").is_err(), "no reattach while established");
         assert_eq!(p.resuming_deadline(), None, "no deadline while established");
+        assert_eq!(p.attachment_mut(), Some(&mut "first"));
         let deadline = tokio::time::Instant::now();
-        assert_eq!(p.on_attachment_lost(deadline), Ok(1));
+        assert_eq!(p.on_attachment_lost(deadline, 7), Ok((1, "first")), "the lost attachment comes back");
         assert_eq!(p.resuming_deadline(), Some(deadline), "resuming waits until the deadline");
-        assert!(p.on_attachment_lost(tokio::time::Instant::now()).is_err(), "lost only once per attachment");
-        assert_eq!(p.on_reattached(), Ok(2));
-        assert_eq!(p, SessionPhase::Established { generation: 2 });
-        p.on_closing(CloseReason::Shutdown).unwrap();
-        assert!(p.on_attachment_lost(tokio::time::Instant::now()).is_err());
-        assert!(p.on_reattached().is_err());
+        assert_eq!(p.attachment_mut(), None, "nothing of the lost attachment is reachable");
+        assert!(p.on_attachment_lost(deadline, 8).is_err(), "lost only once per attachment");
+        assert_eq!(p.on_reattached("second"), Ok((2, 7)), "the finished wait comes back");
+        assert_eq!(p, SessionPhase::Established { generation: 2, attachment: "second" });
+        assert_eq!(p.on_closing(CloseReason::Shutdown), Ok(Some("second")));
+        assert!(p.on_attachment_lost(deadline, 9).is_err());
+        assert!(p.on_reattached("third").is_err());
         assert!(p.on_closing(CloseReason::PeerClosed).is_err(), "first reason wins");
         assert_eq!(p.on_closed().unwrap(), CloseReason::Shutdown);
         assert!(p.on_closed().is_err());
+    }
+
+    #[test]
+    fn session_phase_closing_while_resuming_has_no_attachment() {
+        let mut p: SessionPhase<&str, u8> = SessionPhase::established("first");
+        p.on_attachment_lost(tokio::time::Instant::now(), 1).unwrap();
+        assert_eq!(p.on_closing(CloseReason::ResumeFailed("gone".into())), Ok(None));
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl ConnectionCore {
         &self.peer_settings
     }
 
+    /// The outbound path this core sends on (its attachment's).
+    pub(crate) fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
     /// The channel registry's counters for this connection.
     pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
         self.registry.stats()

@@ -113,7 +113,7 @@ impl SessionBuilder {
                 })
             });
             let redialer = Redialer { attempt, backoff: self.config.session_resume.backoff.clone() };
-            Resume { key, side: ResumeSide::Initiator { redialer, pending: None } }
+            Resume { key, side: ResumeSide::Initiator { redialer } }
         });
         Ok(self.start(conduit, resume))
     }

@@ -44,12 +44,11 @@ impl SessionBuilder {
         let root_slot = RootSlot::new(root_core.clone());
         let limits = Limits { max_connections: config.max_connections, keepalive: config.keepalive.clone() };
         let machine =
-            Machine::new(root_core, negotiated.local_parity, limits, budgets, self.acceptor, mailbox_tx.clone());
+            Machine::new(link, root_core, negotiated.local_parity, limits, budgets, self.acceptor, mailbox_tx.clone());
         let run = RunLoop {
             machine,
             root_slot: root_slot.clone(),
             mailbox: mailbox_rx,
-            link,
             config,
             closed_tx,
             generation_tx,

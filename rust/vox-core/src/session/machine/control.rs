@@ -10,7 +10,7 @@ use crate::session::phase::CloseReason;
 use crate::session::table::Released;
 use crate::wire::{ConnectionId, Message, Metadata, Payload};
 
-impl Machine {
+impl<A, R> Machine<A, R> {
     /// Decides a request from a handle. `Err` gives back what is not a
     /// decision but work for the run loop (`Drain`, `Reattach`).
     pub(crate) fn on_control(&mut self, m: ControlMsg) -> Result<Step, ControlMsg> {

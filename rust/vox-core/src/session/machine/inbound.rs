@@ -15,7 +15,7 @@ use crate::wire::{ConnectionId, ConnectionSettings, Message, Metadata, Parity, P
 use std::sync::Arc;
 use tokio::time::Instant;
 
-impl Machine {
+impl<A, R> Machine<A, R> {
     /// Decides one message from the peer, received at `now`.
     pub(crate) fn on_message(&mut self, m: Message, now: Instant, env: &mut dyn Env) -> Step {
         let id = m.connection_id;
@@ -172,7 +172,7 @@ impl Machine {
         peer: ConnectionSettings,
         handler: Option<Arc<dyn Handler>>,
     ) -> Arc<ConnectionCore> {
-        let core = env.new_core(id, parity, local, peer, handler);
+        let core = env.new_core(id, parity, local, peer, handler, self.root.outbound());
         core.set_peer_addr(self.root.peer_addr());
         core.set_peer_identity(self.root.peer_identity());
         core

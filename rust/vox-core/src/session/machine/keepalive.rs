@@ -7,7 +7,7 @@ use crate::session::phase::CloseReason;
 use crate::wire::{Message, Payload};
 use tokio::time::Instant;
 
-impl Machine {
+impl<A, R> Machine<A, R> {
     /// The keepalive interval passed at `now`.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Step {
         let Some(k) = self.limits.keepalive.clone() else { return Step::Continue };

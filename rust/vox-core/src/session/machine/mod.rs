@@ -20,6 +20,7 @@ mod pair;
 
 use crate::driver::{ConnectionCore, Handler, Inbound, Violation};
 use crate::plumbing::loss::LossCause;
+use crate::plumbing::outbound::Outbound;
 use crate::session::SessionError;
 use crate::session::budget::{BudgetKind, Budgets};
 use crate::session::builder::{Acceptor, KeepaliveConfig};
@@ -50,7 +51,8 @@ pub(crate) enum Step {
 /// What the machine needs from its surroundings.
 pub(crate) trait Env {
     /// A driver core for a new virtual connection, started (its tasks
-    /// running), sending on the current attachment's outbound path.
+    /// running), sending on `outbound`, the current attachment's path.
+    #[allow(clippy::too_many_arguments)]
     fn new_core(
         &mut self,
         id: ConnectionId,
@@ -58,6 +60,7 @@ pub(crate) trait Env {
         local: ConnectionSettings,
         peer: ConnectionSettings,
         handler: Option<Arc<dyn Handler>>,
+        outbound: &Outbound,
     ) -> Arc<ConnectionCore>;
 }
 
@@ -70,8 +73,10 @@ pub(crate) struct Limits {
 
 /// The session's decision state: the phase, the connection table, the
 /// budgets, keepalive, and what is owed to the peer on this attachment.
-pub(crate) struct Machine {
-    pub(crate) phase: SessionPhase,
+/// `A` and `R` are what the phase holds while established and while
+/// resuming (the run loop's attachment and redial; `()` in the models).
+pub(crate) struct Machine<A = (), R = ()> {
+    pub(crate) phase: SessionPhase<A, R>,
     pub(crate) table: ConnTable,
     /// The current attachment's root core.
     pub(crate) root: Arc<ConnectionCore>,
@@ -94,18 +99,19 @@ pub(crate) struct Machine {
     mailbox_tx: MailboxTx,
 }
 
-impl Machine {
+impl<A, R> Machine<A, R> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        attachment: A,
         root: Arc<ConnectionCore>,
         local_parity: Parity,
         limits: Limits,
         budgets: Budgets,
         acceptor: Option<Arc<dyn Acceptor>>,
         mailbox_tx: MailboxTx,
-    ) -> Machine {
+    ) -> Self {
         Machine {
-            phase: SessionPhase::established(),
+            phase: SessionPhase::established(attachment),
             table: ConnTable::new(local_parity, 1024),
             root,
             root_released: false,
@@ -123,6 +129,13 @@ impl Machine {
     /// The next message owed to the peer, oldest first.
     pub(crate) fn poll_transmit(&mut self) -> Option<Message> {
         self.owed.pop_front()
+    }
+
+    /// The phase (to wait on what it holds) and the queue of what is owed,
+    /// borrowed apart: the run loop waits on the attachment's outbound path
+    /// and then moves owed messages into it.
+    pub(crate) fn split_mut(&mut self) -> (&mut SessionPhase<A, R>, &mut VecDeque<Message>) {
+        (&mut self.phase, &mut self.owed)
     }
 
     /// Whether anything is owed to the peer.
@@ -169,9 +182,10 @@ impl Machine {
     /// `retry.channel.disconnect.closes`); virtual connections end with the
     /// attachment (whether an open, an accept or a close crossed the break
     /// is unknowable, so neither side keeps any; ids are never reused), and
-    /// nothing owed on it is sent on the next. Returns the lost generation.
-    pub(crate) fn on_attachment_lost(&mut self, deadline: Instant) -> Result<u64, PhaseError> {
-        let lost = self.phase.on_attachment_lost(deadline)?;
+    /// nothing owed on it is sent on the next. `redial` is the wait for a
+    /// replacement. Returns the lost generation and its attachment.
+    pub(crate) fn on_attachment_lost(&mut self, deadline: Instant, redial: R) -> Result<(u64, A), PhaseError> {
+        let lost = self.phase.on_attachment_lost(deadline, redial)?;
         self.root.on_lost(LossCause::ConnectionClosed);
         for entry in self.table.drain() {
             match entry {
@@ -186,21 +200,27 @@ impl Machine {
         Ok(lost)
     }
 
-    /// A replacement conduit is bound, served by `root` (the successor of
-    /// the old root core). Returns the new generation.
-    pub(crate) fn on_reattached(&mut self, root: Arc<ConnectionCore>) -> Result<u64, PhaseError> {
-        let generation = self.phase.on_reattached()?;
+    /// A replacement conduit is bound as `attachment`, served by `root`
+    /// (the successor of the old root core). Returns the new generation and
+    /// the finished wait.
+    pub(crate) fn on_reattached(&mut self, attachment: A, root: Arc<ConnectionCore>) -> Result<(u64, R), PhaseError> {
+        let reattached = self.phase.on_reattached(attachment)?;
         self.root = root;
-        Ok(generation)
+        Ok(reattached)
     }
 
     /// Teardown: the session enters `Closing`, and every live connection
     /// leaves the table. Returns every core to end (the root first) and
-    /// fails the opens still waiting for an answer with `reason`.
-    pub(crate) fn on_closing(&mut self, reason: &CloseReason) -> Vec<Arc<ConnectionCore>> {
-        if let Err(e) = self.phase.on_closing(reason.clone()) {
-            tracing::debug!(error = %e, "teardown in unexpected phase");
-        }
+    /// the attachment, if there is one, for the last writes; fails the
+    /// opens still waiting for an answer with `reason`.
+    pub(crate) fn on_closing(&mut self, reason: &CloseReason) -> (Vec<Arc<ConnectionCore>>, Option<A>) {
+        let attachment = match self.phase.on_closing(reason.clone()) {
+            Ok(attachment) => attachment,
+            Err(e) => {
+                tracing::debug!(error = %e, "teardown in unexpected phase");
+                None
+            }
+        };
         let mut cores = vec![self.root.clone()];
         for entry in self.table.drain() {
             match entry {
@@ -210,7 +230,7 @@ impl Machine {
                 }
             }
         }
-        cores
+        (cores, attachment)
     }
 
     fn violation(&mut self, description: String, rule: &'static str) -> Step {

@@ -19,11 +19,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Cores that send into a queue nobody drains (nothing here sends calls)
-/// and start no task.
-struct TestEnv {
-    outbound: Outbound,
-}
+/// Cores that start no task (nothing here sends calls, so the queue they
+/// send into is never drained).
+struct TestEnv;
 
 impl Env for TestEnv {
     fn new_core(
@@ -33,8 +31,9 @@ impl Env for TestEnv {
         local: ConnectionSettings,
         peer: ConnectionSettings,
         handler: Option<Arc<dyn Handler>>,
+        outbound: &Outbound,
     ) -> Arc<ConnectionCore> {
-        ConnectionCore::new(id, parity, local, peer, self.outbound.clone(), handler, LIMITS, None)
+        ConnectionCore::new(id, parity, local, peer, outbound.clone(), handler, LIMITS, None)
     }
 }
 
@@ -67,8 +66,8 @@ impl Side {
             None,
         );
         let limits = Limits { max_connections: 4, keepalive: Some(KEEPALIVE) };
-        let machine = Machine::new(root, parity, limits, Budgets::new(&budgets, now), acceptor, mailbox_tx);
-        Side { machine, env: TestEnv { outbound }, steps: Vec::new(), _outbound: outbound_rx, _mailbox: mailbox_rx }
+        let machine = Machine::new((), root, parity, limits, Budgets::new(&budgets, now), acceptor, mailbox_tx);
+        Side { machine, env: TestEnv, steps: Vec::new(), _outbound: outbound_rx, _mailbox: mailbox_rx }
     }
 
     fn control(&mut self, m: ControlMsg) {
@@ -318,11 +317,11 @@ fn session_resume_losing_the_attachment_fails_pending_opens_and_forgets_what_was
     let mut rx = pair.a.open();
     pair.a.tick(pair.now);
     assert!(pair.a.machine.owes());
-    let lost = pair.a.machine.on_attachment_lost(pair.now + Duration::from_secs(30));
-    assert_eq!(lost, Ok(1));
+    let lost = pair.a.machine.on_attachment_lost(pair.now + Duration::from_secs(30), ());
+    assert_eq!(lost, Ok((1, ())));
     assert!(matches!(rx.try_recv(), Ok(Err(SessionError::Resuming))));
     assert!(!pair.a.machine.owes(), "nothing of the old attachment goes on the next");
     let mut again = pair.a.open();
     assert!(matches!(again.try_recv(), Ok(Err(SessionError::Resuming))), "no opens while resuming");
-    assert!(pair.a.machine.on_attachment_lost(pair.now).is_err(), "lost once per attachment");
+    assert!(pair.a.machine.on_attachment_lost(pair.now, ()).is_err(), "lost once per attachment");
 }

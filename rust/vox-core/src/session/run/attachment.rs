@@ -15,9 +15,8 @@ use tokio::task::JoinHandle;
 /// attachment can reach a new conduit.
 pub(crate) struct Attachment {
     pub(crate) outbound: Outbound,
-    /// `None` once the task ended (its handle must not be polled again) and
-    /// while resuming; whether the session is attached is the phase's to
-    /// say, never this field's.
+    /// `None` once the task ended (its handle must not be polled again).
+    /// The attachment itself exists only inside `SessionPhase::Established`.
     pub(crate) writer: Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
     pub(crate) finish: Option<oneshot::Sender<Finish>>,
     pub(crate) conduit: Option<ConduitRx>,

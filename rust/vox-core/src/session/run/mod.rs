@@ -31,27 +31,30 @@ use crate::conduit::ConduitRx;
 use crate::conduit::stable::{StableEnd, StableError};
 use crate::driver::{ConnectionCore, Handler};
 use crate::plumbing::ops::SessionOps;
-use crate::plumbing::outbound::Outbound;
+use crate::plumbing::outbound::{Outbound, OutboundPermit};
 use crate::session::builder::SessionConfig;
 use crate::session::control::{ControlMsg, MailboxRx};
 use crate::session::handle::RootSlot;
 use crate::session::machine::{Env, Machine, Step};
-use crate::session::phase::CloseReason;
+use crate::session::phase::{CloseReason, SessionPhase};
 use crate::session::resume::NewConduit;
 use crate::wire::{ConduitMsg, ConnectionId, ConnectionSettings, Parity};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// While resuming as the initiator: the redial in flight, whose result
+/// arrives here (`None` for the acceptor, which waits for the listener).
+pub(crate) type Redial = Option<oneshot::Receiver<Result<NewConduit, String>>>;
+
 pub(crate) struct RunLoop {
-    /// The session's decisions and the state they need.
-    pub(crate) machine: Machine,
+    /// The session's decisions and the state they need; its phase holds
+    /// the attachment while established and the redial while resuming.
+    pub(crate) machine: Machine<Attachment, Redial>,
     /// Points callers at the machine's current root core.
     pub(crate) root_slot: Arc<RootSlot>,
     pub(crate) mailbox: MailboxRx,
-    /// Everything of the current attachment that the loop owns.
-    pub(crate) link: Attachment,
     pub(crate) config: Arc<SessionConfig>,
     pub(crate) closed_tx: watch::Sender<Option<CloseReason>>,
     pub(crate) generation_tx: watch::Sender<u64>,
@@ -62,10 +65,9 @@ pub(crate) struct RunLoop {
     pub(crate) draining: Option<Draining>,
 }
 
-/// What the machine asks of the runtime: driver cores that send on the
-/// current attachment and run their own tasks.
+/// What the machine asks of the runtime: driver cores that run their own
+/// tasks.
 struct Wiring<'a> {
-    outbound: &'a Outbound,
     config: &'a SessionConfig,
     ops: &'a Option<Arc<SessionOps>>,
 }
@@ -78,13 +80,14 @@ impl Env for Wiring<'_> {
         local: ConnectionSettings,
         peer: ConnectionSettings,
         handler: Option<Arc<dyn Handler>>,
+        outbound: &Outbound,
     ) -> Arc<ConnectionCore> {
         ConnectionCore::started(
             id,
             parity,
             local,
             peer,
-            self.outbound.clone(),
+            outbound.clone(),
             handler,
             self.config.channel_limits(),
             self.ops.clone(),
@@ -106,18 +109,26 @@ enum Event {
 }
 
 async fn writer_end(
-    w: &mut Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
+    w: Option<&mut Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>>,
 ) -> Result<Result<(), crate::plumbing::outbound::WriterError>, tokio::task::JoinError> {
     match w {
-        Some(w) => w.await,
+        Some(Some(w)) => w.await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// A place on the attachment's outbound path; `None` once it closed.
+async fn reserve(o: Option<&Outbound>) -> Option<OutboundPermit<'_>> {
+    match o {
+        Some(o) => o.reserve().await.ok(),
         None => std::future::pending().await,
     }
 }
 
-async fn inbound(c: &mut Option<ConduitRx>) -> Result<Option<ConduitMsg>, crate::conduit::ConduitError> {
+async fn inbound(c: Option<&mut Option<ConduitRx>>) -> Result<Option<ConduitMsg>, crate::conduit::ConduitError> {
     match c {
-        Some(c) => c.recv().await,
-        None => std::future::pending().await,
+        Some(Some(c)) => c.recv().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -132,35 +143,42 @@ impl RunLoop {
             if let Some(Step::End(reason, last, drain)) = self.machine.released() {
                 break (reason, last, drain);
             }
-            let live = self.machine.phase.is_established();
             let owes = self.machine.owes();
             let can_take = self.machine.can_take();
-            let resuming = self.machine.phase.resuming_deadline();
-            let machine = &mut self.machine;
-            let link = &mut self.link;
+            // What there is to wait on is what the phase holds: the
+            // attachment while established, the redial while resuming.
+            let (phase, owed) = self.machine.split_mut();
+            let (writer, outbound, conduit, wait) = match phase {
+                SessionPhase::Established { attachment: a, .. } => {
+                    (Some(&mut a.writer), Some(&a.outbound), Some(&mut a.conduit), None)
+                }
+                SessionPhase::Resuming { deadline, redial, .. } => (None, None, None, Some((*deadline, redial))),
+                SessionPhase::Closing(_) | SessionPhase::Closed(_) => (None, None, None, None),
+            };
+            let live = outbound.is_some();
             let event = tokio::select! {
                 biased;
-                w = writer_end(&mut link.writer) => Event::WriterEnded(w),
-                p = link.outbound.reserve(), if live && owes => match p {
-                    Ok(p) => {
+                w = writer_end(writer) => Event::WriterEnded(w),
+                p = reserve(outbound), if owes => match p {
+                    Some(p) => {
                         // Use the place we waited for, then move whatever
                         // else is owed and fits now, without waiting again.
-                        if let Some(m) = machine.poll_transmit() {
+                        if let Some(m) = owed.pop_front() {
                             p.send(m);
                         }
-                        while machine.owes() {
-                            let Some(p) = link.outbound.try_reserve() else { break };
-                            if let Some(m) = machine.poll_transmit() {
+                        while !owed.is_empty() {
+                            let Some(p) = outbound.and_then(|o| o.try_reserve()) else { break };
+                            if let Some(m) = owed.pop_front() {
                                 p.send(m);
                             }
                         }
                         Event::OwedSent
                     }
-                    Err(_) => Event::OutboundClosed,
+                    None => Event::OutboundClosed,
                 },
                 m = self.mailbox.recv(), if can_take => Event::Control(m),
-                i = inbound(&mut link.conduit), if can_take => Event::Inbound(i),
-                e = resume_event(resuming, &mut self.resume) => e,
+                i = inbound(conduit), if can_take => Event::Inbound(i),
+                e = resume_event(wait) => e,
                 e = drain_event(&self.draining) => e,
                 _ = async {
                     match ticker.as_mut() {
@@ -177,7 +195,9 @@ impl RunLoop {
                         Err(e) => CloseReason::LinkError(format!("writer task failed: {e}")),
                     };
                     // The finished handle must not be polled again.
-                    self.link.writer = None;
+                    if let Some(a) = self.machine.phase.attachment_mut() {
+                        a.writer = None;
+                    }
                     Step::Lost(reason)
                 }
                 Event::Redialed(Ok(conduit)) => {
@@ -208,7 +228,7 @@ impl RunLoop {
                 },
                 Event::Control(None) => Step::Continue,
                 Event::Inbound(Ok(Some(ConduitMsg::Message(m)))) => {
-                    let mut env = Wiring { outbound: &self.link.outbound, config: &self.config, ops: &self.ops };
+                    let mut env = Wiring { config: &self.config, ops: &self.ops };
                     self.machine.on_message(m, Instant::now(), &mut env)
                 }
                 Event::Inbound(Ok(Some(ConduitMsg::Handshake(h)))) => self.machine.violation_described(format!(

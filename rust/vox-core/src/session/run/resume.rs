@@ -3,7 +3,7 @@
 //! attachment, and the redial (initiator) or the listener's hand-over
 //! (acceptor) that ends the wait.
 
-use super::{Attachment, Event, RunLoop};
+use super::{Attachment, Event, Redial, RunLoop};
 use crate::session::phase::CloseReason;
 use crate::session::resume::{NewConduit, Redialer, SessionRegistry, redial};
 use crate::wire::ResumeKey;
@@ -17,25 +17,23 @@ pub(crate) struct Resume {
 }
 
 pub(crate) enum ResumeSide {
-    /// We redial; the attempt's result arrives here.
-    Initiator { redialer: Redialer, pending: Option<oneshot::Receiver<Result<NewConduit, String>>> },
+    /// We redial (the attempt in flight is the phase's, see [`Redial`]).
+    Initiator { redialer: Redialer },
     /// The listener routes a resuming `Hello` to us (`ControlMsg::Reattach`).
     Acceptor { registry: SessionRegistry },
 }
 
-/// While resuming (`deadline` is the phase's): the redial's result
-/// (initiator) or the recovery deadline.
-pub(super) async fn resume_event(deadline: Option<Instant>, r: &mut Option<Resume>) -> Event {
-    let (Some(deadline), Some(Resume { side, .. })) = (deadline, r) else {
-        return std::future::pending().await;
-    };
+/// While resuming: the redial's result (initiator) or the recovery
+/// deadline, both held by the phase.
+pub(super) async fn resume_event(wait: Option<(Instant, &mut Redial)>) -> Event {
+    let Some((deadline, redial)) = wait else { return std::future::pending().await };
     let redialed = async {
-        match side {
-            ResumeSide::Initiator { pending: Some(p), .. } => match p.await {
+        match redial {
+            Some(p) => match p.await {
                 Ok(r) => r,
                 Err(_) => Err("the redial task ended without a result".into()),
             },
-            _ => std::future::pending().await,
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -50,29 +48,32 @@ impl RunLoop {
     /// a replacement; what was in flight on the lost attachment fails (rule
     /// `session.resume`). Otherwise `Err` says why the session ends.
     pub(super) fn detach(&mut self, reason: CloseReason) -> Result<(), CloseReason> {
-        let Some(resume) = self.resume.as_mut() else { return Err(reason) };
+        let Some(resume) = self.resume.as_ref() else { return Err(reason) };
         // One deadline for both: the loop gives up when the redial does.
         let deadline = Instant::now() + self.config.session_resume.recovery_timeout;
-        let lost = match self.machine.on_attachment_lost(deadline) {
-            Ok(g) => g,
+        let (tx, rx) = oneshot::channel();
+        let redialer = match &resume.side {
+            ResumeSide::Initiator { redialer } => Some(redialer.clone()),
+            ResumeSide::Acceptor { .. } => None,
+        };
+        let wait = redialer.as_ref().map(|_| rx);
+        let (lost, attachment) = match self.machine.on_attachment_lost(deadline, wait) {
+            Ok(lost) => lost,
             Err(e) => {
                 tracing::debug!(error = %e, "conduit loss outside Established");
                 return Err(reason);
             }
         };
         tracing::info!(%reason, generation = lost, "session conduit lost; resuming");
-        if let Some(w) = self.link.writer.take() {
+        // Nothing queued for the old attachment may reach a new conduit.
+        if let Some(w) = &attachment.writer {
             w.abort();
         }
-        self.link.finish = None;
-        self.link.conduit = None;
-        if let ResumeSide::Initiator { redialer, pending } = &mut resume.side {
-            let (tx, rx) = oneshot::channel();
-            let redialer = redialer.clone();
+        drop(attachment);
+        if let Some(redialer) = redialer {
             tokio::spawn(async move {
                 let _ = tx.send(redial(redialer, deadline).await);
             });
-            *pending = Some(rx);
         }
         Ok(())
     }
@@ -98,21 +99,21 @@ impl RunLoop {
         let negotiated = conduit.negotiated.clone();
         let peer_addr = conduit.rx.peer_addr();
         let peer_identity = conduit.rx.peer_identity();
-        self.link = Attachment::start(conduit, self.config.outbound_capacity);
-        let root = self.machine.root.successor(self.link.outbound.clone(), negotiated.local_root, negotiated.peer_root);
+        let attachment = Attachment::start(conduit, self.config.outbound_capacity);
+        let root =
+            self.machine.root.successor(attachment.outbound.clone(), negotiated.local_root, negotiated.peer_root);
         root.set_peer_addr(peer_addr);
         root.set_peer_identity(peer_identity);
-        let generation = match self.machine.on_reattached(root.clone()) {
-            Ok(g) => g,
+        // The finished wait (a redial's receiver) is dropped with the phase
+        // it belonged to.
+        let generation = match self.machine.on_reattached(attachment, root.clone()) {
+            Ok((generation, _redial)) => generation,
             Err(e) => {
                 tracing::debug!(error = %e, "reattach refused by the phase; conduit dropped");
                 return;
             }
         };
         self.root_slot.set(root);
-        if let Some(Resume { side: ResumeSide::Initiator { pending, .. }, .. }) = self.resume.as_mut() {
-            *pending = None;
-        }
         tracing::info!(generation, "session resumed on a new conduit");
         let _ = self.generation_tx.send(generation);
     }

@@ -14,7 +14,7 @@ impl RunLoop {
             registry.remove(key);
         }
         let cause = reason.loss_cause();
-        let cores = self.machine.on_closing(&reason);
+        let (cores, attachment) = self.machine.on_closing(&reason);
         if drain {
             // What the application handed over before the end (a channel
             // close, the cancel of a dropped call) is already accepted for
@@ -36,27 +36,32 @@ impl RunLoop {
         for core in &cores {
             core.on_lost(cause.clone());
         }
-        // Owed messages (a pong, a close) were decided before the end: they
-        // go first. A graceful end waits for room; a violation only takes
-        // the room there is, so a peer that stopped reading cannot stall us.
-        while let Some(m) = self.machine.poll_transmit() {
-            if drain {
-                if self.link.outbound.send(m).await.is_err() {
+        // While resuming there is no attachment: nothing to write to, and
+        // nothing is owed (the loss cleared it).
+        if let Some(mut link) = attachment {
+            // Owed messages (a pong, a close) were decided before the end:
+            // they go first. A graceful end waits for room; a violation only
+            // takes the room there is, so a peer that stopped reading cannot
+            // stall us.
+            while let Some(m) = self.machine.poll_transmit() {
+                if drain {
+                    if link.outbound.send(m).await.is_err() {
+                        break;
+                    }
+                } else if let Some(p) = link.outbound.try_reserve() {
+                    p.send(m);
+                } else {
                     break;
                 }
-            } else if let Some(p) = self.link.outbound.try_reserve() {
-                p.send(m);
-            } else {
-                break;
             }
-        }
-        if let Some(f) = self.link.finish.take() {
-            let linger = if drain { self.config.linger } else { self.config.protocol_error_deadline };
-            let _ = f.send(Finish { last, drain, linger });
-        }
-        if let Some(w) = self.link.writer.take() {
-            if let Err(e) = w.await {
-                tracing::debug!(error = %e, "writer task ended abnormally");
+            if let Some(f) = link.finish.take() {
+                let linger = if drain { self.config.linger } else { self.config.protocol_error_deadline };
+                let _ = f.send(Finish { last, drain, linger });
+            }
+            if let Some(w) = link.writer.take() {
+                if let Err(e) = w.await {
+                    tracing::debug!(error = %e, "writer task ended abnormally");
+                }
             }
         }
         let reason = self.machine.phase.on_closed().unwrap_or(reason);
