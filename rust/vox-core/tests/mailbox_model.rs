@@ -98,9 +98,10 @@ fn poll_recv(rx: &mut MailboxRx, waker: &Waker) -> Poll<Option<Taken>> {
             ControlMsg::ConnectionDropped(id) => Taken::Dropped(id.0),
             ControlMsg::RootDropped => Taken::Root,
             ControlMsg::Shutdown => Taken::Shutdown,
-            ControlMsg::OpenConnection { .. } | ControlMsg::Reattach(_) | ControlMsg::Drain { .. } => {
-                Taken::Queued(u64::MAX)
-            }
+            ControlMsg::OpenConnection { .. }
+            | ControlMsg::Reattach(_)
+            | ControlMsg::Drain { .. }
+            | ControlMsg::Snapshot { .. } => Taken::Queued(u64::MAX),
         })
     })
 }

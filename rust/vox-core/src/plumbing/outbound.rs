@@ -80,8 +80,12 @@ impl Outbound {
     }
 
     fn note_depth(&self) {
-        let used = self.stats.capacity - self.tx.capacity();
-        self.stats.high_water.fetch_max(used, Ordering::Relaxed);
+        self.stats.high_water.fetch_max(self.queued(), Ordering::Relaxed);
+    }
+
+    /// The messages waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.stats.capacity - self.tx.capacity()
     }
 
     /// The most messages ever waiting at once.

@@ -57,6 +57,11 @@ pub enum ControlMsg {
     /// A replacement conduit for this session completed its handshake
     /// (rule `session.resume`); the run loop binds it as the next attachment.
     Reattach(Box<super::resume::NewConduit>),
+    /// `SessionHandle::snapshot`: what the session holds now.
+    Snapshot {
+        /// Where the snapshot goes.
+        reply: oneshot::Sender<super::snapshot::SessionSnapshot>,
+    },
 }
 
 #[derive(Default)]
@@ -168,6 +173,12 @@ pub enum DropRequest {
 }
 
 impl MailboxRx {
+    /// Requests waiting in the bounded queue (the reserved lane's marks
+    /// are not counted: each is at most one pending signal).
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     fn take_reserved(&self) -> Option<ControlMsg> {
         let mut r = self.shared.reserved.lock();
         // Shutdown first: it makes every other pending request moot.

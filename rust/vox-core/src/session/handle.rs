@@ -73,6 +73,23 @@ impl SessionHandle {
         rx.await.map_err(|_| self.ended())?
     }
 
+    /// What the session holds now: its phase, every connection with its
+    /// calls, handlers and channels, and the depth of its queues (see
+    /// [`SessionSnapshot`](crate::session::SessionSnapshot)). It goes through
+    /// the control mailbox like every request, so it waits while the
+    /// mailbox is full.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future only drops the answer.
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`] once the session has ended.
+    pub async fn snapshot(&self) -> Result<crate::session::SessionSnapshot, SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox.send(ControlMsg::Snapshot { reply }).await.map_err(|_| self.ended())?;
+        rx.await.map_err(|_| self.ended())
+    }
+
     /// Asks the session to shut down. Never waits, so it may be called from
     /// `Drop`. Returns `Err` if the session had already ended.
     pub fn shutdown(&self) -> Result<(), SessionError> {

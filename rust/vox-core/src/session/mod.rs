@@ -20,6 +20,7 @@ mod machine;
 mod phase;
 mod resume;
 mod run;
+mod snapshot;
 mod table;
 
 pub use crate::plumbing::operations::{OP_ID_KEY, OpId, OpIdError, OperationConfig, read_op_id, write_op_id};
@@ -34,6 +35,7 @@ pub use phase::CloseReason;
 #[cfg(feature = "test-util")]
 pub use phase::{ConnState, PhaseError, SessionPhase};
 pub use resume::SessionResumeConfig;
+pub use snapshot::{ConnectionSnapshot, SessionSnapshot};
 
 use crate::link::LinkError;
 use crate::transport::PrologueError;

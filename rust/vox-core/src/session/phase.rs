@@ -190,6 +190,16 @@ impl<A, R> SessionPhase<A, R> {
         PhaseError { from: self.name(), event }
     }
 
+    /// The generation of the current attachment (while resuming: of the
+    /// lost one; `None` once tearing down).
+    pub fn generation(&self) -> Option<u64> {
+        match self {
+            SessionPhase::Established { generation, .. } => Some(*generation),
+            SessionPhase::Resuming { lost, .. } => Some(*lost),
+            SessionPhase::Closing(_) | SessionPhase::Closed(_) => None,
+        }
+    }
+
     /// Whether messages may flow.
     pub fn is_established(&self) -> bool {
         matches!(self, SessionPhase::Established { .. })

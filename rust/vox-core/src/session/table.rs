@@ -281,6 +281,21 @@ impl ConnTable {
     }
 
     /// The cores of the open connections.
+    /// Every live connection by id, with its state and, when open, its
+    /// core (for the debug snapshot).
+    pub(crate) fn live(&self) -> Vec<(ConnectionId, ConnState, Option<&Arc<ConnectionCore>>)> {
+        let mut live: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(id, entry)| match entry {
+                ConnEntry::Open { core } => (*id, ConnState::Open, Some(core)),
+                ConnEntry::PendingOutbound { .. } => (*id, ConnState::PendingOutbound, None),
+            })
+            .collect();
+        live.sort_by_key(|(id, _, _)| id.0);
+        live
+    }
+
     pub(crate) fn open_cores(&self) -> Vec<Arc<ConnectionCore>> {
         self.entries
             .values()

@@ -193,7 +193,7 @@ pub enum RemoteOutcome {
 }
 
 /// A snapshot of a registry's bookkeeping.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelStats {
     /// Entries announced but not bound.
     pub pending: usize,

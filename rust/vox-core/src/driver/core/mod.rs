@@ -85,7 +85,7 @@ struct CoreState {
 }
 
 /// A snapshot of one connection's driver counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CoreStats {
     /// Outgoing calls awaiting a response (including cancelled ones whose
     /// `Cancelled` response has not arrived yet).

@@ -12,7 +12,7 @@ use crate::wire::{ConnectionId, Message, Metadata, Payload};
 
 impl<A, R> Machine<A, R> {
     /// Decides a request from a handle. `Err` gives back what is not a
-    /// decision but work for the run loop (`Drain`, `Reattach`).
+    /// decision but work for the run loop (`Drain`, `Reattach`, `Snapshot`).
     pub(crate) fn on_control(&mut self, m: ControlMsg) -> Result<Step, ControlMsg> {
         Ok(match m {
             ControlMsg::OpenConnection { settings, metadata, reply } => {
@@ -60,7 +60,7 @@ impl<A, R> Machine<A, R> {
                 Step::Continue
             }
             ControlMsg::Shutdown => Step::End(CloseReason::Shutdown, None, self.phase.is_established()),
-            m @ (ControlMsg::Drain { .. } | ControlMsg::Reattach(_)) => return Err(m),
+            m @ (ControlMsg::Drain { .. } | ControlMsg::Reattach(_) | ControlMsg::Snapshot { .. }) => return Err(m),
         })
     }
 

@@ -25,7 +25,8 @@ use crate::session::SessionError;
 use crate::session::budget::{BudgetKind, Budgets};
 use crate::session::builder::{Acceptor, KeepaliveConfig};
 use crate::session::control::MailboxTx;
-use crate::session::phase::{CloseReason, PhaseError, SessionPhase};
+use crate::session::phase::{CloseReason, ConnState, PhaseError, SessionPhase};
+use crate::session::snapshot::{ConnectionSnapshot, SessionSnapshot};
 use crate::session::table::{ConnEntry, ConnTable};
 use crate::wire::{ConnectionId, ConnectionSettings, Message, Parity, Payload};
 use std::collections::VecDeque;
@@ -231,6 +232,39 @@ impl<A, R> Machine<A, R> {
             }
         }
         (cores, attachment)
+    }
+
+    /// What the session holds now (the run loop adds the queues it owns:
+    /// outbound path and mailbox).
+    pub(crate) fn snapshot(&self) -> SessionSnapshot {
+        let phase = match self.phase {
+            SessionPhase::Established { .. } => "established",
+            SessionPhase::Resuming { .. } => "resuming",
+            SessionPhase::Closing(_) => "closing",
+            SessionPhase::Closed(_) => "closed",
+        };
+        let connection = |id: ConnectionId, state: &str, core: Option<&Arc<ConnectionCore>>| ConnectionSnapshot {
+            id: id.0,
+            state: state.into(),
+            calls: core.map(|c| c.stats()),
+            channels: core.map(|c| c.channel_stats()),
+        };
+        let mut connections = vec![connection(ConnectionId::ROOT, "open", Some(&self.root))];
+        for (id, state, core) in self.table.live() {
+            let state = if state == ConnState::Open { "open" } else { "opening" };
+            connections.push(connection(id, state, core));
+        }
+        SessionSnapshot {
+            phase: phase.into(),
+            generation: self.phase.generation().unwrap_or(0),
+            connections,
+            outbound_queued: 0,
+            outbound_capacity: 0,
+            owed: self.owed.len(),
+            mailbox_queued: 0,
+            draining: self.draining,
+            root_released: self.root_released,
+        }
     }
 
     fn violation(&mut self, description: String, rule: &'static str) -> Step {

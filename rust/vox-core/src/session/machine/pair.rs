@@ -325,3 +325,37 @@ fn session_resume_losing_the_attachment_fails_pending_opens_and_forgets_what_was
     assert!(matches!(again.try_recv(), Ok(Err(SessionError::Resuming))), "no opens while resuming");
     assert!(pair.a.machine.on_attachment_lost(pair.now, ()).is_err(), "lost once per attachment");
 }
+
+#[test]
+fn session_snapshot_follows_the_machine() {
+    let mut pair = Pair::new(Some(accept_all()));
+    let fresh = pair.a.machine.snapshot();
+    assert_eq!((fresh.phase.as_str(), fresh.generation, fresh.owed), ("established", 1, 0));
+    assert_eq!(fresh.connections.len(), 1, "only the root");
+    assert_eq!((fresh.connections[0].id, fresh.connections[0].state.as_str()), (0, "open"));
+    assert!(fresh.connections[0].calls.is_some() && fresh.connections[0].channels.is_some());
+
+    let mut rx = pair.a.open();
+    let _second = pair.a.open();
+    let opening = pair.a.machine.snapshot();
+    assert_eq!(opening.owed, 2, "two OpenConnection owed");
+    let states: Vec<_> = opening.connections.iter().map(|c| (c.id, c.state.as_str(), c.calls.is_some())).collect();
+    assert_eq!(states, [(0, "open", true), (1, "opening", false), (3, "opening", false)], "by id, no driver yet");
+
+    pair.drive();
+    let _handle = opened(&mut rx);
+    let open = pair.a.machine.snapshot();
+    assert_eq!(open.connections[1].state, "open");
+    assert!(open.connections[1].calls.is_some(), "an open connection has its driver");
+    assert!(!open.root_released && !open.draining);
+
+    pair.a.control(ControlMsg::RootDropped);
+    pair.a.machine.start_draining(Arc::new(tokio::sync::Notify::new()));
+    let flags = pair.a.machine.snapshot();
+    assert!(flags.root_released && flags.draining);
+
+    pair.a.machine.on_attachment_lost(pair.now, ()).expect("lost");
+    let resuming = pair.a.machine.snapshot();
+    assert_eq!((resuming.phase.as_str(), resuming.generation), ("resuming", 1), "the lost generation");
+    assert_eq!(resuming.connections.len(), 1, "virtual connections end with the attachment");
+}

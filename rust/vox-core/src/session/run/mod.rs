@@ -224,6 +224,10 @@ impl RunLoop {
                         self.reattach(*conduit);
                         Step::Continue
                     }
+                    Err(ControlMsg::Snapshot { reply }) => {
+                        let _ = reply.send(self.snapshot());
+                        Step::Continue
+                    }
                     Err(_) => Step::Continue,
                 },
                 Event::Control(None) => Step::Continue,
@@ -273,6 +277,19 @@ impl RunLoop {
             }
         };
         self.teardown(end.0, end.1, end.2).await;
+    }
+}
+
+impl RunLoop {
+    /// The machine's snapshot with the queues the loop owns.
+    fn snapshot(&mut self) -> crate::session::SessionSnapshot {
+        let mut snapshot = self.machine.snapshot();
+        snapshot.mailbox_queued = self.mailbox.queued();
+        if let Some(a) = self.machine.phase.attachment_mut() {
+            snapshot.outbound_queued = a.outbound.queued();
+            snapshot.outbound_capacity = a.outbound.capacity();
+        }
+        snapshot
     }
 }
 

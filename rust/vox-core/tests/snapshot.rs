@@ -1,0 +1,56 @@
+//! Issue 22: `SessionHandle::snapshot` shows what a live session holds:
+//! connections, calls and handlers in flight, channels, queue depths.
+
+mod common {
+    pub mod testbed;
+}
+use common::testbed::*;
+use vox_core::session::{SessionBuilder, SessionError, SessionHandle, SessionSnapshot};
+use vox_core::wire::{ConnectionSettings, Metadata};
+
+/// Takes snapshots until `done` holds (the run loop answers between
+/// events, so the state the test waits for shows up after a few turns).
+async fn snapshot_until(handle: &SessionHandle, done: impl Fn(&SessionSnapshot) -> bool) -> SessionSnapshot {
+    for _ in 0..10_000 {
+        let s = handle.snapshot().await.expect("snapshot of a live session");
+        if done(&s) {
+            return s;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the snapshot never showed the expected state");
+}
+
+#[tokio::test]
+async fn session_snapshot_shows_calls_handlers_and_connections_in_flight() {
+    let (server, client) = memory_sessions(server_builder(), SessionBuilder::new()).await;
+    let caller = client.root.caller.clone();
+    let call = tokio::spawn(async move { caller.call::<_, ()>(mid("wait_forever"), &(), vec![]).await });
+    let conn = client.handle.open_connection(ConnectionSettings::default(), Metadata::new()).await.expect("open");
+
+    let on_server = snapshot_until(&server.handle, |s| {
+        s.connections.len() == 2 && s.connections[0].calls.as_ref().is_some_and(|c| c.handlers_in_flight == 1)
+    })
+    .await;
+    assert_eq!(on_server.phase, "established");
+    assert_eq!(on_server.generation, 1);
+    assert_eq!(on_server.connections[1].id, conn.id.0);
+    assert_eq!(on_server.connections[1].state, "open");
+    assert!(!on_server.draining && !on_server.root_released);
+    assert!(on_server.outbound_capacity > 0);
+
+    let on_client =
+        snapshot_until(&client.handle, |s| s.connections[0].calls.as_ref().is_some_and(|c| c.calls_in_flight == 1))
+            .await;
+    assert_eq!(on_client.connections.len(), 2, "the root and the virtual connection");
+    let text = on_client.to_string();
+    assert!(text.starts_with("session established (generation 1)"), "{text}");
+    assert!(text.contains("connection 0 (open): 1 calls, 0 handlers in flight"), "{text}");
+    assert!(text.contains(&format!("connection {} (open)", conn.id.0)), "{text}");
+
+    call.abort();
+    drop(conn);
+    client.handle.shutdown().expect("shutdown");
+    client.handle.closed().await;
+    assert!(matches!(client.handle.snapshot().await, Err(SessionError::Closed(_))), "no snapshot of an ended session");
+}
