@@ -359,3 +359,16 @@ fn session_snapshot_follows_the_machine() {
     assert_eq!((resuming.phase.as_str(), resuming.generation), ("resuming", 1), "the lost generation");
     assert_eq!(resuming.connections.len(), 1, "virtual connections end with the attachment");
 }
+
+#[test]
+fn session_owed_messages_are_bounded_the_loop_takes_no_event_once_the_queue_is_full() {
+    let mut pair = Pair::new(None);
+    for nonce in 0..super::OWED_CAPACITY as u64 - 1 {
+        pair.b.receive(Message::root(Payload::Ping { nonce }), pair.now);
+    }
+    assert!(pair.b.machine.can_take(), "one place left");
+    pair.b.receive(Message::root(Payload::Ping { nonce: 99 }), pair.now);
+    assert!(!pair.b.machine.can_take(), "{} pongs owed: no more events until they are written", super::OWED_CAPACITY);
+    assert!(pair.b.machine.poll_transmit().is_some());
+    assert!(pair.b.machine.can_take(), "writing one makes room for one more event");
+}
