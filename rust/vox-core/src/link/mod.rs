@@ -5,7 +5,9 @@
 //! ([`memory_pair`]) and stream links over any tokio `AsyncRead` +
 //! `AsyncWrite` ([`stream`], [`tcp`], [`unix`]). Both kinds behave the same
 //! way towards their users; only the stream kind can see hostile input,
-//! because the peer chooses the length prefixes.
+//! because the peer chooses the length prefixes. TLS (`tls`), WebSocket
+//! (`ws`) and QUIC (`quic`) links, each behind its cargo feature, are
+//! stream links over those transports.
 
 // Items only the proofs drive are unused without test-util.
 #[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
@@ -13,6 +15,8 @@ pub(crate) mod fault;
 mod frames;
 mod identity;
 mod memory;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod source;
 mod stream;
 #[cfg(feature = "tls")]
