@@ -339,6 +339,11 @@ pub struct LinkRx {
     peer_addr: Option<std::net::SocketAddr>,
     /// The peer's verified identity, where the link authenticated it (TLS).
     peer_identity: Option<PeerIdentity>,
+    /// WebSocket links: `limit`, shared with the scanner under the
+    /// WebSocket so that it refuses an oversized message from its frame
+    /// header (see `ws`).
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    shared_limit: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl LinkRx {
@@ -350,6 +355,21 @@ impl LinkRx {
             limit: max_message_size,
             peer_addr: None,
             peer_identity: None,
+            shared_limit: None,
+        }
+    }
+
+    /// Keeps `shared` equal to the limit in force from now on.
+    #[cfg(feature = "websocket")]
+    fn share_limit(&mut self, shared: Arc<std::sync::atomic::AtomicUsize>) {
+        shared.store(self.limit, Ordering::Relaxed);
+        self.shared_limit = Some(shared);
+    }
+
+    fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+        if let Some(shared) = &self.shared_limit {
+            shared.store(limit, Ordering::Relaxed);
         }
     }
 
@@ -386,13 +406,13 @@ impl LinkRx {
     /// `max` is a link error detected from its length prefix, before
     /// anything is allocated for it (rule `session.setup.limits`).
     pub fn restrict(&mut self, max: usize) {
-        self.limit = max.min(self.max_message_size);
+        self.set_limit(max.min(self.max_message_size));
     }
 
     /// Accepts messages up to the configured maximum again (after the
     /// handshake).
     pub fn unrestrict(&mut self) {
-        self.limit = self.max_message_size;
+        self.set_limit(self.max_message_size);
     }
 
     /// The largest message accepted right now.

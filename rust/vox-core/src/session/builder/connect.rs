@@ -260,6 +260,27 @@ impl SessionBuilder {
         let source = link::ws::WsSource::new(url, self.config.link.clone())?;
         self.connect_with(source).await
     }
+
+    /// Connects over WebSocket over TLS (`wss://`; features `tls` and
+    /// `websocket`): the server's certificate must be valid for the URL's
+    /// host under `tls`'s roots, or the setup fails with the cause; `tls`
+    /// presents a client certificate if it has one. Redials go the same
+    /// way, verified again.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] if `url` is not a WebSocket URL with a host,
+    /// or the connection, the TLS handshake or the upgrade fails; otherwise
+    /// as [`connect_with`](Self::connect_with).
+    #[cfg(all(feature = "tls", feature = "websocket"))]
+    pub async fn connect_wss(self, url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Session, SessionError> {
+        let mut source = link::ws::WsSource::new(url, self.config.link.clone())?;
+        source.tls = Some(tls);
+        self.connect_with(source).await
+    }
 }
 
 /// Dials (or takes `first`), runs the prologue for `config.conduit`, sets

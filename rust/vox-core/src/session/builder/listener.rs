@@ -75,6 +75,33 @@ impl SessionBuilder {
         self.listen_with(addr, upgrade).await
     }
 
+    /// Like [`listen_ws`](Self::listen_ws), over TLS (`wss://`; features
+    /// `tls` and `websocket`): each TCP connection runs the TLS handshake
+    /// (verifying the client's certificate when `tls` has a
+    /// client-certificate verifier, as [`listen_tls`](Self::listen_tls)),
+    /// then the WebSocket upgrade, both inside the link's setup and held to
+    /// its deadlines. The verified certificate is the link's
+    /// [`peer_identity`](crate::link::LinkRx::peer_identity).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen): [`SessionError::Setup`] if the address
+    /// cannot be bound. TLS and upgrade failures come later, per link.
+    #[cfg(all(feature = "tls", feature = "websocket"))]
+    pub async fn listen_wss(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(move |stream, config| {
+            let tls = tls.clone();
+            Box::pin(async move { Ok(link::ws::accept_wss(stream, tls, config).await?) })
+        });
+        self.listen_with(addr, upgrade).await
+    }
+
     /// The listener of [`listen`](Self::listen), with `upgrade` turning
     /// each accepted TCP connection into a link inside its setup.
     async fn listen_with(
