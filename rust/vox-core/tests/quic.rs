@@ -1,7 +1,8 @@
 //! QUIC links (feature `quic`, ADR 0006): calls over one QUIC stream, the
 //! client's verified certificate in the handler's context, a setup failure
 //! that names its cause, the frame bound checked before allocation, and a
-//! resumed session that redials over a new QUIC connection. Certificates
+//! stable conduit and a resumed session that redial over a new QUIC
+//! connection when the path dies. Certificates
 //! are generated at test time (rcgen); no key is committed.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -244,6 +245,39 @@ impl Relay {
     }
 }
 
+/// A `QuicSource` through `relay` whose QUIC connections notice a dead
+/// path quickly (a short QUIC idle timeout).
+fn fast_failing_source(relay: &Relay, ca: &Ca) -> QuicSource {
+    let config = tls::client_config(ca.roots(), None).expect("client config");
+    let mut source = QuicSource::new(relay.addr.clone(), "localhost", &config, LinkConfig::default()).expect("source");
+    let mut transport = quic::transport_config(false);
+    transport
+        .max_idle_timeout(Some(Duration::from_millis(500).try_into().expect("idle")))
+        .keep_alive_interval(Some(Duration::from_millis(100)));
+    source.quic.transport_config(Arc::new(transport));
+    source
+}
+
+// rule: conduit.stable — when the QUIC path dies, the stable conduit redials
+// through its `QuicSource` (a new QUIC connection, verified again) and the
+// session carries on without noticing.
+#[tokio::test]
+async fn quic_stable_conduit_redials_over_a_new_quic_connection() {
+    let ca = Ca::new("test ca");
+    let listener = server(&ca, None).await;
+    let relay = Relay::start(listener.local_addr().expect("addr")).await;
+    let mut builder = SessionBuilder::new();
+    builder.config_mut().conduit = vox_core::wire::ConduitMode::Stable;
+    let (server, client) = tokio::join!(listener.accept(), builder.connect_with(fast_failing_source(&relay, &ca)));
+    let (_server, client) = (server.expect("server"), client.expect("client"));
+    let who = WhoClient::new(client.root.caller.clone());
+    assert_eq!(within("echo", who.echo("before".into())).await.expect("echo"), "before");
+    relay.cut();
+    assert_eq!(within("echo after the cut", who.echo("after".into())).await.expect("echo after the cut"), "after");
+    assert!(relay.flows.load(Ordering::SeqCst) >= 2, "the client redialed from a new UDP socket");
+    assert!(client.handle.close_reason().is_none());
+}
+
 // rule: session.resume — when the QUIC path dies, the client's QUIC
 // connection times out, and the resumable session redials through its
 // `QuicSource`: a new QUIC connection from a new UDP socket, verified
@@ -253,14 +287,8 @@ async fn quic_resumed_session_redials_over_a_new_quic_connection() {
     let ca = Ca::new("test ca");
     let listener = server(&ca, None).await;
     let relay = Relay::start(listener.local_addr().expect("addr")).await;
-    let config = tls::client_config(ca.roots(), None).expect("client config");
-    let mut source = QuicSource::new(relay.addr.clone(), "localhost", &config, LinkConfig::default()).expect("source");
     // The path's death is noticed by QUIC's idle timeout: short here.
-    let mut transport = quic::transport_config(false);
-    transport
-        .max_idle_timeout(Some(Duration::from_millis(500).try_into().expect("idle")))
-        .keep_alive_interval(Some(Duration::from_millis(100)));
-    source.quic.transport_config(Arc::new(transport));
+    let source = fast_failing_source(&relay, &ca);
     let mut builder = SessionBuilder::new();
     builder.config_mut().session_resume.request = true;
     let (server, client) = tokio::join!(listener.accept(), builder.connect_with(source));
