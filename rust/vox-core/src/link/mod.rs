@@ -61,7 +61,9 @@ pub struct LinkConfig {
     /// length prefix or body is buffered), the rest of it must arrive within
     /// this time, or receiving fails with [`LinkError::Stalled`] and the link
     /// is dead (rule `session.keepalive`: a half-sent frame never holds a
-    /// session). The time between frames is not limited. Default: 20 s,
+    /// session). WebSocket links apply it to each WebSocket message, from
+    /// the first byte of its first frame to the end of its last (failing
+    /// with [`LinkError::Io`], `TimedOut`). The time between frames is not limited. Default: 20 s,
     /// the default keepalive timeout. `None` waits forever.
     pub frame_timeout: Option<std::time::Duration>,
 }

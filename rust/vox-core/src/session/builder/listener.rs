@@ -383,8 +383,9 @@ impl Listener {
     ///
     /// # Errors
     /// A link's failure: [`SessionError::HandshakeTimeout`], or
-    /// [`SessionError::Setup`] with the cause (prologue, TLS or WebSocket
-    /// upgrade, handshake, or closed to make room for newer links).
+    /// [`SessionError::Setup`] with the cause (prologue, TLS, QUIC or
+    /// WebSocket handshake or upgrade, handshake, or closed to make room for
+    /// newer links).
     /// [`SessionError::Closed`] if the accept loop stopped.
     pub async fn accept_attempt(&self) -> Result<Session, SessionError> {
         match self.outcomes.lock().await.recv().await {
