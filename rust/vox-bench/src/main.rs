@@ -21,6 +21,7 @@ mod alloc;
 mod hostile;
 mod memory;
 mod raw;
+mod secure;
 mod stats;
 mod vox;
 
@@ -204,6 +205,11 @@ fn run() -> Result<(), BenchError> {
         let scale = scale.clone();
         rows.extend(in_task(async move { throughput(&scale, transport).await })?);
     }
+    eprintln!("vox-bench: tls, ws, quic against tcp ...");
+    rows.extend(in_task({
+        let scale = scale.clone();
+        async move { secure::rows(&scale).await }
+    })?);
     eprintln!("vox-bench: memory ...");
     rows.extend(memory_rows(&scale)?);
     eprintln!("vox-bench: hostile peers ...");
