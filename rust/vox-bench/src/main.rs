@@ -11,6 +11,9 @@
 //! cargo run -p vox-bench --release -- [--quick] [--rounds N] [--credit N] [--json PATH]
 //! ```
 //!
+//! With the cargo feature `transports`, the run also has TLS, WebSocket and
+//! QUIC rows, each against vox over TCP (`secure.rs`).
+//!
 //! `--credit N` gives the stream channels an initial credit of `N` instead of
 //! vox-core's default (16), to show how much the credit window limits streaming.
 //!
@@ -21,6 +24,7 @@ mod alloc;
 mod hostile;
 mod memory;
 mod raw;
+#[cfg(feature = "transports")]
 mod secure;
 mod stats;
 mod vox;
@@ -205,11 +209,14 @@ fn run() -> Result<(), BenchError> {
         let scale = scale.clone();
         rows.extend(in_task(async move { throughput(&scale, transport).await })?);
     }
-    eprintln!("vox-bench: tls, ws, quic against tcp ...");
-    rows.extend(in_task({
-        let scale = scale.clone();
-        async move { secure::rows(&scale).await }
-    })?);
+    #[cfg(feature = "transports")]
+    {
+        eprintln!("vox-bench: tls, ws, quic against tcp ...");
+        rows.extend(in_task({
+            let scale = scale.clone();
+            async move { secure::rows(&scale).await }
+        })?);
+    }
     eprintln!("vox-bench: memory ...");
     rows.extend(memory_rows(&scale)?);
     eprintln!("vox-bench: hostile peers ...");
