@@ -70,8 +70,11 @@ impl SessionBuilder {
     /// cannot be bound. Upgrade failures come later, per link.
     #[cfg(feature = "websocket")]
     pub async fn listen_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
-        let upgrade: Upgrade =
-            Arc::new(|stream, config| Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) }));
+        let upgrade: Upgrade = Arc::new(|stream, config| {
+            // As for TCP and TLS links: the link's writer batches already.
+            let _ = stream.set_nodelay(true);
+            Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) })
+        });
         self.listen_with(addr, upgrade).await
     }
 
