@@ -219,6 +219,59 @@ async fn websocket_stalled_message_fails_the_link_after_frame_timeout() {
     assert!(text.contains("frame_timeout"), "{text}");
 }
 
+/// Does the server side of a WebSocket upgrade by hand on `tcp`, as an
+/// HTTP server (hyper, axum) would before handing over the connection.
+async fn upgrade_by_hand(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.expect("the upgrade request");
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8(request).expect("text");
+    let key = request
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ").or_else(|| l.strip_prefix("sec-websocket-key: ")))
+        .expect("a key")
+        .trim();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    tcp.write_all(response.as_bytes()).await.expect("the upgrade response");
+}
+
+// rule: transport.websocket, session.setup.limits — a connection upgraded
+// by another HTTP server becomes a link through `accept_upgraded`, with the
+// limits of `accept_ws`: messages pass, and once restricted (as the setup
+// does) a larger one is refused from its header.
+#[tokio::test]
+async fn websocket_accept_upgraded_makes_a_link_with_the_same_limits() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let accept = async {
+        let (mut stream, _) = tcp.accept().await.expect("accept");
+        upgrade_by_hand(&mut stream).await;
+        ws::accept_upgraded(stream, LinkConfig::default()).await.expect("link")
+    };
+    let connect = async { tokio_tungstenite::connect_async(format!("ws://{addr}/app/vox")).await.expect("connect").0 };
+    let (mut link, mut raw) = within("upgrade", async { tokio::join!(accept, connect) }).await;
+    raw.send(Message::Binary(vec![1u8; 100].into())).await.expect("send");
+    assert_eq!(within("recv", link.rx.recv()).await.expect("recv").expect("a message").len(), 100);
+    link.tx.send(bytes::Bytes::from_static(b"back")).await.expect("send back");
+    match within("raw recv", raw.next()).await.expect("a message").expect("ok") {
+        Message::Binary(b) => assert_eq!(b.as_ref(), b"back"),
+        other => panic!("unexpected {other:?}"),
+    }
+    link.rx.restrict(64);
+    let mut bytes = binary_header(65);
+    bytes.extend([0u8; 10]);
+    write_raw(&mut raw, &bytes).await;
+    let err = within("recv", link.rx.recv()).await.expect_err("over the restricted limit");
+    assert!(err.to_string().contains("limit of 64 bytes"), "{err}");
+}
+
 #[cfg(feature = "tls")]
 mod wss {
     use super::*;
