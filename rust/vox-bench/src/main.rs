@@ -11,6 +11,9 @@
 //! cargo run -p vox-bench --release -- [--quick] [--rounds N] [--credit N] [--json PATH]
 //! ```
 //!
+//! With the cargo feature `transports`, the run also has TLS, WebSocket and
+//! QUIC rows, each against vox over TCP (`secure.rs`).
+//!
 //! `--credit N` gives the stream channels an initial credit of `N` instead of
 //! vox-core's default (16), to show how much the credit window limits streaming.
 //!
@@ -21,6 +24,8 @@ mod alloc;
 mod hostile;
 mod memory;
 mod raw;
+#[cfg(feature = "transports")]
+mod secure;
 mod stats;
 mod vox;
 
@@ -203,6 +208,14 @@ fn run() -> Result<(), BenchError> {
         eprintln!("vox-bench: {} ...", transport.name());
         let scale = scale.clone();
         rows.extend(in_task(async move { throughput(&scale, transport).await })?);
+    }
+    #[cfg(feature = "transports")]
+    {
+        eprintln!("vox-bench: tls, ws, quic against tcp ...");
+        rows.extend(in_task({
+            let scale = scale.clone();
+            async move { secure::rows(&scale).await }
+        })?);
     }
     eprintln!("vox-bench: memory ...");
     rows.extend(memory_rows(&scale)?);

@@ -5,7 +5,9 @@
 //! ([`memory_pair`]) and stream links over any tokio `AsyncRead` +
 //! `AsyncWrite` ([`stream`], [`tcp`], [`unix`]). Both kinds behave the same
 //! way towards their users; only the stream kind can see hostile input,
-//! because the peer chooses the length prefixes.
+//! because the peer chooses the length prefixes. TLS (`tls`), WebSocket
+//! (`ws`) and QUIC (`quic`) links, each behind its cargo feature, are
+//! stream links over those transports.
 
 // Items only the proofs drive are unused without test-util.
 #[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
@@ -13,6 +15,8 @@ pub(crate) mod fault;
 mod frames;
 mod identity;
 mod memory;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod source;
 mod stream;
 #[cfg(feature = "tls")]
@@ -57,7 +61,9 @@ pub struct LinkConfig {
     /// length prefix or body is buffered), the rest of it must arrive within
     /// this time, or receiving fails with [`LinkError::Stalled`] and the link
     /// is dead (rule `session.keepalive`: a half-sent frame never holds a
-    /// session). The time between frames is not limited. Default: 20 s,
+    /// session). WebSocket links apply it to each WebSocket message, from
+    /// the first byte of its first frame to the end of its last (failing
+    /// with [`LinkError::Io`], `TimedOut`). The time between frames is not limited. Default: 20 s,
     /// the default keepalive timeout. `None` waits forever.
     pub frame_timeout: Option<std::time::Duration>,
 }
@@ -335,6 +341,11 @@ pub struct LinkRx {
     peer_addr: Option<std::net::SocketAddr>,
     /// The peer's verified identity, where the link authenticated it (TLS).
     peer_identity: Option<PeerIdentity>,
+    /// WebSocket links: `limit`, shared with the scanner under the
+    /// WebSocket so that it refuses an oversized message from its frame
+    /// header (see `ws`).
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    shared_limit: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl LinkRx {
@@ -346,6 +357,21 @@ impl LinkRx {
             limit: max_message_size,
             peer_addr: None,
             peer_identity: None,
+            shared_limit: None,
+        }
+    }
+
+    /// Keeps `shared` equal to the limit in force from now on.
+    #[cfg(feature = "websocket")]
+    fn share_limit(&mut self, shared: Arc<std::sync::atomic::AtomicUsize>) {
+        shared.store(self.limit, Ordering::Relaxed);
+        self.shared_limit = Some(shared);
+    }
+
+    fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+        if let Some(shared) = &self.shared_limit {
+            shared.store(limit, Ordering::Relaxed);
         }
     }
 
@@ -382,13 +408,13 @@ impl LinkRx {
     /// `max` is a link error detected from its length prefix, before
     /// anything is allocated for it (rule `session.setup.limits`).
     pub fn restrict(&mut self, max: usize) {
-        self.limit = max.min(self.max_message_size);
+        self.set_limit(max.min(self.max_message_size));
     }
 
     /// Accepts messages up to the configured maximum again (after the
     /// handshake).
     pub fn unrestrict(&mut self) {
-        self.limit = self.max_message_size;
+        self.set_limit(self.max_message_size);
     }
 
     /// The largest message accepted right now.

@@ -5,28 +5,38 @@
 //! pong and close are the WebSocket layer's: tungstenite answers pings
 //! itself, and a close is the end of the link's stream.
 //!
-//! The largest message is enforced by tungstenite before it allocates: its
-//! `max_frame_size` and `max_message_size` are the link's
-//! [`LinkConfig::max_message_size`], so a frame header announcing more is
-//! refused from the header alone. The smaller setup-phase maximum (rule
-//! `session.setup.limits`, [`LinkRx::restrict`](super::LinkRx::restrict))
-//! is enforced on each whole message as it leaves the WebSocket layer:
-//! before the handshake a peer can make the link buffer one message of up
-//! to `max_message_size` (which then kills the link), not more.
+//! Limits are enforced before allocation, from the frame headers: a
+//! scanner under tungstenite (`scan`) reads each header as its bytes
+//! arrive and refuses a data message longer than the link's limit in force
+//! (the smaller setup-phase maximum while the peer is unauthenticated, rule
+//! `session.setup.limits`, [`LinkRx::restrict`](super::LinkRx::restrict);
+//! [`LinkConfig::max_message_size`] after the handshake) before
+//! tungstenite reserves room for it; tungstenite's own `max_frame_size`
+//! and `max_message_size` are the link's maximum as a second check. The
+//! same scanner fails a link whose message started and did not finish
+//! within [`LinkConfig::frame_timeout`] of its first byte (as stream links
+//! do with a frame); between messages nothing is timed.
 //!
 //! Entry points: [`connect_ws`] (`ws://`, and `wss://` with the `tls`
-//! feature: [`connect_wss`]), [`accept_ws`] for a server on a TCP port
-//! (`SessionBuilder::listen_ws`), and [`websocket`], which turns a WebSocket
-//! that an HTTP server has already upgraded (hyper, axum with
-//! `WebSocketStream::from_raw_socket` on the upgraded connection) into a
-//! link, so that vox can share a port with a web application.
+//! feature: `connect_wss`), [`accept_ws`] for a server on a TCP port
+//! (`SessionBuilder::listen_ws`; over TLS `accept_wss`,
+//! `SessionBuilder::listen_wss`), and [`accept_upgraded`], which turns a
+//! connection that an HTTP server (hyper, axum) has already upgraded into a
+//! link, so that vox can share a port with a web application. ([`websocket`]
+//! takes a `WebSocketStream` built elsewhere; it has tungstenite's checks
+//! only, not the scanner's.)
+
+mod scan;
 
 use super::source::DialFuture;
 use super::{Link, LinkConfig, LinkError, LinkSource};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
+use scan::Scanned;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
@@ -42,10 +52,11 @@ pub fn ws_config(config: &LinkConfig) -> WebSocketConfig {
     WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
 }
 
-/// Makes a link on an established WebSocket (client or server side; for an
-/// HTTP server's upgraded connection, build it with
-/// `WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&config)))`
-/// so that the size limit holds before allocation).
+/// Makes a link on an established WebSocket (client or server side). Only
+/// tungstenite's limits apply (the link's maximum, from `ws_config`):
+/// for an HTTP server's upgraded connection, [`accept_upgraded`] also
+/// holds the setup maximum from frame headers and times out a stalled
+/// message.
 ///
 /// Spawns tasks, so it must be called inside a tokio runtime.
 pub fn websocket<S>(ws: WebSocketStream<S>, config: LinkConfig) -> Link
@@ -57,6 +68,45 @@ where
     // WebSocket carries the messages alone.
     let (r, w) = tokio::io::split(WsBytes::new(ws));
     super::stream(r, w, config)
+}
+
+/// `stream` under a scanner (see the module docs) that starts with the
+/// link's maximum, and the limit it shares with the link's `LinkRx`.
+fn scanned<S>(stream: S, http: bool, config: &LinkConfig) -> (Scanned<S>, Arc<AtomicUsize>) {
+    let limit = Arc::new(AtomicUsize::new(config.max_message_size));
+    (Scanned::new(stream, http, limit.clone(), config.frame_timeout), limit)
+}
+
+/// A link on a WebSocket over a scanned stream, the scanner following the
+/// link's limit.
+fn scanned_link<S>(ws: WebSocketStream<Scanned<S>>, limit: Arc<AtomicUsize>, config: LinkConfig) -> Link
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut link = websocket(ws, config);
+    link.rx.share_limit(limit);
+    link
+}
+
+/// Makes a link on a connection that an HTTP server has already upgraded
+/// to a WebSocket (the server side; hyper's or axum's upgraded I/O), with
+/// every limit of [`accept_ws`]: the size limits checked from frame
+/// headers, the setup maximum while restricted, the stall timeout.
+///
+/// # Cancel safety
+/// Dropping the future drops `io`; nothing else is left behind.
+///
+/// # Errors
+/// Never fails today (the upgrade already happened); the `Result` leaves
+/// room for a check of the upgraded stream.
+pub async fn accept_upgraded<S>(io: S, config: LinkConfig) -> Result<Link, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (io, limit) = scanned(io, false, &config);
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+    let ws = WebSocketStream::from_raw_socket(io, role, Some(ws_config(&config))).await;
+    Ok(scanned_link(ws, limit, config))
 }
 
 /// Upgrades an accepted connection (a TCP stream, or TLS over one) to a
@@ -72,10 +122,47 @@ pub async fn accept_ws<S>(stream: S, config: LinkConfig) -> Result<Link, LinkErr
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (stream, limit) = scanned(stream, true, &config);
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&config)))
         .await
         .map_err(|e| ws_error("accepting a WebSocket upgrade", e))?;
-    Ok(websocket(ws, config))
+    Ok(scanned_link(ws, limit, config))
+}
+
+/// Runs the server side of a TLS handshake on an accepted TCP connection
+/// (see [`super::tls::server_link`]), then the WebSocket upgrade
+/// (`wss://`), recording the peer's address and, under mutual TLS, its
+/// verified certificate.
+///
+/// # Cancel safety
+/// Dropping the future abandons the handshake or the upgrade and drops the
+/// connection.
+///
+/// # Errors
+/// [`LinkError::Io`] if the TLS handshake fails (a client certificate the
+/// config requires is missing or does not verify; rustls' reason is
+/// inside) or the upgrade fails (as [`accept_ws`]).
+#[cfg(feature = "tls")]
+pub async fn accept_wss(
+    tcp: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    config: LinkConfig,
+) -> Result<Link, LinkError> {
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok();
+    let stream = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| LinkError::Io {
+        context: "TLS handshake (verifying the client)",
+        source: io::Error::new(e.kind(), format!("client: {e}")),
+    })?;
+    let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+    let mut link = accept_ws(stream, config).await?;
+    if let Some(peer) = peer {
+        link.rx.set_peer_addr(peer);
+    }
+    if let Some(der) = identity {
+        link.rx.set_peer_identity(super::PeerIdentity::from_der(der));
+    }
+    Ok(link)
 }
 
 /// Runs the client upgrade for `url` over `stream` and makes a link.
@@ -90,10 +177,11 @@ pub async fn client_ws<S>(url: &str, stream: S, config: LinkConfig) -> Result<Li
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (stream, limit) = scanned(stream, true, &config);
     let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(&config)))
         .await
         .map_err(|e| ws_error("the WebSocket upgrade", e))?;
-    Ok(websocket(ws, config))
+    Ok(scanned_link(ws, limit, config))
 }
 
 /// The host and port of a `ws://` or `wss://` URL, and whether it is `wss`.
@@ -140,7 +228,7 @@ async fn tcp(addr: &str) -> Result<tokio::net::TcpStream, LinkError> {
 ///
 /// # Errors
 /// [`LinkError::Io`] if `url` is not a `ws://` URL with a host (a `wss://` URL
-/// needs [`connect_wss`]), the TCP connection cannot be made, or the upgrade
+/// needs `connect_wss`), the TCP connection cannot be made, or the upgrade
 /// fails (as [`client_ws`]).
 pub async fn connect_ws(url: &str, config: LinkConfig) -> Result<Link, LinkError> {
     let (_, addr, secure) = authority(url)?;

@@ -141,7 +141,8 @@ impl Server {
     /// # Errors
     /// [`ServeError::Bind`] if the listener has no local address.
     pub fn serve_listener(self, listener: Listener) -> Result<Serving, ServeError> {
-        let local_addr = listener.local_addr().map_err(|e| ServeError::Bind(SessionError::Bind(std::sync::Arc::new(e))))?;
+        let local_addr =
+            listener.local_addr().map_err(|e| ServeError::Bind(SessionError::Bind(std::sync::Arc::new(e))))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Tracked::default());
         let task = tokio::spawn(accept_loop(listener, shared.clone(), self.max_sessions, stop_rx));

@@ -1,4 +1,4 @@
-//! The initiator side: dialing (TCP, TLS, WebSocket, any
+//! The initiator side: dialing (TCP, TLS, WebSocket, QUIC, any
 //! [`LinkSource`]), the prologue, the conduit and the initiator handshake,
 //! and for resumable sessions the redial attempt that repeats all of it
 //! with the session's resume key.
@@ -216,6 +216,34 @@ impl SessionBuilder {
         self.connect_with(source).await
     }
 
+    /// Connects over QUIC (feature `quic`, ADR 0006): one bidirectional
+    /// QUIC stream carries the session. The server's certificate must be
+    /// valid for `server_name` under `tls`'s roots, or the setup fails with
+    /// the cause; `tls` (a rustls config such as `link::tls::client_config`
+    /// makes) presents a client certificate if it has one. Every redial
+    /// (stable conduit, session resume) is a new QUIC connection verified
+    /// the same way (`link::quic::QuicSource`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] if `tls` cannot run QUIC (no TLS 1.3
+    /// AES-128-GCM suite), or dialing or the QUIC handshake fails (the
+    /// certificate does not verify); otherwise as
+    /// [`connect_with`](Self::connect_with).
+    #[cfg(feature = "quic")]
+    pub async fn connect_quic(
+        self,
+        addr: impl ToString,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Session, SessionError> {
+        let source = link::quic::QuicSource::new(addr.to_string(), server_name, &tls, self.config.link.clone())?;
+        self.connect_with(source).await
+    }
+
     /// Connects over WebSocket (rule `transport.websocket`) to a `ws://`
     /// URL; see [`link::ws`].
     ///
@@ -230,6 +258,27 @@ impl SessionBuilder {
     #[cfg(feature = "websocket")]
     pub async fn connect_ws(self, url: &str) -> Result<Session, SessionError> {
         let source = link::ws::WsSource::new(url, self.config.link.clone())?;
+        self.connect_with(source).await
+    }
+
+    /// Connects over WebSocket over TLS (`wss://`; features `tls` and
+    /// `websocket`): the server's certificate must be valid for the URL's
+    /// host under `tls`'s roots, or the setup fails with the cause; `tls`
+    /// presents a client certificate if it has one. Redials go the same
+    /// way, verified again.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the link (or conduit) is dropped
+    /// and no session is started.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] if `url` is not a WebSocket URL with a host,
+    /// or the connection, the TLS handshake or the upgrade fails; otherwise
+    /// as [`connect_with`](Self::connect_with).
+    #[cfg(all(feature = "tls", feature = "websocket"))]
+    pub async fn connect_wss(self, url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Session, SessionError> {
+        let mut source = link::ws::WsSource::new(url, self.config.link.clone())?;
+        source.tls = Some(tls);
         self.connect_with(source).await
     }
 }

@@ -1,7 +1,9 @@
-//! Accepting sessions on a TCP listener: binding, the accept loop that
-//! runs every link's setup in its own task, and the [`Listener`] that hands
-//! out the outcomes. TLS and WebSocket listeners differ only in how an
-//! accepted TCP connection becomes a link ([`Upgrade`]).
+//! Accepting sessions on a TCP listener (or a QUIC endpoint): binding, the
+//! accept loop that runs every link's setup in its own task, and the
+//! [`Listener`] that hands out the outcomes. TLS and WebSocket listeners
+//! differ only in how an accepted TCP connection becomes a link
+//! ([`Upgrade`]); a QUIC listener accepts QUIC connections instead
+//! ([`Inbound`]).
 
 use super::pending::PendingSetups;
 use super::{Accepted, Session, SessionBuilder};
@@ -21,7 +23,7 @@ impl SessionBuilder {
     /// Dropping the future before it completes binds nothing.
     ///
     /// # Errors
-    /// [`SessionError::Setup`] (`bind: ...`) if `addr` does not resolve or no
+    /// [`SessionError::Bind`] if `addr` does not resolve or no
     /// resolved address can be bound (in use, no permission).
     pub async fn listen(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
         let upgrade: Upgrade = Arc::new(|stream, config| Box::pin(std::future::ready(Ok(link::tcp(stream, config)))));
@@ -40,7 +42,7 @@ impl SessionBuilder {
     /// Dropping the future before it completes binds nothing.
     ///
     /// # Errors
-    /// As [`listen`](Self::listen): [`SessionError::Setup`] if the address
+    /// As [`listen`](Self::listen): [`SessionError::Bind`] if the address
     /// cannot be bound. TLS failures come later, per link.
     #[cfg(feature = "tls")]
     pub async fn listen_tls(
@@ -64,12 +66,42 @@ impl SessionBuilder {
     /// Dropping the future before it completes binds nothing.
     ///
     /// # Errors
-    /// As [`listen`](Self::listen): [`SessionError::Setup`] if the address
+    /// As [`listen`](Self::listen): [`SessionError::Bind`] if the address
     /// cannot be bound. Upgrade failures come later, per link.
     #[cfg(feature = "websocket")]
     pub async fn listen_ws(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Listener, SessionError> {
-        let upgrade: Upgrade =
-            Arc::new(|stream, config| Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) }));
+        let upgrade: Upgrade = Arc::new(|stream, config| {
+            // As for TCP and TLS links: the link's writer batches already.
+            let _ = stream.set_nodelay(true);
+            Box::pin(async move { Ok(link::ws::accept_ws(stream, config).await?) })
+        });
+        self.listen_with(addr, upgrade).await
+    }
+
+    /// Like [`listen_ws`](Self::listen_ws), over TLS (`wss://`; features
+    /// `tls` and `websocket`): each TCP connection runs the TLS handshake
+    /// (verifying the client's certificate when `tls` has a
+    /// client-certificate verifier, as [`listen_tls`](Self::listen_tls)),
+    /// then the WebSocket upgrade, both inside the link's setup and held to
+    /// its deadlines. The verified certificate is the link's
+    /// [`peer_identity`](crate::link::LinkRx::peer_identity).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen): [`SessionError::Bind`] if the address
+    /// cannot be bound. TLS and upgrade failures come later, per link.
+    #[cfg(all(feature = "tls", feature = "websocket"))]
+    pub async fn listen_wss(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Listener, SessionError> {
+        let upgrade: Upgrade = Arc::new(move |stream, config| {
+            let tls = tls.clone();
+            Box::pin(async move { Ok(link::ws::accept_wss(stream, tls, config).await?) })
+        });
         self.listen_with(addr, upgrade).await
     }
 
@@ -84,18 +116,56 @@ impl SessionBuilder {
             .await
             .map_err(|e| SessionError::Bind(std::sync::Arc::new(e)))?;
         let local_addr = tcp.local_addr().map_err(|e| SessionError::Bind(std::sync::Arc::new(e)))?;
+        Ok(self.listener_on(local_addr, TcpInbound { tcp, upgrade }))
+    }
+
+    /// Like [`listen`](Self::listen), over QUIC (feature `quic`, ADR 0006):
+    /// binds a UDP socket, and each QUIC connection's handshake (verifying
+    /// the client's certificate when `tls` has a client-certificate
+    /// verifier, as [`listen_tls`](Self::listen_tls)) and its one
+    /// bidirectional stream become a link inside the setup, held to its
+    /// deadlines. The verified certificate is the link's
+    /// [`peer_identity`](crate::link::LinkRx::peer_identity). `tls` is a
+    /// rustls config such as `link::tls::server_config` makes; vox's ALPN
+    /// protocol is set on a copy (see `link::quic::server_config`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes binds nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::Setup`] (`bind: ...`) if `addr` does not resolve, no
+    /// resolved address can be bound, or `tls` cannot run QUIC (no TLS 1.3
+    /// AES-128-GCM suite). Handshake failures come later, per link.
+    #[cfg(feature = "quic")]
+    pub async fn listen_quic(
+        self,
+        addr: impl tokio::net::ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Listener, SessionError> {
+        let bind = |e: &dyn std::fmt::Display| SessionError::Setup(format!("bind: {e}"));
+        let config = link::quic::server_config(&tls).map_err(|e| bind(&e))?;
+        let mut last = None;
+        for addr in tokio::net::lookup_host(addr).await.map_err(|e| bind(&e))? {
+            match link::quic::quinn::Endpoint::server(config.clone(), addr) {
+                Ok(endpoint) => {
+                    let local_addr = endpoint.local_addr().map_err(|e| bind(&e))?;
+                    return Ok(self.listener_on(local_addr, QuicInbound { endpoint }));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(bind(&last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")
+        })))
+    }
+
+    /// The listener whose accept loop takes links from `inbound`.
+    fn listener_on(self, local_addr: std::net::SocketAddr, inbound: impl Inbound) -> Listener {
         let (tx, rx) = tokio::sync::mpsc::channel(LISTENER_BACKLOG);
         let dropped_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let pending = Arc::new(PendingSetups::new());
-        let task = tokio::spawn(accept_loop(tcp, self.clone(), upgrade, tx, dropped_failures.clone(), pending.clone()));
-        Ok(Listener {
-            local_addr,
-            builder: self,
-            outcomes: tokio::sync::Mutex::new(rx),
-            dropped_failures,
-            pending,
-            task,
-        })
+        let task = tokio::spawn(accept_loop(inbound, self.clone(), tx, dropped_failures.clone(), pending.clone()));
+        Listener { local_addr, builder: self, outcomes: tokio::sync::Mutex::new(rx), dropped_failures, pending, task }
     }
 }
 
@@ -127,9 +197,9 @@ async fn bind_tcp(addr: impl tokio::net::ToSocketAddrs, backlog: u32) -> std::io
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")))
 }
 
-/// Accepts sessions on a TCP listener.
+/// Accepts sessions on a TCP listener (or a QUIC endpoint).
 ///
-/// A background task accepts TCP connections as fast as they come and runs
+/// A background task accepts TCP (QUIC) connections as fast as they come and runs
 /// each one's prologue and handshake in its own task, so a slow or silent
 /// peer holds up nobody, and links that resume an existing session's stable
 /// conduit are attached whether or not anyone is calling
@@ -164,33 +234,94 @@ type Upgrade = Arc<
         + Sync,
 >;
 
-async fn accept_loop(
+/// A link still to be made (TLS, WebSocket or QUIC handshake, upgrade)
+/// inside its setup.
+type LinkFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, SessionError>> + Send>>;
+
+/// What [`Inbound::next`] returns: the next inbound connection's link and
+/// peer address, `None` once no more can come.
+type NextInbound<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(LinkFuture, std::net::SocketAddr)>> + Send + 'a>>;
+
+/// Where a listener's inbound links come from: each is the work that makes
+/// the link (run inside its setup, under its deadlines) and the peer's
+/// address.
+trait Inbound: Send + 'static {
+    /// The next inbound connection; `None` once no more can come.
+    fn next(&mut self, config: LinkConfig) -> NextInbound<'_>;
+}
+
+/// TCP connections, each made a link by `upgrade`.
+struct TcpInbound {
     tcp: tokio::net::TcpListener,
-    builder: SessionBuilder,
     upgrade: Upgrade,
+}
+
+impl Inbound for TcpInbound {
+    fn next(&mut self, config: LinkConfig) -> NextInbound<'_> {
+        Box::pin(async move {
+            loop {
+                match self.tcp.accept().await {
+                    Ok((stream, peer)) => {
+                        let link = (self.upgrade)(stream, config);
+                        let link: LinkFuture = Box::pin(async move {
+                            let mut link = link.await?;
+                            link.rx.set_peer_addr(peer);
+                            Ok(link)
+                        });
+                        return Some((link, peer));
+                    }
+                    Err(e) => {
+                        // Per-connection accept errors (the peer reset before we
+                        // took it, descriptor limits) do not end the listener.
+                        tracing::warn!(error = %e, "TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// QUIC connections on an endpoint, each one link on its client's stream.
+#[cfg(feature = "quic")]
+struct QuicInbound {
+    endpoint: link::quic::quinn::Endpoint,
+}
+
+#[cfg(feature = "quic")]
+impl Inbound for QuicInbound {
+    fn next(&mut self, config: LinkConfig) -> NextInbound<'_> {
+        Box::pin(async move {
+            // Taken at once, like a TCP connection: until `accept_quic`
+            // runs inside the setup it is only a first packet, and the
+            // setups are bounded (`SetupLimits::max_pending_setups`).
+            let incoming = self.endpoint.accept().await?;
+            let peer = incoming.remote_address();
+            let link: LinkFuture = Box::pin(async move { Ok(link::quic::accept_quic(incoming, config).await?) });
+            Some((link, peer))
+        })
+    }
+}
+
+#[cfg(feature = "quic")]
+impl Drop for QuicInbound {
+    fn drop(&mut self) {
+        // New connections are refused from now on; established ones carry on.
+        self.endpoint.set_server_config(None);
+    }
+}
+
+async fn accept_loop(
+    mut inbound: impl Inbound,
+    builder: SessionBuilder,
     outcomes: tokio::sync::mpsc::Sender<Result<Session, SessionError>>,
     dropped_failures: Arc<std::sync::atomic::AtomicU64>,
     pending: Arc<PendingSetups>,
 ) {
-    loop {
-        // rule: session.setup.limits — accept first, always: room for the
-        // new setup is made by closing the oldest one, never by waiting.
-        let (stream, peer) = match tcp.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Per-connection accept errors (the peer reset before we
-                // took it, descriptor limits) do not end the listener.
-                tracing::warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let link = upgrade(stream, builder.config.link.clone());
-        let link = async move {
-            let mut link = link.await?;
-            link.rx.set_peer_addr(peer);
-            Ok(link)
-        };
+    // rule: session.setup.limits — accept first, always: room for the
+    // new setup is made by closing the oldest one, never by waiting.
+    while let Some((link, peer)) = inbound.next(builder.config.link.clone()).await {
         let (guard, cancelled) = pending.admit(builder.config.setup.max_pending_setups);
         let builder = builder.clone();
         let outcomes = outcomes.clone();
@@ -255,8 +386,9 @@ impl Listener {
     ///
     /// # Errors
     /// A link's failure: [`SessionError::HandshakeTimeout`], or
-    /// [`SessionError::Setup`] with the cause (prologue, TLS or WebSocket
-    /// upgrade, handshake, or closed to make room for newer links).
+    /// [`SessionError::Setup`] with the cause (prologue, TLS, QUIC or
+    /// WebSocket handshake or upgrade, handshake, or closed to make room for
+    /// newer links).
     /// [`SessionError::Closed`] if the accept loop stopped.
     pub async fn accept_attempt(&self) -> Result<Session, SessionError> {
         match self.outcomes.lock().await.recv().await {
