@@ -108,18 +108,20 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
         Ok(t) => t,
         Err(e) => return Err(fail_channels(&channels, incompatible(info, e))),
     };
-    if plans.channels.iter().any(|p| !p.is_identity()) {
-        return Err(fail_channels(
-            &channels,
-            incompatible(
-                info,
-                SchemaError {
-                    path: "channel".into(),
-                    field: String::new(),
-                    reason: "channel item translation is not supported yet".into(),
-                },
-            ),
-        ));
+    for (arg, plan) in channels.iter().zip(&plans.channels) {
+        if plan.is_identity() {
+            continue;
+        }
+        if let Err(e) = arg.translate_items(plan.clone(), format!("{}.{}", info.service, info.name)) {
+            // An item kept before the call cannot cross.
+            let e = match e {
+                crate::driver::ChannelError::IncompatibleSchema { method, path, field, reason } => {
+                    CallError::IncompatibleSchema { method, path, field, reason }
+                }
+                other => CallError::SendFailed(other.to_string()),
+            };
+            return Err(fail_channels(&channels, e));
+        }
     }
     let ret = match call_bytes(caller, info, method_id, Bytes::from(translated), channels).await {
         Ok(ret) => ret,
