@@ -452,3 +452,62 @@ async fn schema_identity_exchange_happens_once_per_connection_and_method() {
     assert_eq!(queries.load(Ordering::Relaxed), 2, "one query for paint, one for ping");
     assert_eq!(calls.load(Ordering::Relaxed), 8);
 }
+
+/// A peer whose schema answers are `answer`, and which answers every
+/// other call with `7u32`.
+async fn hostile_answer(answer: Vec<u8>) -> (Session, Session, v1::ShopClient) {
+    let handler = move |call: Call| {
+        let answer = answer.clone();
+        async move {
+            if call.method_id == vox_core::schema::schema_method_id() {
+                call.reply.ok_raw(bytes::Bytes::from(answer));
+            } else {
+                call.reply.ok(&7u32);
+            }
+        }
+    };
+    let (s, c) = sessions(SessionBuilder::new().handler(handler)).await;
+    let client = v1::ShopClient::new(c.root.caller.clone());
+    (s, c, client)
+}
+
+#[tokio::test]
+async fn schema_identity_received_schema_with_dangling_reference_is_incompatible_not_fatal() {
+    // Different, one node: a Seq of node 9, which does not exist.
+    let (_s, c, shop) = hostile_answer(vec![0x01, 0x01, 0x12, 0x09, 0x00, 0x00, 0x00, 0x00]).await;
+    let (method, path, _) = incompatible(shop.ping().await);
+    assert_eq!((method.as_str(), path.as_str()), ("Shop.ping", "schema answer"));
+    // The connection is fine: a raw call still works.
+    let n: u32 = c.root.caller.call(MethodId::from_names("Shop", "ping"), &(), vec![]).await.unwrap();
+    assert_eq!(n, 7);
+}
+
+#[tokio::test]
+async fn session_decode_bounded_received_schema_over_the_node_limit_is_refused() {
+    // Different, announcing 5000 nodes (the limit is 1024), then 5000 Units.
+    let mut answer = vec![0x01, 0x88, 0x27];
+    answer.extend(std::iter::repeat_n(0u8, 5000));
+    answer.extend([0, 0, 0, 0]);
+    let (_s, _c, shop) = hostile_answer(answer).await;
+    match shop.ping().await {
+        Err(CallError::IncompatibleSchema { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("expected IncompatibleSchema, got {other:?}"),
+    }
+    assert_eq!(vox_core::schema::SchemaLimits::default().max_nodes, 1024);
+}
+
+#[tokio::test]
+async fn schema_identity_peer_without_schemas_keeps_the_plain_path() {
+    // A hand-written handler answers the query UnknownMethod: no
+    // translation, the call goes through positionally.
+    let handler = |call: Call| async move {
+        if call.method_id == vox_core::schema::schema_method_id() {
+            call.reply.unknown_method();
+        } else {
+            call.reply.ok(&5u32);
+        }
+    };
+    let (_s, c) = sessions(SessionBuilder::new().handler(handler)).await;
+    let shop = v1::ShopClient::new(c.root.caller.clone());
+    assert_eq!(shop.ping().await, Ok(5));
+}

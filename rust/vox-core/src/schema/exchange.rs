@@ -57,7 +57,10 @@ impl SchemaAnswer {
     /// # Errors
     /// Malformed bytes, a limit exceeded, or a dangling reference.
     pub fn decode(bytes: &[u8]) -> Result<SchemaAnswer, String> {
-        match wire::decode_slice::<SchemaAnswer>("schema answer", bytes).map_err(|e| e.to_string())? {
+        let _ = super::limits::take_hit();
+        let decoded = wire::decode_slice::<SchemaAnswer>("schema answer", bytes)
+            .map_err(|e| super::limits::take_hit().unwrap_or_else(|| e.to_string()))?;
+        match decoded {
             SchemaAnswer::Same => Ok(SchemaAnswer::Same),
             SchemaAnswer::Different(m) => Ok(SchemaAnswer::Different(m.validated()?)),
         }

@@ -7,7 +7,7 @@
 
 use super::model::{Node, SchemaGraph, TypeRef};
 use crate::wire::MAX_PREALLOCATED_ELEMENTS;
-use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::marker::PhantomData;
 
@@ -34,6 +34,22 @@ impl Default for SchemaLimits {
     }
 }
 
+std::thread_local! {
+    /// The limit a decode on this thread broke last (postcard keeps only
+    /// "deserialization error" of a custom error's text).
+    static HIT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn exceeded<E: serde::de::Error>(text: String) -> E {
+    HIT.with(|h| *h.borrow_mut() = Some(text.clone()));
+    E::custom(text)
+}
+
+/// Takes the limit the last decode on this thread broke, if any.
+pub(crate) fn take_hit() -> Option<String> {
+    HIT.with(|h| h.borrow_mut().take())
+}
+
 struct Bounded<T> {
     max: usize,
     what: &'static str,
@@ -50,15 +66,12 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let announced = seq.size_hint().unwrap_or(0);
         if announced > self.max {
-            return Err(A::Error::custom(format!(
-                "schema limit exceeded: {announced} {} (at most {})",
-                self.what, self.max
-            )));
+            return Err(exceeded(format!("schema limit exceeded: {announced} {} (at most {})", self.what, self.max)));
         }
         let mut out = Vec::with_capacity(announced.min(MAX_PREALLOCATED_ELEMENTS));
         while let Some(v) = seq.next_element()? {
             if out.len() == self.max {
-                return Err(A::Error::custom(format!("schema limit exceeded: more than {} {}", self.max, self.what)));
+                return Err(exceeded(format!("schema limit exceeded: more than {} {}", self.max, self.what)));
             }
             out.push(v);
         }
@@ -97,7 +110,7 @@ pub(crate) fn channels_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D)
 pub(crate) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     if s.len() > SchemaLimits::DEFAULT.max_name_len {
-        return Err(D::Error::custom(format!(
+        return Err(exceeded(format!(
             "schema limit exceeded: a name of {} bytes (at most {})",
             s.len(),
             SchemaLimits::DEFAULT.max_name_len
