@@ -57,8 +57,9 @@ async fn query(
 ) -> Result<Translation, CallError> {
     let q = SchemaQuery { method: method_id, hash: local.hash() };
     let args = Bytes::from(wire::encode("schema query", &q).map_err(|e| CallError::SendFailed(e.to_string()))?);
-    let answer = match caller.call_raw(schema_method_id(), args, Vec::new(), Metadata::new()).await {
-        Ok(resp) => resp.ret,
+    let answer = query_attempts(caller, info, args).await;
+    let answer = match answer {
+        Ok(ret) => ret,
         Err(CallError::UnknownMethod { .. }) => return Ok(Translation::Same),
         Err(e) => return Err(named(info, e)),
     };
@@ -84,6 +85,29 @@ async fn query(
             reason: format!("the peer's schema answer is invalid: {reason}"),
         }),
     })
+}
+
+/// Sends the query, and on a resumable session retries it like the call it
+/// precedes would be (it changes nothing on the peer: always safe to
+/// repeat) when the connection was lost and the session is attached again.
+async fn query_attempts(caller: &Caller, info: &MethodInfo, args: Bytes) -> Result<Bytes, CallError> {
+    let attempts = caller.retry_policy().max_attempts;
+    let mut attempt = 1;
+    loop {
+        let generation = caller.session().map(|s| s.generation());
+        match caller.call_raw(schema_method_id(), args.clone(), Vec::new(), Metadata::new()).await {
+            Ok(resp) => return Ok(resp.ret),
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                let (Some(session), Some(generation)) = (caller.session(), generation) else { return Err(e) };
+                tracing::debug!(service = info.service, method = info.name, attempt, error = %e, "schema query failed; retrying");
+                if session.attached_after(generation).await.is_err() {
+                    return Err(e);
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One call of a generated client's method, with schema evolution.
