@@ -8,6 +8,7 @@ mod schema;
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType, TraitItem, TraitItemFn, Type,
     parse_macro_input,
@@ -387,7 +388,8 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         let method_name = m.name.to_string();
         let args = m.args.iter().filter(|a| a.channel.is_none()).map(|a| {
             let (n, t) = (a.name.to_string(), &a.ty);
-            quote!((#n, __b.of::<#t>()))
+            // Spanned at the type: a type without `Schema` is reported there.
+            quote_spanned!(t.span()=> (#n, __b.of::<#t>()))
         });
         let chans = m.args.iter().filter_map(|a| a.channel.as_ref().map(|c| (a, c))).map(|(a, (kind, item))| {
             let n = a.name.to_string();
@@ -395,14 +397,15 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 ChannelKind::Rx => quote!(#vc::wire::ChannelDirection::CallerToHandler),
                 ChannelKind::Tx => quote!(#vc::wire::ChannelDirection::HandlerToCaller),
             };
-            quote!((#n, #dir, __b.of::<#item>()))
+            quote_spanned!(item.span()=> (#n, #dir, __b.of::<#item>()))
         });
         let (ret, err) = match &m.output {
             Output::Unit => (quote!(__b.of::<()>()), quote!(::core::option::Option::None)),
-            Output::Plain(t) => (quote!(__b.of::<#t>()), quote!(::core::option::Option::None)),
-            Output::Fallible { ok, err } => {
-                (quote!(__b.of::<#ok>()), quote!(::core::option::Option::Some(__b.of::<#err>())))
-            }
+            Output::Plain(t) => (quote_spanned!(t.span()=> __b.of::<#t>()), quote!(::core::option::Option::None)),
+            Output::Fallible { ok, err } => (
+                quote_spanned!(ok.span()=> __b.of::<#ok>()),
+                quote_spanned!(err.span()=> ::core::option::Option::Some(__b.of::<#err>())),
+            ),
         };
         quote! {
             {

@@ -57,6 +57,11 @@ pub use plan::Plan;
 /// the derive refuses serde attributes that change the encoding in ways a
 /// schema would not describe. Implement it by hand only for a type whose
 /// serde encoding is exactly the node you return.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no vox schema",
+    label = "used by a vox service or channel",
+    note = "add `#[derive(vox_core::Schema)]` next to its serde derives (rule schema.identity, ADR 0008)"
+)]
 pub trait Schema: 'static {
     /// Adds this type's node (and those of the types it contains) to
     /// `builder` and returns its reference. Call

@@ -44,14 +44,15 @@ use std::sync::Arc;
 ///   the value, `Err(e)` as a user error, undecodable arguments or
 ///   mismatched channels with `InvalidPayload`, and unknown method ids with
 ///   `UnknownMethod`;
-/// - `SERVICE_NAME` and `METHODS` (a [`MethodInfo`] per method, in
-///   declaration order) on both generated types.
+/// - `SERVICE_NAME`, `METHODS` (a [`MethodInfo`] per method, in
+///   declaration order) and `schemas()` on both generated types.
 ///
 /// Method ids follow PROTOCOL.md section 7: `MethodId::from_names("Calculator",
 /// "method_name")`, the kebab-cased names hashed with BLAKE3.
 ///
-/// Arguments are owned types that implement `Serialize + DeserializeOwned`,
-/// or channel ends: `Rx<T>` means the handler receives (the caller creates
+/// Arguments are owned types that implement `Serialize + DeserializeOwned`
+/// and [`Schema`](crate::schema::Schema) (derive it: peers of another
+/// version are then translated by field name, ADR 0008), or channel ends: `Rx<T>` means the handler receives (the caller creates
 /// `(tx, rx) = channel()`, passes `rx` and keeps `tx`), `Tx<T>` means the
 /// handler sends. Channels are recognised by the type names `Tx` and `Rx`;
 /// they are only allowed as top-level arguments: in a return type, an error
