@@ -22,7 +22,7 @@ use vox_core::wire::ConnectionSettings;
 const MAX_FILE_SIZE: u64 = 8 << 20;
 
 /// A stored file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, vox_core::Schema)]
 pub struct FileInfo {
     /// Its name.
     pub name: String,
@@ -33,7 +33,7 @@ pub struct FileInfo {
 }
 
 /// What the store can refuse.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, vox_core::Schema)]
 pub enum TransferError {
     /// No file by that name.
     #[error("no file named {0:?}")]

@@ -96,6 +96,7 @@ mod mutant;
 // Items only the proofs drive are unused without test-util.
 #[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod plumbing;
+pub mod schema;
 pub mod service;
 pub mod session;
 // Items only the proofs drive are unused without test-util.
@@ -142,3 +143,4 @@ pub mod test_util {
 }
 
 pub use service::service;
+pub use vox_macros::Schema;

@@ -91,9 +91,13 @@ impl Net {
 }
 
 async fn pair(service: &Gated) -> (Session, Session, Arc<Net>) {
+    pair_with(SessionBuilder::new().handler(CounterDispatcher::new(service.clone()))).await
+}
+
+async fn pair_with(server: SessionBuilder) -> (Session, Session, Arc<Net>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let net = Arc::new(Net {
-        server: SessionBuilder::new().handler(CounterDispatcher::new(service.clone())),
+        server,
         faults: Mutex::new(Vec::new()),
         dials: tokio::sync::Semaphore::new(0),
         first: std::sync::atomic::AtomicBool::new(true),
@@ -171,4 +175,57 @@ async fn retry_generated_client_with_retries_off_reports_the_attempt_s_error() {
     assert!(got.as_ref().is_err_and(|e| e.is_retryable()), "{got:?}");
     net.dials.add_permits(1);
     assert_eq!(service.runs.load(Ordering::SeqCst), 1);
+}
+
+/// Holds the schema queries (`vox.schema.describe`) at a gate, counting
+/// them; other calls go straight to the counter.
+#[derive(Clone)]
+struct GatedQueries {
+    inner: CounterDispatcher<Gated>,
+    gate: Arc<tokio::sync::Semaphore>,
+    queries: Arc<AtomicU32>,
+}
+
+impl vox_core::driver::Handler for GatedQueries {
+    fn handle(&self, call: vox_core::driver::Call) -> vox_core::driver::BoxFuture {
+        if call.method_id != vox_core::schema::schema_method_id() {
+            return self.inner.handle(call);
+        }
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        let (inner, gate) = (self.inner.clone(), self.gate.clone());
+        Box::pin(async move {
+            let _open = gate.acquire().await;
+            inner.handle(call).await
+        })
+    }
+
+    fn policy(&self, method: vox_core::wire::MethodId) -> vox_core::driver::MethodPolicy {
+        vox_core::driver::Handler::policy(&self.inner, method)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_generated_client_schema_query_survives_a_session_resume() {
+    // rule: schema.identity — the query before a method's first call is
+    // retried across a resume like the call itself (it changes nothing).
+    let service = Gated::default();
+    service.value.store(7, Ordering::SeqCst);
+    let queries = GatedQueries {
+        inner: CounterDispatcher::new(service.clone()),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        queries: Arc::default(),
+    };
+    let (server, client, net) = pair_with(SessionBuilder::new().handler(queries.clone())).await;
+    let counter = CounterClient::new(client.root.caller.clone());
+    let call = tokio::spawn(async move { counter.read().await });
+    until("the first query", || queries.queries.load(Ordering::SeqCst) == 1).await;
+    net.cut();
+    net.dials.add_permits(1);
+    until("the query again after the resume", || queries.queries.load(Ordering::SeqCst) == 2).await;
+    queries.gate.add_permits(8);
+    service.gate.add_permits(8);
+    let got = tokio::time::timeout(Duration::from_secs(20), call).await.expect("answer").expect("join");
+    assert_eq!(got, Ok(7));
+    assert_eq!(service.runs.load(Ordering::SeqCst), 1, "the call itself ran once, after the query");
+    drop(server);
 }

@@ -18,7 +18,7 @@ use sources::{code_only, rust_files, src_dir};
 /// below. `lib.rs` (the crate root, re-exports only) is above everything.
 const LAYERS: &[(&str, &[&str])] = &[
     ("support", &["sync", "id_window", "mutant"]),
-    ("wire", &["wire"]),
+    ("wire", &["wire", "schema"]),
     ("link", &["link"]),
     ("transport", &["transport"]),
     ("conduit", &["conduit"]),

@@ -16,7 +16,7 @@ use vox_core::session::{Session, SessionBuilder, SessionError};
 use vox_core::wire::{ConnectionSettings, Metadata, MethodId};
 
 /// An application error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, vox_core::Schema)]
 pub enum MathError {
     /// Division by zero.
     DivideByZero,

@@ -58,6 +58,8 @@ fn decode_everything(input: &[u8]) -> Result<(), TestCaseError> {
         decode_slice::<vox_core::wire::StableHelloReply>("StableHelloReply", input).is_ok(),
         decode_slice::<vox_core::wire::StableMsg>("StableMsg", input).is_ok(),
         decode_slice::<Metadata>("Metadata", input).is_ok(),
+        decode_slice::<vox_core::schema::SchemaQuery>("SchemaQuery", input).is_ok(),
+        decode_slice::<vox_core::schema::SchemaAnswer>("SchemaAnswer", input).is_ok(),
     ];
     let bytes_ok: Vec<bool> = decode_with_every_decoder(&bytes).iter().map(Result::is_ok).collect();
     prop_assert_eq!(&slice_ok[..], &bytes_ok[..], "decode and decode_slice disagree");

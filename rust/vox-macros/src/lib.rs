@@ -3,9 +3,12 @@
 //! Use them through `vox_core::service` (the re-export documents the macro
 //! with a complete example); this crate only holds the code generator.
 
+mod schema;
+
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType, TraitItem, TraitItemFn, Type,
     parse_macro_input,
@@ -32,6 +35,20 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
             let e = e.to_compile_error();
             quote!(#e #fallback).into()
         }
+    }
+}
+
+/// Derives `vox_core::schema::Schema` for a struct or enum: its fields and
+/// variants by name, for schema evolution (ADR 0008). A field marked
+/// `#[serde(default)]` or `#[vox(default)]` takes `Default::default()` when
+/// a peer's version lacks it; an `Option` field takes `None`. See
+/// `vox_core::schema`.
+#[proc_macro_derive(Schema, attributes(vox))]
+pub fn derive_schema(item: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(item as syn::DeriveInput);
+    match schema::derive(input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
     }
 }
 
@@ -364,6 +381,44 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         }
     });
 
+    // rule: schema.identity — one MethodSchema per method: the plain
+    // arguments as a struct of named fields, the return value, the error,
+    // and each channel's item type.
+    let schemas = methods.iter().map(|m| {
+        let method_name = m.name.to_string();
+        let args = m.args.iter().filter(|a| a.channel.is_none()).map(|a| {
+            let (n, t) = (a.name.to_string(), &a.ty);
+            // Spanned at the type: a type without `Schema` is reported there.
+            quote_spanned!(t.span()=> (#n, __b.of::<#t>()))
+        });
+        let chans = m.args.iter().filter_map(|a| a.channel.as_ref().map(|c| (a, c))).map(|(a, (kind, item))| {
+            let n = a.name.to_string();
+            let dir = match kind {
+                ChannelKind::Rx => quote!(#vc::wire::ChannelDirection::CallerToHandler),
+                ChannelKind::Tx => quote!(#vc::wire::ChannelDirection::HandlerToCaller),
+            };
+            quote_spanned!(item.span()=> (#n, #dir, __b.of::<#item>()))
+        });
+        let (ret, err) = match &m.output {
+            Output::Unit => (quote!(__b.of::<()>()), quote!(::core::option::Option::None)),
+            Output::Plain(t) => (quote_spanned!(t.span()=> __b.of::<#t>()), quote!(::core::option::Option::None)),
+            Output::Fallible { ok, err } => (
+                quote_spanned!(ok.span()=> __b.of::<#ok>()),
+                quote_spanned!(err.span()=> ::core::option::Option::Some(__b.of::<#err>())),
+            ),
+        };
+        quote! {
+            {
+                let mut __b = #vc::schema::SchemaBuilder::new();
+                let __args = ::std::vec![#(#args),*];
+                let __ret = #ret;
+                let __err = #err;
+                let __channels = ::std::vec![#(#chans),*];
+                #vc::schema::MethodSchema::new(#method_name, __b, __args, __ret, __err, __channels)
+            }
+        }
+    });
+
     let client_methods = methods.iter().enumerate().map(|(i, m)| {
         let name = &m.name;
         let docs = &m.docs;
@@ -390,14 +445,14 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         let (ret, body) = match &m.output {
             Output::Unit => (
                 quote!(::core::result::Result<(), #vc::driver::CallError>),
-                quote!(#vc::service::__private::call::<_, ()>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await),
+                quote!(#vc::service::__private::call_evolving::<_, ()>(&self.caller, &__METHODS[#i], __id, &__SCHEMAS[#i], &__args, __channels).await),
             ),
             Output::Plain(t) => {
                 let w = wire_ty(t, &vc);
                 let back = from_wire(t, quote!(__r));
                 (
                     quote!(::core::result::Result<#t, #vc::driver::CallError>),
-                    quote!(#vc::service::__private::call::<_, #w>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await.map(|__r| #back)),
+                    quote!(#vc::service::__private::call_evolving::<_, #w>(&self.caller, &__METHODS[#i], __id, &__SCHEMAS[#i], &__args, __channels).await.map(|__r| #back)),
                 )
             }
             Output::Fallible { ok, err } => {
@@ -405,7 +460,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 let back = from_wire(ok, quote!(__r));
                 (
                     quote!(::core::result::Result<#ok, #vc::service::ServiceError<#err>>),
-                    quote!(#vc::service::__private::typed(#vc::service::__private::call::<_, #w>(&self.caller, &__METHODS[#i], __id, &__args, __channels).await).map(|__r| #back)),
+                    quote!(#vc::service::__private::typed(#vc::service::__private::call_evolving::<_, #w>(&self.caller, &__METHODS[#i], __id, &__SCHEMAS[#i], &__args, __channels).await).map(|__r| #back)),
                 )
             }
         };
@@ -515,6 +570,8 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 [#(#vc::wire::MethodId::from_names(#service_name, #names)),*]
             });
             const __METHODS: &[#vc::service::MethodInfo] = &[#(#infos),*];
+            static __SCHEMAS: ::std::sync::LazyLock<[#vc::schema::MethodSchema; #n]> =
+                ::std::sync::LazyLock::new(|| [#(#schemas),*]);
 
             impl #client {
                 /// The service name (hashed into every method id, and used to open
@@ -523,6 +580,12 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 /// One entry per method, in declaration order: name, method id and
                 /// retry policy (`#[vox(idem)]`, `#[vox(persist)]`).
                 pub const METHODS: &'static [#vc::service::MethodInfo] = __METHODS;
+
+                /// The schema of each method, in declaration order (rule
+                /// `schema.identity`).
+                pub fn schemas() -> &'static [#vc::schema::MethodSchema] {
+                    &*__SCHEMAS
+                }
 
                 /// A client calling over `caller`'s connection.
                 pub fn new(caller: #vc::session::Caller) -> Self {
@@ -558,6 +621,9 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
             impl #vc::service::Client for #client {
                 const SERVICE_NAME: &'static str = #service_name;
                 const METHODS: &'static [#vc::service::MethodInfo] = __METHODS;
+                fn schemas() -> &'static [#vc::schema::MethodSchema] {
+                    &*__SCHEMAS
+                }
                 fn from_caller(caller: #vc::session::Caller) -> Self {
                     #client { caller }
                 }
@@ -571,6 +637,11 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 pub const SERVICE_NAME: &'static str = #service_name;
                 /// One entry per method, in declaration order.
                 pub const METHODS: &'static [#vc::service::MethodInfo] = __METHODS;
+
+                /// The schema of each method, in declaration order.
+                pub fn schemas() -> &'static [#vc::schema::MethodSchema] {
+                    &*__SCHEMAS
+                }
 
                 /// Serves `service`.
                 pub fn new(service: S) -> Self {
@@ -607,6 +678,11 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                     ::std::boxed::Box::pin(async move {
                         #[allow(unused_mut)]
                         let mut __call = call;
+                        // rule: schema.identity — answer the caller's
+                        // schema query for one of our methods.
+                        if __call.method_id == #vc::schema::schema_method_id() {
+                            return #vc::service::__private::answer_schema(__call, &#ids[..], &*__SCHEMAS);
+                        }
                         #(#arms)*
                         __call.reply.unknown_method()
                     })
@@ -624,6 +700,9 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
             impl<S: #trait_name> #vc::service::ServiceDispatcher for #dispatcher<S> {
                 const SERVICE_NAME: &'static str = #service_name;
                 const METHODS: &'static [#vc::service::MethodInfo] = __METHODS;
+                fn schemas() -> &'static [#vc::schema::MethodSchema] {
+                    &*__SCHEMAS
+                }
             }
         };
     })

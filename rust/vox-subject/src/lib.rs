@@ -21,6 +21,7 @@
 //! rejected too, with a reason under `vox-reject-reason`.
 
 pub mod scenarios;
+pub mod schema_scenarios;
 pub mod testbed;
 
 use std::sync::Arc;

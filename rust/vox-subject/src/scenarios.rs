@@ -8,7 +8,8 @@ use vox_core::driver::{CallError, channel};
 use vox_core::session::{CloseReason, Session, SessionBuilder};
 use vox_core::wire::{self, ConnectionSettings, Metadata};
 
-/// Every scenario name, with what it does.
+/// Every scenario name, with what it does (the schema ones are in
+/// [`crate::schema_scenarios::SCENARIOS`]).
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("basic_calls", "echo, divide (ok and user error), lookup on the root"),
     ("sum_channel", "sum(Rx<i32>) of 1..=100; the harness may answer before the channel ends"),
@@ -217,6 +218,9 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
                 return Err(f(format!("the session ended with {reason:?}")));
             }
             return Ok(());
+        }
+        schema if crate::schema_scenarios::SCENARIOS.iter().any(|(n, _)| *n == schema) => {
+            crate::schema_scenarios::run(schema, &caller).await?
         }
         other => return Err(SubjectError::Config(format!("unknown CLIENT_SCENARIO {other:?}"))),
     }

@@ -18,14 +18,14 @@ use vox_core::driver::{BoxFuture, Call, Handler, Rx, Tx};
 use vox_core::wire::{self, Blob, MethodId, ResponseBody};
 
 /// The error of `divide`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, vox_core::Schema)]
 pub enum MathError {
     /// The divisor was zero.
     DivisionByZero,
 }
 
 /// A record returned by `lookup`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, vox_core::Schema)]
 pub struct Person {
     /// The id looked up.
     pub id: u32,
@@ -36,7 +36,7 @@ pub struct Person {
 }
 
 /// The error of `lookup`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, vox_core::Schema)]
 pub enum LookupError {
     /// No person has this id.
     NotFound(u32),

@@ -12,6 +12,7 @@ mod connections;
 mod limits;
 mod resume;
 mod rpc;
+mod schema;
 mod session;
 mod stable;
 mod transport;
@@ -424,6 +425,10 @@ pub static CASES: &[Case] = &[
     ),
     case!(client::client_cancel_late_response_ignored, SubjectCalls, ["rpc.cancel", "rpc.cancel.crossing"]),
     case!(client::client_open_rejected, SubjectCalls, ["connection.open.rejection"]),
+    // ---- schemas and evolution (PROTOCOL.md section 11)
+    case!(schema::schema_identity_subject_describes_its_methods, HarnessCalls, ["schema.identity"]),
+    case!(schema::schema_evolution_subject_translates_by_name, SubjectCalls, ["schema.evolution", "schema.identity"]),
+    case!(schema::schema_incompatible_subject_call_fails_connection_stays_up, SubjectCalls, ["schema.incompatible"]),
     case!(
         client::client_duplicate_response_is_protocol_error,
         SubjectCalls,

@@ -59,6 +59,21 @@ pub enum CallError {
     /// The local side could not decode the response.
     #[error("cannot decode the response: {0}")]
     InvalidResponse(String),
+    /// The two sides' schemas of the method differ in a way that cannot be
+    /// translated, or a value cannot cross (rule `schema.incompatible`):
+    /// only this call failed; the connection stays up.
+    #[error("incompatible schema in {method} at {path}, field `{field}`: {reason}")]
+    IncompatibleSchema {
+        /// `Service.method`.
+        method: String,
+        /// The access path to the value holding the field, and its type
+        /// (`args.order.lines[]: Line`).
+        path: String,
+        /// The field or variant.
+        field: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -78,7 +93,10 @@ impl CallError {
             | CallError::DeadlineExceeded
             | CallError::SessionShutdown
             | CallError::SendFailed(_) => Fault::Local,
-            CallError::ConnectionClosed | CallError::Indeterminate => Fault::Environment,
+            // Two deployments disagree; neither broke the protocol.
+            CallError::ConnectionClosed | CallError::Indeterminate | CallError::IncompatibleSchema { .. } => {
+                Fault::Environment
+            }
         }
     }
 
@@ -121,6 +139,12 @@ mod tests {
             CallError::Indeterminate,
             CallError::Rejected(String::new()),
             CallError::DeadlineExceeded,
+            CallError::IncompatibleSchema {
+                method: String::new(),
+                path: String::new(),
+                field: String::new(),
+                reason: String::new(),
+            },
             CallError::ProtocolError { fault: Fault::Peer, description: String::new() },
         ] {
             assert!(!e.is_retryable(), "{e:?}");

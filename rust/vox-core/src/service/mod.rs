@@ -44,14 +44,15 @@ use std::sync::Arc;
 ///   the value, `Err(e)` as a user error, undecodable arguments or
 ///   mismatched channels with `InvalidPayload`, and unknown method ids with
 ///   `UnknownMethod`;
-/// - `SERVICE_NAME` and `METHODS` (a [`MethodInfo`] per method, in
-///   declaration order) on both generated types.
+/// - `SERVICE_NAME`, `METHODS` (a [`MethodInfo`] per method, in
+///   declaration order) and `schemas()` on both generated types.
 ///
 /// Method ids follow PROTOCOL.md section 7: `MethodId::from_names("Calculator",
 /// "method_name")`, the kebab-cased names hashed with BLAKE3.
 ///
-/// Arguments are owned types that implement `Serialize + DeserializeOwned`,
-/// or channel ends: `Rx<T>` means the handler receives (the caller creates
+/// Arguments are owned types that implement `Serialize + DeserializeOwned`
+/// and [`Schema`](crate::schema::Schema) (derive it: peers of another
+/// version are then translated by field name, ADR 0008), or channel ends: `Rx<T>` means the handler receives (the caller creates
 /// `(tx, rx) = channel()`, passes `rx` and keeps `tx`), `Tx<T>` means the
 /// handler sends. Channels are recognised by the type names `Tx` and `Rx`;
 /// they are only allowed as top-level arguments: in a return type, an error
@@ -160,6 +161,7 @@ use std::sync::Arc;
 /// assert_eq!(CalculatorClient::METHODS[1].name, "divide");
 /// # Ok(()) }
 /// ```
+mod evolve;
 mod retry;
 mod server;
 pub use server::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_SESSIONS, ServeError, ServeReport, Server, Serving};
@@ -253,6 +255,8 @@ pub trait Client: Sized + Clone + Send + Sync + 'static {
     const SERVICE_NAME: &'static str;
     /// The method table, in declaration order.
     const METHODS: &'static [MethodInfo];
+    /// The schema of each method, in declaration order.
+    fn schemas() -> &'static [crate::schema::MethodSchema];
     /// A client calling over `caller`'s connection.
     fn from_caller(caller: Caller) -> Self;
     /// The connection's caller.
@@ -265,6 +269,8 @@ pub trait ServiceDispatcher: Handler + Clone {
     const SERVICE_NAME: &'static str;
     /// The method table, in declaration order.
     const METHODS: &'static [MethodInfo];
+    /// The schema of each method, in declaration order.
+    fn schemas() -> &'static [crate::schema::MethodSchema];
 }
 
 /// Opens typed clients on virtual connections.
@@ -424,7 +430,11 @@ impl Acceptor for ServiceRouter {
 
 impl Handler for ServiceRouter {
     fn handle(&self, call: Call) -> BoxFuture {
-        match self.inner.by_method.get(&call.method_id) {
+        let method = match evolve::routed_method(&call) {
+            Ok(m) => m,
+            Err(reason) => return Box::pin(async move { call.reply.invalid_payload(reason) }),
+        };
+        match self.inner.by_method.get(&method) {
             Some(h) => h.handle(call),
             None => Box::pin(async move { call.reply.unknown_method() }),
         }
@@ -493,6 +503,30 @@ pub mod __private {
         channels: Vec<ChannelArg>,
     ) -> Result<R, CallError> {
         super::retry::call(caller, info, method_id, args, channels).await
+    }
+
+    /// [`call`] with schema evolution (ADR 0008).
+    ///
+    /// # Cancel safety
+    /// As [`call`] (a dropped schema query is made again by a later call).
+    ///
+    /// # Errors
+    /// As [`call`], and [`CallError::IncompatibleSchema`].
+    pub async fn call_evolving<A: serde::Serialize, R: DeserializeOwned>(
+        caller: &Caller,
+        info: &MethodInfo,
+        method_id: MethodId,
+        schema: &crate::schema::MethodSchema,
+        args: &A,
+        channels: Vec<ChannelArg>,
+    ) -> Result<R, CallError> {
+        super::evolve::call(caller, info, method_id, schema, args, channels).await
+    }
+
+    /// Answers a `vox.schema.describe` call for a service whose methods
+    /// have `ids` and `schemas`, in the same order.
+    pub fn answer_schema(call: Call, ids: &[MethodId], schemas: &[crate::schema::MethodSchema]) {
+        super::evolve::answer(call, ids, schemas)
     }
 
     /// Connects to `addr` with `builder` and returns a client of the root

@@ -20,14 +20,32 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
     args: &A,
     channels: Vec<ChannelArg>,
 ) -> Result<R, CallError> {
+    let args = Bytes::from(wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?);
+    let ret = call_bytes(caller, info, method_id, args, channels).await?;
+    wire::decode::<R>("return value", &ret).map_err(|e| named(info, CallError::InvalidResponse(e.to_string())))
+}
+
+/// As [`call`], with the arguments and the return value as bytes.
+pub(crate) async fn call_bytes(
+    caller: &Caller,
+    info: &MethodInfo,
+    method_id: MethodId,
+    args: Bytes,
+    channels: Vec<ChannelArg>,
+) -> Result<Bytes, CallError> {
     let policy: RetryPolicy = caller.retry_policy();
     let session = match caller.session() {
         Some(s) if channels.is_empty() && policy.max_attempts > 1 => s.clone(),
         // Channels end with their attempt; virtual connections with their
         // attachment: one attempt only.
-        _ => return caller.call(method_id, args, channels).await.map_err(|e| named(info, e)),
+        _ => {
+            return caller
+                .call_raw(method_id, args, channels, Metadata::new())
+                .await
+                .map(|r| r.ret)
+                .map_err(|e| named(info, e));
+        }
     };
-    let args = Bytes::from(wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?);
     let mut metadata = Metadata::new();
     if !info.idem {
         // rule: retry.op-id — every attempt carries the same id, so the
@@ -38,10 +56,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
     loop {
         let generation = session.generation();
         match caller.call_raw(method_id, args.clone(), Vec::new(), metadata.clone()).await {
-            Ok(resp) => {
-                return wire::decode::<R>("return value", &resp.ret)
-                    .map_err(|e| named(info, CallError::InvalidResponse(e.to_string())));
-            }
+            Ok(resp) => return Ok(resp.ret),
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 tracing::debug!(
                     service = info.service,
@@ -63,7 +78,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
 }
 
 /// Names the method in the errors whose text is about the call itself.
-fn named(info: &MethodInfo, e: CallError) -> CallError {
+pub(crate) fn named(info: &MethodInfo, e: CallError) -> CallError {
     match e {
         CallError::InvalidResponse(r) => CallError::InvalidResponse(format!("{}.{}: {r}", info.service, info.name)),
         CallError::UnknownMethod { .. } => {

@@ -231,6 +231,9 @@ pub struct Caller {
     /// The session, for a root caller: its calls survive a resume, so typed
     /// clients retry through it (operation ids, the next attachment).
     session: Option<Arc<SessionHandle>>,
+    /// What this side learnt about the peer's method schemas on this
+    /// connection (rule `schema.identity`); shared by every clone.
+    schemas: Arc<crate::schema::SchemaCache>,
 }
 
 /// What a [`Caller`] adds to each call.
@@ -326,7 +329,12 @@ pub struct RawResponse {
 
 impl Caller {
     pub(crate) fn new(core: CoreRef, live: Arc<LiveToken>) -> Caller {
-        Caller { core, _live: live, defaults: Arc::default(), session: None }
+        Caller { core, _live: live, defaults: Arc::default(), session: None, schemas: Arc::default() }
+    }
+
+    /// The connection's schema cache.
+    pub(crate) fn schema_cache(&self) -> &crate::schema::SchemaCache {
+        &self.schemas
     }
 
     pub(crate) fn in_session(mut self, session: SessionHandle) -> Caller {

@@ -3,6 +3,7 @@
 //! `wire_decode_never_panics.rs` (used as seeds for mutation).
 
 use bytes::Bytes;
+use vox_core::schema::{SchemaAnswer, SchemaBuilder, SchemaHash, SchemaQuery};
 use vox_core::wire::{
     Blob, ChannelDecl, ChannelDirection, ChannelId, ClientHello, ConduitMode, ConduitMsg, ConnectionId,
     ConnectionSettings, DecodeError, HandshakeMsg, Hello, HelloYourself, Message, MetadataValue, MethodId,
@@ -25,6 +26,8 @@ pub enum Vector {
     StableHelloReply(StableHelloReply),
     StableMsg(StableMsg),
     Metadata(Metadata),
+    SchemaQuery(SchemaQuery),
+    SchemaAnswer(SchemaAnswer),
 }
 
 impl Vector {
@@ -41,6 +44,8 @@ impl Vector {
             Vector::StableHelloReply(_) => "StableHelloReply",
             Vector::StableMsg(_) => "StableMsg",
             Vector::Metadata(_) => "Metadata",
+            Vector::SchemaQuery(_) => "SchemaQuery",
+            Vector::SchemaAnswer(_) => "SchemaAnswer",
         }
     }
 
@@ -58,6 +63,8 @@ impl Vector {
             Vector::StableHelloReply(v) => encode(what, v),
             Vector::StableMsg(v) => encode(what, v),
             Vector::Metadata(v) => encode(what, v),
+            Vector::SchemaQuery(v) => encode(what, v),
+            Vector::SchemaAnswer(v) => encode(what, v),
         };
         encoded.unwrap_or_else(|e| panic!("encoding a {what} failed: {e}"))
     }
@@ -76,6 +83,8 @@ impl Vector {
             Vector::StableHelloReply(_) => Vector::StableHelloReply(decode(what, input)?),
             Vector::StableMsg(_) => Vector::StableMsg(decode(what, input)?),
             Vector::Metadata(_) => Vector::Metadata(decode(what, input)?),
+            Vector::SchemaQuery(_) => Vector::SchemaQuery(decode(what, input)?),
+            Vector::SchemaAnswer(_) => Vector::SchemaAnswer(decode(what, input)?),
         })
     }
 }
@@ -94,6 +103,8 @@ pub fn decode_with_every_decoder(input: &Bytes) -> Vec<Result<Vector, DecodeErro
         decode("StableHelloReply", input).map(Vector::StableHelloReply),
         decode("StableMsg", input).map(Vector::StableMsg),
         decode("Metadata", input).map(Vector::Metadata),
+        decode("SchemaQuery", input).map(Vector::SchemaQuery),
+        decode("SchemaAnswer", input).map(Vector::SchemaAnswer),
     ]
 }
 
@@ -348,5 +359,62 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
         ("stable.msg.ack", Vector::StableMsg(StableMsg::Ack { ack: 300 })),
         ("stable.msg.bye", Vector::StableMsg(StableMsg::Bye)),
     ]);
+    out.extend(schema_vectors());
     out
+}
+
+/// `paint(color: Color) -> Color` with `enum Color { Red, Green }`.
+#[derive(serde::Serialize, serde::Deserialize, vox_core::Schema)]
+#[allow(dead_code)]
+enum Color {
+    Red,
+    Green,
+}
+
+/// An item type with a defaulted field.
+#[derive(serde::Serialize, serde::Deserialize, vox_core::Schema)]
+#[allow(dead_code)]
+struct Line {
+    sku: String,
+    #[serde(default)]
+    qty: u32,
+}
+
+/// The schema of `paint(&self, color: Color) -> Color`.
+pub fn example_paint_schema() -> vox_core::schema::MethodSchema {
+    let mut b = SchemaBuilder::new();
+    let color = b.of::<Color>();
+    vox_core::schema::MethodSchema::new("paint", b, vec![("color", color)], color, None, vec![])
+}
+
+/// The schema of `feed(&self, lines: Rx<Line>) -> Result<u32, String>`.
+pub fn example_feed_schema() -> vox_core::schema::MethodSchema {
+    let mut b = SchemaBuilder::new();
+    let line = b.of::<Line>();
+    let ret = b.of::<u32>();
+    let err = b.of::<String>();
+    vox_core::schema::MethodSchema::new(
+        "feed",
+        b,
+        vec![],
+        ret,
+        Some(err),
+        vec![("lines", ChannelDirection::CallerToHandler, line)],
+    )
+}
+
+fn schema_vectors() -> Vec<(&'static str, Vector)> {
+    let mut hash = [0u8; 32];
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    vec![
+        (
+            "schema.query",
+            Vector::SchemaQuery(SchemaQuery { method: MethodId(0x0123456789abcdef), hash: SchemaHash(hash) }),
+        ),
+        ("schema.answer.same", Vector::SchemaAnswer(SchemaAnswer::Same)),
+        ("schema.answer.paint", Vector::SchemaAnswer(SchemaAnswer::Different(example_paint_schema()))),
+        ("schema.answer.feed", Vector::SchemaAnswer(SchemaAnswer::Different(example_feed_schema()))),
+    ]
 }

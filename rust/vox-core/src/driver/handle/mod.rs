@@ -6,6 +6,7 @@
 //! `send`/`recv` wait.
 
 mod slot;
+mod xlate;
 
 use super::channel::{LossCause, RecvError, SendError};
 use super::core::{ChannelPort, ConnectionCore};
@@ -60,6 +61,20 @@ pub enum ChannelError {
     /// An item could not be encoded or decoded.
     #[error("channel item codec error: {0}")]
     Codec(String),
+    /// The item cannot cross between the two sides' item types (rule
+    /// `schema.incompatible`: a value of a variant the other side lacks).
+    /// Only this item failed; the channel stays usable.
+    #[error("incompatible schema in {method} at {path}, field `{field}`: {reason}")]
+    IncompatibleSchema {
+        /// `Service.method` of the channel's call.
+        method: String,
+        /// The access path to the value holding the field, and its type.
+        path: String,
+        /// The field or variant.
+        field: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl From<LossCause> for ChannelError {
@@ -104,6 +119,12 @@ impl ChannelArg {
     pub(crate) fn fail(&self, reason: &str) {
         self.slot.fail(reason);
     }
+
+    /// Makes the kept end translate its items with `plan` (schema
+    /// evolution); called before the call that binds it.
+    pub(crate) fn translate_items(&self, plan: crate::schema::Plan, method: String) -> Result<(), ChannelError> {
+        self.slot.translate_items(plan, method)
+    }
 }
 
 impl std::fmt::Debug for ChannelArg {
@@ -126,10 +147,11 @@ pub fn channel<T>() -> (Tx<T>, Rx<T>) {
 /// Creates an unbound channel pair with `initial_credit` (0 allowed: the
 /// sender waits for the receiver's first grant).
 pub fn channel_with_credit<T>(initial_credit: u32) -> (Tx<T>, Rx<T>) {
-    let pair = ChannelSlot::pair();
+    let xlate = xlate::Xlate::default();
+    let pair = ChannelSlot::pair(xlate.clone());
     (
-        Tx { slot: ChannelSlot::Paired(pair.clone(), initial_credit), _t: PhantomData },
-        Rx { slot: ChannelSlot::Paired(pair, initial_credit), _t: PhantomData },
+        Tx { slot: ChannelSlot::Paired(pair.clone(), initial_credit), xlate: Some(xlate.clone()), _t: PhantomData },
+        Rx { slot: ChannelSlot::Paired(pair, initial_credit), xlate: Some(xlate), _t: PhantomData },
     )
 }
 
@@ -147,12 +169,16 @@ pub enum TrySendError<T> {
 /// The sending end of a channel.
 pub struct Tx<T> {
     slot: ChannelSlot,
+    /// Caller side: the item translation the call may set.
+    xlate: Option<xlate::Xlate>,
     _t: PhantomData<fn(T)>,
 }
 
 /// The receiving end of a channel.
 pub struct Rx<T> {
     slot: ChannelSlot,
+    /// Caller side: the item translation the call may set.
+    xlate: Option<xlate::Xlate>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -177,7 +203,7 @@ fn span(core: &ConnectionCore, id: ChannelId, end: &'static str) -> Option<traci
 
 impl<T> Tx<T> {
     pub(crate) fn from_slot(slot: ChannelSlot) -> Self {
-        Tx { slot, _t: PhantomData }
+        Tx { slot, xlate: None, _t: PhantomData }
     }
 
     /// Hands this end to a call: the handler will send, the caller keeps the
@@ -201,6 +227,15 @@ impl<T> Tx<T> {
         T: Serialize,
     {
         let bytes = Bytes::from(wire::encode("channel item", item).map_err(|e| ChannelError::Codec(e.to_string()))?);
+        let Some(x) = &self.xlate else { return self.send_raw(bytes).await };
+        // rule: schema.evolution — a caller-side end translates into the
+        // handler's layout once the schema exchange set a plan (always
+        // before the call binds the channel).
+        let Some(bytes) = self.slot.keep_early_translated(bytes, x)? else { return Ok(()) };
+        if !matches!(self.slot, ChannelSlot::Bound { .. }) {
+            std::future::poll_fn(|cx| self.slot.poll_bound(Role::Sender, Some(cx))).await?;
+        }
+        let bytes = xlate::apply(&self.xlate, bytes)?;
         self.send_raw(bytes).await
     }
 
@@ -252,8 +287,11 @@ impl<T> Tx<T> {
         let Some((core, id)) = self.slot.current(Role::Sender) else {
             return Err(TrySendError::Full(item));
         };
-        let bytes = match wire::encode("channel item", &item) {
-            Ok(b) => Bytes::from(b),
+        let bytes = match wire::encode("channel item", &item).map(Bytes::from) {
+            Ok(b) => match xlate::apply(&self.xlate, b) {
+                Ok(b) => b,
+                Err(e) => return Err(TrySendError::Closed(item, e)),
+            },
             Err(e) => return Err(TrySendError::Closed(item, ChannelError::Codec(e.to_string()))),
         };
         let waker = std::task::Waker::noop();
@@ -306,7 +344,7 @@ impl<T> Drop for Tx<T> {
 
 impl<T> Rx<T> {
     pub(crate) fn from_slot(slot: ChannelSlot) -> Self {
-        Rx { slot, _t: PhantomData }
+        Rx { slot, xlate: None, _t: PhantomData }
     }
 
     /// Hands this end to a call: the handler will receive, the caller keeps
@@ -330,7 +368,11 @@ impl<T> Rx<T> {
     {
         match self.recv_raw().await? {
             None => Ok(None),
-            Some(b) => wire::decode::<T>("channel item", &b).map(Some).map_err(|e| ChannelError::Codec(e.to_string())),
+            Some(b) => {
+                // rule: schema.evolution — from the handler's layout.
+                let b = xlate::apply(&self.xlate, b)?;
+                wire::decode::<T>("channel item", &b).map(Some).map_err(|e| ChannelError::Codec(e.to_string()))
+            }
         }
     }
 

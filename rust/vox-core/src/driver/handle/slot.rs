@@ -34,7 +34,9 @@ pub(super) enum SlotState {
 /// A bound handle copies its binding out on first use and lets go of this.
 pub(crate) struct Pair {
     /// Index 0: the `Tx` end, 1: the `Rx` end.
-    ends: Mutex<[SlotState; 2]>,
+    pub(super) ends: Mutex<[SlotState; 2]>,
+    /// The item translation both typed ends share (`xlate.rs`).
+    pub(super) xlate: super::xlate::Xlate,
 }
 
 pub(super) fn index(role: Role) -> usize {
@@ -57,9 +59,9 @@ pub(crate) enum ChannelSlot {
 }
 
 impl ChannelSlot {
-    pub(super) fn pair() -> Arc<Pair> {
+    pub(super) fn pair(xlate: super::xlate::Xlate) -> Arc<Pair> {
         let unbound = || SlotState::Unbound { waker: None, early: Early::default() };
-        Arc::new(Pair { ends: Mutex::new([unbound(), unbound()]) })
+        Arc::new(Pair { ends: Mutex::new([unbound(), unbound()]), xlate })
     }
 
     pub(crate) fn bound(core: Arc<ConnectionCore>, id: ChannelId) -> ChannelSlot {

@@ -1,0 +1,155 @@
+//! Bounds on schemas received from a peer (rule `session.decode.bounded`).
+//!
+//! Sequences inside a schema are decoded by the helpers below: each checks
+//! the announced count against its limit before decoding any element, and
+//! reserves at most [`MAX_PREALLOCATED_ELEMENTS`] up front, so a received
+//! schema costs at most a constant factor of its encoded size.
+
+use super::model::{Node, SchemaGraph, TypeRef};
+use crate::wire::MAX_PREALLOCATED_ELEMENTS;
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::marker::PhantomData;
+
+/// The limits a received schema must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchemaLimits {
+    /// Nodes in one graph (default 1024).
+    pub max_nodes: usize,
+    /// Fields of one struct or variant, variants of one enum, elements of
+    /// one tuple, channels of one method (default 256).
+    pub max_members: usize,
+    /// Bytes of one type, field or variant name (default 256).
+    pub max_name_len: usize,
+}
+
+impl SchemaLimits {
+    /// The defaults, which decoding enforces.
+    pub const DEFAULT: SchemaLimits = SchemaLimits { max_nodes: 1024, max_members: 256, max_name_len: 256 };
+}
+
+impl Default for SchemaLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+std::thread_local! {
+    /// The limit a decode on this thread broke last (postcard keeps only
+    /// "deserialization error" of a custom error's text).
+    static HIT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn exceeded<E: serde::de::Error>(text: String) -> E {
+    HIT.with(|h| *h.borrow_mut() = Some(text.clone()));
+    E::custom(text)
+}
+
+/// Takes the limit the last decode on this thread broke, if any.
+pub(crate) fn take_hit() -> Option<String> {
+    HIT.with(|h| h.borrow_mut().take())
+}
+
+struct Bounded<T> {
+    max: usize,
+    what: &'static str,
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at most {} {}", self.max, self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let announced = seq.size_hint().unwrap_or(0);
+        if announced > self.max {
+            return Err(exceeded(format!("schema limit exceeded: {announced} {} (at most {})", self.what, self.max)));
+        }
+        let mut out = Vec::with_capacity(announced.min(MAX_PREALLOCATED_ELEMENTS));
+        while let Some(v) = seq.next_element()? {
+            if out.len() == self.max {
+                return Err(exceeded(format!("schema limit exceeded: more than {} {}", self.max, self.what)));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<T>, D::Error> {
+    d.deserialize_seq(Bounded { max, what, _t: PhantomData })
+}
+
+pub(crate) fn nodes_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_nodes, "schema nodes")
+}
+
+pub(crate) fn fields_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_members, "fields")
+}
+
+pub(crate) fn variants_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_members, "variants")
+}
+
+pub(crate) fn refs_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_members, "tuple elements")
+}
+
+pub(crate) fn channels_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_members, "channels")
+}
+
+pub(crate) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() > SchemaLimits::DEFAULT.max_name_len {
+        return Err(exceeded(format!(
+            "schema limit exceeded: a name of {} bytes (at most {})",
+            s.len(),
+            SchemaLimits::DEFAULT.max_name_len
+        )));
+    }
+    Ok(s)
+}
+
+/// The longest fixed-size array a received schema may declare.
+pub(crate) const MAX_ARRAY_LEN: usize = 1 << 16;
+
+/// Checks that every reference of `graph` (and each of `roots`) is inside
+/// its node table; a received graph is only used after this.
+pub(crate) fn check_refs(graph: &SchemaGraph, roots: impl IntoIterator<Item = TypeRef>) -> Result<(), String> {
+    let len = graph.nodes.len();
+    let ok = |r: &TypeRef| (r.0 as usize) < len;
+    let bad = |r: &TypeRef| format!("schema node reference {} outside the table of {len} nodes", r.0);
+    for r in roots {
+        if !ok(&r) {
+            return Err(bad(&r));
+        }
+    }
+    for n in &graph.nodes {
+        if let Node::Array(_, n) = n {
+            if *n as usize > MAX_ARRAY_LEN {
+                return Err(format!("schema limit exceeded: an array of {n} elements (at most {MAX_ARRAY_LEN})"));
+            }
+        }
+        let refs: Vec<TypeRef> = match n {
+            Node::Option(t) | Node::Seq(t) | Node::Array(t, _) => vec![*t],
+            Node::Map(k, v) => vec![*k, *v],
+            Node::Tuple(ts) => ts.clone(),
+            Node::Struct { fields, .. } => fields.iter().map(|f| f.ty).collect(),
+            Node::Enum { variants, .. } => variants.iter().flat_map(|v| v.fields.iter().map(|f| f.ty)).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(r) = refs.iter().find(|r| !ok(r)) {
+            return Err(bad(r));
+        }
+    }
+    Ok(())
+}
