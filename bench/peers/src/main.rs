@@ -58,7 +58,11 @@ fn child(args: &[String]) -> Result<()> {
     };
     let transport = Transport::parse(transport).ok_or("unknown transport")?;
     let quick = rest.iter().any(|a| a == "--quick");
-    let scale = if quick { Scale::QUICK } else { Scale::FULL };
+    let mut scale = if quick { Scale::QUICK } else { Scale::FULL };
+    // For profilers: `PEER_BENCH_SCALE=4` does 4 times the work.
+    if let Some(f) = std::env::var("PEER_BENCH_SCALE").ok().and_then(|f| f.parse::<f64>().ok()) {
+        scale = scale.times(f);
+    }
     // A hung cell must not hang the run.
     let limit = Duration::from_secs(if quick { 60 } else { 300 });
     std::thread::spawn(move || {
@@ -270,12 +274,14 @@ fn parent(o: Options) -> Result<()> {
         eprintln!("round {} of {} done ({:.0} s)", round + 1, o.runs, started.elapsed().as_secs_f64());
     }
     let mut table = Table::new();
+    let mut runs: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     let mut json_cells = Vec::new();
     for (i, cell) in &results {
         let (p, t, w) = &cells[*i];
         for (k, vs) in cell {
             let m = median(vs);
             table.insert((t.name().to_string(), k.clone(), p.clone()), m);
+            runs.insert((t.name().to_string(), k.clone(), p.clone()), vs.len());
             let vals = vs.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
             json_cells.push(format!(
                 "{{\"peer\":\"{p}\",\"transport\":\"{}\",\"workload\":\"{w}\",\"metric\":\"{k}\",\"runs\":[{vals}],\"median\":{m}}}",
@@ -305,13 +311,16 @@ fn parent(o: Options) -> Result<()> {
                 if b.is_nan() || (higher && v > b) || (!higher && v < b) { v } else { b }
             });
             md.push_str(&format!("| {label} | {} | {unit} |", t.name()));
-            for v in vals {
+            for (p, v) in o.peers.iter().zip(vals) {
+                // A cell with fewer runs than asked (some failed) is marked.
+                let n = runs.get(&(t.name().to_string(), key.to_string(), p.clone())).copied().unwrap_or(0);
+                let mark = if n < o.runs { format!(" [{n} of {}]", o.runs) } else { String::new() };
                 if v.is_nan() {
                     md.push_str(" – |");
                 } else if raw.is_nan() {
-                    md.push_str(&format!(" {} ({:.2}x best) |", fmt(v, unit), v / best));
+                    md.push_str(&format!(" {}{mark} ({:.2}x best) |", fmt(v, unit), v / best));
                 } else {
-                    md.push_str(&format!(" {} ({:.2}x raw, {:.2}x best) |", fmt(v, unit), v / raw, v / best));
+                    md.push_str(&format!(" {}{mark} ({:.2}x raw, {:.2}x best) |", fmt(v, unit), v / raw, v / best));
                 }
             }
             md.push('\n');

@@ -46,8 +46,15 @@ impl Bench for Svc {
     }
 }
 
+/// Default settings; for diagnosis only, `PEER_BENCH_VOX_NO_OPS=1` turns
+/// the server's operation table off (`SessionConfig::operations = None`), so
+/// that the generated client's operation ids are served as plain calls.
 fn server() -> SessionBuilder {
-    SessionBuilder::new().handler(BenchDispatcher::new(Svc))
+    let mut b = SessionBuilder::new().handler(BenchDispatcher::new(Svc));
+    if std::env::var_os("PEER_BENCH_VOX_NO_OPS").is_some_and(|v| v == "1") {
+        b.config_mut().operations = None;
+    }
+    b
 }
 
 /// The vox server.

@@ -40,6 +40,19 @@ impl Scale {
         stream: 2_000_000,
         open_loop: Duration::from_secs(3),
     };
+    /// This scale with every count multiplied by `f`.
+    pub fn times(self, f: f64) -> Scale {
+        let n = |v: usize| ((v as f64 * f) as usize).max(1);
+        Scale {
+            sequential: n(self.sequential),
+            pipelined: n(self.pipelined),
+            per_client: n(self.per_client),
+            big: n(self.big),
+            stream: n(self.stream as usize) as u64,
+            open_loop: self.open_loop.mul_f64(f),
+        }
+    }
+
     /// `--quick`.
     pub const QUICK: Scale = Scale {
         sequential: 3_000,
