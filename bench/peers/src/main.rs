@@ -124,7 +124,10 @@ fn options(args: &[String]) -> Result<Options> {
             "--peers" => o.peers = list(it.next()),
             "--workloads" => o.workloads = list(it.next()),
             "--transports" => {
-                o.transports = list(it.next()).iter().map(|t| Transport::parse(t).ok_or("unknown transport")).collect::<std::result::Result<_, _>>()?
+                o.transports = list(it.next())
+                    .iter()
+                    .map(|t| Transport::parse(t).ok_or("unknown transport"))
+                    .collect::<std::result::Result<_, _>>()?
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -307,9 +310,11 @@ fn parent(o: Options) -> Result<()> {
                 continue;
             }
             let raw = get(&table, t.name(), key, "raw");
-            let best = vals.iter().copied().filter(|v| !v.is_nan()).fold(f64::NAN, |b, v| {
-                if b.is_nan() || (higher && v > b) || (!higher && v < b) { v } else { b }
-            });
+            let best = vals
+                .iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .fold(f64::NAN, |b, v| if b.is_nan() || (higher && v > b) || (!higher && v < b) { v } else { b });
             md.push_str(&format!("| {label} | {} | {unit} |", t.name()));
             for (p, v) in o.peers.iter().zip(vals) {
                 // A cell with fewer runs than asked (some failed) is marked.

@@ -11,7 +11,8 @@ pub const SMALL: usize = 64;
 pub const BIG: usize = 1 << 20;
 
 /// The workloads, by name on the command line.
-pub const WORKLOADS: &[&str] = &["sequential", "pipelined", "clients32", "big", "stream_down", "stream_up", "open_loop"];
+pub const WORKLOADS: &[&str] =
+    &["sequential", "pipelined", "clients32", "big", "stream_down", "stream_up", "open_loop"];
 
 /// How much work each workload does.
 #[derive(Clone, Copy, Debug)]

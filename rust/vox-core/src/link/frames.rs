@@ -95,7 +95,9 @@ impl FrameWriter {
         };
         // rule: transport.stream — 32-bit little-endian length, then the bytes.
         self.batch.small[start..start + PREFIX_LEN].copy_from_slice(&prefix.to_le_bytes());
-        self.batch.splice(spliced);
+        if !spliced.is_empty() {
+            self.batch.splice(spliced);
+        }
         self.batch.bytes += PREFIX_LEN + len;
         self.batch.frames += 1;
         Ok(())
@@ -400,7 +402,10 @@ mod tests {
         writer.push(Bytes::from_static(b"kept")).expect("fits");
         let refused = writer.push_with(|buf| wire::encode_into("test", &value, buf).map_err(|_| LinkError::Closed));
         let size = wire::encode("test", &value).expect("encodes").len();
-        assert!(matches!(refused, Err(LinkError::TooLarge { size: s, max: m }) if s == size && m == max), "{refused:?}");
+        assert!(
+            matches!(refused, Err(LinkError::TooLarge { size: s, max: m }) if s == size && m == max),
+            "{refused:?}"
+        );
         assert_eq!((writer.pending_frames(), writer.pending_bytes(), writer.batch.pieces.len()), (1, 8, 0));
         assert_eq!(&writer.batch.small[..], b"\x04\0\0\0kept");
     }
@@ -418,5 +423,37 @@ mod tests {
         let mut again = BytesMut::new();
         wire::encode_into("test", &value, &mut again).expect("encodes");
         assert_eq!(again, buf);
+    }
+
+    #[test]
+    fn nested_splicings_keep_their_payloads_apart_and_a_panic_inside_leaves_none() {
+        use crate::wire::{self, Blob};
+        let (big, _, _) = spliceable();
+        let other = Bytes::from(vec![8u8; wire::SPLICE_MIN]);
+        let (mut outer_buf, mut inner_buf) = (BytesMut::new(), BytesMut::new());
+        // The outer one has taken a payload when the inner one starts.
+        let ((at, ((), inner)), outer) = wire::splicing(|| {
+            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            let at = outer_buf.len();
+            let inner =
+                wire::splicing(|| wire::encode_into("inner", &Blob(other.clone()), &mut inner_buf).expect("encodes"));
+            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            (at, inner)
+        });
+        let ptrs = |t: &wire::Spliced| t.iter().map(|(at, b)| (*at, b.as_ptr())).collect::<Vec<_>>();
+        assert_eq!(ptrs(&inner), vec![(inner_buf.len(), other.as_ptr())]);
+        assert_eq!(ptrs(&outer), vec![(at, big.as_ptr()), (outer_buf.len(), big.as_ptr())]);
+        let panicked = std::panic::catch_unwind(|| {
+            wire::splicing(|| {
+                let mut buf = BytesMut::new();
+                wire::encode_into("lost", &Blob(other.clone()), &mut buf).expect("encodes");
+                panic!("inside a splicing");
+            })
+        });
+        assert!(panicked.is_err());
+        // Nothing is left on: the next encode copies everything.
+        let mut buf = BytesMut::new();
+        wire::encode_into("after", &Blob(big.clone()), &mut buf).expect("encodes");
+        assert_eq!(&buf[..], &wire::encode("after", &Blob(big)).expect("encodes")[..]);
     }
 }

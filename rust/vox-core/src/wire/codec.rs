@@ -85,7 +85,7 @@ pub(crate) const SPLICE_MIN: usize = 4 * 1024;
 /// buffer each belongs, and its bytes.
 pub(crate) type Spliced = Vec<(usize, Bytes)>;
 
-/// The state of [`splicing`] on this thread.
+/// The payloads of the [`splicing`] in progress on this thread.
 #[derive(Default)]
 struct Splice {
     /// The [`Blob`] being serialized right now, if long enough: the next
@@ -103,23 +103,48 @@ struct Splice {
 /// is the buffer with the payloads put back at those positions; the session
 /// writer writes them from their own storage ([`crate::link`]'s batch).
 ///
-/// Only `encode_into` calls into one buffer may run inside: the positions
-/// are lengths of the buffer that takes a payload's place. Reentrant (the
-/// outer state is restored), and a panic inside leaves no state behind.
+/// Only `encode_into` calls into one buffer may run inside (positions are
+/// lengths of that buffer). Reentrant (an outer call's payloads are set
+/// aside), and a panic inside leaves no state behind.
+#[inline]
 pub(crate) fn splicing<R>(encode: impl FnOnce() -> R) -> (R, Spliced) {
-    struct Restore(Option<Splice>);
+    struct Restore(u8);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let outer = self.0.take();
-            SPLICE.with(|s| *s.borrow_mut() = outer);
+            if SPLICING.get() == HOLDING {
+                // Only after a panic inside: drop what this level took.
+                take_splice();
+            }
+            if self.0 == HOLDING {
+                SPLICE.with(|s| *s.borrow_mut() = ASIDE.with(|a| a.borrow_mut().pop()).unwrap_or_default());
+            }
+            SPLICING.set(self.0);
         }
     }
-    let outer = SPLICE.with(|s| s.borrow_mut().replace(Splice::default()));
+    let outer = SPLICING.replace(ON);
+    if outer == HOLDING {
+        // Nested in a splicing that holds payloads: those wait aside.
+        let aside = take_splice();
+        ASIDE.with(|a| a.borrow_mut().push(aside));
+    }
     let restore = Restore(outer);
     let result = encode();
-    let taken = SPLICE.with(|s| s.borrow_mut().as_mut().map(|s| std::mem::take(&mut s.taken)).unwrap_or_default());
+    let taken = if SPLICING.get() == HOLDING {
+        SPLICING.set(ON);
+        take_splice().taken
+    } else {
+        Vec::new()
+    };
     drop(restore);
     (result, taken)
+}
+
+// `SPLICING`: off; on with `SPLICE` empty; on with an offer or payloads.
+const OFF: u8 = 0;
+const ON: u8 = 1;
+const HOLDING: u8 = 2;
+fn take_splice() -> Splice {
+    SPLICE.with(|s| std::mem::take(&mut *s.borrow_mut()))
 }
 
 /// A postcard output that appends to a `BytesMut`, copying slices whole
@@ -129,6 +154,7 @@ struct Appender<'a>(&'a mut bytes::BytesMut);
 impl postcard::ser_flavors::Flavor for Appender<'_> {
     type Output = ();
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if data.len() >= SPLICE_MIN && take_spliced(data, self.0.len()) {
             return Ok(());
@@ -256,10 +282,14 @@ fn finish<T>(what: &'static str, decoded: postcard::Result<(T, &[u8])>) -> Resul
 /// serialized, records them as belonging at `at` and says so (the caller
 /// then copies nothing). Same pointer and length means the same bytes, so
 /// writing the recorded `Bytes` there is always what copying would write.
+// Out of line: only long slices get here, and the copy path stays small.
+#[inline(never)]
 fn take_spliced(data: &[u8], at: usize) -> bool {
+    if SPLICING.get() != HOLDING {
+        return false;
+    }
     SPLICE.with(|s| {
         let mut s = s.borrow_mut();
-        let Some(s) = s.as_mut() else { return false };
         match s.next.take() {
             Some(b) if b.as_ptr() == data.as_ptr() && b.len() == data.len() => {
                 s.taken.push((at, b));
@@ -275,31 +305,34 @@ fn take_spliced(data: &[u8], at: usize) -> bool {
 
 /// While [`splicing`]: notes `bytes` as the payload now being serialized
 /// (see [`take_spliced`]), when it is long enough.
+#[inline]
 fn offer_spliced(bytes: &Bytes) {
+    #[inline(never)]
+    fn offer(bytes: &Bytes) {
+        if SPLICING.get() != OFF {
+            SPLICE.with(|s| s.borrow_mut().next = Some(bytes.clone()));
+            SPLICING.set(HOLDING);
+        }
+    }
     if bytes.len() >= SPLICE_MIN {
-        SPLICE.with(|s| {
-            if let Some(s) = s.borrow_mut().as_mut() {
-                s.next = Some(bytes.clone());
-            }
-        });
+        offer(bytes);
     }
 }
 
-/// Ends the offer of [`offer_spliced`] (taken or not), so that it can never
-/// match a later write.
+/// Ends the offer of [`offer_spliced`] (taken or not): it never matches later.
+#[inline]
 fn withdraw_spliced(bytes: &Bytes) {
-    if bytes.len() >= SPLICE_MIN {
-        SPLICE.with(|s| {
-            if let Some(s) = s.borrow_mut().as_mut() {
-                s.next = None;
-            }
-        });
+    if bytes.len() >= SPLICE_MIN && SPLICING.get() == HOLDING {
+        SPLICE.with(|s| s.borrow_mut().next = None);
     }
 }
 
 thread_local! {
-    // The splicing in progress on this thread, if any (see `splicing`).
-    static SPLICE: RefCell<Option<Splice>> = const { RefCell::new(None) };
+    // Whether a `splicing` is in progress on this thread (`OFF`, `ON`,
+    // `HOLDING`), and its payloads: the flag alone is read per message.
+    static SPLICING: Cell<u8> = const { Cell::new(OFF) };
+    static SPLICE: RefCell<Splice> = const { RefCell::new(Splice { next: None, taken: Vec::new() }) };
+    static ASIDE: RefCell<Vec<Splice>> = const { RefCell::new(Vec::new()) };
     // The buffer currently being decoded on this thread. A `Blob` decoded
     // from a sub-slice of it becomes a cheap `Bytes::slice_ref` instead of a
     // copy. Serde offers no way to pass this down explicitly.
