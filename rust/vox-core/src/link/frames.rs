@@ -67,11 +67,11 @@ impl FrameWriter {
     /// If `encode` fails, or what it wrote is longer than the link allows
     /// ([`LinkError::TooLarge`]), nothing is added.
     ///
-    /// Payloads ([`Blob`](crate::wire::Blob)s) of at least
-    /// [`SPLICE_MIN`](crate::wire::SPLICE_MIN) bytes that `encode` writes
-    /// with [`wire::encode_into`](crate::wire::encode_into) are not copied
-    /// into the batch: they are written from their own storage, in their
-    /// place in the frame (the bytes on the stream are the same).
+    /// Payloads ([`Blob`](crate::wire::Blob)s) of at least 4 KiB that
+    /// `encode` writes with [`wire::encode_into`](crate::wire::encode_into)
+    /// are not copied into the batch: they are written from their own
+    /// storage, in their place in the frame (the bytes on the stream are
+    /// the same).
     pub fn push_with<E: From<LinkError>>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
