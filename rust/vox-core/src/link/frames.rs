@@ -9,6 +9,7 @@
 //! message to one task hop between its sender and the socket.
 
 use super::LinkError;
+use crate::wire::Spliced;
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -24,8 +25,9 @@ pub(super) const MAX_FRAME_LEN: usize = u32::MAX as usize;
 pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Frames smaller than this are copied into the batch's contiguous buffer;
-/// larger ones are written from their own storage.
-const COPY_LIMIT: usize = 4 * 1024;
+/// larger ones are written from their own storage (the same limit as for
+/// the payloads of encoded messages, [`crate::wire::SPLICE_MIN`]).
+const COPY_LIMIT: usize = crate::wire::SPLICE_MIN;
 
 /// The most slices handed to one vectored write (Linux accepts 1024).
 const MAX_IOVECS: usize = 64;
@@ -64,17 +66,25 @@ impl FrameWriter {
     ///
     /// If `encode` fails, or what it wrote is longer than the link allows
     /// ([`LinkError::TooLarge`]), nothing is added.
+    ///
+    /// Payloads ([`Blob`](crate::wire::Blob)s) of at least 4 KiB that
+    /// `encode` writes with [`wire::encode_into`](crate::wire::encode_into)
+    /// are not copied into the batch: they are written from their own
+    /// storage, in their place in the frame (the bytes on the stream are
+    /// the same).
     pub fn push_with<E: From<LinkError>>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
         let start = self.batch.small.len();
         self.batch.small.extend_from_slice(&[0; PREFIX_LEN]);
-        if let Err(e) = encode(&mut self.batch.small) {
+        let (encoded, spliced) = crate::wire::splicing(|| encode(&mut self.batch.small));
+        if let Err(e) = encoded {
             self.batch.small.truncate(start);
             return Err(e);
         }
-        let len = self.batch.small.len() - start - PREFIX_LEN;
+        let spliced_len: usize = spliced.iter().map(|(_, payload)| payload.len()).sum();
+        let len = self.batch.small.len() - start - PREFIX_LEN + spliced_len;
         // rule: link.tx.max-size
         let prefix = match u32::try_from(len) {
             Ok(prefix) if len <= self.max_message_size => prefix,
@@ -85,6 +95,9 @@ impl FrameWriter {
         };
         // rule: transport.stream — 32-bit little-endian length, then the bytes.
         self.batch.small[start..start + PREFIX_LEN].copy_from_slice(&prefix.to_le_bytes());
+        if !spliced.is_empty() {
+            self.batch.splice(spliced);
+        }
         self.batch.bytes += PREFIX_LEN + len;
         self.batch.frames += 1;
         Ok(())
@@ -164,6 +177,19 @@ impl Batch {
         } else {
             self.pieces.push(self.small.split().freeze());
             self.pieces.push(msg);
+        }
+    }
+
+    /// Puts payloads taken by reference ([`crate::wire::splicing`]) in their
+    /// places: what `small` holds before each one's position becomes a
+    /// piece, then the payload is a piece of its own. The batch's order is
+    /// kept: the pieces, then what is left in `small`.
+    fn splice(&mut self, spliced: Spliced) {
+        let mut split_off = 0;
+        for (at, payload) in spliced {
+            self.pieces.push(self.small.split_to(at - split_off).freeze());
+            split_off = at;
+            self.pieces.push(payload);
         }
     }
 
@@ -328,5 +354,106 @@ mod tests {
         let mut got = Vec::new();
         far.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"\x03\0\0\0one\x03\0\0\0two\x05\0\0\0three");
+    }
+
+    /// A message with payloads of either side of `SPLICE_MIN`, each large
+    /// one twice, between two small frames.
+    #[allow(clippy::type_complexity)]
+    fn spliceable() -> (Bytes, Bytes, (u8, crate::wire::Blob, crate::wire::Blob, crate::wire::Blob, u8)) {
+        use crate::wire::{Blob, SPLICE_MIN};
+        let big = Bytes::from(vec![5u8; SPLICE_MIN * 3]);
+        let under = Bytes::from(vec![6u8; SPLICE_MIN - 1]);
+        (big.clone(), under.clone(), (7, Blob(big.clone()), Blob(under), Blob(big), 9))
+    }
+
+    #[tokio::test]
+    async fn large_payloads_are_written_from_their_own_storage_as_the_same_bytes() {
+        use crate::wire;
+        use tokio::io::AsyncReadExt;
+        let (big, under, value) = spliceable();
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut writer = FrameWriter::new(Box::new(near), usize::MAX);
+        writer.push(Bytes::from_static(b"before")).expect("fits");
+        writer.push_with(|buf| wire::encode_into("test", &value, buf).map_err(|_| LinkError::Closed)).expect("fits");
+        // Both large payloads are pieces sharing the caller's memory; the
+        // one under the limit was copied.
+        let sharing = |b: &Bytes| writer.batch.pieces.iter().filter(|p| p.as_ptr() == b.as_ptr()).count();
+        assert_eq!((sharing(&big), sharing(&under)), (2, 0));
+        writer.push_with(append(b"after")).expect("fits");
+        let encoded = wire::encode("test", &value).expect("encodes");
+        let mut expected = b"\x06\0\0\0before".to_vec();
+        expected.extend_from_slice(&u32::try_from(encoded.len()).expect("fits").to_le_bytes());
+        expected.extend_from_slice(&encoded);
+        expected.extend_from_slice(b"\x05\0\0\0after");
+        assert_eq!((writer.pending_frames(), writer.pending_bytes()), (3, expected.len()));
+        writer.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_frame_too_long_because_of_its_taken_payloads_is_refused_and_leaves_nothing() {
+        use crate::wire;
+        let (_, _, value) = spliceable();
+        let (near, _far) = tokio::io::duplex(1 << 20);
+        let max = wire::SPLICE_MIN * 4;
+        let mut writer = FrameWriter::new(Box::new(near), max);
+        writer.push(Bytes::from_static(b"kept")).expect("fits");
+        let refused = writer.push_with(|buf| wire::encode_into("test", &value, buf).map_err(|_| LinkError::Closed));
+        let size = wire::encode("test", &value).expect("encodes").len();
+        assert!(
+            matches!(refused, Err(LinkError::TooLarge { size: s, max: m }) if s == size && m == max),
+            "{refused:?}"
+        );
+        assert_eq!((writer.pending_frames(), writer.pending_bytes(), writer.batch.pieces.len()), (1, 8, 0));
+        assert_eq!(&writer.batch.small[..], b"\x04\0\0\0kept");
+    }
+
+    #[test]
+    fn payloads_are_copied_outside_a_splicing_encode() {
+        use crate::wire;
+        let (_, _, value) = spliceable();
+        let mut buf = BytesMut::new();
+        wire::encode_into("test", &value, &mut buf).expect("encodes");
+        assert_eq!(&buf[..], &wire::encode("test", &value).expect("encodes")[..]);
+        // And a splicing that ended leaves nothing behind for the next one.
+        let ((), taken) = wire::splicing(|| ());
+        assert!(taken.is_empty());
+        let mut again = BytesMut::new();
+        wire::encode_into("test", &value, &mut again).expect("encodes");
+        assert_eq!(again, buf);
+    }
+
+    #[test]
+    fn nested_splicings_keep_their_payloads_apart_and_a_panic_inside_leaves_none() {
+        use crate::wire::{self, Blob};
+        let (big, _, _) = spliceable();
+        let other = Bytes::from(vec![8u8; wire::SPLICE_MIN]);
+        let (mut outer_buf, mut inner_buf) = (BytesMut::new(), BytesMut::new());
+        // The outer one has taken a payload when the inner one starts.
+        let ((at, ((), inner)), outer) = wire::splicing(|| {
+            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            let at = outer_buf.len();
+            let inner =
+                wire::splicing(|| wire::encode_into("inner", &Blob(other.clone()), &mut inner_buf).expect("encodes"));
+            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            (at, inner)
+        });
+        let ptrs = |t: &wire::Spliced| t.iter().map(|(at, b)| (*at, b.as_ptr())).collect::<Vec<_>>();
+        assert_eq!(ptrs(&inner), vec![(inner_buf.len(), other.as_ptr())]);
+        assert_eq!(ptrs(&outer), vec![(at, big.as_ptr()), (outer_buf.len(), big.as_ptr())]);
+        let panicked = std::panic::catch_unwind(|| {
+            wire::splicing(|| {
+                let mut buf = BytesMut::new();
+                wire::encode_into("lost", &Blob(other.clone()), &mut buf).expect("encodes");
+                panic!("inside a splicing");
+            })
+        });
+        assert!(panicked.is_err());
+        // Nothing is left on: the next encode copies everything.
+        let mut buf = BytesMut::new();
+        wire::encode_into("after", &Blob(big.clone()), &mut buf).expect("encodes");
+        assert_eq!(&buf[..], &wire::encode("after", &Blob(big)).expect("encodes")[..]);
     }
 }

@@ -77,13 +77,88 @@ pub fn encode_into<T: Serialize + ?Sized>(
     postcard::serialize_with_flavor(value, Appender(buf)).map_err(|source| EncodeError { what, source })
 }
 
-/// A postcard output that appends to a `BytesMut`, copying slices whole.
+/// [`Blob`]s at least this long are taken by reference while [`splicing`]
+/// is on, instead of being copied into the output buffer.
+pub(crate) const SPLICE_MIN: usize = 4 * 1024;
+
+/// Payloads taken by reference during [`splicing`]: where in the output
+/// buffer each belongs, and its bytes.
+pub(crate) type Spliced = Vec<(usize, Bytes)>;
+
+/// The payloads of the [`splicing`] in progress on this thread.
+#[derive(Default)]
+struct Splice {
+    /// The [`Blob`] being serialized right now, if long enough: the next
+    /// slice written that is exactly its bytes is taken, not copied.
+    next: Option<Bytes>,
+    /// What was taken so far.
+    taken: Spliced,
+}
+
+/// Runs `encode`, in which [`encode_into`] takes every [`Blob`] of at least
+/// [`SPLICE_MIN`] bytes by reference instead of copying it into its buffer:
+/// the buffer then lacks those bytes, and the returned list says, in order,
+/// at which length of the buffer each payload's bytes belong (the varint
+/// length in front of a payload is written as usual). The encoded message
+/// is the buffer with the payloads put back at those positions; the session
+/// writer writes them from their own storage ([`crate::link`]'s batch).
+///
+/// Only `encode_into` calls into one buffer may run inside (positions are
+/// lengths of that buffer). Reentrant (an outer call's payloads are set
+/// aside), and a panic inside leaves no state behind.
+#[inline]
+pub(crate) fn splicing<R>(encode: impl FnOnce() -> R) -> (R, Spliced) {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if SPLICING.get() == HOLDING {
+                // Only after a panic inside: drop what this level took.
+                take_splice();
+            }
+            if self.0 == HOLDING {
+                SPLICE.with(|s| *s.borrow_mut() = ASIDE.with(|a| a.borrow_mut().pop()).unwrap_or_default());
+            }
+            SPLICING.set(self.0);
+        }
+    }
+    let outer = SPLICING.replace(ON);
+    if outer == HOLDING {
+        // Nested in a splicing that holds payloads: those wait aside.
+        let aside = take_splice();
+        ASIDE.with(|a| a.borrow_mut().push(aside));
+    }
+    let restore = Restore(outer);
+    let result = encode();
+    let taken = if SPLICING.get() == HOLDING {
+        SPLICING.set(ON);
+        take_splice().taken
+    } else {
+        Vec::new()
+    };
+    drop(restore);
+    (result, taken)
+}
+
+// `SPLICING`: off; on with `SPLICE` empty; on with an offer or payloads.
+const OFF: u8 = 0;
+const ON: u8 = 1;
+const HOLDING: u8 = 2;
+fn take_splice() -> Splice {
+    SPLICE.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
+/// A postcard output that appends to a `BytesMut`, copying slices whole
+/// (or, while [`splicing`], leaving a long [`Blob`]'s bytes out).
 struct Appender<'a>(&'a mut bytes::BytesMut);
 
 impl postcard::ser_flavors::Flavor for Appender<'_> {
     type Output = ();
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() >= SPLICE_MIN && take_spliced(data, self.0.len()) {
+            return Ok(());
+        }
         self.0.extend_from_slice(data);
         Ok(())
     }
@@ -203,7 +278,61 @@ fn finish<T>(what: &'static str, decoded: postcard::Result<(T, &[u8])>) -> Resul
     Ok(value)
 }
 
+/// While [`splicing`]: if `data` is exactly the bytes of the [`Blob`] being
+/// serialized, records them as belonging at `at` and says so (the caller
+/// then copies nothing). Same pointer and length means the same bytes, so
+/// writing the recorded `Bytes` there is always what copying would write.
+// Out of line: only long slices get here, and the copy path stays small.
+#[inline(never)]
+fn take_spliced(data: &[u8], at: usize) -> bool {
+    if SPLICING.get() != HOLDING {
+        return false;
+    }
+    SPLICE.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.next.take() {
+            Some(b) if b.as_ptr() == data.as_ptr() && b.len() == data.len() => {
+                s.taken.push((at, b));
+                true
+            }
+            other => {
+                s.next = other;
+                false
+            }
+        }
+    })
+}
+
+/// While [`splicing`]: notes `bytes` as the payload now being serialized
+/// (see [`take_spliced`]), when it is long enough.
+#[inline]
+fn offer_spliced(bytes: &Bytes) {
+    #[inline(never)]
+    fn offer(bytes: &Bytes) {
+        if SPLICING.get() != OFF {
+            SPLICE.with(|s| s.borrow_mut().next = Some(bytes.clone()));
+            SPLICING.set(HOLDING);
+        }
+    }
+    if bytes.len() >= SPLICE_MIN {
+        offer(bytes);
+    }
+}
+
+/// Ends the offer of [`offer_spliced`] (taken or not): it never matches later.
+#[inline]
+fn withdraw_spliced(bytes: &Bytes) {
+    if bytes.len() >= SPLICE_MIN && SPLICING.get() == HOLDING {
+        SPLICE.with(|s| s.borrow_mut().next = None);
+    }
+}
+
 thread_local! {
+    // Whether a `splicing` is in progress on this thread (`OFF`, `ON`,
+    // `HOLDING`), and its payloads: the flag alone is read per message.
+    static SPLICING: Cell<u8> = const { Cell::new(OFF) };
+    static SPLICE: RefCell<Splice> = const { RefCell::new(Splice { next: None, taken: Vec::new() }) };
+    static ASIDE: RefCell<Vec<Splice>> = const { RefCell::new(Vec::new()) };
     // The buffer currently being decoded on this thread. A `Blob` decoded
     // from a sub-slice of it becomes a cheap `Bytes::slice_ref` instead of a
     // copy. Serde offers no way to pass this down explicitly.
@@ -320,7 +449,11 @@ impl From<&'static [u8]> for Blob {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        // While `splicing`, the bytes written next may be taken by reference.
+        offer_spliced(&self.0);
+        let result = s.serialize_bytes(&self.0);
+        withdraw_spliced(&self.0);
+        result
     }
 }
 

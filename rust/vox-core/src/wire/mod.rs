@@ -12,6 +12,7 @@ pub use codec::{
     Blob, DecodeError, DecodeLimits, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice,
     decode_with, encode, encode_into,
 };
+pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,
