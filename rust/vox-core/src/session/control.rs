@@ -226,3 +226,20 @@ impl MailboxRx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn control_mailbox_queued_counts_the_requests_waiting() {
+        let (tx, mut rx) = mailbox(4);
+        assert_eq!(rx.queued(), 0);
+        for _ in 0..2 {
+            tx.send(ControlMsg::Drain { grace: std::time::Duration::ZERO }).await.expect("room");
+        }
+        assert_eq!(rx.queued(), 2, "two requests waiting");
+        assert!(rx.recv().await.is_some());
+        assert_eq!(rx.queued(), 1, "one taken");
+    }
+}

@@ -328,9 +328,12 @@ mod tests {
         assert_eq!(p.resuming_deadline(), Some(deadline), "resuming waits until the deadline");
         assert_eq!(p.attachment_mut(), None, "nothing of the lost attachment is reachable");
         assert!(p.on_attachment_lost(deadline, 8).is_err(), "lost only once per attachment");
+        assert_eq!(p.generation(), Some(1), "resuming: the lost generation");
         assert_eq!(p.on_reattached("second"), Ok((2, 7)), "the finished wait comes back");
+        assert_eq!(p.generation(), Some(2));
         assert_eq!(p, SessionPhase::Established { generation: 2, attachment: "second" });
         assert_eq!(p.on_closing(CloseReason::Shutdown), Ok(Some("second")));
+        assert_eq!(p.generation(), None, "no attachment while tearing down");
         assert!(p.on_attachment_lost(deadline, 9).is_err());
         assert!(p.on_reattached("third").is_err());
         assert!(p.on_closing(CloseReason::PeerClosed).is_err(), "first reason wins");

@@ -372,3 +372,74 @@ fn session_owed_messages_are_bounded_the_loop_takes_no_event_once_the_queue_is_f
     assert!(pair.b.machine.poll_transmit().is_some());
     assert!(pair.b.machine.can_take(), "writing one makes room for one more event");
 }
+
+#[test]
+fn connection_close_for_a_connection_never_opened_is_a_violation_of_connection_close() {
+    let mut pair = Pair::new(None);
+    // Even ids are the peer's; 4 was never opened.
+    pair.a.receive(
+        Message { connection_id: ConnectionId(4), payload: Payload::CloseConnection { metadata: Metadata::new() } },
+        pair.now,
+    );
+    match pair.a.steps.as_slice() {
+        [Step::End(CloseReason::LocalProtocolError(d), Some(_), false)] => {
+            assert!(d.contains("never opened") && d.contains("(rule connection.close)"), "{d}")
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn connection_close_for_a_connection_released_beyond_memory_is_late_not_a_violation() {
+    let mut pair = Pair::new(Some(accept_all()));
+    let mut first = None;
+    // More connections closed by us than the table remembers (1,024).
+    for _ in 0..1030 {
+        let mut rx = pair.a.open();
+        pair.drive();
+        let id = opened(&mut rx).id;
+        first.get_or_insert(id);
+        let _closed = pair.a.close(id);
+        pair.drive();
+    }
+    let first = first.expect("opened");
+    pair.a.receive(
+        Message { connection_id: first, payload: Payload::CloseConnection { metadata: Metadata::new() } },
+        pair.now,
+    );
+    assert!(pair.a.steps.is_empty(), "too old to judge: tolerated (and metered), got {:?}", pair.a.steps);
+}
+
+/// A handler that never answers: its calls stay in flight.
+fn never_answers() -> Arc<dyn Handler> {
+    Arc::new(|call: crate::driver::Call| async move {
+        std::future::pending::<()>().await;
+        drop(call);
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn session_drain_idle_only_once_no_handler_of_any_connection_is_in_flight() {
+    let busy = never_answers();
+    let acceptor: Arc<dyn Acceptor> = Arc::new(move |_: &ConnectionRequest| AcceptDecision::Accept {
+        settings: ConnectionSettings::default(),
+        metadata: Metadata::new(),
+        handler: Some(busy.clone()),
+    });
+    let mut pair = Pair::new(Some(acceptor));
+    assert!(pair.b.machine.is_idle(), "nothing runs yet");
+    let mut rx = pair.a.open();
+    pair.drive();
+    let id = opened(&mut rx).id;
+    let request = Payload::Request {
+        id: crate::wire::RequestId(1),
+        method_id: crate::wire::MethodId(7),
+        args: crate::wire::Blob(bytes::Bytes::new()),
+        channels: Vec::new(),
+        metadata: Metadata::new(),
+    };
+    pair.b.receive(Message { connection_id: id, payload: request }, pair.now);
+    assert!(pair.b.steps.is_empty());
+    assert!(!pair.b.machine.is_idle(), "a handler in flight on a virtual connection (the root is idle)");
+    assert!(pair.a.machine.is_idle(), "the caller side runs no handler");
+}
