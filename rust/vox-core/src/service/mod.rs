@@ -162,6 +162,8 @@ use std::sync::Arc;
 /// ```
 mod retry;
 mod server;
+#[cfg(feature = "tower")]
+pub mod tower;
 pub use server::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_SESSIONS, ServeError, ServeReport, Server, Serving};
 
 pub use vox_macros::service;
