@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "tower")]
+pub mod balance;
 /// Turns a trait of `async fn` methods into a vox service.
 ///
 /// On `trait Calculator` it generates:
