@@ -385,6 +385,7 @@ impl ServiceRouter {
             tracing::debug!(service = old_name, "service replaced in router");
         }
         for m in D::METHODS {
+            crate::driver::metrics::name_method(m.id(), m.service, m.name);
             inner.by_method.insert(m.id(), handler.clone());
         }
         self

@@ -20,6 +20,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
     args: &A,
     channels: Vec<ChannelArg>,
 ) -> Result<R, CallError> {
+    crate::driver::metrics::name_method(method_id, info.service, info.name);
     let policy: RetryPolicy = caller.retry_policy();
     let session = match caller.session() {
         Some(s) if channels.is_empty() && policy.max_attempts > 1 => s.clone(),

@@ -393,6 +393,16 @@ impl Caller {
         method_id: MethodId,
         args: Bytes,
         channels: Vec<ChannelArg>,
+        metadata: Metadata,
+    ) -> Result<RawResponse, CallError> {
+        crate::driver::metrics::observe_call(method_id, self.call_unobserved(method_id, args, channels, metadata)).await
+    }
+
+    async fn call_unobserved(
+        &self,
+        method_id: MethodId,
+        args: Bytes,
+        channels: Vec<ChannelArg>,
         mut metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
         use crate::driver::context;

@@ -225,7 +225,7 @@ impl<T> Tx<T> {
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
         let item = match self.slot.keep_early(item) {
-            None => return Ok(()),
+            None => return Ok(()).inspect(|()| crate::driver::metrics::item_sent()),
             Some(item) => item,
         };
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
@@ -234,7 +234,7 @@ impl<T> Tx<T> {
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
         let send = async {
-            std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await?;
+            crate::driver::metrics::credit_wait(std::future::poll_fn(|cx| core.registry.poll_credit(id, cx))).await?;
             // Fast path: a free slot in the outbound queue needs no await.
             let permit = match core.try_reserve() {
                 Some(permit) => permit,
@@ -243,7 +243,9 @@ impl<T> Tx<T> {
             // One sender per channel: the credit seen above is still there
             // unless a reset or connection loss came in between, which is
             // then reported.
-            core.send_item_with(permit, id, Blob(item)).map_err(ChannelError::from)
+            core.send_item_with(permit, id, Blob(item))
+                .map_err(ChannelError::from)
+                .inspect(|()| crate::driver::metrics::item_sent())
         };
         match span(core, id, "tx") {
             Some(span) => send.instrument(span).await,
@@ -274,7 +276,9 @@ impl<T> Tx<T> {
         let Some(permit) = core.try_reserve() else {
             return Err(TrySendError::Full(item));
         };
-        core.send_item_with(permit, id, Blob(bytes)).map_err(|e| TrySendError::Closed(item, e.into()))
+        core.send_item_with(permit, id, Blob(bytes))
+            .map_err(|e| TrySendError::Closed(item, e.into()))
+            .inspect(|()| crate::driver::metrics::item_sent())
     }
 
     /// Closes the channel after the items already sent. Before the
@@ -364,7 +368,7 @@ impl<T> Rx<T> {
             Some(span) => recv.instrument(span).await,
             None => recv.await,
         };
-        Ok(r?)
+        Ok(r?.inspect(|_| crate::driver::metrics::item_received()))
     }
 
     /// Asks the sender to stop (sends `ResetChannel`).
