@@ -15,6 +15,7 @@ mod handler;
 #[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod liveness;
 pub mod metrics;
+pub mod trace;
 
 pub use crate::plumbing::loss::{Fault, LossCause};
 pub use crate::plumbing::operations::MethodPolicy;

@@ -410,6 +410,7 @@ impl Caller {
         let core = self.core.get();
         let span = tracing::debug_span!("call", conn = %core.id(), method = %method_id, channels = channels.len());
         metadata.0.extend(self.defaults.metadata.0.iter().cloned());
+        crate::driver::trace::inject(&span, &mut metadata);
         // rule: rpc.deadline — our own timeout, or the remaining time of the
         // request being handled, whichever ends first.
         let own = self.defaults.timeout.map(|t| tokio::time::Instant::now() + t);

@@ -66,6 +66,7 @@ impl ConnectionCore {
         };
         use tracing::Instrument;
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
+        crate::driver::trace::extract(&span, &metadata);
         let attempt = Attempt { core: self.clone(), id, stop: stop_rx, deadline };
         match work {
             Work::Handle(None) => self.start_plain(attempt, method_id, args, metadata, binder, span),
