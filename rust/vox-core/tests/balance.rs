@@ -20,6 +20,9 @@ pub trait Store {
     async fn get(&self, key: u64) -> u64;
     /// Appends: not safe to run twice.
     async fn append(&self, key: u64) -> u64;
+    /// Blocks the server's runtime thread until thawed: a hung process
+    /// whose sockets stay open.
+    async fn freeze(&self);
 }
 
 #[derive(Clone)]
@@ -31,6 +34,16 @@ struct Shard {
     hanging: Arc<Semaphore>,
     /// A permit per `get` answered.
     answered: Arc<Semaphore>,
+    /// While true, `freeze` blocks its thread.
+    frozen: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Shard {
+    fn thaw(&self) {
+        let (lock, cv) = &*self.frozen;
+        *lock.lock().unwrap() = false;
+        cv.notify_all();
+    }
 }
 
 impl Store for Shard {
@@ -45,6 +58,16 @@ impl Store for Shard {
     }
     async fn append(&self, key: u64) -> u64 {
         key
+    }
+    async fn freeze(&self) {
+        let (lock, cv) = &*self.frozen;
+        let mut frozen = lock.lock().unwrap();
+        *frozen = true;
+        // Deliberately blocking (ADR 0004 says never do this): the whole
+        // server stops, pongs included.
+        while *frozen {
+            frozen = cv.wait(frozen).unwrap();
+        }
     }
 }
 
@@ -64,6 +87,7 @@ impl TestServer {
             hang: Arc::default(),
             hanging: Arc::new(Semaphore::new(0)),
             answered: Arc::new(Semaphore::new(0)),
+            frozen: Arc::default(),
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (kill, killed) = oneshot::channel::<()>();
@@ -85,6 +109,7 @@ impl TestServer {
     }
 
     fn kill(&mut self) {
+        self.shard.thaw();
         if let Some(k) = self.kill.take() {
             let _ = k.send(());
         }
@@ -207,4 +232,27 @@ async fn balance_calls_wait_for_an_endpoint_and_fail_when_none_comes() {
     within("the endpoint to be marked down", pool.until(|h| h[0].down_because.is_some())).await;
     let got = within("the call", pool.call_idem(|c: StoreClient| async move { c.get(1).await })).await;
     assert_eq!(got, Err(CallError::ConnectionClosed));
+}
+
+/// Health through keepalive: a server that hangs with its sockets open is
+/// found out by the keepalive timeout, marked down, and calls go elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_keepalive_marks_a_hung_server_down() {
+    let servers = vec![TestServer::start(), TestServer::start()];
+    let builder = SessionBuilder::new().keepalive(Duration::from_millis(20), Duration::from_millis(200));
+    let pool = Pool::connect(builder, servers.iter().map(|s| s.addr), PoolConfig::default());
+    within("both endpoints up", pool.until(|h| h.iter().all(|e| e.up))).await;
+    // Hang server 0 through a session of its own.
+    let freezer = StoreClient::connect(servers[0].addr).await.expect("connect");
+    let frozen = tokio::spawn(async move { freezer.freeze().await });
+    let by_keepalive = |h: &[vox_core::service::balance::EndpointHealth]| {
+        !h[0].up && h[1].up && h[0].last_loss.as_deref().is_some_and(|w| w.contains("keepalive"))
+    };
+    within("the keepalive to find the hung server", pool.until(by_keepalive)).await;
+    for key in 0..10 {
+        let got = within("a call", pool.call_idem(|c: StoreClient| async move { c.get(key).await })).await;
+        assert_eq!(got, Ok(key * 10));
+    }
+    assert_eq!(servers[1].shard.served.load(Ordering::SeqCst), 10, "the live server answered them all");
+    frozen.abort();
 }

@@ -122,6 +122,7 @@ impl EndpointState {
 struct Endpoint {
     addr: String,
     state: Mutex<EndpointState>,
+    last_loss: Mutex<Option<String>>,
     in_flight: AtomicUsize,
 }
 
@@ -147,6 +148,8 @@ pub struct EndpointHealth {
     pub up: bool,
     /// Why it is down, if it is.
     pub down_because: Option<String>,
+    /// Why its last session ended, if one did (kept while it redials).
+    pub last_loss: Option<String>,
     /// Calls in flight on it through the pool.
     pub in_flight: usize,
 }
@@ -222,6 +225,7 @@ impl Pool {
             .map(|a| Endpoint {
                 addr: a.to_string(),
                 state: Mutex::new(EndpointState::Connecting),
+                last_loss: Mutex::new(None),
                 in_flight: AtomicUsize::new(0),
             })
             .collect();
@@ -258,6 +262,7 @@ impl Pool {
                         EndpointState::Down { why } => Some(why.clone()),
                         _ => None,
                     },
+                    last_loss: e.last_loss.lock().clone(),
                     in_flight: e.in_flight.load(Ordering::Relaxed),
                 }
             })
@@ -486,6 +491,7 @@ async fn supervise(pool: Weak<Inner>, index: usize, builder: SessionBuilder) {
                     let Some(inner) = pool.upgrade() else { return };
                     inner.lost.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(endpoint = %addr, %reason, "pool: endpoint lost; redialing");
+                    *inner.endpoints[index].last_loss.lock() = Some(reason.to_string());
                     step(&inner, index, EndpointEvent::Lost { serial, why: reason.to_string() });
                 }
                 config.min_backoff
