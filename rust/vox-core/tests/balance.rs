@@ -238,7 +238,7 @@ async fn balance_calls_wait_for_an_endpoint_and_fail_when_none_comes() {
 /// found out by the keepalive timeout, marked down, and calls go elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balance_keepalive_marks_a_hung_server_down() {
-    let servers = vec![TestServer::start(), TestServer::start()];
+    let servers = [TestServer::start(), TestServer::start()];
     let builder = SessionBuilder::new().keepalive(Duration::from_millis(20), Duration::from_millis(200));
     let pool = Pool::connect(builder, servers.iter().map(|s| s.addr), PoolConfig::default());
     within("both endpoints up", pool.until(|h| h.iter().all(|e| e.up))).await;
