@@ -187,6 +187,10 @@ async fn metrics_calls_by_method_and_outcome_with_latency() {
     let (add_ok, refused) = (finished("Meter.add", "ok"), finished("Meter.refuse", "user_error"));
     let (deadline, dropped) = (finished("Meter.hang", "deadline_exceeded"), finished("Meter.hang", "dropped"));
     let latency = format!("{}{{method=Meter.add,outcome=ok}}", m::CALL_DURATION);
+    let received = format!("{}{{method=Meter.add}}", m::REQUESTS_RECEIVED);
+    let (answered_ok, answered_user) =
+        (format!("{}{{outcome=ok}}", m::REQUESTS_ANSWERED), format!("{}{{outcome=user_error}}", m::REQUESTS_ANSWERED));
+    let server_before = [value(&received), value(&answered_ok), value(&answered_user)];
     let before = [value(&started), value(&add_ok), value(&refused), value(&deadline), value(&dropped)];
     let samples_before = samples(&latency).len();
 
@@ -212,6 +216,10 @@ async fn metrics_calls_by_method_and_outcome_with_latency() {
     assert_eq!(value(&refused) - before[2], 1.0);
     assert_eq!(value(&deadline) - before[3], 1.0);
     assert_eq!(value(&dropped) - before[4], 1.0);
+    // The server side counted the same calls as requests and answers.
+    assert_eq!(value(&received) - server_before[0], 3.0);
+    assert_eq!(value(&answered_ok) - server_before[1], 3.0);
+    assert_eq!(value(&answered_user) - server_before[2], 1.0);
     let lat = samples(&latency);
     assert_eq!(lat.len() - samples_before, 3, "one latency sample per call");
     assert!(lat.iter().all(|s| *s >= 0.0 && *s < PATIENCE.as_secs_f64()), "{lat:?}");

@@ -8,6 +8,8 @@
 //! | [`CALLS_STARTED`] | counter | `method` | calls made through a `Caller` (typed clients included) |
 //! | [`CALLS_FINISHED`] | counter | `method`, `outcome` | those calls ended: `ok`, the `CallError` kind (`deadline_exceeded`, `connection_closed`...), or `dropped` when the caller stopped waiting |
 //! | [`CALL_DURATION`] | histogram (seconds) | `method`, `outcome` | from the call to its end |
+//! | [`REQUESTS_RECEIVED`] | counter | `method` | requests that arrived for this side's handlers |
+//! | [`REQUESTS_ANSWERED`] | counter | `outcome` | responses this side sent: `ok`, `user_error`, `rejected`, `deadline_exceeded`... (the `ResponseBody` kind) |
 //! | [`CHANNEL_ITEMS`] | counter | `direction` (`sent`, `received`) | items through `Tx`/`Rx` |
 //! | [`CREDIT_STALLS`] | counter | | sends that had to wait for credit |
 //! | [`CREDIT_STALL_DURATION`] | histogram (seconds) | | how long they waited |
@@ -31,6 +33,10 @@ pub const CALLS_STARTED: &str = "vox_calls_started_total";
 pub const CALLS_FINISHED: &str = "vox_calls_finished_total";
 /// Histogram: call latency in seconds, by `method` and `outcome`.
 pub const CALL_DURATION: &str = "vox_call_duration_seconds";
+/// Counter: requests received for this side's handlers, by `method`.
+pub const REQUESTS_RECEIVED: &str = "vox_requests_received_total";
+/// Counter: responses sent by this side, by `outcome`.
+pub const REQUESTS_ANSWERED: &str = "vox_requests_answered_total";
 /// Counter: channel items, by `direction` (`sent`, `received`).
 pub const CHANNEL_ITEMS: &str = "vox_channel_items_total";
 /// Counter: sends that waited for credit.
@@ -150,6 +156,38 @@ pub(crate) async fn observe_call<R, F: Future<Output = Result<R, CallError>>>(id
 #[inline(always)]
 pub(crate) fn observe_call<F: Future>(_id: MethodId, call: F) -> F {
     call
+}
+
+/// Counts a request that arrived for a handler.
+#[inline(always)]
+pub(crate) fn request_received(id: MethodId) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(REQUESTS_RECEIVED, "method" => method_label(id)).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = id;
+}
+
+/// Counts a response sent, by its kind.
+#[inline(always)]
+pub(crate) fn request_answered(body: &crate::wire::ResponseBody) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::wire::ResponseBody as B;
+        let outcome = match body {
+            B::Ok(_) => "ok",
+            B::User(_) => "user_error",
+            B::UnknownMethod => "unknown_method",
+            B::InvalidPayload { .. } => "invalid_payload",
+            B::Cancelled => "cancelled",
+            B::Indeterminate => "indeterminate",
+            B::HandlerFailed { .. } => "handler_failed",
+            B::Rejected { .. } => "rejected",
+            B::DeadlineExceeded => "deadline_exceeded",
+        };
+        metrics::counter!(REQUESTS_ANSWERED, "outcome" => outcome).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = body;
 }
 
 /// Counts one channel item sent through a `Tx`.
