@@ -28,11 +28,14 @@ pub trait Work {
     async fn square(&self, n: u64) -> u64;
     /// Takes `ms` milliseconds.
     async fn slow(&self, ms: u64) -> u64;
+    /// Waits until the example opens the gate.
+    async fn held(&self) -> u64;
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Worker {
     stopped: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counts a `slow` call stopped before it finished.
@@ -56,6 +59,11 @@ impl Work for Worker {
         stopped.0 = None;
         ms
     }
+
+    async fn held(&self) -> u64 {
+        let _pass = self.gate.acquire().await;
+        1
+    }
 }
 
 /// Calls the server may run at once.
@@ -63,7 +71,7 @@ const SERVER_LIMIT: usize = 4;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let worker = Worker::default();
+    let worker = Worker { stopped: Arc::default(), gate: Arc::new(tokio::sync::Semaphore::new(0)) };
     // Server: timeout, then shed what is over the limit (instead of queueing).
     let stack = ServiceBuilder::new().timeout(Duration::from_secs(5)).load_shed().concurrency_limit(SERVER_LIMIT);
     let handler = TowerHandler::layered(WorkDispatcher::new(worker.clone()), stack);
@@ -108,23 +116,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(worker.stopped.load(Ordering::SeqCst), 1, "the cancel reached the server");
     println!("   the server stopped the handler");
 
-    // 3. Twice the server's limit at once: the limit's worth run, the rest
-    // are shed and answered `Rejected` (they never ran).
-    let mut slow_calls = tokio::task::JoinSet::new();
+    // 3. Twice the server's limit at once, held until the gate opens: the
+    // limit's worth run, the rest are shed at once and answered `Rejected`
+    // (they never ran); then the gate opens and the held ones finish.
+    let mut held = tokio::task::JoinSet::new();
     for _ in 0..2 * SERVER_LIMIT {
         let work = work.clone();
-        slow_calls.spawn(async move { work.slow(200).await });
+        held.spawn(async move { work.held().await });
     }
     let (mut ran, mut rejected) = (0, 0);
-    while let Some(r) = slow_calls.join_next().await {
+    while let Some(r) = held.join_next().await {
         match r? {
             Ok(_) => ran += 1,
             Err(CallError::Rejected(_)) => rejected += 1,
-            Err(e) => return Err(format!("slow: {e}").into()),
+            Err(e) => return Err(format!("held: {e}").into()),
+        }
+        if rejected == SERVER_LIMIT && ran == 0 {
+            worker.gate.add_permits(SERVER_LIMIT);
         }
     }
     println!("3. {} calls at once: {ran} ran, {rejected} were rejected by the server's limit", 2 * SERVER_LIMIT);
-    assert!((1..=SERVER_LIMIT).contains(&ran) && ran + rejected == 2 * SERVER_LIMIT);
+    assert_eq!((ran, rejected), (SERVER_LIMIT, SERVER_LIMIT));
 
     let report = server.shutdown().await;
     println!("server shut down after {} session(s)", report.sessions_served);

@@ -157,7 +157,9 @@ async fn tower_typed_client_calls_go_through_the_service() {
 
 /// rule: rpc.cancel — a client-side `Timeout` drops the call's future,
 /// which cancels it: the handler is stopped.
-#[tokio::test]
+// Paused time: the deadline passes only once everything else is idle,
+// so the handler has surely started, however loaded the machine.
+#[tokio::test(start_paused = true)]
 async fn tower_client_timeout_cancels_the_call_on_the_server() {
     let lab = LabImpl::default();
     let (_server, client) = pair(LabDispatcher::new(lab.clone())).await;
@@ -194,7 +196,9 @@ async fn tower_client_concurrency_limit_sheds_the_call_over_the_limit() {
 /// Server side: a concurrency limit with load shedding answers `Rejected`
 /// (nothing ran: the client may try elsewhere), a timeout answers
 /// `DeadlineExceeded` and stops the handler.
-#[tokio::test]
+// Paused time: the deadline passes only once everything else is idle,
+// so the handler has surely started, however loaded the machine.
+#[tokio::test(start_paused = true)]
 async fn tower_server_layers_answer_rejected_and_deadline_exceeded() {
     let lab = LabImpl::default();
     let stack = ServiceBuilder::new().load_shed().concurrency_limit(1).timeout(Duration::from_millis(200));
