@@ -256,3 +256,26 @@ async fn balance_keepalive_marks_a_hung_server_down() {
     assert_eq!(servers[1].shard.served.load(Ordering::SeqCst), 10, "the live server answered them all");
     frozen.abort();
 }
+
+/// The pool is a tower service too: layers stack over it, and an idem
+/// service's calls are retried on another endpoint underneath them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_pool_is_a_tower_service() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use vox_core::service::tower::TypedCall;
+    let servers = [TestServer::start(), TestServer::start()];
+    let pool = pool_of(&servers);
+    within("both endpoints up", pool.until(|h| h.iter().all(|e| e.up))).await;
+    let svc = ServiceBuilder::new()
+        .timeout(PATIENCE)
+        .concurrency_limit(4)
+        .service(pool.idem_service::<StoreClient, u64, CallError>());
+    for key in 0..10u64 {
+        let get = TypedCall::new(move |c: StoreClient| async move { c.get(key).await });
+        assert_eq!(svc.clone().oneshot(get).await.expect("answer"), key * 10);
+    }
+    let once = pool.once_service::<StoreClient, u64, CallError>();
+    let append = TypedCall::new(|c: StoreClient| async move { c.append(5).await });
+    assert_eq!(once.oneshot(append).await, Ok(5));
+    assert_eq!(pool.stats().calls, 11);
+}

@@ -18,6 +18,9 @@
 //! with backoff. Dropping the last clone of the pool stops the supervisors
 //! and releases the sessions.
 
+mod tower_service;
+pub use tower_service::PoolService;
+
 use super::Client;
 use crate::driver::CallError;
 use crate::session::{Caller, RawResponse, SessionBuilder};
