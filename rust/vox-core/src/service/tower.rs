@@ -102,7 +102,9 @@ fn readiness(caller: &Caller) -> Result<(), CallError> {
 
 /// A caller is a service: always ready while its session lives (vox
 /// pipelines calls; the limits are the peer's and the layers' business),
-/// and failing readiness with the session's end once it has ended.
+/// and failing readiness with the session's end once it has ended. A
+/// caller of a virtual connection has no session to watch: it stays ready,
+/// and a call on a closed connection fails with `ConnectionClosed`.
 impl ::tower::Service<RawRequest> for Caller {
     type Response = RawResponse;
     type Error = CallError;
