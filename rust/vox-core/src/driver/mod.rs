@@ -14,6 +14,8 @@ mod handler;
 // Items only the proofs drive are unused without test-util.
 #[cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
 pub(crate) mod liveness;
+pub mod metrics;
+pub mod trace;
 
 pub use crate::plumbing::loss::{Fault, LossCause};
 pub use crate::plumbing::operations::MethodPolicy;

@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "tower")]
+pub mod balance;
 /// Turns a trait of `async fn` methods into a vox service.
 ///
 /// On `trait Calculator` it generates:
@@ -164,6 +166,8 @@ use std::sync::Arc;
 mod evolve;
 mod retry;
 mod server;
+#[cfg(feature = "tower")]
+pub mod tower;
 pub use server::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_SESSIONS, ServeError, ServeReport, Server, Serving};
 
 pub use vox_macros::service;
@@ -387,6 +391,7 @@ impl ServiceRouter {
             tracing::debug!(service = old_name, "service replaced in router");
         }
         for m in D::METHODS {
+            crate::driver::metrics::name_method(m.id(), m.service, m.name);
             inner.by_method.insert(m.id(), handler.clone());
         }
         self

@@ -33,6 +33,7 @@ pub(crate) async fn call_bytes(
     args: Bytes,
     channels: Vec<ChannelArg>,
 ) -> Result<Bytes, CallError> {
+    crate::driver::metrics::name_method(method_id, info.service, info.name);
     let policy: RetryPolicy = caller.retry_policy();
     let session = match caller.session() {
         Some(s) if channels.is_empty() && policy.max_attempts > 1 => s.clone(),

@@ -418,6 +418,16 @@ impl Caller {
         method_id: MethodId,
         args: Bytes,
         channels: Vec<ChannelArg>,
+        metadata: Metadata,
+    ) -> Result<RawResponse, CallError> {
+        crate::driver::metrics::observe_call(method_id, self.call_unobserved(method_id, args, channels, metadata)).await
+    }
+
+    async fn call_unobserved(
+        &self,
+        method_id: MethodId,
+        args: Bytes,
+        channels: Vec<ChannelArg>,
         mut metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
         use crate::driver::context;
@@ -425,6 +435,7 @@ impl Caller {
         let core = self.core.get();
         let span = tracing::debug_span!("call", conn = %core.id(), method = %method_id, channels = channels.len());
         metadata.0.extend(self.defaults.metadata.0.iter().cloned());
+        crate::driver::trace::inject(&span, &mut metadata);
         // rule: rpc.deadline — our own timeout, or the remaining time of the
         // request being handled, whichever ends first.
         let own = self.defaults.timeout.map(|t| tokio::time::Instant::now() + t);

@@ -66,6 +66,8 @@ impl ConnectionCore {
         };
         use tracing::Instrument;
         let span = tracing::debug_span!("handle", conn = %self.id, request = %id, method = %method_id);
+        crate::driver::trace::extract(&span, &metadata);
+        crate::driver::metrics::request_received(method_id);
         let attempt = Attempt { core: self.clone(), id, stop: stop_rx, deadline };
         match work {
             Work::Handle(None) => self.start_plain(attempt, method_id, args, metadata, binder, span),
@@ -176,6 +178,7 @@ impl ConnectionCore {
         // Removing the entry and queueing the response under one lock: the
         // peer can only send its next request after seeing this response,
         // by which time the slot is free (rule: rpc.flow-control.max-concurrent-requests).
+        crate::driver::metrics::request_answered(&ret);
         permit.send(Message { connection_id: self.id, payload: Payload::Response { id, ret, metadata } });
     }
 }

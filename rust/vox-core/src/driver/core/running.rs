@@ -57,7 +57,7 @@ pub(super) async fn run_handler(
     // An execution the operation table tracks runs as its own task: it may
     // have to outlive this attempt (below) or be stopped by a later attempt
     // that supersedes it (`SessionOps::admit`).
-    let task = tokio::spawn(running);
+    let task = tokio::spawn(tracing::Instrument::in_current_span(running));
     op.ops.started(op.ticket, task.abort_handle());
     let (ret, md) = tokio::select! {
         r = &mut reply_rx => reply_or_failure(r.ok()),

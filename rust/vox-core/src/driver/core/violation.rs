@@ -34,10 +34,10 @@ pub enum Violation {
 
 impl ConnectionCore {
     pub(super) fn violation(&self, id: RequestId, what: impl Into<String>, rule: &'static str) -> Violation {
-        Violation::Request { conn: self.id, id, what: what.into(), rule }
+        crate::driver::metrics::violation(Violation::Request { conn: self.id, id, what: what.into(), rule })
     }
 
     pub(super) fn channel_violation(&self, source: ChannelViolation) -> Violation {
-        Violation::Channel { conn: self.id, source }
+        crate::driver::metrics::violation(Violation::Channel { conn: self.id, source })
     }
 }

@@ -260,7 +260,7 @@ impl<T> Tx<T> {
     pub async fn send_raw(&mut self, item: Bytes) -> Result<(), ChannelError> {
         use tracing::Instrument;
         let item = match self.slot.keep_early(item) {
-            None => return Ok(()),
+            None => return Ok(()).inspect(|()| crate::driver::metrics::item_sent()),
             Some(item) => item,
         };
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
@@ -269,8 +269,10 @@ impl<T> Tx<T> {
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
         let send = async {
-            std::future::poll_fn(|cx| core.poll_credit(id, cx)).await?;
-            Ok(core.send_item(id, item).await?)
+            crate::driver::metrics::credit_wait(std::future::poll_fn(|cx| core.poll_credit(id, cx))).await?;
+            core.send_item(id, item).await?;
+            crate::driver::metrics::item_sent();
+            Ok(())
         };
         match span(core, id, "tx") {
             Some(span) => send.instrument(span).await,
@@ -302,7 +304,10 @@ impl<T> Tx<T> {
             std::task::Poll::Ready(Ok(())) => {}
         }
         match core.try_send_item(id, bytes) {
-            Ok(None) => Ok(()),
+            Ok(None) => {
+                crate::driver::metrics::item_sent();
+                Ok(())
+            }
             Ok(Some(_)) => Err(TrySendError::Full(item)),
             Err(e) => Err(TrySendError::Closed(item, e.into())),
         }
@@ -399,7 +404,7 @@ impl<T> Rx<T> {
             Some(span) => recv.instrument(span).await,
             None => recv.await,
         };
-        Ok(r?)
+        Ok(r?.inspect(|_| crate::driver::metrics::item_received()))
     }
 
     /// Asks the sender to stop (sends `ResetChannel`).

@@ -63,6 +63,7 @@ impl SessionBuilder {
             generation: generation_rx,
             op_ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
+        crate::driver::metrics::watch_session(handle.closed.clone(), handle.generation.clone());
         let caller = Caller::new(CoreRef::Root(root_slot), LiveToken::new(mailbox_tx, ConnectionId::ROOT))
             .in_session(handle.clone());
         Session { handle, root: ConnectionHandle { id: ConnectionId::ROOT, caller }, negotiated }
