@@ -190,7 +190,10 @@ async fn metrics_calls_by_method_and_outcome_with_latency() {
     let received = format!("{}{{method=Meter.add}}", m::REQUESTS_RECEIVED);
     let (answered_ok, answered_user) =
         (format!("{}{{outcome=ok}}", m::REQUESTS_ANSWERED), format!("{}{{outcome=user_error}}", m::REQUESTS_ANSWERED));
-    let server_before = [value(&received), value(&answered_ok), value(&answered_user)];
+    // The schema exchange (rule schema.identity) is a request of its own,
+    // answered `ok`, before the first call of each method on a connection.
+    let queries = format!("{}{{method={}}}", m::REQUESTS_RECEIVED, vox_core::schema::schema_method_id());
+    let server_before = [value(&received), value(&answered_ok), value(&answered_user), value(&queries)];
     let before = [value(&started), value(&add_ok), value(&refused), value(&deadline), value(&dropped)];
     let samples_before = samples(&latency).len();
 
@@ -218,7 +221,9 @@ async fn metrics_calls_by_method_and_outcome_with_latency() {
     assert_eq!(value(&dropped) - before[4], 1.0);
     // The server side counted the same calls as requests and answers.
     assert_eq!(value(&received) - server_before[0], 3.0);
-    assert_eq!(value(&answered_ok) - server_before[1], 3.0);
+    let schema_queries = value(&queries) - server_before[3];
+    assert_eq!(schema_queries, 3.0, "one per method used: add, refuse, hang");
+    assert_eq!(value(&answered_ok) - server_before[1], 3.0 + schema_queries);
     assert_eq!(value(&answered_user) - server_before[2], 1.0);
     let lat = samples(&latency);
     assert_eq!(lat.len() - samples_before, 3, "one latency sample per call");

@@ -231,7 +231,10 @@ impl<T> Tx<T> {
         // rule: schema.evolution — a caller-side end translates into the
         // handler's layout once the schema exchange set a plan (always
         // before the call binds the channel).
-        let Some(bytes) = self.slot.keep_early_translated(bytes, x)? else { return Ok(()) };
+        let Some(bytes) = self.slot.keep_early_translated(bytes, x)? else {
+            crate::driver::metrics::item_sent();
+            return Ok(());
+        };
         if !matches!(self.slot, ChannelSlot::Bound { .. }) {
             std::future::poll_fn(|cx| self.slot.poll_bound(Role::Sender, Some(cx))).await?;
         }
