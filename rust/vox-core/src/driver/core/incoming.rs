@@ -3,9 +3,9 @@
 //! `on_request` until `finish_handler` (or the connection's loss) removes it,
 //! and only while it is may a response for it be queued.
 
-use super::admission::Work;
+use super::admission::{OpRun, Work};
 use super::contained::Contained;
-use super::running::{reply_or_failure, run_attached, run_handler, run_inline};
+use super::running::{reply_or_failure, run_attached, run_inline, run_tracked};
 use super::{ConnectionCore, Violation};
 use crate::driver::context::{self, CallContext};
 use crate::driver::handler::{Call, ChannelBinder, ReplySink};
@@ -71,9 +71,7 @@ impl ConnectionCore {
         let attempt = Attempt { core: self.clone(), id, stop: stop_rx, deadline };
         match work {
             Work::Handle(None) => self.start_plain(attempt, method_id, args, metadata, binder, span),
-            Work::Handle(Some(op)) => {
-                tokio::spawn(run_handler(attempt, method_id, args, metadata, binder, op).instrument(span));
-            }
+            Work::Handle(Some(op)) => self.start_tracked(attempt, method_id, args, metadata, binder, op, span),
             Work::Attach { ops, op, waiter, outcome } => {
                 drop(binder);
                 tokio::spawn(run_attached(attempt, ops, op, waiter, outcome).instrument(span));
@@ -107,31 +105,9 @@ impl ConnectionCore {
         span: tracing::Span,
     ) {
         use tracing::Instrument;
-        let Some(handler) = self.handler.as_ref() else {
-            // rule: rpc.unknown-method — no service on this connection (the
-            // call's channels are ended with its binder).
-            drop(binder);
+        let Some((running, mut reply_rx)) = self.first_poll(&attempt, method_id, args, metadata, binder, &span) else {
             tokio::spawn(attempt.answer(ResponseBody::UnknownMethod).instrument(span));
             return;
-        };
-        let (reply_tx, mut reply_rx) = oneshot::channel();
-        let ctx = CallContext {
-            connection_id: self.id,
-            method_id,
-            metadata: metadata.clone(),
-            deadline: attempt.deadline,
-            peer_addr: self.peer_addr(),
-            peer_identity: self.peer_identity(),
-        };
-        let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
-        let running = {
-            let _entered = span.enter();
-            let mut running = Contained::start(|| Box::pin(ctx.scope(handler.handle(call))));
-            // A no-op waker: if the handler is not done, the request task
-            // polls it again before anything can be due, and a future
-            // registers the waker of its latest poll.
-            let _ = std::pin::Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
-            running
         };
         let reply = match reply_rx.try_recv() {
             Ok(reply) => Some(reply),
@@ -142,6 +118,90 @@ impl ConnectionCore {
             }
         };
         let (ret, md) = reply_or_failure(reply);
+        self.answer_first(attempt, ret, md, running, span);
+    }
+
+    /// Starts a call the operation table tracks (ticket `op`) the same way:
+    /// created and polled once here. One that answers in that poll has its
+    /// outcome recorded in the table and is answered at once, with no task
+    /// of its own (nothing is left to supersede or to outlive the attempt);
+    /// anything else becomes its own task ([`run_tracked`]), as the table's
+    /// rules need.
+    #[allow(clippy::too_many_arguments)]
+    fn start_tracked(
+        self: &Arc<Self>,
+        attempt: Attempt,
+        method_id: MethodId,
+        args: Blob,
+        metadata: Metadata,
+        binder: ChannelBinder,
+        op: OpRun,
+        span: tracing::Span,
+    ) {
+        use tracing::Instrument;
+        let Some((running, mut reply_rx)) = self.first_poll(&attempt, method_id, args, metadata, binder, &span) else {
+            tokio::spawn(attempt.answer(ResponseBody::UnknownMethod).instrument(span));
+            return;
+        };
+        let reply = match reply_rx.try_recv() {
+            Ok(reply) => Some(reply),
+            Err(oneshot::error::TryRecvError::Closed) => None,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                tokio::spawn(run_tracked(attempt, running, reply_rx, op).instrument(span));
+                return;
+            }
+        };
+        let (ret, md) = reply_or_failure(reply);
+        // A superseded execution's completion is refused: its attempt's
+        // outcome is unknown to the caller's logical call.
+        let ret = if op.ops.complete(op.ticket, &ret) { ret } else { ResponseBody::Indeterminate };
+        self.answer_first(attempt, ret, md, running, span);
+    }
+
+    /// Creates the handler's future for a request and polls it once, here
+    /// on the receive loop, with a no-op waker: if it is not done, the
+    /// request task polls it again before anything can be due, and a future
+    /// registers the waker of its latest poll. `None`: no handler serves
+    /// this connection (rule `rpc.unknown-method`; the call's channels are
+    /// ended with its binder).
+    fn first_poll(
+        &self,
+        attempt: &Attempt,
+        method_id: MethodId,
+        args: Blob,
+        metadata: Metadata,
+        binder: ChannelBinder,
+        span: &tracing::Span,
+    ) -> Option<(Contained, oneshot::Receiver<(ResponseBody, Metadata)>)> {
+        let handler = self.handler.as_ref()?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let ctx = CallContext {
+            connection_id: self.id,
+            method_id,
+            metadata: metadata.clone(),
+            deadline: attempt.deadline,
+            peer_addr: self.peer_addr(),
+            peer_identity: self.peer_identity(),
+        };
+        let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
+        let _entered = span.enter();
+        let mut running = Contained::start(|| Box::pin(ctx.scope(handler.handle(call))));
+        let _ = std::pin::Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
+        Some((running, reply_rx))
+    }
+
+    /// Answers a request whose handler replied in its first poll: at once
+    /// if the outbound queue has room, else from a task (never waiting
+    /// here); work the handler does after its reply is driven to its end.
+    fn answer_first(
+        self: &Arc<Self>,
+        attempt: Attempt,
+        ret: ResponseBody,
+        md: Metadata,
+        running: Contained,
+        span: tracing::Span,
+    ) {
+        use tracing::Instrument;
         match self.try_reserve() {
             Some(permit) => {
                 self.finish_handler(permit, attempt.id, ret, md);

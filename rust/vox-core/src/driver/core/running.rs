@@ -6,11 +6,9 @@
 use super::admission::OpRun;
 use super::contained::Contained;
 use super::incoming::Attempt;
-use crate::driver::context::CallContext;
-use crate::driver::handler::{Call, ChannelBinder, ReplySink};
 use crate::plumbing::operations::{OpId, WaiterId};
 use crate::plumbing::ops::SessionOps;
-use crate::wire::{Blob, Metadata, MethodId, ResponseBody};
+use crate::wire::{Metadata, ResponseBody};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -22,38 +20,24 @@ async fn deadline_passes(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Runs one inbound request: spawns the handler, waits for its one reply or
-/// a cancel, and sends exactly one response (rule: rpc.response.one-per-request).
+/// Runs one inbound request the operation table tracks, whose handler was
+/// created and polled once on the receive loop without answering
+/// ([`ConnectionCore::start_tracked`](super::ConnectionCore)): spawns the
+/// handler, waits for its one reply or a cancel, and sends exactly one
+/// response (rule: rpc.response.one-per-request).
 ///
-/// With an operation ticket, the outcome also goes to the table (and to the
-/// attempts attached to this execution). If the attachment dies meanwhile,
-/// an execution without channels keeps running so a retry can attach to it
-/// or get its outcome (`retry.duplicate.live`, `retry.duplicate.sealed`);
-/// one with channels is stopped and marked indeterminate, since its
-/// channels died with the attachment (`retry.channel.disconnect.closes`).
-pub(super) async fn run_handler(
+/// The outcome also goes to the table (and to the attempts attached to this
+/// execution). If the attachment dies meanwhile, an execution without
+/// channels keeps running so a retry can attach to it or get its outcome
+/// (`retry.duplicate.live`, `retry.duplicate.sealed`); one with channels is
+/// stopped and marked indeterminate, since its channels died with the
+/// attachment (`retry.channel.disconnect.closes`).
+pub(super) async fn run_tracked(
     mut attempt: Attempt,
-    method_id: MethodId,
-    args: Blob,
-    metadata: Metadata,
-    binder: ChannelBinder,
+    running: Contained,
+    mut reply_rx: oneshot::Receiver<(ResponseBody, Metadata)>,
     op: OpRun,
 ) {
-    let (reply_tx, mut reply_rx) = oneshot::channel();
-    let ctx = CallContext {
-        connection_id: attempt.core.id,
-        method_id,
-        metadata: metadata.clone(),
-        deadline: attempt.deadline,
-        peer_addr: attempt.core.peer_addr(),
-        peer_identity: attempt.core.peer_identity(),
-    };
-    let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
-    let Some(running) = attempt.core.handler.as_ref().map(|h| ctx.scope(h.handle(call))) else {
-        // rule: rpc.unknown-method — no service on this connection (the
-        // call's channels are ended with its binder).
-        return attempt.answer(ResponseBody::UnknownMethod).await;
-    };
     // An execution the operation table tracks runs as its own task: it may
     // have to outlive this attempt (below) or be stopped by a later attempt
     // that supersedes it (`SessionOps::admit`).
