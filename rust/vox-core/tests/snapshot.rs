@@ -32,6 +32,9 @@ async fn session_snapshot_shows_calls_handlers_and_connections_in_flight() {
         s.connections.len() == 2 && s.connections[0].calls.as_ref().is_some_and(|c| c.handlers_in_flight == 1)
     })
     .await;
+    let handling = &on_server.connections[0].incoming;
+    assert_eq!(handling.len(), 1, "the call being handled");
+    assert_eq!((handling[0].method, handling[0].state.as_str()), (mid("wait_forever"), "running"));
     assert_eq!(on_server.phase, "established");
     assert_eq!(on_server.generation, 1);
     assert_eq!(on_server.connections[1].id, conn.id.0);
@@ -43,10 +46,14 @@ async fn session_snapshot_shows_calls_handlers_and_connections_in_flight() {
         snapshot_until(&client.handle, |s| s.connections[0].calls.as_ref().is_some_and(|c| c.calls_in_flight == 1))
             .await;
     assert_eq!(on_client.connections.len(), 2, "the root and the virtual connection");
+    let calls = &on_client.connections[0].outgoing;
+    assert_eq!(calls.len(), 1, "the call awaiting its response");
+    assert_eq!((calls[0].method, calls[0].state.as_str()), (mid("wait_forever"), "waiting"));
     let text = on_client.to_string();
     assert!(text.starts_with("session established (generation 1)"), "{text}");
     assert!(text.contains("connection 0 (open): 1 calls, 0 handlers in flight"), "{text}");
     assert!(text.contains(&format!("connection {} (open)", conn.id.0)), "{text}");
+    assert!(text.contains(&format!("call {} method {}", calls[0].request_id, mid("wait_forever"))), "{text}");
 
     call.abort();
     drop(conn);

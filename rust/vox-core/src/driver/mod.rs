@@ -22,7 +22,7 @@ pub use crate::plumbing::operations::MethodPolicy;
 pub use channel::{ChannelStats, Violation as ChannelViolation, ViolationKind as ChannelViolationKind};
 pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;
-pub use core::{ConnectionCore, CoreStats, Violation};
+pub use core::{ConnectionCore, CoreStats, InFlight, Violation};
 pub use error::CallError;
 pub use handle::{
     ChannelArg, ChannelError, DEFAULT_INITIAL_CREDIT, Role, Rx, TrySendError, Tx, channel, channel_with_credit,

@@ -3,7 +3,7 @@
 //! Taken by the run loop between two events, so every figure in it is of
 //! the same moment.
 
-use crate::driver::{ChannelStats, CoreStats};
+use crate::driver::{ChannelStats, CoreStats, InFlight};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -51,6 +51,10 @@ pub struct ConnectionSnapshot {
     pub calls: Option<CoreStats>,
     /// The channel registry's counters (absent while opening).
     pub channels: Option<ChannelStats>,
+    /// This side's calls awaiting their response, oldest first.
+    pub outgoing: Vec<InFlight>,
+    /// The peer's requests being handled here, oldest first.
+    pub incoming: Vec<InFlight>,
 }
 
 impl fmt::Display for SessionSnapshot {
@@ -81,6 +85,11 @@ impl fmt::Display for SessionSnapshot {
                 )?;
             }
             writeln!(f)?;
+            for (dir, list) in [("call", &c.outgoing), ("handling", &c.incoming)] {
+                for r in list {
+                    writeln!(f, "    {dir} {} method {} for {} ms ({})", r.request_id, r.method, r.age_ms, r.state)?;
+                }
+            }
         }
         Ok(())
     }
@@ -101,8 +110,27 @@ mod tests {
                     state: "open".into(),
                     calls: Some(CoreStats { calls_in_flight: 3, handlers_in_flight: 1, ..CoreStats::default() }),
                     channels: Some(ChannelStats { open: 2, max_queue_depth: 5, ..ChannelStats::default() }),
+                    outgoing: vec![InFlight {
+                        request_id: 7,
+                        method: crate::wire::MethodId(9),
+                        age_ms: 12,
+                        state: "waiting".into(),
+                    }],
+                    incoming: vec![InFlight {
+                        request_id: 4,
+                        method: crate::wire::MethodId(10),
+                        age_ms: 3,
+                        state: "stopping".into(),
+                    }],
                 },
-                ConnectionSnapshot { id: 1, state: "opening".into(), calls: None, channels: None },
+                ConnectionSnapshot {
+                    id: 1,
+                    state: "opening".into(),
+                    calls: None,
+                    channels: None,
+                    outgoing: Vec::new(),
+                    incoming: Vec::new(),
+                },
             ],
             outbound_queued: 4,
             outbound_capacity: 1024,
@@ -116,6 +144,8 @@ mod tests {
             "session established (generation 2), draining\n\
              \x20 outbound 4/1024 queued, 1 owed by the session, 6 requests in the mailbox\n\
              \x20 connection 0 (open): 3 calls, 1 handlers in flight; channels 2 open, 0 pending, 0 closing, 0 closed, deepest queue 5\n\
+             \x20   call 7 method 9 for 12 ms (waiting)\n\
+             \x20   handling 4 method 10 for 3 ms (stopping)\n\
              \x20 connection 1 (opening)\n"
         );
         let bytes = postcard::to_allocvec(&snapshot).expect("serialize");

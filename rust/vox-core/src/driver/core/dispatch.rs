@@ -80,7 +80,7 @@ impl ConnectionCore {
         let mut st = self.state.lock();
         match st.handlers.get_mut(&id) {
             Some(call) => {
-                call.step(IncomingEvent::Cancel);
+                call.state.step(IncomingEvent::Cancel);
                 Inbound::Cancelled
             }
             // rule: rpc.cancel.crossing — the response already left.

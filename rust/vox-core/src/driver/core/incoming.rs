@@ -6,7 +6,7 @@
 use super::admission::{OpRun, Work};
 use super::contained::Contained;
 use super::running::{reply_or_failure, run_attached, run_inline, run_tracked};
-use super::{ConnectionCore, Violation};
+use super::{ConnectionCore, Tracked, Violation};
 use crate::driver::context::{self, CallContext};
 use crate::driver::handler::{Call, ChannelBinder, ReplySink};
 use crate::plumbing::outbound::OutboundPermit;
@@ -49,7 +49,7 @@ impl ConnectionCore {
             }
             refuse = st.draining.is_some();
             self.registry.on_remote_announce(&channels).map_err(|v| self.channel_violation(v))?;
-            st.handlers.insert(id, IncomingCall::Running { stop: stop_tx });
+            st.handlers.insert(id, Tracked::new(IncomingCall::Running { stop: stop_tx }, method_id));
         }
         let has_channels = !channels.is_empty();
         let binder = ChannelBinder::new(self.clone(), channels);
@@ -229,7 +229,7 @@ impl ConnectionCore {
             return;
         }
         let Some(call) = st.handlers.get_mut(&id) else { return };
-        if !call.step(IncomingEvent::Answered) {
+        if !call.state.step(IncomingEvent::Answered) {
             st.handlers.remove(&id);
         }
         if let (true, Some(idle)) = (st.handlers.is_empty(), &st.draining) {

@@ -20,7 +20,7 @@ impl ConnectionCore {
         };
         self.slots.close();
         for (_, entry) in calls {
-            let (_, effect) = CallEntry::step(Some(entry), CallEvent::Lost(cause.clone()));
+            let (_, effect) = CallEntry::step(Some(entry.state), CallEvent::Lost(cause.clone()));
             effect.deliver();
         }
         // Dropping the entries drops their stop senders, which stops every

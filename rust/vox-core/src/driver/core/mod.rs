@@ -45,7 +45,7 @@ use super::liveness::Liveness;
 use crate::plumbing::ops::SessionOps;
 use crate::plumbing::outbound::Outbound;
 use crate::sync::Mutex;
-use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Metadata, Parity, RequestId, ResponseBody};
+use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Metadata, MethodId, Parity, RequestId, ResponseBody};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
@@ -65,12 +65,47 @@ pub(crate) enum Inbound {
 
 pub(crate) type CallReply = Result<(ResponseBody, Metadata), CallError>;
 
+/// A request in one of the core's in-flight tables: its state, and for
+/// which method and since when (what the debug snapshot shows; the state
+/// machines see only `state`).
+pub(super) struct Tracked<S> {
+    pub(super) state: S,
+    pub(super) method: MethodId,
+    pub(super) started: std::time::Instant,
+}
+
+impl<S> Tracked<S> {
+    pub(super) fn new(state: S, method: MethodId) -> Tracked<S> {
+        Tracked { state, method, started: std::time::Instant::now() }
+    }
+
+    fn show(&self, id: RequestId, state: &str, now: std::time::Instant) -> InFlight {
+        let age = now.saturating_duration_since(self.started);
+        InFlight { request_id: id.0, method: self.method, age_ms: age.as_millis() as u64, state: state.into() }
+    }
+}
+
+/// One request in flight, as a debug snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InFlight {
+    /// The request id.
+    pub request_id: u64,
+    /// The method called.
+    pub method: MethodId,
+    /// How long it has been in flight, in milliseconds.
+    pub age_ms: u64,
+    /// Outgoing: `waiting`, or `cancelled` (dropped by the caller, the
+    /// peer's answer still due); incoming: `running`, or `stopping`
+    /// (cancelled by the peer, the answer still due).
+    pub state: String,
+}
+
 struct CoreState {
     lost: Liveness,
     requests: IdAllocator,
-    calls: HashMap<RequestId, CallEntry>,
+    calls: HashMap<RequestId, Tracked<CallEntry>>,
     // Inbound requests in flight.
-    handlers: HashMap<RequestId, IncomingCall>,
+    handlers: HashMap<RequestId, Tracked<IncomingCall>>,
     // Cancels of dropped calls not yet queued. Whoever holds an outbound
     // place pops them under this lock (the flush task, or `send_request`
     // before its own request), so a cancel always precedes on the wire every
@@ -153,6 +188,39 @@ impl ConnectionCore {
     #[cfg(any(test, loom))]
     pub(crate) fn registry_for_models(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The requests in flight now: this side's calls and the peer's
+    /// requests being handled, each oldest first (for the debug snapshot).
+    pub fn in_flight(&self) -> (Vec<InFlight>, Vec<InFlight>) {
+        let now = std::time::Instant::now();
+        let st = self.state.lock();
+        let mut calls: Vec<_> = st
+            .calls
+            .iter()
+            .map(|(id, t)| {
+                let state = match t.state {
+                    CallEntry::Waiting { .. } => "waiting",
+                    CallEntry::Cancelled { .. } => "cancelled",
+                };
+                t.show(*id, state, now)
+            })
+            .collect();
+        let mut handlers: Vec<_> = st
+            .handlers
+            .iter()
+            .map(|(id, t)| {
+                let state = match t.state {
+                    IncomingCall::Running { .. } => "running",
+                    IncomingCall::Stopping => "stopping",
+                };
+                t.show(*id, state, now)
+            })
+            .collect();
+        drop(st);
+        calls.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+        handlers.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+        (calls, handlers)
     }
 
     /// Driver counters.

@@ -4,7 +4,7 @@
 //! is what the response and the connection's loss settle; every change to
 //! it is one [`CallEntry::step`], so the call's life reads in one place.
 
-use super::{CallReply, ConnectionCore, CoreState};
+use super::{CallReply, ConnectionCore, CoreState, Tracked};
 use crate::driver::channel::LossCause;
 use crate::driver::error::CallError;
 use crate::driver::handle::{ChannelArg, Early, SlotRef};
@@ -91,9 +91,14 @@ impl CallEffect {
 impl CoreState {
     /// Steps call `id` of the table (see [`CallEntry::step`]).
     pub(super) fn step_call(&mut self, id: RequestId, event: CallEvent) -> CallEffect {
-        let (next, effect) = CallEntry::step(self.calls.remove(&id), event);
+        let Some(tracked) = self.calls.remove(&id) else {
+            // Not in flight: a step from nothing never puts a call back.
+            return CallEntry::step(None, event).1;
+        };
+        let Tracked { state, method, started } = tracked;
+        let (next, effect) = CallEntry::step(Some(state), event);
         if let Some(next) = next {
-            self.calls.insert(id, next);
+            self.calls.insert(id, Tracked { state: next, method, started });
         }
         effect
     }
@@ -167,7 +172,7 @@ impl ConnectionCore {
                     Err(e) => return Err(CallError::SendFailed(format!("cannot create channel: {e}"))),
                 }
             }
-            st.calls.insert(id, CallEntry::Waiting { reply: reply_tx, _slot: slot });
+            st.calls.insert(id, Tracked::new(CallEntry::Waiting { reply: reply_tx, _slot: slot }, method_id));
             permit.send(Message {
                 connection_id: self.id,
                 payload: Payload::Request { id, method_id, args, channels: decls.clone(), metadata },

@@ -243,11 +243,16 @@ impl<A, R> Machine<A, R> {
             SessionPhase::Closing(_) => "closing",
             SessionPhase::Closed(_) => "closed",
         };
-        let connection = |id: ConnectionId, state: &str, core: Option<&Arc<ConnectionCore>>| ConnectionSnapshot {
-            id: id.0,
-            state: state.into(),
-            calls: core.map(|c| c.stats()),
-            channels: core.map(|c| c.channel_stats()),
+        let connection = |id: ConnectionId, state: &str, core: Option<&Arc<ConnectionCore>>| {
+            let (outgoing, incoming) = core.map(|c| c.in_flight()).unwrap_or_default();
+            ConnectionSnapshot {
+                id: id.0,
+                state: state.into(),
+                calls: core.map(|c| c.stats()),
+                channels: core.map(|c| c.channel_stats()),
+                outgoing,
+                incoming,
+            }
         };
         let mut connections = vec![connection(ConnectionId::ROOT, "open", Some(&self.root))];
         for (id, state, core) in self.table.live() {
