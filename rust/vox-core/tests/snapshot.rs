@@ -61,3 +61,28 @@ async fn session_snapshot_shows_calls_handlers_and_connections_in_flight() {
     client.handle.closed().await;
     assert!(matches!(client.handle.snapshot().await, Err(SessionError::Closed(_))), "no snapshot of an ended session");
 }
+
+#[tokio::test]
+async fn session_snapshot_shows_each_channel_with_its_end_state_and_credit() {
+    let (server, client) = memory_sessions(server_builder(), SessionBuilder::new()).await;
+    let (tx, rx) = vox_core::driver::channel::<i32>();
+    let caller = client.root.caller.clone();
+    let call =
+        tokio::spawn(
+            async move { caller.call::<_, i64>(mid("sum"), &(), vec![rx.into_arg().expect("caller end")]).await },
+        );
+
+    let on_client = snapshot_until(&client.handle, |s| !s.connections[0].channel_list.is_empty()).await;
+    let ch = &on_client.connections[0].channel_list[0];
+    assert_eq!((ch.end.as_str(), ch.state.as_str(), ch.queued), ("sender", "open", 0));
+    assert_eq!(ch.credit, Some(vox_core::driver::DEFAULT_INITIAL_CREDIT), "nothing sent yet");
+    assert!(on_client.to_string().contains(&format!("channel {} (sender, open): credit 16, 0 queued", ch.id)));
+
+    let on_server =
+        snapshot_until(&server.handle, |s| s.connections[0].channel_list.iter().any(|c| c.state == "open")).await;
+    let ch = &on_server.connections[0].channel_list[0];
+    assert_eq!((ch.end.as_str(), ch.state.as_str()), ("receiver", "open"));
+
+    drop(tx);
+    assert_eq!(call.await.expect("task").expect("sum"), 0, "closing the empty stream ends the call");
+}

@@ -20,8 +20,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 pub use error::{
-    ChannelStats, CloseCause, ItemOutcome, LocalError, LossCause, RecvError, RemoteOutcome, SendError, Violation,
-    ViolationKind,
+    ChannelStats, ChannelView, CloseCause, ItemOutcome, LocalError, LossCause, RecvError, RemoteOutcome, SendError,
+    Violation, ViolationKind,
 };
 pub use state::{ChannelState, Closed, Closing, Early, Half, ItemQueue, RecvHalf, Role, StateKind};
 pub use table::transition_table;
@@ -267,6 +267,11 @@ impl Registry {
     /// Counts per state and the discard / late / high-water counters.
     pub fn stats(&self) -> ChannelStats {
         self.inner.lock().stats()
+    }
+
+    /// Every channel still in the map, by id (for the debug snapshot).
+    pub fn channels(&self) -> Vec<ChannelView> {
+        self.inner.lock().channels()
     }
 
     /// The phase of a channel still in the map (`None` once removed).

@@ -19,7 +19,7 @@ pub mod trace;
 
 pub use crate::plumbing::loss::{Fault, LossCause};
 pub use crate::plumbing::operations::MethodPolicy;
-pub use channel::{ChannelStats, Violation as ChannelViolation, ViolationKind as ChannelViolationKind};
+pub use channel::{ChannelStats, ChannelView, Violation as ChannelViolation, ViolationKind as ChannelViolationKind};
 pub use context::{CallContext, DEADLINE_KEY};
 pub(crate) use core::Inbound;
 pub use core::{ConnectionCore, CoreStats, InFlight, Violation};

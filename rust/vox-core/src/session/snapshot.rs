@@ -3,7 +3,7 @@
 //! Taken by the run loop between two events, so every figure in it is of
 //! the same moment.
 
-use crate::driver::{ChannelStats, CoreStats, InFlight};
+use crate::driver::{ChannelStats, ChannelView, CoreStats, InFlight};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -55,6 +55,8 @@ pub struct ConnectionSnapshot {
     pub outgoing: Vec<InFlight>,
     /// The peer's requests being handled here, oldest first.
     pub incoming: Vec<InFlight>,
+    /// Every channel of the connection still in its registry, by id.
+    pub channel_list: Vec<ChannelView>,
 }
 
 impl fmt::Display for SessionSnapshot {
@@ -90,6 +92,10 @@ impl fmt::Display for SessionSnapshot {
                     writeln!(f, "    {dir} {} method {} for {} ms ({})", r.request_id, r.method, r.age_ms, r.state)?;
                 }
             }
+            for ch in &c.channel_list {
+                let credit = ch.credit.map_or_else(|| "no".to_string(), |c| c.to_string());
+                writeln!(f, "    channel {} ({}, {}): credit {credit}, {} queued", ch.id, ch.end, ch.state, ch.queued)?;
+            }
         }
         Ok(())
     }
@@ -122,6 +128,13 @@ mod tests {
                         age_ms: 3,
                         state: "stopping".into(),
                     }],
+                    channel_list: vec![ChannelView {
+                        id: 2,
+                        end: "receiver".into(),
+                        state: "open".into(),
+                        credit: Some(16),
+                        queued: 3,
+                    }],
                 },
                 ConnectionSnapshot {
                     id: 1,
@@ -130,6 +143,7 @@ mod tests {
                     channels: None,
                     outgoing: Vec::new(),
                     incoming: Vec::new(),
+                    channel_list: Vec::new(),
                 },
             ],
             outbound_queued: 4,
@@ -146,6 +160,7 @@ mod tests {
              \x20 connection 0 (open): 3 calls, 1 handlers in flight; channels 2 open, 0 pending, 0 closing, 0 closed, deepest queue 5\n\
              \x20   call 7 method 9 for 12 ms (waiting)\n\
              \x20   handling 4 method 10 for 3 ms (stopping)\n\
+             \x20   channel 2 (receiver, open): credit 16, 3 queued\n\
              \x20 connection 1 (opening)\n"
         );
         let bytes = postcard::to_allocvec(&snapshot).expect("serialize");

@@ -192,6 +192,23 @@ pub enum RemoteOutcome {
     ConnectionLost,
 }
 
+/// One channel as a debug snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelView {
+    /// The channel id.
+    pub id: u64,
+    /// Our end: `sender` or `receiver`.
+    pub end: String,
+    /// `pending`, `open`, `closing` or `closed`.
+    pub state: String,
+    /// Sender: the items we may still send before the next grant; receiver:
+    /// the credit the sender holds as far as we told it. `None` once
+    /// closing.
+    pub credit: Option<u32>,
+    /// Items delivered here and not yet taken by the receiver.
+    pub queued: usize,
+}
+
 /// A snapshot of a registry's bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelStats {

@@ -178,6 +178,12 @@ impl ConnectionCore {
         &self.outbound
     }
 
+    /// Every channel of this connection still in the registry (for the
+    /// debug snapshot).
+    pub fn channels(&self) -> Vec<crate::driver::channel::ChannelView> {
+        self.registry.channels()
+    }
+
     /// The channel registry's counters for this connection.
     pub fn channel_stats(&self) -> crate::driver::channel::ChannelStats {
         self.registry.stats()

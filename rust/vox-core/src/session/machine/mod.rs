@@ -252,6 +252,7 @@ impl<A, R> Machine<A, R> {
                 channels: core.map(|c| c.channel_stats()),
                 outgoing,
                 incoming,
+                channel_list: core.map(|c| c.channels()).unwrap_or_default(),
             }
         };
         let mut connections = vec![connection(ConnectionId::ROOT, "open", Some(&self.root))];

@@ -2,7 +2,7 @@
 //! description of a channel that errors and traces show.
 
 use super::Inner;
-use crate::driver::channel::error::ChannelStats;
+use crate::driver::channel::error::{ChannelStats, ChannelView};
 use crate::driver::channel::state::{ChannelState, Closing, Early, Half, Role, StateKind};
 use crate::wire::ChannelId;
 
@@ -19,6 +19,38 @@ impl Inner {
         }
         stats.tombstones = self.tombstones.len();
         stats
+    }
+
+    pub(in crate::driver::channel) fn channels(&self) -> Vec<ChannelView> {
+        let mut views: Vec<_> = self
+            .channels
+            .iter()
+            .map(|(id, entry)| {
+                let (credit, queued) = match &entry.state {
+                    ChannelState::Pending(Early::Receiving { items, outstanding, .. }) => {
+                        (Some(*outstanding), items.len())
+                    }
+                    ChannelState::Pending(Early::Sending { credit, .. })
+                    | ChannelState::Open(Half::Sending { credit }) => (Some(*credit), 0),
+                    ChannelState::Open(Half::Receiving(r)) => (Some(r.outstanding), r.queue.len()),
+                    ChannelState::Closing(Closing::ReceiverDraining { queue }) => (None, queue.len()),
+                    ChannelState::Closing(_) | ChannelState::Closed(_) => (None, 0),
+                };
+                let end = match entry.role() {
+                    Role::Sender => "sender",
+                    Role::Receiver => "receiver",
+                };
+                let state = match entry.state.kind() {
+                    StateKind::Pending => "pending",
+                    StateKind::Open => "open",
+                    StateKind::Closing => "closing",
+                    StateKind::Closed => "closed",
+                };
+                ChannelView { id: id.0, end: end.into(), state: state.into(), credit, queued }
+            })
+            .collect();
+        views.sort_by_key(|v| v.id);
+        views
     }
 
     pub(in crate::driver::channel) fn state_kind(&self, id: ChannelId) -> Option<StateKind> {
