@@ -295,6 +295,53 @@ mod tests {
         registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("create").id
     }
 
+    fn view(id: u64, end: &str, state: &str, credit: Option<u32>, queued: usize) -> ChannelView {
+        ChannelView { id, end: end.into(), state: state.into(), credit, queued }
+    }
+
+    #[test]
+    fn channel_views_show_each_channel_with_its_end_state_credit_and_queue() {
+        // The caller's side: we send on 1, receive on 3.
+        let caller = Registry::new(RegistryConfig::new(Parity::Odd));
+        let tx = caller.create_outgoing(ChannelDirection::CallerToHandler, 4).expect("create").id;
+        let rx = caller.create_outgoing(ChannelDirection::HandlerToCaller, 2).expect("create").id;
+        caller.spend_credit(tx).expect("credit");
+        caller.on_remote_item(rx, Bytes::from_static(b"x")).expect("item");
+        assert_eq!(
+            caller.channels(),
+            [view(1, "sender", "open", Some(3), 0), view(3, "receiver", "open", Some(1), 1)],
+            "by id; one credit spent, one item queued"
+        );
+        caller.local_close(tx).expect("close");
+        caller.on_remote_close(rx).expect("close");
+        assert_eq!(
+            caller.channels(),
+            [view(1, "sender", "closing", None, 0), view(3, "receiver", "closing", None, 1)],
+            "the close waits for the flush; the item waits for the receiver"
+        );
+
+        // The handler's side, before its handler binds anything.
+        let handler = Registry::new(RegistryConfig::new(Parity::Even));
+        let decls = [
+            ChannelDecl { id: ChannelId(1), direction: ChannelDirection::CallerToHandler, initial_credit: 2 },
+            ChannelDecl { id: ChannelId(3), direction: ChannelDirection::HandlerToCaller, initial_credit: 5 },
+        ];
+        handler.on_remote_announce(&decls).expect("announce");
+        handler.on_remote_item(ChannelId(1), Bytes::from_static(b"early")).expect("early item");
+        assert_eq!(
+            handler.channels(),
+            [view(1, "receiver", "pending", Some(1), 1), view(3, "sender", "pending", Some(5), 0)]
+        );
+
+        // Ordered by id whatever the map's order.
+        let many = Registry::new(RegistryConfig::new(Parity::Odd));
+        for _ in 0..12 {
+            create(&many);
+        }
+        let ids: Vec<u64> = many.channels().iter().map(|v| v.id).collect();
+        assert_eq!(ids, (0..12).map(|i| 2 * i + 1).collect::<Vec<_>>());
+    }
+
     // rule: retry.channel.volatile.rebinding — the registry of a resumed
     // session's new attachment never hands out an id of the old one.
     #[test]

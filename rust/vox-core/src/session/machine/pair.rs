@@ -336,11 +336,15 @@ fn session_snapshot_follows_the_machine() {
     assert!(fresh.connections[0].calls.is_some() && fresh.connections[0].channels.is_some());
 
     let mut rx = pair.a.open();
-    let _second = pair.a.open();
+    let _more: Vec<_> = (0..3).map(|_| pair.a.open()).collect();
     let opening = pair.a.machine.snapshot();
-    assert_eq!(opening.owed, 2, "two OpenConnection owed");
+    assert_eq!(opening.owed, 4, "four OpenConnection owed");
     let states: Vec<_> = opening.connections.iter().map(|c| (c.id, c.state.as_str(), c.calls.is_some())).collect();
-    assert_eq!(states, [(0, "open", true), (1, "opening", false), (3, "opening", false)], "by id, no driver yet");
+    assert_eq!(
+        states,
+        [(0, "open", true), (1, "opening", false), (3, "opening", false), (5, "opening", false), (7, "opening", false)],
+        "the root first, then by id whatever the table's order; no driver yet"
+    );
 
     pair.drive();
     let _handle = opened(&mut rx);
