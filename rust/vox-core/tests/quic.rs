@@ -5,7 +5,10 @@
 //! connection when the path dies. Certificates
 //! are generated at test time (rcgen); no key is committed.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+mod common {
+    pub mod certs;
+}
+use common::certs::Ca;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,8 +17,6 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use vox_core::driver::CallContext;
 use vox_core::link::quic::{self, QuicSource, quinn};
-use vox_core::link::tls::rustls::RootCertStore;
-use vox_core::link::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use vox_core::link::{LinkConfig, LinkError, tls};
 use vox_core::session::{Listener, SessionBuilder};
 
@@ -37,38 +38,6 @@ impl Who for WhoImpl {
     }
     async fn echo(&self, s: String) -> String {
         s
-    }
-}
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
-
-type Chain = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().expect("key");
-        let der = params.self_signed(&key).expect("self-signed").der().clone();
-        Ca { issuer: Issuer::new(params, key), der }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).expect("root");
-        roots
-    }
-
-    fn leaf(&self, dns: &[&str]) -> Chain {
-        let params = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
-        (vec![cert.der().clone()], PrivatePkcs8KeyDer::from(key.serialize_der()).into())
     }
 }
 

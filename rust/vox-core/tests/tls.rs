@@ -3,13 +3,15 @@
 //! name their cause, no plaintext fallback, and redials that verify again.
 //! Certificates are generated at test time (rcgen); no key is committed.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+mod common {
+    pub mod certs;
+}
+use common::certs::{Ca, Chain};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use vox_core::driver::CallContext;
 use vox_core::link::tls::rustls::RootCertStore;
-use vox_core::link::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use vox_core::link::tls::{self, TlsSource};
 use vox_core::session::{Listener, SessionBuilder};
 use vox_core::wire::ConduitMode;
@@ -37,46 +39,6 @@ impl Who for WhoImpl {
     }
 }
 
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
-
-type Chain = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().expect("key");
-        let der = params.self_signed(&key).expect("self-signed").der().clone();
-        Ca { issuer: Issuer::new(params, key), der }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).expect("root");
-        roots
-    }
-
-    /// A leaf certificate for `dns` names (and a `uri`, if given).
-    fn leaf(&self, dns: &[&str], uri: Option<&str>, expired: bool) -> Chain {
-        let mut params = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-        if let Some(uri) = uri {
-            params.subject_alt_names.push(SanType::URI(uri.try_into().expect("uri")));
-        }
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
-        (vec![cert.der().clone()], PrivatePkcs8KeyDer::from(key.serialize_der()).into())
-    }
-}
-
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), f).await.unwrap_or_else(|_| panic!("{what} timed out"))
 }
@@ -84,7 +46,7 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// A TLS listener serving `Who`, with a server certificate for localhost
 /// from `ca`, requiring client certificates from `clients` if given.
 async fn server(ca: &Ca, clients: Option<&Ca>, expired: bool) -> Listener {
-    let (chain, key) = ca.leaf(&["localhost"], None, expired);
+    let (chain, key) = ca.leaf_with(&["localhost"], None, expired);
     let verifier = clients.map(|c| tls::client_verifier(c.roots()).expect("verifier"));
     let config = tls::server_config(chain, key, verifier).expect("server config");
     SessionBuilder::new().handler(WhoDispatcher::new(WhoImpl)).listen_tls("127.0.0.1:0", config).await.expect("listen")
@@ -123,7 +85,7 @@ async fn tls_mutual_tls_handler_sees_the_client_certificate() {
     let ca = Ca::new("test ca");
     let client_ca = Ca::new("client ca");
     let listener = server(&ca, Some(&client_ca), false).await;
-    let cert = client_ca.leaf(&["client.vox.test"], Some("spiffe://vox.test/client"), false);
+    let cert = client_ca.leaf_with(&["client.vox.test"], Some("spiffe://vox.test/client"), false);
     let config = tls::client_config(ca.roots(), Some(cert)).expect("client config");
     let (server, client) =
         tokio::join!(listener.accept(), SessionBuilder::new().connect_tls(addr(&listener), "localhost", config));
@@ -177,7 +139,8 @@ async fn tls_server_requiring_client_certificates_rejects_a_client_without_one()
     let server_err = server_err.to_string();
     assert!(server_err.contains("no certificates"), "{server_err}");
     // A certificate from a CA the server does not trust is refused too.
-    let err = refused(&listener, "localhost", ca.roots(), Some(Ca::new("rogue ca").leaf(&["c"], None, false))).await;
+    let err =
+        refused(&listener, "localhost", ca.roots(), Some(Ca::new("rogue ca").leaf_with(&["c"], None, false))).await;
     assert!(err.contains("UnknownCA") || err.contains("BadCertificate") || err.contains("alert"), "{err}");
 }
 
@@ -241,7 +204,7 @@ async fn tls_stable_conduit_redials_over_tls_after_a_break() {
     let client_ca = Ca::new("client ca");
     let listener = server(&ca, Some(&client_ca), false).await;
     let proxy = Proxy::start(addr(&listener)).await;
-    let cert = client_ca.leaf(&["client.vox.test"], None, false);
+    let cert = client_ca.leaf_with(&["client.vox.test"], None, false);
     let config = tls::client_config(ca.roots(), Some(cert)).expect("client config");
     let source = TlsSource::new(proxy.addr.clone(), "localhost", config, Default::default()).expect("source");
     let mut builder = SessionBuilder::new();
@@ -295,7 +258,7 @@ async fn tls_resumed_session_redials_over_tls() {
 #[tokio::test]
 async fn tls_server_serves_over_tls_and_shuts_down() {
     let ca = Ca::new("test ca");
-    let (chain, key) = ca.leaf(&["localhost"], None, false);
+    let (chain, key) = ca.leaf_with(&["localhost"], None, false);
     let config = tls::server_config(chain, key, None).expect("server config");
     let serving = vox_core::service::Server::with_builder(SessionBuilder::new().handler(WhoDispatcher::new(WhoImpl)))
         .bind_tls("127.0.0.1:0", config)
