@@ -86,7 +86,7 @@ pub fn conduit(data: &[u8]) {
 /// decodes it).
 pub fn stable(data: &[u8]) {
     if let Some(StableMsg::Frame(frame)) = check::<StableMsg>("StableMsg", data) {
-        check::<ConduitMsg>("ConduitMsg", &frame.item.0);
+        check::<ConduitMsg>("ConduitMsg", frame.item.bytes());
     }
 }
 

@@ -895,7 +895,7 @@ impl Peer {
     }
 
     fn bytes(&self, n: usize) -> Blob {
-        Blob(self.filler.slice(..n.min(self.filler.len())))
+        Blob::new(self.filler.slice(..n.min(self.filler.len())))
     }
 
     fn conn_id(&self, sel: ConnSel) -> u64 {
@@ -1202,7 +1202,7 @@ async fn play(
             }
             p.server_tasks += 1;
             let caller = session.root.caller.clone();
-            let args = peer.bytes(usize::from(*args_len)).0;
+            let args = peer.bytes(usize::from(*args_len)).into_bytes();
             let method = MethodId(u64::from(*method));
             let channel = *channel;
             tokio::spawn(async move {

@@ -28,7 +28,7 @@ pub fn mid(name: &str) -> MethodId {
 pub fn blob<T: Serialize + ?Sized>(value: &T) -> Blob {
     // Encoding plain test values into a Vec cannot fail; an empty blob
     // would make the case fail visibly anyway.
-    Blob(Bytes::from(wire::encode("harness value", value).unwrap_or_default()))
+    Blob::new(Bytes::from(wire::encode("harness value", value).unwrap_or_default()))
 }
 
 /// A request payload with empty metadata.
@@ -50,7 +50,7 @@ pub fn decl(id: u64, direction: ChannelDirection, initial_credit: u32) -> Channe
 /// Decodes an `Ok` response body.
 pub fn ok_value<T: DeserializeOwned>(body: &ResponseBody) -> CaseResult<T> {
     match body {
-        ResponseBody::Ok(b) => Ok(wire::decode("return value", &b.0)?),
+        ResponseBody::Ok(b) => Ok(wire::decode("return value", b.bytes())?),
         other => fail!("expected an Ok response, got {other:?}"),
     }
 }
@@ -58,7 +58,7 @@ pub fn ok_value<T: DeserializeOwned>(body: &ResponseBody) -> CaseResult<T> {
 /// Decodes a `User` error response body.
 pub fn user_value<T: DeserializeOwned>(body: &ResponseBody) -> CaseResult<T> {
     match body {
-        ResponseBody::User(b) => Ok(wire::decode("user error", &b.0)?),
+        ResponseBody::User(b) => Ok(wire::decode("user error", b.bytes())?),
         other => fail!("expected a User error response, got {other:?}"),
     }
 }
@@ -568,7 +568,7 @@ impl StablePeer {
 
     /// The frame the harness sends next for `msg` (without sending it).
     pub fn frame(&mut self, msg: &ConduitMsg) -> CaseResult<StableFrame> {
-        let item = Blob(Bytes::from(wire::encode("ConduitMsg", msg)?));
+        let item = Blob::new(Bytes::from(wire::encode("ConduitMsg", msg)?));
         let ack = if self.ack_subject { self.subject_next.checked_sub(1) } else { None };
         let frame = StableFrame { seq: self.next_seq, ack, item };
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -651,7 +651,7 @@ impl StablePeer {
             let Some(f) = self.recv_frame(what).await? else {
                 fail!("the subject closed the link while the harness waited for {what}");
             };
-            let msg = wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)?;
+            let msg = wire::decode::<ConduitMsg>("ConduitMsg", f.item.bytes())?;
             if let ConduitMsg::Message(Message { connection_id, payload: Payload::Ping { nonce } }) = &msg
                 && self.answer_pings
                 && connection_id.is_root()

@@ -173,7 +173,7 @@ async fn echo(caller: &Caller, payload: &[u8]) -> Result<(), BenchError> {
     // `Blob` is vox's zero-copy byte string: the returned bytes share the
     // received message's buffer instead of being copied out of it.
     let back: Blob = caller.call(METHODS.echo, &BufRef(payload), vec![]).await?;
-    if back.0.len() != payload.len() {
+    if back.len() != payload.len() {
         return Err(BenchError::Check("vox echo has the wrong length"));
     }
     Ok(())

@@ -661,7 +661,7 @@ fn rpc_channel_sender_drop_closes_after_items_already_sent() {
     for text in ["a", "b", "c"] {
         assert!(caller.poll_credit(decl.id, &mut Context::from_waker(Waker::noop())).is_ready());
         caller.spend_credit(decl.id).unwrap();
-        wire.push(Payload::ChannelItem { id: decl.id, item: vox_core::wire::Blob(item(text)) });
+        wire.push(Payload::ChannelItem { id: decl.id, item: vox_core::wire::Blob::new(item(text)) });
     }
     // One more send was abandoned after spending: refunded, not lost.
     caller.spend_credit(decl.id).unwrap();
@@ -675,7 +675,7 @@ fn rpc_channel_sender_drop_closes_after_items_already_sent() {
     for payload in wire {
         match payload {
             Payload::ChannelItem { id, item } => {
-                assert_eq!(handler.on_remote_item(id, item.0), Ok(ItemOutcome::Buffered))
+                assert_eq!(handler.on_remote_item(id, item.into_bytes()), Ok(ItemOutcome::Buffered))
             }
             Payload::CloseChannel { id, .. } => assert_eq!(handler.on_remote_close(id), Ok(RemoteOutcome::Buffered)),
             other => panic!("unexpected {other:?}"),

@@ -37,7 +37,7 @@ fn blob<T: Serialize + ?Sized>(value: &T) -> Blob {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &Blob) -> T {
-    wire::decode("test value", &b.0).expect("decode")
+    wire::decode("test value", b.bytes()).expect("decode")
 }
 
 fn req(id: u64, method: &str, args: &(impl Serialize + ?Sized), channels: Vec<ChannelDecl>) -> Payload {
@@ -369,7 +369,7 @@ async fn rpc_invalid_payload_gets_error_response_and_connection_stays_up() {
     let bad = Payload::Request {
         id: RequestId(1),
         method_id: mid("echo"),
-        args: Blob(Bytes::from_static(&[0xff])),
+        args: Blob::new(Bytes::from_static(&[0xff])),
         channels: vec![],
         metadata: Metadata::new(),
     };

@@ -515,7 +515,7 @@ impl RawStable {
                 Ok(None) | Err(_) => return None,
             };
             if let StableMsg::Frame(f) = wire::decode::<StableMsg>("s", &bytes).expect("a stable message") {
-                return Some(wire::decode("m", &f.item.0).expect("a conduit message"));
+                return Some(wire::decode("m", f.item.bytes()).expect("a conduit message"));
             }
         }
     }
@@ -585,7 +585,7 @@ async fn stable_violation_closes_at_once(how: StableAttack) {
             Some(ConduitMsg::Message(Message {
                 payload: Payload::Response { ret: wire::ResponseBody::Ok(b), .. },
                 ..
-            })) => wire::decode_slice("s", &b.0).unwrap(),
+            })) => wire::decode_slice("s", b.bytes()).unwrap(),
             other => panic!("expected the echo, got {other:?}"),
         }
     };
@@ -702,7 +702,7 @@ async fn session_setup_limits_a_large_message_right_after_the_handshake_is_serve
                 payload: Payload::Response { ret: wire::ResponseBody::Ok(b), .. },
                 ..
             })) => {
-                let s: String = wire::decode_slice("s", &b.0).unwrap();
+                let s: String = wire::decode_slice("s", b.bytes()).unwrap();
                 assert_eq!(s.len(), big.len());
             }
             other => panic!("expected the echo, got {other:?}"),

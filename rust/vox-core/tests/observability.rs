@@ -145,7 +145,7 @@ async fn rpc_metadata_sensitive_values_never_appear_in_logs_debug_output_or_erro
     assert_no_secret("CallError", &format!("{err} {err:?}"));
     let err = caller.call_raw(mid("describe"), Bytes::new(), vec![], md.clone()).await.unwrap_err();
     let CallError::User(b) = &err else { panic!("{err:?}") };
-    let described: String = wire::decode("user error", &b.0).unwrap();
+    let described: String = wire::decode("user error", b.bytes()).unwrap();
     assert!(described.contains("token"), "the Debug text names the key: {described}");
     assert_no_secret("Call Debug", &described);
     let err = caller.call_raw(mid("echo"), Bytes::from_static(&[0xff]), vec![], md.clone()).await.unwrap_err();

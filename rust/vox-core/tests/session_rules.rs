@@ -371,11 +371,11 @@ async fn session_connection_settings_advertised_for_root_and_virtual_connections
         let before = barrier(&mut raw, 100 + n).await;
         assert!(!before.iter().any(|m| m.connection_id == id), "second request sent over the limit: {before:?}");
     }
-    let echoed: String = wire::decode("args", &args.0).unwrap();
+    let echoed: String = wire::decode("args", args.bytes()).unwrap();
     raw.send(id.0, ok_response(first_id, &echoed)).await;
     let second = raw.recv_until(|m| m.connection_id == id).await;
     let Payload::Request { id: second_id, args, .. } = second.payload else { panic!("{second:?}") };
-    let echoed2: String = wire::decode("args", &args.0).unwrap();
+    let echoed2: String = wire::decode("args", args.bytes()).unwrap();
     raw.send(id.0, ok_response(second_id, &echoed2)).await;
     let mut got = Vec::new();
     for c in calls {

@@ -481,7 +481,7 @@ fn session_setup_limits_stable_client_hello_over_64_kib_is_refused() {
         let listener = server_builder().handshake_timeout(Duration::from_secs(60)).listen("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().expect("addr");
         let mut s = prologue(addr, ConduitMode::Stable).await;
-        let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
+        let key = ResumeKey(Blob::new(Bytes::from(vec![7u8; SETUP_MAX + 16])));
         let client_hello = enc(&ClientHello { resume_key: Some(key), last_received: None });
         write_frame(&mut s, &client_hello).await;
         let sent = closed_by_server(&mut s, "a ClientHello over 64 KiB").await;
@@ -509,7 +509,7 @@ fn session_setup_limits_stable_hello_over_64_kib_is_refused() {
         let welcome = expect_frame(&mut s, "the stable hello reply").await;
         let welcome = wire::decode::<StableHelloReply>("StableHelloReply", &Bytes::from(welcome)).expect("reply");
         assert!(matches!(welcome, StableHelloReply::Welcome(_)), "{welcome:?}");
-        let item = Blob(Bytes::from(hello_of_size(SETUP_MAX + 1)));
+        let item = Blob::new(Bytes::from(hello_of_size(SETUP_MAX + 1)));
         write_frame(&mut s, &enc(&StableMsg::Frame(StableFrame { seq: 0, ack: None, item }))).await;
         let sent = closed_by_server(&mut s, "a stable Hello over 64 KiB").await;
         for frame in frames(&sent) {
@@ -574,7 +574,7 @@ fn session_setup_limits_stable_initiator_refuses_server_hello_over_64_kib() {
         raw_acceptor_prologue(&mut a, ConduitMode::Stable).await;
         let hello = timeout(PATIENCE, a.rx.recv()).await.expect("no ClientHello").expect("link").expect("message");
         wire::decode::<ClientHello>("ClientHello", &hello).expect("ClientHello");
-        let key = ResumeKey(Blob(Bytes::from(vec![7u8; SETUP_MAX + 16])));
+        let key = ResumeKey(Blob::new(Bytes::from(vec![7u8; SETUP_MAX + 16])));
         let reply = StableHelloReply::Welcome(ServerHello { resume_key: key, last_received: None });
         a.tx.send(Bytes::from(enc(&reply))).await.expect("send");
         let r = timeout(PATIENCE, client).await.expect("the initiator never gave up").expect("task");
@@ -697,7 +697,7 @@ async fn attack(addr: std::net::SocketAddr, attack: Attack) -> TcpStream {
             write_frame(&mut s, &enc(&ClientHello { resume_key: None, last_received: None })).await;
             expect_frame(&mut s, "the stable hello reply").await;
             let frame_of = |size: usize| {
-                let item = Blob(Bytes::from(hello_of_size(size)));
+                let item = Blob::new(Bytes::from(hello_of_size(size)));
                 enc(&StableMsg::Frame(StableFrame { seq: 0, ack: None, item }))
             };
             // The largest Hello whose frame fits the setup maximum.

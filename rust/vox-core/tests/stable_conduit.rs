@@ -188,7 +188,7 @@ fn stable_resume_key_unknown_rejected() {
         });
         transport::initiate(&mut client, ConduitMode::Stable).await.unwrap();
         let hello = vox_core::wire::ClientHello {
-            resume_key: Some(vox_core::wire::ResumeKey(vox_core::wire::Blob(bytes::Bytes::from_static(&[7; 32])))),
+            resume_key: Some(vox_core::wire::ResumeKey(vox_core::wire::Blob::new(bytes::Bytes::from_static(&[7; 32])))),
             last_received: None,
         };
         client.tx.send(vox_core::wire::encode("ClientHello", &hello).unwrap().into()).await.unwrap();
@@ -234,7 +234,7 @@ fn stable_resume_key_fresh_and_long() {
             match vox_core::wire::decode::<vox_core::wire::StableHelloReply>("reply", &reply).unwrap() {
                 vox_core::wire::StableHelloReply::Welcome(sh) => {
                     assert!(sh.resume_key.0.len() >= 16);
-                    assert!(keys.insert(sh.resume_key.0.0.to_vec()), "resume key repeated");
+                    assert!(keys.insert(sh.resume_key.0.bytes().to_vec()), "resume key repeated");
                 }
                 other => panic!("unexpected {other:?}"),
             }

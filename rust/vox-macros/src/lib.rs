@@ -65,17 +65,46 @@ fn is_byte_vec(ty: &Type) -> bool {
     matches!(args.args.first(), Some(GenericArgument::Type(Type::Path(t))) if args.args.len() == 1 && t.path.is_ident("u8"))
 }
 
+/// Whether `ty` is spelled `Bytes` or `bytes::Bytes` (taken to be
+/// `bytes::Bytes`: it travels as a `vox_core::wire::Blob`, shared, never
+/// copied).
+fn is_bytes(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let segments: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+    p.qself.is_none()
+        && p.path.segments.iter().all(|s| s.arguments.is_empty())
+        && (segments == ["Bytes"] || segments == ["bytes", "Bytes"])
+}
+
 /// The type a value of `ty` is encoded as, and how to get there and back.
 fn wire_ty(ty: &Type, vc: &TokenStream2) -> TokenStream2 {
-    if is_byte_vec(ty) { quote!(#vc::service::__private::ByteBuf) } else { quote!(#ty) }
+    if is_byte_vec(ty) {
+        quote!(#vc::service::__private::ByteBuf)
+    } else if is_bytes(ty) {
+        quote!(#vc::wire::Blob)
+    } else {
+        quote!(#ty)
+    }
 }
 
 fn to_wire(ty: &Type, value: TokenStream2, vc: &TokenStream2) -> TokenStream2 {
-    if is_byte_vec(ty) { quote!(#vc::service::__private::ByteBuf(#value)) } else { value }
+    if is_byte_vec(ty) {
+        quote!(#vc::service::__private::ByteBuf::from_vec(#value))
+    } else if is_bytes(ty) {
+        quote!(#vc::wire::Blob::from(#value))
+    } else {
+        value
+    }
 }
 
 fn from_wire(ty: &Type, value: TokenStream2) -> TokenStream2 {
-    if is_byte_vec(ty) { quote!(#value.0) } else { value }
+    if is_byte_vec(ty) {
+        quote!(#value.into_vec())
+    } else if is_bytes(ty) {
+        quote!(#value.into_bytes())
+    } else {
+        value
+    }
 }
 
 /// Collects several errors so one expansion reports all of them.
@@ -486,9 +515,12 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         let plain: Vec<&Ident> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.name).collect();
         let plain_tys: Vec<TokenStream2> =
             m.args.iter().filter(|a| a.channel.is_none()).map(|a| wire_ty(&a.ty, &vc)).collect();
-        let unwrap_bytes = m.args.iter().filter(|a| a.channel.is_none() && is_byte_vec(&a.ty)).map(|a| {
+        let unwrap_bytes = m.args.iter().filter(|a| a.channel.is_none()).filter_map(|a| {
             let n = &a.name;
-            quote!(let #n = #n.0;)
+            (is_byte_vec(&a.ty) || is_bytes(&a.ty)).then(|| {
+                let back = from_wire(&a.ty, quote!(#n));
+                quote!(let #n = #back;)
+            })
         });
         let binds = m.args.iter().filter_map(|a| a.channel.as_ref().map(|c| (a, c))).enumerate().map(
             |(idx, (a, (kind, item)))| {

@@ -67,7 +67,7 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
             }
             match caller.call::<_, i64>(mid("divide"), &(1i64, 0i64), vec![]).await {
                 Err(CallError::User(b)) => {
-                    let err: MathError = wire::decode("MathError", &b.0).map_err(|e| f(e.to_string()))?;
+                    let err: MathError = wire::decode("MathError", b.bytes()).map_err(|e| f(e.to_string()))?;
                     if err != MathError::DivisionByZero {
                         return Err(f(format!("divide(1, 0) error {err:?}")));
                     }
@@ -80,7 +80,7 @@ pub async fn run(name: &str, addr: &str) -> Result<(), SubjectError> {
             }
             match caller.call::<_, Person>(mid("lookup"), &9u32, vec![]).await {
                 Err(CallError::User(b)) => {
-                    let err: LookupError = wire::decode("LookupError", &b.0).map_err(|e| f(e.to_string()))?;
+                    let err: LookupError = wire::decode("LookupError", b.bytes()).map_err(|e| f(e.to_string()))?;
                     if err != LookupError::NotFound(9) {
                         return Err(f(format!("lookup(9) error {err:?}")));
                     }

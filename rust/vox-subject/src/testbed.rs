@@ -199,7 +199,7 @@ fn echo(call: Call) {
         Ok(s) => match wire::encode("echo result", &s) {
             Ok(bytes) => {
                 let metadata = call.metadata.for_forwarding();
-                call.reply.reply(ResponseBody::Ok(Blob(bytes.into())), metadata)
+                call.reply.reply(ResponseBody::Ok(Blob::new(bytes.into())), metadata)
             }
             Err(e) => call.reply.invalid_payload(e),
         },

@@ -61,7 +61,7 @@ async fn receive_generated(
                 ensure!(!closed, "rpc.channel.close: item after CloseChannel");
                 ensure!(credit > 0, "rpc.flow-control.credit: item without credit");
                 credit -= 1;
-                got.push(vox_core::wire::decode::<i32>("item", &item.0)?);
+                got.push(vox_core::wire::decode::<i32>("item", item.bytes())?);
             }
             Payload::CloseChannel { id, .. } if id.0 == ch => closed = true,
             Payload::Response { id, ret, .. } if id.0 == req => response = Some(ret),
@@ -128,7 +128,7 @@ pub async fn rpc_channel_transform_both_directions(cmd: SubjectCmd) -> CaseResul
         let m = peer.expect("transform output").await?;
         match m.payload {
             Payload::ChannelItem { id, item } if id.0 == down => {
-                got.push(vox_core::wire::decode::<String>("item", &item.0)?)
+                got.push(vox_core::wire::decode::<String>("item", item.bytes())?)
             }
             Payload::CloseChannel { id, .. } if id.0 == down => closed = true,
             Payload::Response { id, ret, .. } if id.0 == req => {

@@ -36,7 +36,7 @@ fn ok<T: Serialize + ?Sized>(v: &T) -> ResponseBody {
 
 /// The harness's Testbed for plain (channel-free) methods.
 fn answer(method: MethodId, args: &Blob) -> CaseResult<ResponseBody> {
-    let a = &args.0;
+    let a = args.bytes();
     Ok(if method == mid("echo") {
         ok(&wire::decode::<String>("args", a)?)
     } else if method == mid("reverse") {
@@ -192,7 +192,7 @@ async fn client_sum_channel_respects_credit_body(peer: &mut Peer) -> CaseResult 
         match m.payload {
             Payload::ChannelItem { id, item } if id == ch => {
                 credit -= 1;
-                got.push(wire::decode::<i32>("item", &item.0)?);
+                got.push(wire::decode::<i32>("item", item.bytes())?);
             }
             Payload::CloseChannel { id, .. } if id == ch => break,
             other => fail!("unexpected {other:?}"),
@@ -212,7 +212,7 @@ pub async fn client_generate_channel(cmd: SubjectCmd) -> CaseResult {
 
 async fn client_generate_channel_body(peer: &mut Peer) -> CaseResult {
     let (id, args, channels) = expect_request(peer, "generate").await?;
-    let n: u32 = wire::decode("args", &args.0)?;
+    let n: u32 = wire::decode("args", args.bytes())?;
     let [c] = channels.as_slice() else { fail!("rpc.request: generate announced {channels:?}") };
     ensure!(c.direction == ChannelDirection::HandlerToCaller, "rpc.channel: direction {:?}", c.direction);
     let mut credit = c.initial_credit;
@@ -449,7 +449,7 @@ pub async fn client_channel_close_survives_root_release(cmd: SubjectCmd) -> Case
         let mut closed = false;
         while let Some(m) = peer.recv("items, close and the end of the session").await? {
             match m.payload {
-                Payload::ChannelItem { id, item } if id == c.id => got.push(wire::decode::<i32>("item", &item.0)?),
+                Payload::ChannelItem { id, item } if id == c.id => got.push(wire::decode::<i32>("item", item.bytes())?),
                 Payload::CloseChannel { id, .. } if id == c.id => closed = true,
                 other => fail!("unexpected {other:?}"),
             }

@@ -94,7 +94,7 @@ async fn first_attempt(peer: &mut Peer, method: &str, op: u64) -> CaseResult<(u6
         let m = peer.expect("the first items of the first attempt").await?;
         match m.payload {
             Payload::ChannelItem { id, item } if id.0 == ch => {
-                let v: i32 = vox_core::wire::decode("item", &item.0)?;
+                let v: i32 = vox_core::wire::decode("item", item.bytes())?;
                 ensure!(v == got, "rpc.channel.item: item {got} of the first attempt is {v}");
                 got += 1;
             }
@@ -265,7 +265,7 @@ async fn receive_rerun(peer: &mut Peer, (old_req, old_ch): (u64, u64), (req, ch)
                         got.len()
                     );
                     credit -= 1;
-                    got.push(vox_core::wire::decode::<i32>("item", &item.0)?);
+                    got.push(vox_core::wire::decode::<i32>("item", item.bytes())?);
                 }
                 Payload::CloseChannel { id, .. } if id.0 == ch => closed = true,
                 Payload::Response { id, ret, .. } if id.0 == req => match ret {
@@ -299,7 +299,7 @@ fn random_key() -> ResumeKey {
         h.write_u128(nanos);
         key.extend_from_slice(&h.finish().to_le_bytes());
     }
-    ResumeKey(Blob(Bytes::from(key)))
+    ResumeKey(Blob::new(Bytes::from(key)))
 }
 
 pub async fn session_resume_unknown_key_is_refused(cmd: SubjectCmd) -> CaseResult {

@@ -117,7 +117,7 @@ pub async fn rpc_invalid_payload_keeps_connection(cmd: SubjectCmd) -> CaseResult
         Payload::Request {
             id: RequestId(a),
             method_id: mid("echo"),
-            args: vox_core::wire::Blob(bytes::Bytes::from_static(&[0xff, 0x7f, 1])),
+            args: vox_core::wire::Blob::new(bytes::Bytes::from_static(&[0xff, 0x7f, 1])),
             channels: vec![],
             metadata: Metadata::new(),
         },

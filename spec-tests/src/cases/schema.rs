@@ -206,7 +206,7 @@ async fn describe_body(peer: &mut Peer) -> CaseResult {
         Payload::Request {
             id: RequestId(id),
             method_id: describe_id(),
-            args: Blob(bytes::Bytes::from_static(&[0xff])),
+            args: Blob::new(bytes::Bytes::from_static(&[0xff])),
             channels: vec![],
             metadata: Metadata::new(),
         },
@@ -279,7 +279,7 @@ async fn serve_evolved(
     while let Some(m) = peer.recv("schema queries and calls").await? {
         match m.payload {
             Payload::Request { id, method_id, args, .. } if method_id == describe_id() => {
-                let q: SchemaQuery = wire::decode("schema query", &args.0)?;
+                let q: SchemaQuery = wire::decode("schema query", args.bytes())?;
                 log.push(format!("query {}", name(q.method)));
                 let ours = describes.iter().any(|n| mid(n) == q.method);
                 let ret = match evolved(q.method).filter(|_| ours) {
@@ -313,14 +313,14 @@ pub async fn schema_evolution_subject_translates_by_name(cmd: SubjectCmd) -> Cas
     let r = async {
         let log = serve_evolved(&mut peer, &["lookup", "reverse"], |method, args| {
             Ok(if method == mid("lookup") {
-                match wire::decode::<u32>("lookup args", &args.0)? {
+                match wire::decode::<u32>("lookup args", args.bytes())? {
                     // (age, nickname, name, id): the harness's Person.
                     1 => ResponseBody::Ok(blob(&(36u8, Some("Countess".to_string()), "Ada".to_string(), 1u32))),
                     // NotFound is variant 1 here.
                     id => ResponseBody::User(blob(&(1u32, id))),
                 }
             } else if method == mid("reverse") {
-                let (prefix, s) = wire::decode::<(Option<String>, String)>("reverse args", &args.0)?;
+                let (prefix, s) = wire::decode::<(Option<String>, String)>("reverse args", args.bytes())?;
                 ensure!(prefix.is_none(), "schema.evolution: the added optional argument arrived as {prefix:?}");
                 ResponseBody::Ok(blob(&s.chars().rev().collect::<String>()))
             } else {
@@ -348,7 +348,7 @@ pub async fn schema_incompatible_subject_call_fails_connection_stays_up(cmd: Sub
     let r = async {
         let log = serve_evolved(&mut peer, &["divide"], |method, args| {
             Ok(if method == mid("reverse") {
-                let s = wire::decode::<String>("reverse args", &args.0)?;
+                let s = wire::decode::<String>("reverse args", args.bytes())?;
                 ResponseBody::Ok(blob(&s.chars().rev().collect::<String>()))
             } else {
                 ResponseBody::UnknownMethod

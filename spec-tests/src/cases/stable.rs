@@ -125,7 +125,7 @@ async fn expect_stable_protocol_error(
             fail!("conduit.stable: after {violation}, the subject sent a link message that is not a StableMsg");
         };
         let StableMsg::Frame(f) = msg else { continue };
-        match wire::decode::<ConduitMsg>("ConduitMsg", &f.item.0)? {
+        match wire::decode::<ConduitMsg>("ConduitMsg", f.item.bytes())? {
             ConduitMsg::Message(Message { connection_id, payload: Payload::ProtocolError { description: d } }) => {
                 ensure!(
                     connection_id.is_root(),
@@ -215,7 +215,7 @@ pub async fn stable_frame_item_undecodable_is_protocol_error(cmd: SubjectCmd) ->
         // A well-formed frame, in sequence, acknowledging correctly, whose
         // item is not a conduit message.
         let mut frame = peer.frame(&ConduitMsg::Handshake(wire::HandshakeMsg::LetsGo))?;
-        frame.item = Blob(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff]));
+        frame.item = Blob::new(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff]));
         peer.send_stable(&StableMsg::Frame(frame)).await?;
         expect_stable_protocol_error(&mut peer, "a frame whose item is not a ConduitMsg", None).await?;
         Ok(())
@@ -279,7 +279,7 @@ pub async fn stable_replay_buffer_resends_unacked_after_reconnect(cmd: SubjectCm
 
 /// A key the subject never issued (it draws 16+ random bytes).
 fn foreign_key() -> ResumeKey {
-    ResumeKey(Blob(Bytes::from_static(b"vox-spec-tests: not a real resume key")))
+    ResumeKey(Blob::new(Bytes::from_static(b"vox-spec-tests: not a real resume key")))
 }
 
 pub async fn stable_resume_key_unknown_rejected(cmd: SubjectCmd) -> CaseResult {

@@ -73,8 +73,7 @@ impl ConduitTx {
     /// [`ConduitError::Encode`] if `msg` cannot be encoded (a local bug);
     /// otherwise as [`send_encoded`](Self::send_encoded).
     pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
-        let bytes = wire::encode("ConduitMsg", msg)?;
-        self.send_encoded(Bytes::from(bytes)).await
+        self.send_encoded(wire::encode_conduit(msg)?).await
     }
 
     /// Sends pre-encoded bytes (the session writer encodes outside the link).
@@ -194,13 +193,13 @@ impl ConduitWriter {
     pub async fn push(&mut self, msg: &ConduitMsg) -> Result<(), ConduitError> {
         match &mut self.kind {
             WriterKind::Frames(frames) => {
-                frames.push_with(|buf| wire::encode_into("ConduitMsg", msg, buf).map_err(ConduitError::from))
+                frames.push_with(|buf| wire::encode_conduit_into(msg, buf).map_err(ConduitError::from))
             }
             WriterKind::Each { tx, buf } => {
                 if buf.capacity() - buf.len() < ENCODE_MIN_SPARE {
                     buf.reserve(ENCODE_CHUNK);
                 }
-                if let Err(e) = wire::encode_into("ConduitMsg", msg, buf) {
+                if let Err(e) = wire::encode_conduit_into(msg, buf) {
                     buf.clear();
                     return Err(e.into());
                 }

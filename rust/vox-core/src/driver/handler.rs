@@ -115,21 +115,21 @@ impl ReplySink {
 
     /// Answers with an already serialized return value.
     pub fn ok_raw(self, ret: Bytes) {
-        self.reply(ResponseBody::Ok(Blob(ret)), Metadata::new());
+        self.reply(ResponseBody::Ok(Blob::new(ret)), Metadata::new());
     }
 
     /// Serializes and returns `value`.
     pub fn ok<R: Serialize>(self, value: &R) {
-        match wire::encode("return value", value) {
-            Ok(b) => self.ok_raw(Bytes::from(b)),
+        match wire::encode_payload("return value", value) {
+            Ok(b) => self.reply(ResponseBody::Ok(b), Metadata::new()),
             Err(e) => self.reply(ResponseBody::HandlerFailed { reason: e.to_string() }, Metadata::new()),
         }
     }
 
     /// Returns the handler's own (application) error.
     pub fn user_error<E: Serialize>(self, error: &E) {
-        match wire::encode("user error", error) {
-            Ok(b) => self.reply(ResponseBody::User(Blob::from(b)), Metadata::new()),
+        match wire::encode_payload("user error", error) {
+            Ok(b) => self.reply(ResponseBody::User(b), Metadata::new()),
             Err(e) => self.reply(ResponseBody::HandlerFailed { reason: e.to_string() }, Metadata::new()),
         }
     }

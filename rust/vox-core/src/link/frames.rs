@@ -363,7 +363,7 @@ mod tests {
         use crate::wire::{Blob, SPLICE_MIN};
         let big = Bytes::from(vec![5u8; SPLICE_MIN * 3]);
         let under = Bytes::from(vec![6u8; SPLICE_MIN - 1]);
-        (big.clone(), under.clone(), (7, Blob(big.clone()), Blob(under), Blob(big), 9))
+        (big.clone(), under.clone(), (7, Blob::new(big.clone()), Blob::new(under), Blob::new(big), 9))
     }
 
     #[tokio::test]
@@ -433,11 +433,12 @@ mod tests {
         let (mut outer_buf, mut inner_buf) = (BytesMut::new(), BytesMut::new());
         // The outer one has taken a payload when the inner one starts.
         let ((at, ((), inner)), outer) = wire::splicing(|| {
-            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            wire::encode_into("outer", &Blob::new(big.clone()), &mut outer_buf).expect("encodes");
             let at = outer_buf.len();
-            let inner =
-                wire::splicing(|| wire::encode_into("inner", &Blob(other.clone()), &mut inner_buf).expect("encodes"));
-            wire::encode_into("outer", &Blob(big.clone()), &mut outer_buf).expect("encodes");
+            let inner = wire::splicing(|| {
+                wire::encode_into("inner", &Blob::new(other.clone()), &mut inner_buf).expect("encodes")
+            });
+            wire::encode_into("outer", &Blob::new(big.clone()), &mut outer_buf).expect("encodes");
             (at, inner)
         });
         let ptrs = |t: &wire::Spliced| t.iter().map(|(at, b)| (*at, b.as_ptr())).collect::<Vec<_>>();
@@ -446,14 +447,14 @@ mod tests {
         let panicked = std::panic::catch_unwind(|| {
             wire::splicing(|| {
                 let mut buf = BytesMut::new();
-                wire::encode_into("lost", &Blob(other.clone()), &mut buf).expect("encodes");
+                wire::encode_into("lost", &Blob::new(other.clone()), &mut buf).expect("encodes");
                 panic!("inside a splicing");
             })
         });
         assert!(panicked.is_err());
         // Nothing is left on: the next encode copies everything.
         let mut buf = BytesMut::new();
-        wire::encode_into("after", &Blob(big.clone()), &mut buf).expect("encodes");
-        assert_eq!(&buf[..], &wire::encode("after", &Blob(big)).expect("encodes")[..]);
+        wire::encode_into("after", &Blob::new(big.clone()), &mut buf).expect("encodes");
+        assert_eq!(&buf[..], &wire::encode("after", &Blob::new(big)).expect("encodes")[..]);
     }
 }

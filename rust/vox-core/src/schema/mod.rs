@@ -74,5 +74,5 @@ pub trait Schema: 'static {
 /// default (used by the derive).
 #[doc(hidden)]
 pub fn default_bytes<T: Default + serde::Serialize>() -> Option<crate::wire::Blob> {
-    crate::wire::encode("schema default", &T::default()).ok().map(|v| crate::wire::Blob(bytes::Bytes::from(v)))
+    crate::wire::encode("schema default", &T::default()).ok().map(|v| crate::wire::Blob::new(bytes::Bytes::from(v)))
 }

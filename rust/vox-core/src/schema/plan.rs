@@ -227,7 +227,7 @@ impl Builder<'_> {
             if *was {
                 to.push(ToField::Slot);
             } else if let Some(default) = &g.default {
-                to.push(ToField::Default(default.0.clone()));
+                to.push(ToField::Default(default.bytes().clone()));
             } else if matches!(self.dst.get(g.ty), Some(Node::Option(_))) {
                 to.push(ToField::Default(Bytes::from_static(&[0])));
             } else {

@@ -147,12 +147,12 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
             return Err(fail_channels(&channels, e));
         }
     }
-    let ret = match call_bytes(caller, info, method_id, Bytes::from(translated), channels).await {
+    let ret = match call_bytes(caller, info, method_id, wire::Blob::from(translated), channels).await {
         Ok(ret) => ret,
         Err(CallError::User(blob)) => {
             let Some(plan) = &plans.err else { return Err(CallError::User(blob)) };
             let e = plan.translate(blob.bytes()).map_err(|e| incompatible(info, e))?;
-            return Err(CallError::User(wire::Blob(Bytes::from(e))));
+            return Err(CallError::User(wire::Blob::new(Bytes::from(e))));
         }
         Err(e) => return Err(e),
     };

@@ -62,6 +62,13 @@ pub mod balance;
 /// compile error. So are methods that are not `async fn`, that do not take
 /// `&self`, that are generic or have a default body.
 ///
+/// Byte buffers: a `Vec<u8>` argument or return value (top level) costs one
+/// copy per call direction, into the `Vec` the receiving side gets; the
+/// sending side's `Vec` is written to the link from its own allocation.
+/// An argument or return value spelled `Bytes` or `bytes::Bytes` (it must be
+/// `bytes::Bytes`) is never copied: sent from where it is, received as a
+/// slice of the message it came in. On the wire both are a plain `Vec<u8>`.
+///
 /// Method attributes: `#[vox(idem)]` marks a method idempotent (may be
 /// re-executed after an ambiguous failure), `#[vox(persist)]` asks for its
 /// outcome to be kept in the operation table (PROTOCOL.md section 10). They
@@ -428,13 +435,28 @@ pub mod __private {
 
     /// A `Vec<u8>` argument or return value of a generated service, encoded
     /// as one byte string: the same bytes on the wire as a sequence of `u8`,
-    /// but copied whole instead of element by element.
+    /// but copied whole instead of element by element. Sent, it keeps the
+    /// `Vec`'s allocation and the session writer sends from it (no copy);
+    /// received, it is copied once, into the `Vec` the code gets.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct ByteBuf(pub Vec<u8>);
+    pub struct ByteBuf(pub bytes::Bytes);
+
+    impl ByteBuf {
+        /// Takes `v` without copying it.
+        pub fn from_vec(v: Vec<u8>) -> ByteBuf {
+            ByteBuf(bytes::Bytes::from(v))
+        }
+
+        /// The bytes as a `Vec`; no copy for a received buffer (it owns its
+        /// allocation).
+        pub fn into_vec(self) -> Vec<u8> {
+            Vec::from(self.0)
+        }
+    }
 
     impl serde::Serialize for ByteBuf {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
+            wire::serialize_shared(&self.0, s)
         }
     }
 
@@ -447,17 +469,19 @@ pub mod __private {
                     f.write_str("a byte string")
                 }
                 fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v.to_vec()))
+                    // The one copy: into an allocation of its own, which
+                    // `into_vec` then hands over as it is.
+                    Ok(ByteBuf::from_vec(v.to_vec()))
                 }
                 fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v))
+                    Ok(ByteBuf::from_vec(v))
                 }
                 fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
                     let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
                     while let Some(b) = seq.next_element()? {
                         out.push(b);
                     }
-                    Ok(ByteBuf(out))
+                    Ok(ByteBuf::from_vec(out))
                 }
             }
             d.deserialize_byte_buf(V)

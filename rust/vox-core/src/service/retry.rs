@@ -6,7 +6,7 @@ use super::MethodInfo;
 use crate::driver::{CallError, ChannelArg};
 use crate::plumbing::operations::write_op_id;
 use crate::session::{Caller, RetryPolicy};
-use crate::wire::{self, Metadata, MethodId};
+use crate::wire::{self, Blob, Metadata, MethodId};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
     args: &A,
     channels: Vec<ChannelArg>,
 ) -> Result<R, CallError> {
-    let args = Bytes::from(wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?);
+    let args = wire::encode_payload("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
     let ret = call_bytes(caller, info, method_id, args, channels).await?;
     wire::decode::<R>("return value", &ret).map_err(|e| named(info, CallError::InvalidResponse(e.to_string())))
 }
@@ -30,7 +30,7 @@ pub(crate) async fn call_bytes(
     caller: &Caller,
     info: &MethodInfo,
     method_id: MethodId,
-    args: Bytes,
+    args: Blob,
     channels: Vec<ChannelArg>,
 ) -> Result<Bytes, CallError> {
     crate::driver::metrics::name_method(method_id, info.service, info.name);

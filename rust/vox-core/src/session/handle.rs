@@ -404,7 +404,9 @@ impl Caller {
         self.core.get().channel_stats()
     }
 
-    /// Calls `method_id` with serialized `args` and the given channel ends.
+    /// Calls `method_id` with serialized `args` (a [`Bytes`], a `Vec<u8>`,
+    /// or a [`Blob`] from [`wire::encode_payload`], whose large buffers are
+    /// then sent without a copy) and the given channel ends.
     ///
     /// # Cancel safety
     /// Dropping the future cancels the call (`CancelRequest`).
@@ -416,17 +418,21 @@ impl Caller {
     pub async fn call_raw(
         &self,
         method_id: MethodId,
-        args: Bytes,
+        args: impl Into<Blob>,
         channels: Vec<ChannelArg>,
         metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
-        crate::driver::metrics::observe_call(method_id, self.call_unobserved(method_id, args, channels, metadata)).await
+        crate::driver::metrics::observe_call(
+            method_id,
+            self.call_unobserved(method_id, args.into(), channels, metadata),
+        )
+        .await
     }
 
     async fn call_unobserved(
         &self,
         method_id: MethodId,
-        args: Bytes,
+        args: Blob,
         channels: Vec<ChannelArg>,
         mut metadata: Metadata,
     ) -> Result<RawResponse, CallError> {
@@ -442,7 +448,7 @@ impl Caller {
         let deadline = context::earliest(own, context::inherited_deadline());
         let call = async {
             match deadline {
-                None => core.call(method_id, Blob(args), &channels, metadata).await,
+                None => core.call(method_id, args, &channels, metadata).await,
                 Some(deadline) => {
                     if deadline <= tokio::time::Instant::now() {
                         return Err(CallError::DeadlineExceeded);
@@ -450,8 +456,7 @@ impl Caller {
                     context::write_deadline(&mut metadata, deadline);
                     // At the deadline the call future is dropped, which
                     // sends CancelRequest.
-                    match tokio::time::timeout_at(deadline, core.call(method_id, Blob(args), &channels, metadata)).await
-                    {
+                    match tokio::time::timeout_at(deadline, core.call(method_id, args, &channels, metadata)).await {
                         Ok(r) => r,
                         Err(_) => Err(CallError::DeadlineExceeded),
                     }
@@ -460,7 +465,7 @@ impl Caller {
         };
         let (body, metadata) = call.instrument(span).await?;
         match body {
-            ResponseBody::Ok(b) => Ok(RawResponse { ret: b.0, metadata }),
+            ResponseBody::Ok(b) => Ok(RawResponse { ret: b.into_bytes(), metadata }),
             ResponseBody::User(b) => Err(CallError::User(b)),
             ResponseBody::UnknownMethod => Err(CallError::UnknownMethod { method: method_id.to_string() }),
             ResponseBody::InvalidPayload { reason } => Err(CallError::InvalidPayload(reason)),
@@ -495,8 +500,8 @@ impl Caller {
         args: &A,
         channels: Vec<ChannelArg>,
     ) -> Result<R, CallError> {
-        let args = wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
-        let resp = self.call_raw(method_id, Bytes::from(args), channels, Metadata::new()).await?;
+        let args = wire::encode_payload("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
+        let resp = self.call_raw(method_id, args, channels, Metadata::new()).await?;
         wire::decode::<R>("return value", &resp.ret).map_err(|e| CallError::InvalidResponse(e.to_string()))
     }
 }

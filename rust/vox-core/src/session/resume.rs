@@ -71,7 +71,7 @@ pub(crate) fn fresh_key() -> Result<ResumeKey, SessionError> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|e| SessionError::Setup(format!("no randomness for a session resume key: {e}")))?;
-    Ok(ResumeKey(Blob(bytes::Bytes::copy_from_slice(&key))))
+    Ok(ResumeKey(Blob::new(bytes::Bytes::copy_from_slice(&key))))
 }
 
 /// Live resumable sessions of one acceptor, by key. Entries are added when a

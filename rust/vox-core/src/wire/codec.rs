@@ -7,9 +7,11 @@
 //!   are capped (see [`bounded_seq`]), strings and blobs are at most as long
 //!   as the input, and the link refuses an over-long message before reading it.
 
+#[cfg(test)]
+use super::blob::Blob;
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 
@@ -77,7 +79,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
     postcard::serialize_with_flavor(value, Appender(buf)).map_err(|source| EncodeError { what, source })
 }
 
-/// [`Blob`]s at least this long are taken by reference while [`splicing`]
+/// [`Blob`](super::Blob)s at least this long are taken by reference while [`splicing`]
 /// is on, instead of being copied into the output buffer.
 pub(crate) const SPLICE_MIN: usize = 4 * 1024;
 
@@ -88,14 +90,14 @@ pub(crate) type Spliced = Vec<(usize, Bytes)>;
 /// The payloads of the [`splicing`] in progress on this thread.
 #[derive(Default)]
 struct Splice {
-    /// The [`Blob`] being serialized right now, if long enough: the next
+    /// The [`Blob`](super::Blob) being serialized right now, if long enough: the next
     /// slice written that is exactly its bytes is taken, not copied.
     next: Option<Bytes>,
     /// What was taken so far.
     taken: Spliced,
 }
 
-/// Runs `encode`, in which [`encode_into`] takes every [`Blob`] of at least
+/// Runs `encode`, in which [`encode_into`] takes every [`Blob`](super::Blob) of at least
 /// [`SPLICE_MIN`] bytes by reference instead of copying it into its buffer:
 /// the buffer then lacks those bytes, and the returned list says, in order,
 /// at which length of the buffer each payload's bytes belong (the varint
@@ -139,6 +141,29 @@ pub(crate) fn splicing<R>(encode: impl FnOnce() -> R) -> (R, Spliced) {
     (result, taken)
 }
 
+/// Runs `encode` with [`splicing`] paused: everything is copied into the
+/// buffer being written, and the splicing around it is left as it was.
+pub(super) fn not_splicing<R>(encode: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SPLICING.set(self.0);
+        }
+    }
+    let _restore = Restore(SPLICING.replace(OFF));
+    encode()
+}
+
+/// Appends `bytes` to `buf`, or while [`splicing`] (and if long enough)
+/// records them by reference at this point of `buf` instead.
+pub(super) fn splice_or_copy(bytes: &Bytes, buf: &mut bytes::BytesMut) {
+    offer_spliced(bytes);
+    if bytes.len() < SPLICE_MIN || !take_spliced(bytes, buf.len()) {
+        buf.extend_from_slice(bytes);
+    }
+    withdraw_spliced(bytes);
+}
+
 // `SPLICING`: off; on with `SPLICE` empty; on with an offer or payloads.
 const OFF: u8 = 0;
 const ON: u8 = 1;
@@ -148,7 +173,7 @@ fn take_splice() -> Splice {
 }
 
 /// A postcard output that appends to a `BytesMut`, copying slices whole
-/// (or, while [`splicing`], leaving a long [`Blob`]'s bytes out).
+/// (or, while [`splicing`], leaving a long [`Blob`](super::Blob)'s bytes out).
 struct Appender<'a>(&'a mut bytes::BytesMut);
 
 impl postcard::ser_flavors::Flavor for Appender<'_> {
@@ -238,7 +263,7 @@ struct LimitHit {
 }
 
 /// Decodes a whole message from `input` with the default [`DecodeLimits`].
-/// Byte payloads ([`Blob`]) inside the message share `input`'s memory
+/// Byte payloads ([`Blob`](super::Blob)) inside the message share `input`'s memory
 /// instead of being copied.
 pub fn decode<T: DeserializeOwned>(what: &'static str, input: &Bytes) -> Result<T, DecodeError> {
     decode_with(what, input, &DecodeLimits::default())
@@ -278,13 +303,13 @@ fn finish<T>(what: &'static str, decoded: postcard::Result<(T, &[u8])>) -> Resul
     Ok(value)
 }
 
-/// While [`splicing`]: if `data` is exactly the bytes of the [`Blob`] being
+/// While [`splicing`]: if `data` is exactly the bytes of the [`Blob`](super::Blob) being
 /// serialized, records them as belonging at `at` and says so (the caller
 /// then copies nothing). Same pointer and length means the same bytes, so
 /// writing the recorded `Bytes` there is always what copying would write.
 // Out of line: only long slices get here, and the copy path stays small.
 #[inline(never)]
-fn take_spliced(data: &[u8], at: usize) -> bool {
+pub(super) fn take_spliced(data: &[u8], at: usize) -> bool {
     if SPLICING.get() != HOLDING {
         return false;
     }
@@ -306,7 +331,7 @@ fn take_spliced(data: &[u8], at: usize) -> bool {
 /// While [`splicing`]: notes `bytes` as the payload now being serialized
 /// (see [`take_spliced`]), when it is long enough.
 #[inline]
-fn offer_spliced(bytes: &Bytes) {
+pub(super) fn offer_spliced(bytes: &Bytes) {
     #[inline(never)]
     fn offer(bytes: &Bytes) {
         if SPLICING.get() != OFF {
@@ -321,7 +346,7 @@ fn offer_spliced(bytes: &Bytes) {
 
 /// Ends the offer of [`offer_spliced`] (taken or not): it never matches later.
 #[inline]
-fn withdraw_spliced(bytes: &Bytes) {
+pub(super) fn withdraw_spliced(bytes: &Bytes) {
     if bytes.len() >= SPLICE_MIN && SPLICING.get() == HOLDING {
         SPLICE.with(|s| s.borrow_mut().next = None);
     }
@@ -386,7 +411,7 @@ fn current_limits() -> DecodeLimits {
     LIMITS.with(|l| l.borrow().last().copied().unwrap_or_default())
 }
 
-fn share_or_copy(sub: &[u8]) -> Bytes {
+pub(super) fn share_or_copy(sub: &[u8]) -> Bytes {
     SOURCE.with(|s| {
         if let Some(src) = s.borrow().last() {
             let start = src.as_ptr() as usize;
@@ -398,85 +423,6 @@ fn share_or_copy(sub: &[u8]) -> Bytes {
         }
         Bytes::copy_from_slice(sub)
     })
-}
-
-/// Opaque payload bytes (arguments, return values, channel items). Encoded as
-/// a varint length followed by the bytes. Decoding with [`decode`] shares the
-/// input buffer instead of copying.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Blob(pub Bytes);
-
-impl Blob {
-    /// The bytes.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Blob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Blob({} bytes)", self.0.len())
-    }
-}
-
-impl From<Bytes> for Blob {
-    fn from(b: Bytes) -> Self {
-        Blob(b)
-    }
-}
-
-impl From<Vec<u8>> for Blob {
-    fn from(b: Vec<u8>) -> Self {
-        Blob(Bytes::from(b))
-    }
-}
-
-impl From<&'static [u8]> for Blob {
-    fn from(b: &'static [u8]) -> Self {
-        Blob(Bytes::from_static(b))
-    }
-}
-
-impl Serialize for Blob {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // While `splicing`, the bytes written next may be taken by reference.
-        offer_spliced(&self.0);
-        let result = s.serialize_bytes(&self.0);
-        withdraw_spliced(&self.0);
-        result
-    }
-}
-
-impl<'de> Deserialize<'de> for Blob {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct BlobVisitor;
-        impl<'de> Visitor<'de> for BlobVisitor {
-            type Value = Blob;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Blob, E> {
-                Ok(Blob(share_or_copy(v)))
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(Bytes::copy_from_slice(v)))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(Bytes::from(v)))
-            }
-        }
-        d.deserialize_bytes(BlobVisitor)
-    }
 }
 
 /// Upper bound on the capacity reserved up front for a decoded sequence. The
@@ -568,7 +514,7 @@ mod tests {
         let encoded = Bytes::from(encode("blob", &Blob::from(vec![7u8; 100])).unwrap());
         let blob: Blob = decode("blob", &encoded).unwrap();
         let start = encoded.as_ptr() as usize;
-        let p = blob.0.as_ptr() as usize;
+        let p = blob.bytes().as_ptr() as usize;
         assert!(p > start && p < start + encoded.len(), "blob was copied");
     }
 

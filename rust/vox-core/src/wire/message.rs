@@ -1,7 +1,8 @@
 //! The message model: transport prologue, session handshake, session
 //! messages (the 14 payload kinds) and stable-conduit frames.
 
-use super::codec::{Blob, channel_seq, feature_seq};
+use super::blob::Blob;
+use super::codec::{channel_seq, feature_seq};
 use super::ids::{ChannelId, ConnectionId, MethodId, Parity, RequestId};
 use super::metadata::Metadata;
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,7 @@
 //! Metadata: an ordered list of `(key, value, flags)` entries.
 
-use super::codec::{Blob, metadata_seq};
+use super::blob::Blob;
+use super::codec::metadata_seq;
 use serde::{Deserialize, Serialize};
 
 /// Flag bit 0: the value is never logged, traced, or put in an error message.

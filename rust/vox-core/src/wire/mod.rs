@@ -3,14 +3,18 @@
 //! Encoding is postcard (see `docs/spec/wire.md` for the byte layout).
 //! Decoders never panic and never allocate more than their input justifies.
 
+mod blob;
 mod codec;
 mod ids;
 mod message;
 mod metadata;
+mod rope;
 
+pub use blob::Blob;
+pub(crate) use blob::serialize_shared;
 pub use codec::{
-    Blob, DecodeError, DecodeLimits, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice,
-    decode_with, encode, encode_into,
+    DecodeError, DecodeLimits, EncodeError, MAX_PREALLOCATED_ELEMENTS, bounded_seq, decode, decode_slice, decode_with,
+    encode, encode_into,
 };
 pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
@@ -20,3 +24,5 @@ pub use message::{
     StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
 };
 pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY, SENSITIVE};
+pub use rope::encode_payload;
+pub(crate) use rope::{encode_conduit, encode_conduit_into};

@@ -47,7 +47,7 @@ impl StableTx {
     /// [`ConduitError::Stable`] with why the conduit ended, once it has (a
     /// local close included); the message is then not queued.
     pub async fn send_encoded(&self, bytes: Bytes) -> Result<(), ConduitError> {
-        let mut item = Blob(bytes);
+        let mut item = Blob::new(bytes);
         loop {
             let notified = self.shared.room.notified();
             {
@@ -77,7 +77,7 @@ impl StableTx {
     /// [`ConduitError::Encode`] if `msg` cannot be encoded (a local bug);
     /// otherwise as [`send_encoded`](Self::send_encoded).
     pub async fn send(&self, msg: &ConduitMsg) -> Result<(), ConduitError> {
-        self.send_encoded(Bytes::from(wire::encode("ConduitMsg", msg)?)).await
+        self.send_encoded(wire::encode_conduit(msg)?).await
     }
 
     /// Bytes waiting for the peer's acknowledgement.

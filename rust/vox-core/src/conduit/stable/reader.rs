@@ -135,7 +135,7 @@ fn on_link_message(shared: &StableShared, bytes: &Bytes) -> Result<Option<Bytes>
     shared.room.notify_one();
     shared.writer_wake.notify_one();
     match inbound {
-        Ok(Some(Inbound::Deliver(item))) => Ok(Some(item.0)),
+        Ok(Some(Inbound::Deliver(item))) => Ok(Some(item.into_bytes())),
         Ok(Some(Inbound::Duplicate) | None) => Ok(None),
         Err(v) => Err(StableEnd::Violation(v)),
     }

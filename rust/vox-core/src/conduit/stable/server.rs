@@ -48,7 +48,7 @@ impl std::fmt::Debug for StableAccepted {
 fn fresh_key() -> Result<ResumeKey, StableSetupError> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| StableSetupError::Hello(format!("no randomness for a resume key: {e}")))?;
-    Ok(ResumeKey(Blob(Bytes::copy_from_slice(&key))))
+    Ok(ResumeKey(Blob::new(Bytes::copy_from_slice(&key))))
 }
 
 impl StableRegistry {
@@ -101,13 +101,13 @@ impl StableRegistry {
             {
                 let mut map = self.inner.lock();
                 map.retain(|_, w| w.strong_count() > 0);
-                map.insert(key.0.0.clone(), Arc::downgrade(&shared));
+                map.insert(key.0.bytes().clone(), Arc::downgrade(&shared));
             }
             tokio::spawn(watchdog(shared.clone()));
             let (tx, rx) = halves(shared);
             return Ok(StableAccepted::New(tx, rx));
         };
-        let found = self.inner.lock().get(&key.0.0).and_then(Weak::upgrade);
+        let found = self.inner.lock().get(key.0.bytes()).and_then(Weak::upgrade);
         let live = found.filter(|s| !matches!(s.core.lock().phase, Phase::Closed(_)));
         let Some(shared) = live else {
             let reason = "unknown or expired resume key".to_string();

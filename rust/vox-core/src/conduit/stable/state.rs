@@ -229,7 +229,7 @@ mod tests {
     use bytes::Bytes;
 
     fn blob(s: &'static str) -> Blob {
-        Blob(Bytes::from_static(s.as_bytes()))
+        Blob::new(Bytes::from_static(s.as_bytes()))
     }
 
     #[test]
@@ -326,18 +326,18 @@ mod tests {
     fn stable_replay_buffer_counts_held_frames_and_bytes_exactly() {
         let mut s = StableState::new(10);
         assert!(s.has_room(usize::MAX), "an empty buffer takes any item");
-        assert_eq!(s.push(Blob(Bytes::from_static(b"abcd"))), Ok(0));
+        assert_eq!(s.push(Blob::new(Bytes::from_static(b"abcd"))), Ok(0));
         assert_eq!((s.replay_len(), s.replay_bytes()), (1, 4));
         assert!(s.has_room(6) && !s.has_room(7), "4 held + 6 = the limit of 10");
-        assert_eq!(s.push(Blob(Bytes::from_static(b"efg"))), Ok(1));
+        assert_eq!(s.push(Blob::new(Bytes::from_static(b"efg"))), Ok(1));
         assert_eq!((s.replay_len(), s.replay_bytes()), (2, 7));
-        assert!(s.push(Blob(Bytes::from_static(b"hijk"))).is_err(), "7 + 4 is over the limit");
+        assert!(s.push(Blob::new(Bytes::from_static(b"hijk"))).is_err(), "7 + 4 is over the limit");
         assert_eq!(s.on_ack(0), Ok(1));
         assert_eq!((s.replay_len(), s.replay_bytes()), (1, 3));
         assert_eq!(s.on_ack(1), Ok(1));
         assert_eq!((s.replay_len(), s.replay_bytes()), (0, 0));
         // An oversized item goes out alone.
-        assert_eq!(s.push(Blob(Bytes::from(vec![0; 32]))), Ok(2));
+        assert_eq!(s.push(Blob::new(Bytes::from(vec![0; 32]))), Ok(2));
         assert_eq!(s.replay_bytes(), 32);
         assert!(!s.has_room(0) || s.replay_bytes() <= 10, "nothing more fits next to it");
     }
@@ -460,7 +460,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Push(len) => {
-                        let got = s.push(Blob(Bytes::from(vec![7u8; len])));
+                        let got = s.push(Blob::new(Bytes::from(vec![7u8; len])));
                         if m.fits(len) {
                             prop_assert_eq!(got, Ok(wrap(m.next)));
                             m.held.push((m.next, len));
@@ -501,13 +501,13 @@ mod tests {
                         let got = s.on_frame(StableFrame {
                             seq,
                             ack: ack.map(|back| wrap(m.next.wrapping_sub(u64::from(back)))),
-                            item: Blob(Bytes::from_static(b"i")),
+                            item: Blob::new(Bytes::from_static(b"i")),
                         });
                         let want = match ack.map(|back| m.ack(back)) {
                             Some(Err(e)) => Err(e),
                             _ if delta == 0 => {
                                 m.last = Some(expected);
-                                Ok(Inbound::Deliver(Blob(Bytes::from_static(b"i"))))
+                                Ok(Inbound::Deliver(Blob::new(Bytes::from_static(b"i"))))
                             }
                             // At or below the last delivered: a replay. A frame
                             // before the first one (nothing delivered) is a gap.

@@ -23,7 +23,7 @@ impl ConnectionCore {
         };
         // The args never embed channel ids (those travel in the request's
         // channel list), so every attempt of one call digests the same.
-        let digest = ArgsDigest::of(&args.0);
+        let digest = ArgsDigest::of(args.bytes());
         match ops.admit(op, method_id, digest, handler.policy(method_id), has_channels) {
             Decision::Run(ticket) => Work::Handle(Some(OpRun { ops: ops.clone(), ticket, has_channels })),
             Decision::Attach { op, waiter, outcome } => Work::Attach { ops: ops.clone(), op, waiter, outcome },

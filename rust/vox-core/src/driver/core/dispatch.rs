@@ -32,7 +32,7 @@ impl ConnectionCore {
             }
             Payload::Response { id, ret, metadata } => self.on_response(id, ret, metadata),
             Payload::CancelRequest { id } => Ok(self.on_cancel(id)),
-            Payload::ChannelItem { id, item } => match self.registry.on_remote_item(id, item.0) {
+            Payload::ChannelItem { id, item } => match self.registry.on_remote_item(id, item.into_bytes()) {
                 Ok(ItemOutcome::DiscardedAfterReset | ItemOutcome::DiscardedLate) => Ok(Inbound::Late),
                 Ok(_) => Ok(Inbound::Handled),
                 Err(v) => Err(self.channel_violation(v)),

@@ -183,7 +183,8 @@ impl ConnectionCore {
             peer_addr: self.peer_addr(),
             peer_identity: self.peer_identity(),
         };
-        let call = Call { method_id, args: args.0, metadata, channels: binder, reply: ReplySink::new(reply_tx) };
+        let call =
+            Call { method_id, args: args.into_bytes(), metadata, channels: binder, reply: ReplySink::new(reply_tx) };
         let _entered = span.enter();
         let mut running = Contained::start(|| Box::pin(ctx.scope(handler.handle(call))));
         let _ = std::pin::Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));

@@ -230,7 +230,7 @@ impl EarlyFlush<'_> {
         for item in early.items {
             std::future::poll_fn(|cx| core.registry.poll_credit(id, cx)).await.map_err(|e| e.to_string())?;
             let permit = core.reserve().await.map_err(|e| e.to_string())?;
-            core.send_item_with(permit, id, Blob(item)).map_err(|e| e.to_string())?;
+            core.send_item_with(permit, id, Blob::new(item)).map_err(|e| e.to_string())?;
         }
         if early.closed {
             core.registry.local_close(id).map_err(|e| e.to_string())?;

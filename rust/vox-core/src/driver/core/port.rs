@@ -62,7 +62,7 @@ impl ChannelPort for ConnectionCore {
 
     fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError> {
         match self.try_reserve() {
-            Some(permit) => self.send_item_with(permit, id, Blob(item)).map(|()| None),
+            Some(permit) => self.send_item_with(permit, id, Blob::new(item)).map(|()| None),
             None => Ok(Some(item)),
         }
     }
@@ -73,7 +73,7 @@ impl ChannelPort for ConnectionCore {
             Some(permit) => permit,
             None => self.reserve().await.map_err(SendError::ConnectionLost)?,
         };
-        self.send_item_with(permit, id, Blob(item))
+        self.send_item_with(permit, id, Blob::new(item))
     }
 
     fn poll_recv(&self, id: ChannelId, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {

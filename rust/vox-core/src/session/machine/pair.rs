@@ -438,7 +438,7 @@ async fn session_drain_idle_only_once_no_handler_of_any_connection_is_in_flight(
     let request = Payload::Request {
         id: crate::wire::RequestId(1),
         method_id: crate::wire::MethodId(7),
-        args: crate::wire::Blob(bytes::Bytes::new()),
+        args: crate::wire::Blob::new(bytes::Bytes::new()),
         channels: Vec::new(),
         metadata: Metadata::new(),
     };
