@@ -12,7 +12,8 @@ use super::{ConnectionHandle, SessionError};
 use crate::driver::ConnectionCore;
 use crate::id_window::{IdWindow, Seen};
 use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Parity};
-use std::collections::{HashMap, VecDeque};
+use crate::wire::{IdMap, id_map};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -55,7 +56,7 @@ pub(crate) enum Lookup<'a> {
 }
 
 pub(crate) struct ConnTable {
-    entries: HashMap<ConnectionId, ConnEntry>,
+    entries: IdMap<ConnectionId, ConnEntry>,
     /// Released connections and the state each ended in, oldest first: enough
     /// to judge messages that cross a close, bounded by `tombstone_cap`
     /// whatever the peer does.
@@ -73,7 +74,7 @@ pub(crate) struct ConnTable {
 impl ConnTable {
     pub(crate) fn new(local_parity: Parity, tombstone_cap: usize) -> Self {
         ConnTable {
-            entries: HashMap::new(),
+            entries: id_map(),
             tombstones: VecDeque::new(),
             tombstone_cap,
             local_parity,

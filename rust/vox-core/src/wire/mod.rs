@@ -5,6 +5,7 @@
 
 mod blob;
 mod codec;
+mod id_map;
 mod ids;
 mod message;
 mod metadata;
@@ -17,6 +18,7 @@ pub use codec::{
     encode, encode_into,
 };
 pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
+pub(crate) use id_map::{IdMap, id_map};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,

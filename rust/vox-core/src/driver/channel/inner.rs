@@ -8,7 +8,7 @@
 //! (`outbound`), and inspection (`inspect`); the receive-window arithmetic is
 //! `window`. This file holds the registry's state and the helpers they share.
 
-use std::collections::HashMap;
+use crate::wire::{IdMap, id_map};
 
 use super::RegistryConfig;
 use super::error::{ChannelStats, CloseCause, ItemOutcome, LossCause, RemoteOutcome, ViolationKind};
@@ -43,7 +43,7 @@ enum Gate<E> {
 #[derive(Debug)]
 pub(super) struct Inner {
     config: RegistryConfig,
-    channels: HashMap<ChannelId, ChannelEntry>,
+    channels: IdMap<ChannelId, ChannelEntry>,
     local_ids: IdAllocator,
     /// The highest id we allocated: our ids at or below it are "known".
     highest_local: Option<u64>,
@@ -62,7 +62,7 @@ impl Inner {
             local_ids: IdAllocator::new(config.local_parity),
             tombstones: Tombstones::new(config.tombstones),
             config,
-            channels: HashMap::new(),
+            channels: id_map(),
             highest_local: None,
             remote_ids: IdWindow::default(),
             outbound: DueQueue::default(),

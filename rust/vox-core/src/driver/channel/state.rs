@@ -1,6 +1,7 @@
 //! The per-channel state machine's data: one enum, the data of each state inside it.
 
-use std::collections::{HashMap, VecDeque};
+use crate::wire::{IdMap, id_map};
+use std::collections::VecDeque;
 use std::task::{Context, Waker};
 
 use bytes::Bytes;
@@ -255,12 +256,12 @@ pub(super) struct Tombstone {
 pub(super) struct Tombstones {
     capacity: usize,
     order: VecDeque<ChannelId>,
-    by_id: HashMap<ChannelId, Tombstone>,
+    by_id: IdMap<ChannelId, Tombstone>,
 }
 
 impl Tombstones {
     pub(super) fn new(capacity: usize) -> Tombstones {
-        Tombstones { capacity, order: VecDeque::new(), by_id: HashMap::new() }
+        Tombstones { capacity, order: VecDeque::new(), by_id: id_map() }
     }
 
     pub(super) fn insert(&mut self, id: ChannelId, tombstone: Tombstone) {

@@ -10,8 +10,9 @@ use crate::driver::liveness::Liveness;
 use crate::plumbing::ops::SessionOps;
 use crate::plumbing::outbound::Outbound;
 use crate::sync::Mutex;
+use crate::wire::id_map;
 use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Parity};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -121,8 +122,8 @@ impl ConnectionCore {
             state: Mutex::new(CoreState {
                 lost: Liveness::Live,
                 requests: requests.unwrap_or_else(|| IdAllocator::new(local_parity)),
-                calls: HashMap::new(),
-                handlers: HashMap::new(),
+                calls: id_map(),
+                handlers: id_map(),
                 cancels_due: VecDeque::new(),
                 draining: None,
                 flush_waker: None,

@@ -45,8 +45,9 @@ use super::liveness::Liveness;
 use crate::plumbing::ops::SessionOps;
 use crate::plumbing::outbound::Outbound;
 use crate::sync::Mutex;
+use crate::wire::IdMap;
 use crate::wire::{ConnectionId, ConnectionSettings, IdAllocator, Metadata, MethodId, Parity, RequestId, ResponseBody};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 use tokio::sync::Semaphore;
@@ -103,9 +104,9 @@ pub struct InFlight {
 struct CoreState {
     lost: Liveness,
     requests: IdAllocator,
-    calls: HashMap<RequestId, Tracked<CallEntry>>,
+    calls: IdMap<RequestId, Tracked<CallEntry>>,
     // Inbound requests in flight.
-    handlers: HashMap<RequestId, Tracked<IncomingCall>>,
+    handlers: IdMap<RequestId, Tracked<IncomingCall>>,
     // Cancels of dropped calls not yet queued. Whoever holds an outbound
     // place pops them under this lock (the flush task, or `send_request`
     // before its own request), so a cancel always precedes on the wire every
