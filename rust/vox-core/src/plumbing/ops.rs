@@ -14,8 +14,8 @@ use crate::plumbing::operations::{
     Admission, ArgsDigest, MethodPolicy, OpId, OperationConfig, OperationTable, Ticket, WaiterId,
 };
 use crate::sync::Mutex;
+use crate::wire::{IdMap, id_map};
 use crate::wire::{MethodId, ResponseBody};
-use std::collections::HashMap;
 use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -42,9 +42,9 @@ struct Inner {
     table: OperationTable,
     /// Attached attempts, answered when their execution finishes. Bounded
     /// by the table (`max_records` x `max_waiters_per_op`).
-    waiters: HashMap<WaiterId, oneshot::Sender<ResponseBody>>,
+    waiters: IdMap<WaiterId, oneshot::Sender<ResponseBody>>,
     /// The handler task of each live execution, to stop a superseded one.
-    running: HashMap<OpId, (Ticket, AbortHandle)>,
+    running: IdMap<OpId, (Ticket, AbortHandle)>,
 }
 
 impl std::fmt::Debug for SessionOps {
@@ -56,11 +56,7 @@ impl std::fmt::Debug for SessionOps {
 impl SessionOps {
     pub(crate) fn new(config: OperationConfig) -> SessionOps {
         SessionOps {
-            inner: Mutex::new(Inner {
-                table: OperationTable::new(config),
-                waiters: HashMap::new(),
-                running: HashMap::new(),
-            }),
+            inner: Mutex::new(Inner { table: OperationTable::new(config), waiters: id_map(), running: id_map() }),
         }
     }
 

@@ -1,22 +1,31 @@
-//! [`IdMap`]: a hash map keyed by one of the protocol's 64-bit ids, hashed
+//! [`IdMap`] and [`IdSet`]: hash maps and sets keyed by a 64-bit id, hashed
 //! with a keyed multiply instead of SipHash.
 //!
-//! The channel registry looks a channel up five or six times per item and
-//! the driver a request two or three times per call; with std's SipHash that
-//! was 18 % of a stream item's instructions (docs/perf.md, issue 20). An id
-//! is one `u64`, so one 64×64→128-bit multiply of the id and a key, folded,
-//! spreads it well. Some ids are chosen by the peer (the requests and
-//! channels it opens), so the two keys are random per map, drawn from std's
+//! The channel registry looks a channel up five or six times per item, the
+//! driver and the operation table a request or an operation two or three
+//! times per call; with std's SipHash that was 18 % of a stream item's
+//! instructions (docs/perf.md, issue 20). An id is one `u64`, so one
+//! 64×64→128-bit multiply of the id and a key, folded, spreads it well.
+//! Some ids are chosen by the peer (the requests, channels and operations
+//! it starts), so the two keys are random per map, drawn from std's
 //! `RandomState`: a peer cannot aim its ids at one bucket without knowing
 //! them. Every such map is bounded as well (`max_concurrent_requests`,
-//! `max_channels`, the tombstone capacity), so even a bad spread costs a
-//! bounded number of probes.
+//! `max_channels`, the tombstone and operation-table capacities), so even a
+//! bad spread costs a bounded number of probes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 
 /// A `HashMap` keyed by an id newtype (or any key that hashes as one `u64`).
 pub(crate) type IdMap<K, V> = HashMap<K, V, IdHashing>;
+
+/// A `HashSet` of ids, hashed as an [`IdMap`].
+pub(crate) type IdSet<K> = HashSet<K, IdHashing>;
+
+/// A new, empty [`IdSet`] with fresh keys.
+pub(crate) fn id_set<K>() -> IdSet<K> {
+    HashSet::with_hasher(IdHashing::new())
+}
 
 /// A new, empty [`IdMap`] with fresh keys.
 pub(crate) fn id_map<K, V>() -> IdMap<K, V> {

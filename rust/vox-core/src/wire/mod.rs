@@ -18,7 +18,7 @@ pub use codec::{
     encode, encode_into,
 };
 pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
-pub(crate) use id_map::{IdMap, id_map};
+pub(crate) use id_map::{IdMap, IdSet, id_map, id_set};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
     ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,

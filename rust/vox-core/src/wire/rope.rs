@@ -20,11 +20,49 @@ use serde::Serialize;
 /// Encodes `value` as a payload (arguments, a return value, an error, a
 /// channel item). Large shared byte buffers inside it are not copied: the
 /// blob keeps them, and the session writer sends them from where they are.
+///
+/// A small payload is encoded into a buffer kept per thread and then copied
+/// into an allocation of exactly its size: one allocation per payload,
+/// instead of a vector grown from empty plus the header `Bytes` adds to a
+/// vector with spare room (docs/perf.md, session 9). A large one keeps the
+/// buffer it was encoded into.
 pub fn encode_payload<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Blob, EncodeError> {
-    let mut buf = BytesMut::new();
+    SCRATCH.with(|scratch| {
+        // A value whose serialization encodes a payload itself gets a
+        // buffer of its own.
+        let Ok(mut buf) = scratch.try_borrow_mut() else { return encode_payload_in(what, value, BytesMut::new()).1 };
+        let (kept, blob) = encode_payload_in(what, value, std::mem::take(&mut *buf));
+        *buf = kept;
+        blob
+    })
+}
+
+/// Encodes into `buf` (empty); returns the buffer to keep and the payload.
+fn encode_payload_in<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    mut buf: BytesMut,
+) -> (BytesMut, Result<Blob, EncodeError>) {
     let (encoded, pieces) = splicing(|| encode_into(what, value, &mut buf));
-    encoded?;
-    Ok(Blob::with_pieces(buf.freeze(), pieces))
+    if let Err(e) = encoded {
+        buf.clear();
+        return (buf, Err(e));
+    }
+    if buf.len() >= SCRATCH_MAX {
+        return (BytesMut::new(), Ok(Blob::with_pieces(buf.freeze(), pieces)));
+    }
+    let bytes = bytes::Bytes::copy_from_slice(&buf);
+    buf.clear();
+    (buf, Ok(Blob::with_pieces(bytes, pieces)))
+}
+
+/// Payloads at least this long are not copied out of the buffer they were
+/// encoded into; it goes with them (so the buffer kept per thread never
+/// holds more than this).
+const SCRATCH_MAX: usize = super::SPLICE_MIN;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Encodes a conduit message into a buffer of its own, as
@@ -145,6 +183,44 @@ mod tests {
         assert_eq!(blob.len(), flat.len());
         assert_eq!(&blob.bytes()[..], &flat[..]);
         assert_eq!(blob, Blob::from(flat));
+    }
+
+    #[test]
+    fn payloads_encoded_one_after_another_are_independent() {
+        // The per-thread buffer is reused: earlier payloads must not change.
+        let blobs: Vec<(u64, Blob)> =
+            (0..100u64).map(|i| (i, encode_payload("n", &(i, "x".repeat(i as usize * 97))).unwrap())).collect();
+        for (i, blob) in blobs {
+            assert_eq!(&blob.bytes()[..], &encode("n", &(i, "x".repeat(i as usize * 97))).unwrap()[..]);
+        }
+        let err = encode_payload("bad", &Unencodable).unwrap_err();
+        assert!(err.to_string().contains("bad"));
+        assert_eq!(&encode_payload("after", &7u8).unwrap().bytes()[..], &[7]);
+    }
+
+    /// A value whose `Serialize` fails (after writing some bytes).
+    struct Unencodable;
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeTuple};
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&1234u32)?;
+            Err(S::Error::custom("no"))
+        }
+    }
+
+    #[test]
+    fn a_payload_encoding_a_payload_inside_gets_its_own_buffer() {
+        struct Nested;
+        impl Serialize for Nested {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = encode_payload("inner", &(5u8, "inner")).map_err(serde::ser::Error::custom)?;
+                inner.serialize(s)
+            }
+        }
+        let blob = encode_payload("outer", &(1u8, Nested, 2u8)).unwrap();
+        let inner = encode("inner", &(5u8, "inner")).unwrap();
+        assert_eq!(&blob.bytes()[..], &encode("outer", &(1u8, Blob::from(inner), 2u8)).unwrap()[..]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! deadline, and the memory of expired ids; every transition is a method of
 //! [`OperationTable`] that takes the current time from the caller.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use crate::wire::{IdMap, IdSet, id_map, id_set};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use super::{
@@ -34,7 +35,7 @@ struct Record {
 struct ExpiredIds {
     cap: usize,
     order: VecDeque<OpId>,
-    set: HashSet<OpId>,
+    set: IdSet<OpId>,
     /// The highest id that was forgotten from the exact set.
     watermark: Option<u64>,
 }
@@ -60,7 +61,7 @@ impl ExpiredIds {
 #[derive(Debug)]
 pub struct OperationTable {
     config: OperationConfig,
-    records: HashMap<OpId, Record>,
+    records: IdMap<OpId, Record>,
     /// Finished records by (deadline, id): expiry and early eviction both
     /// take from the front. Exactly the finished records are in here, so it
     /// is bounded by `max_records`.
@@ -78,10 +79,10 @@ impl OperationTable {
     /// An empty table.
     pub fn new(config: OperationConfig) -> OperationTable {
         let expired =
-            ExpiredIds { cap: config.max_expired_ids, order: VecDeque::new(), set: HashSet::new(), watermark: None };
+            ExpiredIds { cap: config.max_expired_ids, order: VecDeque::new(), set: id_set(), watermark: None };
         OperationTable {
             config,
-            records: HashMap::new(),
+            records: id_map(),
             finished: BTreeSet::new(),
             expired,
             next_execution: 0,
