@@ -387,3 +387,16 @@ async fn a_service_without_methods_answers_unknown_method() {
     let r = c.root.caller.call::<_, ()>(MethodId::from_names("Nothing", "x"), &(), vec![]).await;
     assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{:?}", r);
 }
+
+#[test]
+fn retry_policy_of_each_method_comes_from_its_attributes() {
+    use vox_core::driver::{Handler, MethodPolicy};
+    let d = ArithDispatcher::new(ArithImpl::default());
+    let policy = |name: &str| d.policy(MethodId::from_names("Arith", name));
+    assert_eq!(policy("add"), MethodPolicy { idem: true, persist: false });
+    assert_eq!(policy("ping"), MethodPolicy { idem: false, persist: false });
+    assert_eq!(policy("divide"), MethodPolicy { idem: true, persist: true });
+    assert_eq!(policy("sum"), MethodPolicy { idem: false, persist: true });
+    // Another service's method, or none at all: the safe default.
+    assert_eq!(d.policy(MethodId::from_names("Echo", "echo")), MethodPolicy::default());
+}

@@ -721,10 +721,10 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                 }
 
                 fn policy(&self, method: #vc::wire::MethodId) -> #vc::driver::MethodPolicy {
-                    __METHODS
-                        .iter()
-                        .find(|m| m.id() == method)
-                        .map(|m| #vc::driver::MethodPolicy { idem: m.idem, persist: m.persist })
+                    // The ids are computed once (`#ids`); asked per request.
+                    #ids.iter()
+                        .position(|id| *id == method)
+                        .map(|i| #vc::driver::MethodPolicy { idem: __METHODS[i].idem, persist: __METHODS[i].persist })
                         .unwrap_or_default()
                 }
             }
