@@ -185,7 +185,13 @@ async fn balance_no_idem_call_is_lost_when_a_server_dies_mid_run() {
     let health = pool.health();
     assert!(health[0].up && health[2].up, "{health:?}");
     let served: Vec<u64> = servers.iter().map(|s| s.shard.served.load(Ordering::SeqCst)).collect();
-    assert_eq!(served.iter().sum::<u64>(), WORKERS * CALLS, "each answer came from one server: {served:?}");
+    // An idem call may run twice, but only one the victim ran and whose
+    // answer died with it (still queued for its writer when it was killed):
+    // the survivors answered every call they ran, so beyond one execution
+    // per call there are at most as many as the victim served, each of them
+    // a retry.
+    let excess = served.iter().sum::<u64>().checked_sub(WORKERS * CALLS).expect("an answer no server ran");
+    assert!(excess <= served[1] && excess <= stats.retries, "calls run twice: {excess}, served {served:?}, {stats:?}");
     assert!(served[0] > 0 && served[2] > 0, "the survivors shared the load: {served:?}");
 }
 

@@ -24,8 +24,8 @@ use serde::Serialize;
 /// A small payload is encoded into a buffer kept per thread and then copied
 /// into an allocation of exactly its size: one allocation per payload,
 /// instead of a vector grown from empty plus the header `Bytes` adds to a
-/// vector with spare room (docs/perf.md, session 9). A large one keeps the
-/// buffer it was encoded into.
+/// vector with spare room (docs/perf.md, session 9). A large one takes the
+/// buffer it was encoded into with it.
 pub fn encode_payload<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Blob, EncodeError> {
     SCRATCH.with(|scratch| {
         // A value whose serialization encodes a payload itself gets a
@@ -57,8 +57,8 @@ fn encode_payload_in<T: Serialize + ?Sized>(
 }
 
 /// Payloads at least this long are not copied out of the buffer they were
-/// encoded into; it goes with them (so the buffer kept per thread never
-/// holds more than this).
+/// encoded into; it goes with them (so the buffer kept per thread stays
+/// small: at most what growing to just under this reserved).
 const SCRATCH_MAX: usize = super::SPLICE_MIN;
 
 thread_local! {
