@@ -45,6 +45,11 @@ fn encode_payload_in<T: Serialize + ?Sized>(
 ) -> (BytesMut, Result<Blob, EncodeError>) {
     let (encoded, pieces) = splicing(|| encode_into(what, value, &mut buf));
     if let Err(e) = encoded {
+        // A value that failed after writing much leaves no large buffer
+        // behind either.
+        if buf.capacity() > 2 * SCRATCH_MAX {
+            return (BytesMut::new(), Err(e));
+        }
         buf.clear();
         return (buf, Err(e));
     }
@@ -57,8 +62,9 @@ fn encode_payload_in<T: Serialize + ?Sized>(
 }
 
 /// Payloads at least this long are not copied out of the buffer they were
-/// encoded into; it goes with them (so the buffer kept per thread stays
-/// small: at most what growing to just under this reserved).
+/// encoded into; it goes with them, and a failed encoding that grew the
+/// buffer beyond twice this drops it: the buffer kept per thread stays
+/// small.
 const SCRATCH_MAX: usize = super::SPLICE_MIN;
 
 thread_local! {
@@ -194,6 +200,13 @@ mod tests {
             assert_eq!(&blob.bytes()[..], &encode("n", &(i, "x".repeat(i as usize * 97))).unwrap()[..]);
         }
         let err = encode_payload("bad", &Unencodable).unwrap_err();
+        assert!(err.to_string().contains("bad"));
+        let kept = || SCRATCH.with(|s| s.borrow().capacity());
+        let big = encode_payload("big", &vec!["z".repeat(50_000)]).unwrap();
+        assert_eq!(&big.bytes()[..], &encode("big", &vec!["z".repeat(50_000)]).unwrap()[..]);
+        assert!(kept() <= 2 * SCRATCH_MAX, "a large payload left {} bytes behind", kept());
+        let err = encode_payload("bad big", &(vec!["y".repeat(20_000)], Unencodable)).unwrap_err();
+        assert!(kept() <= 2 * SCRATCH_MAX, "a failed large encoding left {} bytes behind", kept());
         assert!(err.to_string().contains("bad"));
         assert_eq!(&encode_payload("after", &7u8).unwrap().bytes()[..], &[7]);
     }
