@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use vox_core::driver::{BoxFuture, Call, CallError, ChannelError, Handler, MethodPolicy, Rx, Tx, channel};
 use vox_core::link::{self, LinkConfig};
-use vox_core::schema::SchemaAnswer;
+use vox_core::schema::{SchemaAnswer, SchemaHash, SchemaQuery};
 use vox_core::service::ServiceError;
 use vox_core::session::{Session, SessionBuilder};
 use vox_core::wire::MethodId;
@@ -269,11 +269,8 @@ async fn schema_identity_matching_hashes_answer_same() {
     let client = v1::ShopClient::new(c.root.caller.clone());
     assert_eq!(client.ping().await, Ok(1));
     assert_eq!(client.place(v1::Order { id: 1, qty: 2, color: v1::Color::Red }).await.unwrap().qty, 2);
-    // Raw: the query for `ping` with the same hash answers `Same`.
-    let q = vox_core::schema::SchemaQuery {
-        method: v1::ShopClient::METHODS[8].id(),
-        hash: v1::ShopClient::schemas()[8].hash(),
-    };
+    // Raw: the query for `ping` with the same signature answers `Same`.
+    let q = query(8, &v1::ShopClient::schemas()[8], vec![]);
     let raw: SchemaAnswer = c.root.caller.call(vox_core::schema::schema_method_id(), &q, vec![]).await.unwrap();
     assert_eq!(raw, SchemaAnswer::Same);
 }
@@ -308,7 +305,8 @@ async fn schema_evolution_added_variant_unused_and_used() {
     let (_s2, _c2, new) = v2_to_v1().await;
     assert_eq!(new.paint(v2::Color::Green).await, Ok(v2::Color::Green));
     assert_eq!(new.favourite().await, Ok(v2::Color::Green));
-    // A value of the new variant fails at the caller, before it is sent.
+    // A value of the new variant fails where it is received: the v1
+    // handler cannot translate it, and answers IncompatibleSchema.
     let (method, path, field) = incompatible(new.paint(v2::Color::Blue).await);
     assert_eq!((method.as_str(), path.as_str(), field.as_str()), ("Shop.paint", "args.color: Color", "Blue"));
     assert_eq!(new.ping().await, Ok(1));
@@ -471,10 +469,22 @@ async fn hostile_answer(answer: Vec<u8>) -> (Session, Session, v1::ShopClient) {
     (s, c, client)
 }
 
+/// The bytes of `SchemaAnswer::Different` up to its type schemas: a
+/// signature with no arguments, return type hash `[0; 32]`, no error, no
+/// channels.
+fn different_without_types() -> Vec<u8> {
+    let mut answer = vec![0x01, 0x00];
+    answer.extend([0u8; 32]);
+    answer.extend([0x00, 0x00]);
+    answer
+}
+
 #[tokio::test]
 async fn schema_identity_received_schema_with_dangling_reference_is_incompatible_not_fatal() {
-    // Different, one node: a Seq of node 9, which does not exist.
-    let (_s, c, shop) = hostile_answer(vec![0x01, 0x01, 0x12, 0x09, 0x00, 0x00, 0x00, 0x00]).await;
+    // One type schema, one node: a Seq of node 9, which does not exist.
+    let mut answer = different_without_types();
+    answer.extend([0x01, 0x01, 0x12, 0x09, 0x00]);
+    let (_s, c, shop) = hostile_answer(answer).await;
     let (method, path, _) = incompatible(shop.ping().await);
     assert_eq!((method.as_str(), path.as_str()), ("Shop.ping", "schema answer"));
     // The connection is fine: a raw call still works.
@@ -484,10 +494,12 @@ async fn schema_identity_received_schema_with_dangling_reference_is_incompatible
 
 #[tokio::test]
 async fn session_decode_bounded_received_schema_over_the_node_limit_is_refused() {
-    // Different, announcing 5000 nodes (the limit is 1024), then 5000 Units.
-    let mut answer = vec![0x01, 0x88, 0x27];
+    // One type schema announcing 5000 nodes (the limit is 1024), then
+    // 5000 Units.
+    let mut answer = different_without_types();
+    answer.extend([0x01, 0x88, 0x27]);
     answer.extend(std::iter::repeat_n(0u8, 5000));
-    answer.extend([0, 0, 0, 0]);
+    answer.push(0);
     let (_s, _c, shop) = hostile_answer(answer).await;
     match shop.ping().await {
         Err(CallError::IncompatibleSchema { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
@@ -510,4 +522,82 @@ async fn schema_identity_peer_without_schemas_keeps_the_plain_path() {
     let (_s, c) = sessions(SessionBuilder::new().handler(handler)).await;
     let shop = v1::ShopClient::new(c.root.caller.clone());
     assert_eq!(shop.ping().await, Ok(5));
+}
+
+/// The query a caller with schema `local` of method `index` sends, with
+/// the type schemas of `local` and `held` hashes.
+fn query(index: usize, local: &vox_core::schema::MethodSchema, held: Vec<SchemaHash>) -> SchemaQuery {
+    let (signature, types) = local.split();
+    let types = types.into_iter().map(|(_, t)| t).collect();
+    SchemaQuery { method: v1::ShopClient::METHODS[index].id(), signature, types, held }
+}
+
+#[tokio::test]
+async fn schema_evolution_the_receiver_translates_arguments_sent_in_the_callers_layout() {
+    // A caller that follows the protocol and translates nothing itself: it
+    // sends v2's schema of `place`, then v2's bytes. The v1 handler
+    // translates them by name (note dropped, fields reordered), and answers
+    // in its own layout, which the caller then translates (here: reads as
+    // v1, as a v1 order is what it got).
+    let (_s, c) = sessions(SessionBuilder::new().handler(v1::ShopDispatcher::new(v1::Impl))).await;
+    let local = &v2::ShopClient::schemas()[0];
+    let (signature, types) = local.split();
+    let q = SchemaQuery {
+        method: v1::ShopClient::METHODS[0].id(),
+        signature,
+        types: types.into_iter().map(|(_, t)| t).collect(),
+        held: vec![],
+    };
+    let answer: SchemaAnswer = c.root.caller.call(vox_core::schema::schema_method_id(), &q, vec![]).await.unwrap();
+    let SchemaAnswer::Different { signature, .. } = answer else { panic!("v1 and v2 differ") };
+    assert_eq!(signature, v1::ShopClient::schemas()[0].split().0);
+    let order = v2::Order { color: v2::Color::Green, note: Some("fragile".into()), qty: 3, id: 9 };
+    let got: v1::Order = c.root.caller.call(v1::ShopClient::METHODS[0].id(), &(order,), vec![]).await.unwrap();
+    assert_eq!(got, v1::Order { id: 9, qty: 3, color: v1::Color::Green });
+}
+
+#[tokio::test]
+async fn schema_identity_each_type_crosses_a_connection_once() {
+    // Caller to handler: the generated client's queries never repeat a type
+    // schema, though paint, favourite and place all use Color.
+    let sent = Arc::new(parking_lot::Mutex::new(Vec::<SchemaHash>::new()));
+    let record = sent.clone();
+    let inner = v2::ShopDispatcher::new(v2::Impl);
+    let handler = move |call: Call| {
+        if call.method_id == vox_core::schema::schema_method_id() {
+            let q = SchemaQuery::decode(&call.args).expect("a valid query");
+            record.lock().extend(q.types.iter().map(|t| t.hash()));
+        }
+        inner.handle(call)
+    };
+    let (_s, c) = sessions(SessionBuilder::new().handler(handler)).await;
+    let old = v1::ShopClient::new(c.root.caller.clone());
+    assert_eq!(old.paint(v1::Color::Red).await, Ok(v1::Color::Red));
+    assert!(incompatible(old.favourite().await).2 == "Blue");
+    let order = v1::Order { id: 1, qty: 1, color: v1::Color::Green };
+    assert_eq!(old.place(order.clone()).await, Ok(order));
+    assert_eq!(old.ping().await, Ok(2));
+    let sent = sent.lock().clone();
+    let mut unique = sent.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), sent.len(), "a type schema crossed twice: {sent:?}");
+    let (color, root) = vox_core::schema::SchemaGraph::of::<v1::Color>();
+    assert!(sent.contains(&SchemaHash::of(&color, root)));
+
+    // Handler to caller: an answer leaves out the types the query names as
+    // held, and those of the caller's own signature.
+    let (_s, c) = sessions(SessionBuilder::new().handler(v2::ShopDispatcher::new(v2::Impl))).await;
+    let describe = |q: SchemaQuery| {
+        let caller = c.root.caller.clone();
+        async move { caller.call::<_, SchemaAnswer>(vox_core::schema::schema_method_id(), &q, vec![]).await.unwrap() }
+    };
+    let first = describe(query(1, &v1::ShopClient::schemas()[1], vec![])).await;
+    let SchemaAnswer::Different { types, .. } = first else { panic!("paint differs") };
+    let (v2_color, root) = vox_core::schema::SchemaGraph::of::<v2::Color>();
+    let v2_color = SchemaHash::of(&v2_color, root);
+    assert_eq!(types.iter().map(|t| t.hash()).collect::<Vec<_>>(), vec![v2_color], "paint uses one type");
+    let second = describe(query(2, &v1::ShopClient::schemas()[2], vec![v2_color])).await;
+    let SchemaAnswer::Different { types, .. } = second else { panic!("favourite differs") };
+    assert!(types.is_empty(), "Color was held: {types:?}");
 }

@@ -511,7 +511,6 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
 
     let arms = methods.iter().enumerate().map(|(i, m)| {
         let name = &m.name;
-        let method_name = m.name.to_string();
         let plain: Vec<&Ident> = m.args.iter().filter(|a| a.channel.is_none()).map(|a| &a.name).collect();
         let plain_tys: Vec<TokenStream2> =
             m.args.iter().filter(|a| a.channel.is_none()).map(|a| wire_ty(&a.ty, &vc)).collect();
@@ -556,10 +555,10 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
         };
         quote! {
             if __call.method_id == #ids[#i] {
-                let (#(#plain,)*) = match __call.decode_args::<(#(#plain_tys,)*)>() {
+                let (#(#plain,)*) = match #vc::service::__private::decode_args::<(#(#plain_tys,)*)>(&__call) {
                     ::core::result::Result::Ok(a) => a,
                     ::core::result::Result::Err(e) => {
-                        return __call.reply.invalid_payload(::std::format!("{}.{}: {}", #service_name, #method_name, e));
+                        return #vc::service::__private::args_failed(__call.reply, &__METHODS[#i], e);
                     }
                 };
                 #(#unwrap_bytes)*
@@ -713,7 +712,7 @@ fn expand(attr: TokenStream2, mut item: ItemTrait) -> syn::Result<TokenStream2> 
                         // rule: schema.identity — answer the caller's
                         // schema query for one of our methods.
                         if __call.method_id == #vc::schema::schema_method_id() {
-                            return #vc::service::__private::answer_schema(__call, &#ids[..], &*__SCHEMAS);
+                            return #vc::service::__private::answer_schema(__call, &#ids[..], __METHODS, &*__SCHEMAS);
                         }
                         #(#arms)*
                         __call.reply.unknown_method()

@@ -78,6 +78,22 @@ pub struct Call {
     pub channels: ChannelBinder,
     /// Where the one response goes.
     pub reply: ReplySink,
+    /// What the schema exchange says about this request.
+    pub(crate) schema: CallSchema,
+}
+
+/// What the schema exchange of the connection says about one request
+/// (rules `schema.identity`, `schema.evolution`).
+#[derive(Clone, Debug, Default)]
+pub(crate) enum CallSchema {
+    /// The plain path: no exchange, or the same schemas.
+    #[default]
+    Plain,
+    /// A `vox.schema.describe` query: the connection's handler-side state,
+    /// which the answer updates.
+    Exchange(Arc<crate::schema::HandlerSchemas>),
+    /// The caller's schema differs: its arguments come in its layout.
+    Inbound(crate::schema::Inbound),
 }
 
 impl std::fmt::Debug for Call {
@@ -139,6 +155,18 @@ impl ReplySink {
         self.reply(ResponseBody::InvalidPayload { reason: reason.to_string() }, Metadata::new());
     }
 
+    /// The arguments cannot be translated from the caller's schema (rule
+    /// `schema.incompatible`).
+    pub(crate) fn incompatible_schema(self, method: &str, e: crate::schema::SchemaError) {
+        let body = ResponseBody::IncompatibleSchema {
+            method: method.to_owned(),
+            path: e.path,
+            field: e.field,
+            reason: e.reason,
+        };
+        self.reply(body, Metadata::new());
+    }
+
     /// No such method (rule `rpc.unknown-method`).
     pub fn unknown_method(self) {
         self.reply(ResponseBody::UnknownMethod, Metadata::new());
@@ -176,11 +204,19 @@ pub struct ChannelBinder {
     /// What the request announced. Whether one is taken is the registry's
     /// to say (a taken channel is no longer `Pending` there), not ours.
     decls: Vec<ChannelDecl>,
+    /// The item plans of caller-to-handler channels whose item type the
+    /// caller's schema describes differently (rule `schema.evolution`).
+    plans: Option<Arc<crate::schema::InboundPlans>>,
 }
 
 impl ChannelBinder {
     pub(crate) fn new(core: Arc<ConnectionCore>, decls: Vec<ChannelDecl>) -> Self {
-        ChannelBinder { core, decls }
+        ChannelBinder { core, decls, plans: None }
+    }
+
+    /// Translates the items of the channels `plans` has a plan for.
+    pub(crate) fn translating(&mut self, plans: Arc<crate::schema::InboundPlans>) {
+        self.plans = Some(plans);
     }
 
     /// How many channels the request announced.
@@ -209,7 +245,11 @@ impl ChannelBinder {
     /// this handler receives).
     pub fn rx<T: DeserializeOwned>(&mut self, index: usize) -> Result<Rx<T>, BindError> {
         let decl = self.take(index, ChannelDirection::CallerToHandler)?;
-        Ok(Rx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id)))
+        let rx = Rx::from_slot(ChannelSlot::bound(self.core.clone(), decl.id));
+        match self.plans.as_ref().and_then(|p| Some((p.channels.get(index)?.as_ref()?, &p.method))) {
+            Some((plan, method)) => Ok(rx.translating(plan.clone(), method.clone())),
+            None => Ok(rx),
+        }
     }
 
     /// Binds the channel at `index` (a `Tx<T>` argument: this handler sends).

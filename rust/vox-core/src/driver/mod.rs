@@ -27,4 +27,5 @@ pub use error::CallError;
 pub use handle::{
     ChannelArg, ChannelError, DEFAULT_INITIAL_CREDIT, Role, Rx, TrySendError, Tx, channel, channel_with_credit,
 };
+pub(crate) use handler::CallSchema;
 pub use handler::{BindError, BoxFuture, Call, ChannelBinder, Handler, ReplySink};

@@ -48,6 +48,12 @@ impl SchemaBuilder {
         r
     }
 
+    /// A builder holding `nodes` already (a graph put together from type
+    /// schemas received from a peer), to which more nodes can be added.
+    pub(crate) fn from_nodes(nodes: Vec<Node>) -> Self {
+        SchemaBuilder { nodes, seen: HashMap::new() }
+    }
+
     /// The graph built so far.
     pub fn finish(self) -> SchemaGraph {
         SchemaGraph { nodes: self.nodes }

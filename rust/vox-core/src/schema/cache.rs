@@ -1,12 +1,17 @@
-//! Per connection: what the caller learnt about each method's schema on
-//! the other side, and the plans built from it (once per connection and
-//! method).
+//! Per connection, the caller side: what it learnt about each method's
+//! schema on the other side, the plans built from it (once per connection
+//! and method), and the exchange's record of which type schemas crossed
+//! (once per connection and type).
 
 use super::error::{Path, SchemaError};
+use super::exchange::{SchemaAnswer, SchemaQuery};
+use super::hash::SchemaHash;
+use super::limits::SchemaLimits;
 use super::method::MethodSchema;
 use super::plan::Plan;
+use super::store::TypeStore;
 use crate::wire::{ChannelDirection, MethodId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
@@ -22,9 +27,12 @@ pub enum Translation {
     Incompatible(SchemaError),
 }
 
-/// The plans of one method whose two sides differ. The caller translates
-/// both ways: arguments and caller-to-handler items from its layout into
-/// the handler's, the rest from the handler's into its own.
+/// The plans of one method whose two sides differ. Each side translates
+/// what it receives (rule `schema.evolution`): the caller uses the plans of
+/// the return value, the error and handler-to-caller items. The plans of
+/// the arguments and caller-to-handler items are the ones the handler side
+/// builds; the caller builds them too, so that a difference no value can
+/// cross fails at the exchange, before any call is sent.
 #[derive(Clone, Debug)]
 pub struct MethodPlans {
     /// Local arguments → remote.
@@ -35,6 +43,8 @@ pub struct MethodPlans {
     pub err: Option<Plan>,
     /// Per channel argument, in local argument order.
     pub channels: Vec<Plan>,
+    /// Which way each channel flows.
+    directions: Vec<ChannelDirection>,
 }
 
 impl MethodPlans {
@@ -70,16 +80,35 @@ impl MethodPlans {
                 ChannelDirection::HandlerToCaller => Plan::build_at(r, rc.item, l, c.item, &label)?,
             });
         }
-        Ok(MethodPlans { args, ret, err, channels })
+        Ok(MethodPlans { args, ret, err, channels, directions: local.channels.iter().map(|c| c.direction).collect() })
+    }
+
+    /// The plan of channel `index` if this side translates its items: a
+    /// handler-to-caller channel whose item types differ.
+    pub fn received_items(&self, index: usize) -> Option<&Plan> {
+        let received = self.directions.get(index) == Some(&ChannelDirection::HandlerToCaller);
+        self.channels.get(index).filter(|p| received && !p.is_identity())
+    }
+
+    /// Whether everything the caller receives has the same layout on both
+    /// sides (only what the handler receives differs).
+    fn receives_as_is(&self) -> bool {
+        self.ret.is_identity()
+            && self.err.as_ref().is_none_or(Plan::is_identity)
+            && (0..self.channels.len()).all(|i| self.received_items(i).is_none())
     }
 }
 
-/// The schema state of one connection, shared by every clone of its
-/// caller. Holds one entry per method this side has called (bounded by the
-/// local program, not by the peer).
+/// The schema state of one connection's caller side, shared by every
+/// clone of its caller. Holds one entry per method this side has called
+/// (bounded by the local program), and the handler side's type schemas
+/// (bounded by [`SchemaLimits`]).
 #[derive(Debug, Default)]
 pub struct SchemaCache {
     methods: parking_lot::Mutex<HashMap<MethodId, Arc<OnceCell<Translation>>>>,
+    /// One exchange at a time per connection, so a type two first calls
+    /// share crosses once.
+    exchange: tokio::sync::Mutex<Exchange>,
 }
 
 impl SchemaCache {
@@ -97,5 +126,66 @@ impl SchemaCache {
     /// What is known about `method`, without waiting.
     pub fn known(&self, method: MethodId) -> Option<Translation> {
         self.methods.lock().get(&method).and_then(|c| c.get().cloned())
+    }
+
+    /// The connection's exchange state, held for the whole of one
+    /// exchange.
+    pub(crate) async fn exchange(&self) -> tokio::sync::MutexGuard<'_, Exchange> {
+        self.exchange.lock().await
+    }
+}
+
+/// Which type schemas crossed on one connection: the caller's own that the
+/// handler side acknowledged (by answering), and the handler side's it
+/// received.
+#[derive(Debug, Default)]
+pub(crate) struct Exchange {
+    acked: HashSet<SchemaHash>,
+    store: TypeStore,
+}
+
+impl Exchange {
+    /// The query for `method`, whose local schema is `local`: its
+    /// signature, the type schemas not acknowledged yet, the handler
+    /// side's types already held.
+    pub(crate) fn query(&self, method: MethodId, local: &MethodSchema) -> SchemaQuery {
+        let (signature, types) = local.split();
+        let types = types.into_iter().filter(|(h, _)| !self.acked.contains(h)).map(|(_, t)| t).collect();
+        SchemaQuery { method, signature, types, held: self.store.hashes() }
+    }
+
+    /// What the answer to the query for `local` (named `name`,
+    /// `Service.method`) means for its calls. The caller's types are
+    /// acknowledged by any answer.
+    pub(crate) fn on_answer(&mut self, local: &MethodSchema, name: &str, answer: SchemaAnswer) -> Translation {
+        let (ours, _) = local.split();
+        self.acked.extend(ours.hashes());
+        let (signature, types) = match answer {
+            SchemaAnswer::Same => return Translation::Same,
+            SchemaAnswer::Different { signature, types } => (signature, types),
+        };
+        let invalid = |reason: String| {
+            Translation::Incompatible(SchemaError {
+                path: "schema answer".into(),
+                field: String::new(),
+                reason: format!("the peer's schema answer is invalid: {reason}"),
+            })
+        };
+        if let Err(e) = self.store.admit(types, &signature.hashes(), &SchemaLimits::DEFAULT) {
+            return invalid(e);
+        }
+        // The caller's own types, named by the handler's signature, are
+        // looked up locally: the answer leaves them out.
+        let own = local.split().1;
+        let lookup = |h: &SchemaHash| self.store.get(h).or_else(|| own.iter().find(|(x, _)| x == h).map(|(_, t)| t));
+        let remote = match MethodSchema::assemble(name, &signature, lookup) {
+            Ok(r) => r,
+            Err(e) => return invalid(e),
+        };
+        match MethodPlans::build(local, &remote) {
+            Ok(p) if p.receives_as_is() => Translation::Same,
+            Ok(p) => Translation::Translate(Arc::new(p)),
+            Err(e) => Translation::Incompatible(e),
+        }
     }
 }

@@ -12,6 +12,12 @@ use serde::{Deserialize, Deserializer};
 use std::marker::PhantomData;
 
 /// The limits a received schema must respect.
+///
+/// Per message they bound what one decode may build; per connection
+/// ([`max_types`](Self::max_types), [`max_stored_nodes`](Self::max_stored_nodes))
+/// they bound what a peer can make this side keep: the type schemas it
+/// sent, which later signatures may name again (rule `schema.identity`:
+/// each type travels once per connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchemaLimits {
     /// Nodes in one graph (default 1024).
@@ -21,11 +27,18 @@ pub struct SchemaLimits {
     pub max_members: usize,
     /// Bytes of one type, field or variant name (default 256).
     pub max_name_len: usize,
+    /// Type schemas one message may carry or name as held, and type
+    /// schemas a connection keeps of its peer (default 256).
+    pub max_types: usize,
+    /// Nodes of all the type schemas a connection keeps of its peer
+    /// (default 16384: with the other limits, a few MiB at most).
+    pub max_stored_nodes: usize,
 }
 
 impl SchemaLimits {
     /// The defaults, which decoding enforces.
-    pub const DEFAULT: SchemaLimits = SchemaLimits { max_nodes: 1024, max_members: 256, max_name_len: 256 };
+    pub const DEFAULT: SchemaLimits =
+        SchemaLimits { max_nodes: 1024, max_members: 256, max_name_len: 256, max_types: 256, max_stored_nodes: 16384 };
 }
 
 impl Default for SchemaLimits {
@@ -105,6 +118,18 @@ pub(crate) fn refs_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> 
 
 pub(crate) fn channels_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     bounded(d, SchemaLimits::DEFAULT.max_members, "channels")
+}
+
+pub(crate) fn args_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_members, "arguments")
+}
+
+pub(crate) fn types_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_types, "type schemas")
+}
+
+pub(crate) fn hashes_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, SchemaLimits::DEFAULT.max_types, "held type hashes")
 }
 
 pub(crate) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -3,7 +3,7 @@
 
 use super::SchemaBuilder;
 use super::hash::SchemaHash;
-use super::limits::{channels_seq, check_refs, name};
+use super::limits::{channels_seq, name};
 use super::model::{Field, Node, SchemaGraph, TypeRef};
 use crate::wire::ChannelDirection;
 use serde::{Deserialize, Serialize};
@@ -94,17 +94,5 @@ impl MethodSchema {
         }
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         SchemaHash::of_roots(&self.graph, &roots, &labels)
-    }
-
-    /// Checks a schema received from a peer (every reference inside its
-    /// table) and computes its hash.
-    pub(crate) fn validated(mut self) -> Result<MethodSchema, String> {
-        let roots = [self.args, self.ret].into_iter().chain(self.err).chain(self.channels.iter().map(|c| c.item));
-        check_refs(&self.graph, roots.collect::<Vec<_>>())?;
-        if !matches!(self.graph.get(self.args), Some(Node::Struct { .. })) {
-            return Err("the arguments of a method schema are not a struct".into());
-        }
-        self.hash = Some(self.compute_hash());
-        Ok(self)
     }
 }

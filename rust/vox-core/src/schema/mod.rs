@@ -35,10 +35,13 @@ mod error;
 mod exchange;
 mod hash;
 mod impls;
+mod inbound;
 mod limits;
 mod method;
 mod model;
 mod plan;
+mod signature;
+mod store;
 mod translate;
 
 pub use builder::SchemaBuilder;
@@ -46,10 +49,13 @@ pub use cache::{MethodPlans, SchemaCache, Translation};
 pub use error::SchemaError;
 pub use exchange::{SCHEMA_METHOD_NAME, SCHEMA_SERVICE_NAME, SchemaAnswer, SchemaQuery, schema_method_id};
 pub use hash::SchemaHash;
+pub use inbound::HandlerSchemas;
+pub(crate) use inbound::{Inbound, InboundPlans};
 pub use limits::SchemaLimits;
 pub use method::{ChannelSchema, MethodSchema};
 pub use model::{Field, Node, SchemaGraph, TypeRef, Variant, VariantKind};
 pub use plan::Plan;
+pub use signature::{ArgSignature, ChannelSignature, MethodSignature, TypeSchema};
 
 /// A type whose structure vox can describe, hash and translate.
 ///

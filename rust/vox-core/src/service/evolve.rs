@@ -1,23 +1,23 @@
 //! Schema evolution on the call path of generated clients (rules
 //! `schema.identity`, `schema.evolution`, `schema.incompatible`; ADR 0008).
 //!
-//! Before a method's first call on a connection the caller asks the handler
-//! side for its schema (`vox.schema.describe`), once per connection and
-//! method. Matching hashes keep the plain postcard path; differing ones get
-//! a plan, and the caller translates both ways: arguments and
-//! caller-to-handler items into the handler's layout, the return value,
-//! the error and handler-to-caller items into its own.
+//! Before a method's first call on a connection the two sides exchange
+//! their schemas of it (`vox.schema.describe`): signatures once per
+//! connection and method, type schemas once per connection and type.
+//! Matching signatures keep the plain postcard path; differing ones get
+//! plans, and each side translates what it receives: the handler side the
+//! arguments and caller-to-handler items, the caller the return value, the
+//! error and handler-to-caller items.
 
 use super::MethodInfo;
 use super::retry::{call_bytes, named};
-use crate::driver::{Call, CallError, ChannelArg};
-use crate::schema::{MethodPlans, MethodSchema, SchemaAnswer, SchemaError, SchemaQuery, Translation, schema_method_id};
+use crate::driver::{Call, CallError, CallSchema, ChannelArg, ReplySink};
+use crate::schema::{Inbound, MethodSchema, SchemaAnswer, SchemaError, SchemaQuery, Translation, schema_method_id};
 use crate::session::Caller;
 use crate::wire::{self, Metadata, MethodId};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
 
 /// The `IncompatibleSchema` error of `info` for `e`.
 pub(crate) fn incompatible(info: &MethodInfo, e: SchemaError) -> CallError {
@@ -45,46 +45,46 @@ async fn translation(
     cell.get_or_try_init(|| query(caller, info, method_id, local)).await.cloned()
 }
 
-/// Asks the handler side for its schema of `method_id`. A peer that does not
-/// know the query or the method answers `UnknownMethod`: no schema
-/// information, the plain path (the call itself then reports what the peer
-/// says). Other failures are the call's and are not remembered.
+/// Exchanges schemas of `method_id` with the handler side: sends the
+/// caller's signature with the type schemas not sent yet on this
+/// connection, and gets the handler side's. One exchange at a time per
+/// connection, so a type crosses once. A peer that does not know the query
+/// or the method answers `UnknownMethod`: no schema information, the plain
+/// path (the call itself then reports what the peer says). Other failures
+/// are the call's and are not remembered.
 async fn query(
     caller: &Caller,
     info: &MethodInfo,
     method_id: MethodId,
     local: &MethodSchema,
 ) -> Result<Translation, CallError> {
-    let q = SchemaQuery { method: method_id, hash: local.hash() };
+    let mut exchange = caller.schema_cache().exchange().await;
+    let q = exchange.query(method_id, local);
     let args = Bytes::from(wire::encode("schema query", &q).map_err(|e| CallError::SendFailed(e.to_string()))?);
-    let answer = query_attempts(caller, info, args).await;
-    let answer = match answer {
+    let answer = match query_attempts(caller, info, args).await {
         Ok(ret) => ret,
         Err(CallError::UnknownMethod { .. }) => return Ok(Translation::Same),
         Err(e) => return Err(named(info, e)),
     };
-    Ok(match SchemaAnswer::decode(&answer) {
-        Ok(SchemaAnswer::Same) => Translation::Same,
-        Ok(SchemaAnswer::Different(remote)) => match MethodPlans::build(local, &remote) {
-            Ok(plans) => {
-                tracing::debug!(
-                    service = info.service,
-                    method = info.name,
-                    "peer schema differs; calls are translated"
-                );
-                Translation::Translate(Arc::new(plans))
-            }
-            Err(e) => {
-                tracing::warn!(service = info.service, method = info.name, error = %e, "peer schema is incompatible");
-                Translation::Incompatible(e)
-            }
-        },
+    let name = format!("{}.{}", info.service, info.name);
+    let t = match SchemaAnswer::decode(&answer) {
+        Ok(a) => exchange.on_answer(local, &name, a),
         Err(reason) => Translation::Incompatible(SchemaError {
             path: "schema answer".into(),
             field: String::new(),
             reason: format!("the peer's schema answer is invalid: {reason}"),
         }),
-    })
+    };
+    match &t {
+        Translation::Same => {}
+        Translation::Translate(_) => {
+            tracing::debug!(service = info.service, method = info.name, "peer schema differs; answers are translated")
+        }
+        Translation::Incompatible(e) => {
+            tracing::warn!(service = info.service, method = info.name, error = %e, "peer schema is incompatible")
+        }
+    }
+    Ok(t)
 }
 
 /// Sends the query, and on a resumable session retries it like the call it
@@ -110,7 +110,10 @@ async fn query_attempts(caller: &Caller, info: &MethodInfo, args: Bytes) -> Resu
     }
 }
 
-/// One call of a generated client's method, with schema evolution.
+/// One call of a generated client's method, with schema evolution. The
+/// arguments and caller-to-handler items go in the caller's layout (the
+/// handler side translates them); what comes back is translated here (rule
+/// `schema.evolution`: the receiver translates).
 pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
     caller: &Caller,
     info: &MethodInfo,
@@ -125,29 +128,14 @@ pub(crate) async fn call<A: Serialize, R: DeserializeOwned>(
         Ok(Translation::Incompatible(e)) => return Err(fail_channels(&channels, incompatible(info, e))),
         Err(e) => return Err(fail_channels(&channels, e)),
     };
-    let encoded = wire::encode("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
-    // rule: schema.incompatible — a value the handler cannot take (a
-    // variant it lacks) fails here, before anything is sent.
-    let translated = match plans.args.translate(&encoded) {
-        Ok(t) => t,
-        Err(e) => return Err(fail_channels(&channels, incompatible(info, e))),
-    };
-    for (arg, plan) in channels.iter().zip(&plans.channels) {
-        if plan.is_identity() {
-            continue;
-        }
-        if let Err(e) = arg.translate_items(plan.clone(), format!("{}.{}", info.service, info.name)) {
-            // An item kept before the call cannot cross.
-            let e = match e {
-                crate::driver::ChannelError::IncompatibleSchema { method, path, field, reason } => {
-                    CallError::IncompatibleSchema { method, path, field, reason }
-                }
-                other => CallError::SendFailed(other.to_string()),
-            };
-            return Err(fail_channels(&channels, e));
+    for (i, arg) in channels.iter().enumerate() {
+        if let Some(plan) = plans.received_items(i) {
+            arg.translate_items(plan.clone(), format!("{}.{}", info.service, info.name))
+                .map_err(|e| CallError::SendFailed(e.to_string()))?;
         }
     }
-    let ret = match call_bytes(caller, info, method_id, wire::Blob::from(translated), channels).await {
+    let args = wire::encode_payload("call arguments", args).map_err(|e| CallError::SendFailed(e.to_string()))?;
+    let ret = match call_bytes(caller, info, method_id, args, channels).await {
         Ok(ret) => ret,
         Err(CallError::User(blob)) => {
             let Some(plan) = &plans.err else { return Err(CallError::User(blob)) };
@@ -170,16 +158,56 @@ fn fail_channels(channels: &[ChannelArg], e: CallError) -> CallError {
 }
 
 /// Answers a `vox.schema.describe` call for a service whose methods have
-/// `ids` and `schemas` (in the same order): `Same`, its schema, or
-/// `UnknownMethod` for a method it does not have.
-pub(crate) fn answer(call: Call, ids: &[MethodId], schemas: &[MethodSchema]) {
-    let q = match call.decode_args::<SchemaQuery>() {
+/// `ids`, `infos` and `schemas` (in the same order): `Same`, or its
+/// signature and the type schemas the caller lacks, or `UnknownMethod`
+/// for a method it does not have. The connection's handler side keeps the
+/// caller's types and the plan for its requests.
+pub(crate) fn answer(call: Call, ids: &[MethodId], infos: &[MethodInfo], schemas: &[MethodSchema]) {
+    let q = match SchemaQuery::decode(&call.args) {
         Ok(q) => q,
         Err(e) => return call.reply.invalid_payload(format!("vox.schema.describe: {e}")),
     };
-    match ids.iter().position(|id| *id == q.method) {
-        Some(i) => call.reply.ok(&SchemaAnswer::to(&q, &schemas[i])),
-        None => call.reply.unknown_method(),
+    let (Some(i), CallSchema::Exchange(state)) = (ids.iter().position(|id| *id == q.method), &call.schema) else {
+        return call.reply.unknown_method();
+    };
+    let name = format!("{}.{}", infos[i].service, infos[i].name);
+    match state.answer(q, &schemas[i], &name) {
+        Ok(a) => call.reply.ok(&a),
+        Err(e) => call.reply.invalid_payload(format!("vox.schema.describe: {e}")),
+    }
+}
+
+/// Why a generated dispatcher could not take a request's arguments.
+#[derive(Debug)]
+pub enum ArgsError {
+    /// They do not decode (rule `rpc.invalid-payload`).
+    Decode(wire::DecodeError),
+    /// They cannot be translated from the caller's schema (rule
+    /// `schema.incompatible`).
+    Incompatible(SchemaError),
+}
+
+/// The arguments of `call`, translated first if the caller's schema of the
+/// method differs (rule `schema.evolution`: the receiver translates).
+pub(crate) fn decode_args<A: DeserializeOwned>(call: &Call) -> Result<A, ArgsError> {
+    match &call.schema {
+        CallSchema::Inbound(Inbound::Translate(p)) => match &p.args {
+            Some(plan) => {
+                let bytes = plan.translate(&call.args).map_err(ArgsError::Incompatible)?;
+                wire::decode_slice::<A>("call arguments", &bytes).map_err(ArgsError::Decode)
+            }
+            None => call.decode_args().map_err(ArgsError::Decode),
+        },
+        CallSchema::Inbound(Inbound::Incompatible(e)) => Err(ArgsError::Incompatible(e.clone())),
+        _ => call.decode_args().map_err(ArgsError::Decode),
+    }
+}
+
+/// Answers a request whose arguments [`decode_args`] refused.
+pub(crate) fn args_failed(reply: ReplySink, info: &MethodInfo, e: ArgsError) {
+    match e {
+        ArgsError::Decode(e) => reply.invalid_payload(format!("{}.{}: {e}", info.service, info.name)),
+        ArgsError::Incompatible(e) => reply.incompatible_schema(&format!("{}.{}", info.service, info.name), e),
     }
 }
 
@@ -190,5 +218,5 @@ pub(crate) fn routed_method(call: &Call) -> Result<MethodId, String> {
     if call.method_id != schema_method_id() {
         return Ok(call.method_id);
     }
-    call.decode_args::<SchemaQuery>().map(|q| q.method).map_err(|e| format!("vox.schema.describe: {e}"))
+    SchemaQuery::decode(&call.args).map(|q| q.method).map_err(|e| format!("vox.schema.describe: {e}"))
 }

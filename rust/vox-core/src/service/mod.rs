@@ -412,8 +412,25 @@ pub mod __private {
 
     /// Answers a `vox.schema.describe` call for a service whose methods
     /// have `ids` and `schemas`, in the same order.
-    pub fn answer_schema(call: Call, ids: &[MethodId], schemas: &[crate::schema::MethodSchema]) {
-        super::evolve::answer(call, ids, schemas)
+    pub fn answer_schema(call: Call, ids: &[MethodId], infos: &[MethodInfo], schemas: &[crate::schema::MethodSchema]) {
+        super::evolve::answer(call, ids, infos, schemas)
+    }
+
+    pub use super::evolve::ArgsError;
+
+    /// The arguments of a request to a generated dispatcher, translated
+    /// first if the caller's schema of the method differs (rule
+    /// `schema.evolution`).
+    ///
+    /// # Errors
+    /// They do not decode, or cannot be translated.
+    pub fn decode_args<A: DeserializeOwned>(call: &Call) -> Result<A, ArgsError> {
+        super::evolve::decode_args(call)
+    }
+
+    /// Answers a request whose arguments [`decode_args`] refused.
+    pub fn args_failed(reply: crate::driver::ReplySink, info: &MethodInfo, e: ArgsError) {
+        super::evolve::args_failed(reply, info, e)
     }
 
     /// Connects to `addr` with `builder` and returns a client of the root

@@ -232,6 +232,8 @@ pub struct InboundRequest {
     pub metadata: Metadata,
     /// The channels announced by the request, in argument order.
     pub channels: ChannelBinder,
+    /// What the schema exchange says about the request.
+    pub(crate) schema: crate::driver::CallSchema,
 }
 
 impl std::fmt::Debug for InboundRequest {
@@ -306,6 +308,7 @@ impl<H: Handler + ?Sized> ::tower::Service<InboundRequest> for HandlerService<H>
             metadata: req.metadata,
             channels: req.channels,
             reply: ReplySink::new(tx),
+            schema: req.schema,
         };
         let mut running = self.handler.handle(call);
         Box::pin(async move {
@@ -428,8 +431,8 @@ where
     fn handle(&self, call: Call) -> crate::driver::BoxFuture {
         let mut service = self.service.clone();
         Box::pin(async move {
-            let Call { method_id, args, metadata, channels, reply } = call;
-            let request = InboundRequest { method_id, args, metadata, channels };
+            let Call { method_id, args, metadata, channels, reply, schema } = call;
+            let request = InboundRequest { method_id, args, metadata, channels, schema };
             let ready = std::future::poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)).await;
             let result: Result<Reply, BoxError> = match ready {
                 Ok(()) => service.call(request).await.map_err(Into::into),

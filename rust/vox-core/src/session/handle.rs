@@ -474,6 +474,9 @@ impl Caller {
             ResponseBody::HandlerFailed { reason } => Err(CallError::HandlerFailed(reason)),
             ResponseBody::Rejected { reason } => Err(CallError::Rejected(reason)),
             ResponseBody::DeadlineExceeded => Err(CallError::DeadlineExceeded),
+            ResponseBody::IncompatibleSchema { method, path, field, reason } => {
+                Err(CallError::IncompatibleSchema { method, path, field, reason })
+            }
         }
     }
 

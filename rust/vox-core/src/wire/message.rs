@@ -214,6 +214,19 @@ pub enum ResponseBody {
     /// The request's deadline passed; the handler was stopped (rule
     /// `rpc.deadline`).
     DeadlineExceeded,
+    /// The handler side could not translate the arguments from the
+    /// caller's schema into its own (rule `schema.incompatible`): only this
+    /// call failed.
+    IncompatibleSchema {
+        /// `Service.method`.
+        method: String,
+        /// The access path to the value holding the field, and its type.
+        path: String,
+        /// The field or variant.
+        field: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 /// The 14 payload kinds of a session message.

@@ -31,7 +31,20 @@ impl ConnectionCore {
         ops: Option<Arc<SessionOps>>,
     ) -> Arc<ConnectionCore> {
         let registry = Registry::new(Self::registry_config(local_parity, &local_settings, limits));
-        Self::build(id, local_parity, local_settings, peer_settings, outbound, handler, limits, ops, registry, None)
+        let schemas = Arc::default();
+        Self::build(
+            id,
+            local_parity,
+            local_settings,
+            peer_settings,
+            outbound,
+            handler,
+            limits,
+            ops,
+            registry,
+            None,
+            schemas,
+        )
     }
 
     /// [`ConnectionCore::new`], started: its flush task runs (until the
@@ -64,7 +77,7 @@ impl ConnectionCore {
     }
 
     /// The same connection on a new attachment of a resumed session (rule
-    /// `session.resume`): same id, parity, handler and operation table, the
+    /// `session.resume`): same id, parity, handler, operation table and schema state, the
     /// newly negotiated settings, a new outbound path, and nothing in flight.
     /// Its request and channel ids continue above this core's, so nothing of
     /// the old attachment's ids is reused (rule `retry.channel.volatile.rebinding`).
@@ -92,6 +105,7 @@ impl ConnectionCore {
             self.ops.clone(),
             registry,
             Some(requests),
+            self.schemas.clone(),
         );
         tokio::spawn(core.clone().run_flush());
         core
@@ -109,6 +123,7 @@ impl ConnectionCore {
         ops: Option<Arc<SessionOps>>,
         registry: Registry,
         requests: Option<IdAllocator>,
+        schemas: Arc<crate::schema::HandlerSchemas>,
     ) -> Arc<ConnectionCore> {
         let slots = Arc::new(Semaphore::new(peer_settings.max_concurrent_requests as usize));
         Arc::new(ConnectionCore {
@@ -133,6 +148,7 @@ impl ConnectionCore {
             handler,
             ops,
             limits,
+            schemas,
             peer: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
         })

@@ -8,7 +8,7 @@ use super::contained::Contained;
 use super::running::{reply_or_failure, run_attached, run_inline, run_tracked};
 use super::{ConnectionCore, Tracked, Violation};
 use crate::driver::context::{self, CallContext};
-use crate::driver::handler::{Call, ChannelBinder, ReplySink};
+use crate::driver::handler::{Call, CallSchema, ChannelBinder, ReplySink};
 use crate::plumbing::outbound::OutboundPermit;
 use crate::wire::{Blob, ChannelDecl, Message, Metadata, MethodId, Payload, RequestId, ResponseBody};
 use std::sync::Arc;
@@ -183,12 +183,26 @@ impl ConnectionCore {
             peer_addr: self.peer_addr(),
             peer_identity: self.peer_identity(),
         };
-        let call =
-            Call { method_id, args: args.into_bytes(), metadata, channels: binder, reply: ReplySink::new(reply_tx) };
+        let (schema, binder) = self.call_schema(method_id, binder);
+        let reply = ReplySink::new(reply_tx);
+        let call = Call { method_id, args: args.into_bytes(), metadata, channels: binder, reply, schema };
         let _entered = span.enter();
         let mut running = Contained::start(|| Box::pin(ctx.scope(handler.handle(call))));
         let _ = std::pin::Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
         Some((running, reply_rx))
+    }
+
+    /// What the connection's schema exchange says about a request of
+    /// `method_id` (one atomic load while no method needs translating).
+    fn call_schema(&self, method_id: MethodId, mut binder: ChannelBinder) -> (CallSchema, ChannelBinder) {
+        if method_id == crate::schema::schema_method_id() {
+            return (CallSchema::Exchange(self.schemas.clone()), binder);
+        }
+        let Some(inbound) = self.schemas.inbound(method_id) else { return (CallSchema::Plain, binder) };
+        if let crate::schema::Inbound::Translate(plans) = &inbound {
+            binder.translating(plans.clone());
+        }
+        (CallSchema::Inbound(inbound), binder)
     }
 
     /// Answers a request whose handler replied in its first poll: at once

@@ -151,6 +151,9 @@ pub struct ConnectionCore {
     /// request as a plain call.
     ops: Option<Arc<SessionOps>>,
     limits: ChannelLimits,
+    /// What the handler side knows of the peer's schemas (rule
+    /// `schema.evolution`); kept by a successor, like the connection.
+    schemas: Arc<crate::schema::HandlerSchemas>,
     /// The peer's network address, for handlers' `CallContext`.
     peer: std::sync::OnceLock<std::net::SocketAddr>,
     /// The peer's verified identity (TLS), for handlers' `CallContext`.

@@ -356,6 +356,13 @@ impl<T> Rx<T> {
         Rx { slot, xlate: None, _t: PhantomData }
     }
 
+    /// This end, translating each received item with `plan` (a handler's
+    /// end of a channel whose item type the caller describes differently).
+    pub(crate) fn translating(mut self, plan: crate::schema::Plan, method: String) -> Self {
+        self.xlate = Some(xlate::fixed(plan, method));
+        self
+    }
+
     /// Hands this end to a call: the handler will receive, the caller keeps
     /// the matching `Tx`. Fails if this end came from a handler's binder.
     pub fn into_arg(mut self) -> Option<ChannelArg> {

@@ -1,7 +1,8 @@
 //! Channel items of a method whose item type differs between the two
-//! sides (rule `schema.evolution`): the caller's kept end translates each
-//! item with the plan the schema exchange built, set on the pair before the
-//! call binds it. Handler-side ends never translate.
+//! sides (rule `schema.evolution`: the receiver translates). The caller's
+//! kept `Rx` translates each item with the plan the schema exchange built,
+//! set on the pair before the call binds it; a handler's `Rx` gets its plan
+//! from the call's binder. No `Tx` translates.
 
 use super::slot::{ChannelSlot, SlotRef, SlotState, index};
 use super::{ChannelError, Role};
@@ -26,6 +27,11 @@ impl ItemPlan {
 
 fn incompatible(method: &str, e: SchemaError) -> ChannelError {
     ChannelError::IncompatibleSchema { method: method.to_owned(), path: e.path, field: e.field, reason: e.reason }
+}
+
+/// A plan known from the start (a handler's end).
+pub(crate) fn fixed(plan: Plan, method: String) -> Xlate {
+    Arc::new(OnceLock::from(ItemPlan { plan, method }))
 }
 
 /// `item` translated if a plan is set, else as it is.
