@@ -184,6 +184,7 @@ pub(crate) fn request_answered(body: &crate::wire::ResponseBody) {
             B::HandlerFailed { .. } => "handler_failed",
             B::Rejected { .. } => "rejected",
             B::DeadlineExceeded => "deadline_exceeded",
+            B::IncompatibleSchema { .. } => "incompatible_schema",
         };
         metrics::counter!(REQUESTS_ANSWERED, "outcome" => outcome).increment(1);
     }
