@@ -123,11 +123,6 @@ impl SchemaCache {
         self.methods.lock().entry(method).or_default().clone()
     }
 
-    /// What is known about `method`, without waiting.
-    pub fn known(&self, method: MethodId) -> Option<Translation> {
-        self.methods.lock().get(&method).and_then(|c| c.get().cloned())
-    }
-
     /// The connection's exchange state, held for the whole of one
     /// exchange.
     pub(crate) async fn exchange(&self) -> tokio::sync::MutexGuard<'_, Exchange> {
@@ -187,5 +182,62 @@ impl Exchange {
             Ok(p) => Translation::Translate(Arc::new(p)),
             Err(e) => Translation::Incompatible(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Field, Node, SchemaBuilder};
+
+    /// `m(a: u32[, b: Option<u32>]) -> R` where R is a struct with `x: u32`
+    /// and, if `ret_note`, an added `note: Option<u32>`.
+    fn method(extra_arg: bool, ret_note: bool) -> MethodSchema {
+        let mut b = SchemaBuilder::new();
+        let u = b.of::<u32>();
+        let o = b.of::<Option<u32>>();
+        let mut fields = vec![Field { name: "x".into(), ty: u, default: None }];
+        if ret_note {
+            fields.push(Field { name: "note".into(), ty: o, default: None });
+        }
+        let ret = b.node(Node::Struct { name: "R".into(), fields });
+        let mut args = vec![("a", u)];
+        if extra_arg {
+            args.push(("b", o));
+        }
+        MethodSchema::new("m", b, args, ret, None, vec![])
+    }
+
+    fn answer(remote: &MethodSchema) -> SchemaAnswer {
+        let (signature, types) = remote.split();
+        SchemaAnswer::Different { signature, types: types.into_iter().map(|(_, t)| t).collect() }
+    }
+
+    #[test]
+    fn schema_evolution_caller_takes_the_plain_path_when_only_what_the_handler_receives_differs() {
+        let local = method(false, false);
+        let mut x = Exchange::default();
+        // The handler has an added argument: it translates; the caller
+        // receives the same layout and keeps the plain path.
+        let t = x.on_answer(&local, "S.m", answer(&method(true, false)));
+        assert!(matches!(t, Translation::Same), "{t:?}");
+        // The handler's return value has an added field: the caller translates.
+        let t = x.on_answer(&local, "S.m", answer(&method(false, true)));
+        assert!(matches!(t, Translation::Translate(_)), "{t:?}");
+    }
+
+    #[test]
+    fn schema_identity_a_query_leaves_out_what_was_acknowledged_and_names_what_is_held() {
+        let local = method(false, false);
+        let mut x = Exchange::default();
+        let first = x.query(MethodId(1), &local);
+        assert_eq!(first.types.len(), 2, "u32 and R, each once");
+        assert!(first.held.is_empty());
+        let _ = x.on_answer(&local, "S.m", answer(&method(false, true)));
+        let second = x.query(MethodId(1), &local);
+        assert!(second.types.is_empty(), "acknowledged by the answer");
+        let held = method(false, true).split().1;
+        let r = held.iter().find(|(_, t)| matches!(t.graph.get(t.root), Some(Node::Struct { .. }))).unwrap();
+        assert!(second.held.contains(&r.0), "the handler's R is held: {:?}", second.held);
     }
 }

@@ -45,7 +45,7 @@ pub(crate) struct InboundPlans {
 
 /// The schema state of one connection's handler side.
 #[derive(Debug, Default)]
-pub struct HandlerSchemas {
+pub(crate) struct HandlerSchemas {
     translating: AtomicBool,
     state: parking_lot::Mutex<State>,
 }
@@ -59,11 +59,6 @@ struct State {
 }
 
 impl HandlerSchemas {
-    /// A fresh state (a new connection).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// How to take a request of `method`: `None` for the plain path.
     pub(crate) fn inbound(&self, method: MethodId) -> Option<Inbound> {
         if !self.translating.load(Ordering::Acquire) {

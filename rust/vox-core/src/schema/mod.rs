@@ -49,7 +49,7 @@ pub use cache::{MethodPlans, SchemaCache, Translation};
 pub use error::SchemaError;
 pub use exchange::{SCHEMA_METHOD_NAME, SCHEMA_SERVICE_NAME, SchemaAnswer, SchemaQuery, schema_method_id};
 pub use hash::SchemaHash;
-pub use inbound::HandlerSchemas;
+pub(crate) use inbound::HandlerSchemas;
 pub(crate) use inbound::{Inbound, InboundPlans};
 pub use limits::SchemaLimits;
 pub use method::{ChannelSchema, MethodSchema};

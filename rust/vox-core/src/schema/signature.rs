@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn schema_identity_a_cut_out_type_keeps_what_maps_and_tuples_reach() {
+        // Other nodes first, so the cut-out renumbers.
+        let mut b = SchemaBuilder::new();
+        let _ = b.of::<Order>();
+        let root = b.of::<(u8, std::collections::BTreeMap<String, Vec<i16>>)>();
+        let graph = b.finish();
+        let t = TypeSchema::extract(&graph, root);
+        t.check().expect("every reference inside the cut-out");
+        assert_eq!(t.graph.nodes.len(), 6, "tuple, u8, map, String, Vec, i16: {:?}", t.graph.nodes);
+        assert_eq!(t.hash(), SchemaHash::of(&graph, root));
+    }
+
+    #[test]
     fn schema_identity_assemble_refuses_a_type_never_sent() {
         let (sig, types) = method().split();
         let err = MethodSchema::assemble("place", &sig, |h| types.iter().skip(1).find(|(x, _)| x == h).map(|(_, t)| t))

@@ -103,9 +103,16 @@ mod tests {
         assert!(err.contains("at most 1"), "{err}");
         assert!(store.get(&a.hash()).is_some() && store.get(&b.hash()).is_none());
 
+        // Exactly at the node bound is kept; one more is not.
+        let big = of::<(u8, u16, u32)>();
+        let limits = SchemaLimits { max_stored_nodes: big.graph.nodes.len(), ..SchemaLimits::DEFAULT };
+        let mut store = TypeStore::default();
+        store.admit(vec![big.clone()], &[big.hash()], &limits).unwrap();
+        let more = of::<u8>();
+        assert!(store.admit(vec![more.clone()], &[more.hash()], &limits).is_err());
+
         let limits = SchemaLimits { max_stored_nodes: 2, ..SchemaLimits::DEFAULT };
         let mut store = TypeStore::default();
-        let big = of::<(u8, u16, u32)>();
         let err = store.admit(vec![big.clone()], &[big.hash()], &limits).unwrap_err();
         assert!(err.contains("nodes"), "{err}");
         assert!(store.hashes().is_empty());
