@@ -100,36 +100,25 @@ fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d.deserialize_seq(Bounded { max, what, _t: PhantomData })
 }
 
-pub(crate) fn nodes_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_nodes, "schema nodes")
+/// Sequence decoders for serde's `deserialize_with`, one per kind of list,
+/// each bounded by its limit.
+macro_rules! bounded_seqs {
+    ($($name:ident: $limit:ident, $what:literal;)*) => {$(
+        pub(crate) fn $name<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+            bounded(d, SchemaLimits::DEFAULT.$limit, $what)
+        }
+    )*};
 }
 
-pub(crate) fn fields_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_members, "fields")
-}
-
-pub(crate) fn variants_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_members, "variants")
-}
-
-pub(crate) fn refs_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_members, "tuple elements")
-}
-
-pub(crate) fn channels_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_members, "channels")
-}
-
-pub(crate) fn args_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_members, "arguments")
-}
-
-pub(crate) fn types_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_types, "type schemas")
-}
-
-pub(crate) fn hashes_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    bounded(d, SchemaLimits::DEFAULT.max_types, "held type hashes")
+bounded_seqs! {
+    nodes_seq: max_nodes, "schema nodes";
+    fields_seq: max_members, "fields";
+    variants_seq: max_members, "variants";
+    refs_seq: max_members, "tuple elements";
+    channels_seq: max_members, "channels";
+    args_seq: max_members, "arguments";
+    types_seq: max_types, "type schemas";
+    hashes_seq: max_types, "held type hashes";
 }
 
 pub(crate) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -164,15 +153,7 @@ pub(crate) fn check_refs(graph: &SchemaGraph, roots: impl IntoIterator<Item = Ty
                 return Err(format!("schema limit exceeded: an array of {n} elements (at most {MAX_ARRAY_LEN})"));
             }
         }
-        let refs: Vec<TypeRef> = match n {
-            Node::Option(t) | Node::Seq(t) | Node::Array(t, _) => vec![*t],
-            Node::Map(k, v) => vec![*k, *v],
-            Node::Tuple(ts) => ts.clone(),
-            Node::Struct { fields, .. } => fields.iter().map(|f| f.ty).collect(),
-            Node::Enum { variants, .. } => variants.iter().flat_map(|v| v.fields.iter().map(|f| f.ty)).collect(),
-            _ => Vec::new(),
-        };
-        if let Some(r) = refs.iter().find(|r| !ok(r)) {
+        if let Some(r) = super::signature::refs(n).iter().find(|r| !ok(r)) {
             return Err(bad(r));
         }
     }
