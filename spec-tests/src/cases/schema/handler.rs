@@ -3,7 +3,7 @@
 //! arguments it receives from the harness's layout (rule
 //! `schema.evolution`: the receiver translates).
 
-use super::model::{Hash, Kind, Node, SchemaAnswer, SchemaQuery, Signature, TypeSchema};
+use super::model::{Arg, Hash, Kind, Node, SchemaAnswer, SchemaQuery, Signature, TypeSchema};
 use super::testbed::{self, Method, h};
 use super::{describe_id, received_hashes};
 use crate::error::CaseResult;
@@ -191,14 +191,14 @@ async fn describe_body(c: &mut Calls<'_>) -> CaseResult {
 
     // The same signature: Same, and the plain path (the harness's hash of
     // Vec<u8>, a two-node type, must be the subject's).
-    let bytes = TypeSchema { graph: vec![Node::Seq(1), Node::U8], root: 0 };
+    let vec_u8 = TypeSchema { graph: vec![Node::Seq(1), Node::U8], root: 0 };
     let sig = Signature {
-        args: vec![super::model::Arg { name: "b".into(), ty: h(&bytes) }],
-        ret: h(&bytes),
+        args: vec![Arg { name: "b".into(), ty: h(&vec_u8) }],
+        ret: h(&vec_u8),
         err: None,
         channels: vec![],
     };
-    let q = SchemaQuery { method: mid("echo_bytes"), signature: sig, types: vec![bytes], held: vec![] };
+    let q = SchemaQuery { method: mid("echo_bytes"), signature: sig, types: vec![vec_u8], held: vec![] };
     let a: SchemaAnswer = ok_value(&c.query(&q).await?)?;
     ensure!(
         a == SchemaAnswer::Same,
@@ -213,7 +213,7 @@ async fn describe_body(c: &mut Calls<'_>) -> CaseResult {
     ensure!(matches!(body, ResponseBody::InvalidPayload { .. }), "schema.identity: a garbled query got {body:?}");
     let never = [0xab; 32];
     let sig = Signature {
-        args: vec![super::model::Arg { name: "ms".into(), ty: never }],
+        args: vec![Arg { name: "ms".into(), ty: never }],
         ret: never,
         err: None,
         channels: vec![],
