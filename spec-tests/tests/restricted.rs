@@ -19,8 +19,8 @@ fn restricted_names_are_cases() {
 fn cases_on_raw_tcp_are_tcp_only() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cases");
     let mut checked = 0;
-    for e in std::fs::read_dir(&dir).expect("read src/cases") {
-        let text = std::fs::read_to_string(e.expect("dir entry").path()).expect("read case file");
+    for path in case_files(&dir) {
+        let text = std::fs::read_to_string(&path).expect("read case file");
         // Split into top-level functions: each chunk starts at `pub async fn`.
         for chunk in text.split("\npub async fn ").skip(1) {
             let name = chunk.split('(').next().unwrap_or_default().trim();
@@ -37,4 +37,19 @@ fn cases_on_raw_tcp_are_tcp_only() {
         }
     }
     assert!(checked >= 4, "found only {checked} cases on raw TCP; the scan is broken");
+}
+
+/// The `.rs` files under `dir`, in its subfolders too (a group of cases
+/// may be a folder, like `cases/schema/`).
+fn case_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read a cases folder") {
+        let path = e.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(case_files(&path));
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -427,7 +427,14 @@ pub static CASES: &[Case] = &[
     case!(client::client_open_rejected, SubjectCalls, ["connection.open.rejection"]),
     // ---- schemas and evolution (PROTOCOL.md section 11)
     case!(schema::schema_identity_subject_describes_its_methods, HarnessCalls, ["schema.identity"]),
+    case!(schema::schema_evolution_subject_translates_arguments_it_receives, HarnessCalls, ["schema.evolution"]),
+    case!(
+        schema::schema_incompatible_subject_refuses_arguments_it_cannot_translate,
+        HarnessCalls,
+        ["schema.incompatible"]
+    ),
     case!(schema::schema_evolution_subject_translates_by_name, SubjectCalls, ["schema.evolution", "schema.identity"]),
+    case!(schema::schema_incompatible_subject_unknown_variant_fails_that_call, SubjectCalls, ["schema.incompatible"]),
     case!(schema::schema_incompatible_subject_call_fails_connection_stays_up, SubjectCalls, ["schema.incompatible"]),
     case!(
         client::client_duplicate_response_is_protocol_error,

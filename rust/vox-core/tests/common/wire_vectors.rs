@@ -3,7 +3,7 @@
 //! `wire_decode_never_panics.rs` (used as seeds for mutation).
 
 use bytes::Bytes;
-use vox_core::schema::{SchemaAnswer, SchemaBuilder, SchemaHash, SchemaQuery};
+use vox_core::schema::{SchemaAnswer, SchemaBuilder, SchemaHash, SchemaQuery, TypeSchema};
 use vox_core::wire::{
     Blob, ChannelDecl, ChannelDirection, ChannelId, ClientHello, ConduitMode, ConduitMsg, ConnectionId,
     ConnectionSettings, DecodeError, HandshakeMsg, Hello, HelloYourself, Message, MetadataValue, MethodId,
@@ -315,6 +315,15 @@ pub fn vectors() -> Vec<(&'static str, Vector)> {
         ),
         ("response.rejected", Vector::Message(response(ResponseBody::Rejected { reason: "conflict".to_owned() }))),
         ("response.deadline_exceeded", Vector::Message(response(ResponseBody::DeadlineExceeded))),
+        (
+            "response.incompatible_schema",
+            Vector::Message(response(ResponseBody::IncompatibleSchema {
+                method: "Shop.paint".to_owned(),
+                path: "args.color: Color".to_owned(),
+                field: "Blue".to_owned(),
+                reason: "no such variant".to_owned(),
+            })),
+        ),
         ("metadata.empty", Vector::Metadata(Metadata::new())),
         ("metadata.string", Vector::Metadata(md(&[("k", string("v"), 0)]))),
         ("metadata.bytes", Vector::Metadata(md(&[("k", MetadataValue::Bytes(Blob::from(&b"\xde\xad"[..])), 0)]))),
@@ -404,17 +413,32 @@ pub fn example_feed_schema() -> vox_core::schema::MethodSchema {
 }
 
 fn schema_vectors() -> Vec<(&'static str, Vector)> {
-    let mut hash = [0u8; 32];
-    for (i, b) in hash.iter_mut().enumerate() {
+    let (paint, paint_types) = example_paint_schema().split();
+    let (feed, feed_types) = example_feed_schema().split();
+    let types = |t: Vec<(SchemaHash, TypeSchema)>| t.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    // A held hash that is no real type's: bytes 0x00..=0x1f.
+    let mut held = [0u8; 32];
+    for (i, b) in held.iter_mut().enumerate() {
         *b = i as u8;
     }
     vec![
         (
             "schema.query",
-            Vector::SchemaQuery(SchemaQuery { method: MethodId(0x0123456789abcdef), hash: SchemaHash(hash) }),
+            Vector::SchemaQuery(SchemaQuery {
+                method: MethodId(0x0123456789abcdef),
+                signature: paint.clone(),
+                types: types(paint_types.clone()),
+                held: vec![SchemaHash(held)],
+            }),
         ),
         ("schema.answer.same", Vector::SchemaAnswer(SchemaAnswer::Same)),
-        ("schema.answer.paint", Vector::SchemaAnswer(SchemaAnswer::Different(example_paint_schema()))),
-        ("schema.answer.feed", Vector::SchemaAnswer(SchemaAnswer::Different(example_feed_schema()))),
+        (
+            "schema.answer.paint",
+            Vector::SchemaAnswer(SchemaAnswer::Different { signature: paint, types: types(paint_types) }),
+        ),
+        (
+            "schema.answer.feed",
+            Vector::SchemaAnswer(SchemaAnswer::Different { signature: feed, types: types(feed_types) }),
+        ),
     ]
 }
