@@ -212,12 +212,7 @@ async fn describe_body(c: &mut Calls<'_>) -> CaseResult {
     let body = c.raw(describe_id(), Blob::new(bytes::Bytes::from_static(&[0xff]))).await?;
     ensure!(matches!(body, ResponseBody::InvalidPayload { .. }), "schema.identity: a garbled query got {body:?}");
     let never = [0xab; 32];
-    let sig = Signature {
-        args: vec![Arg { name: "ms".into(), ty: never }],
-        ret: never,
-        err: None,
-        channels: vec![],
-    };
+    let sig = Signature { args: vec![Arg { name: "ms".into(), ty: never }], ret: never, err: None, channels: vec![] };
     let q = SchemaQuery { method: mid("sleep_ms"), signature: sig, types: vec![], held: vec![] };
     let body = c.query(&q).await?;
     ensure!(
