@@ -256,6 +256,8 @@ mod points {
         }
     }
 
+    // Only v2's client is used here; its server trait has no implementation.
+    #[allow(dead_code)]
     pub mod v2 {
         use super::*;
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, vox_core::Schema)]
