@@ -195,7 +195,7 @@ impl ConnectionCore {
 
     /// The channel registry, for the models and tests that drive it
     /// beside the core (liveness tests, loom model 6).
-    #[cfg(any(test, loom))]
+    #[cfg(test)]
     pub(crate) fn registry_for_models(&self) -> &Registry {
         &self.registry
     }
