@@ -25,8 +25,16 @@ use serde::Serialize;
 /// into an allocation of exactly its size: one allocation per payload,
 /// instead of a vector grown from empty plus the header `Bytes` adds to a
 /// vector with spare room (docs/perf.md, session 9). A large one takes the
-/// buffer it was encoded into with it.
+/// buffer it was encoded into with it. One of at most 128 bytes (a
+/// number, a short struct: most channel items) is encoded on the stack
+/// first, which skips the per-thread buffer and the splicing state.
 pub fn encode_payload<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Blob, EncodeError> {
+    let mut small = [0u8; SMALL];
+    // Not splicing: a large buffer cannot fit here, and an enclosing
+    // splicing must not see this attempt's offer of one.
+    if let Ok(used) = not_splicing(|| postcard::to_slice(value, &mut small)) {
+        return Ok(Blob::new(bytes::Bytes::copy_from_slice(used)));
+    }
     SCRATCH.with(|scratch| {
         // A value whose serialization encodes a payload itself gets a
         // buffer of its own.
@@ -66,6 +74,10 @@ fn encode_payload_in<T: Serialize + ?Sized>(
 /// buffer beyond twice this drops it: the buffer kept per thread stays
 /// small.
 const SCRATCH_MAX: usize = super::SPLICE_MIN;
+
+/// The longest payload [`encode_payload`] tries to encode on the stack; a
+/// longer one costs one failed attempt of this many bytes first.
+const SMALL: usize = 128;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());

@@ -7,6 +7,7 @@ use super::ConnectionCore;
 use crate::driver::channel::{LossCause, SendError};
 use crate::plumbing::outbound::OutboundPermit;
 use crate::wire::{Blob, ChannelId, Message, Payload};
+use bytes::Bytes;
 
 impl ConnectionCore {
     /// Queues `payload` on this connection unless it has ended.
@@ -50,5 +51,27 @@ impl ConnectionCore {
         self.registry.spend_credit(id)?;
         permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
         Ok(())
+    }
+
+    /// Like [`send_item_with`](Self::send_item_with), but a channel with no
+    /// credit left hands the item back (`Ok(Some(item))`), the place
+    /// released, instead of failing.
+    pub(crate) fn send_item_now(
+        &self,
+        permit: OutboundPermit<'_>,
+        id: ChannelId,
+        item: Bytes,
+    ) -> Result<Option<Bytes>, SendError> {
+        let st = self.state.lock();
+        if let Err(c) = st.lost.admit() {
+            return Err(SendError::ConnectionLost(c.clone()));
+        }
+        match self.registry.spend_credit(id) {
+            Ok(()) => {}
+            Err(SendError::NoCredit(_)) => return Ok(Some(item)),
+            Err(e) => return Err(e),
+        }
+        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item: Blob::new(item) } });
+        Ok(None)
     }
 }

@@ -23,9 +23,10 @@ pub(crate) trait ChannelPort: Send + Sync {
     /// otherwise the waker is registered.
     fn poll_credit(&self, id: ChannelId, cx: &mut Context<'_>) -> Poll<Result<(), SendError>>;
 
-    /// Sends `item` now, spending a credit, if the outbound path has room:
-    /// `Ok(Some(item))` hands it back when it has none. Call after
-    /// [`poll_credit`](Self::poll_credit) said a credit is there.
+    /// Sends `item` now, spending a credit, if there is a credit and the
+    /// outbound path has room: `Ok(Some(item))` hands it back otherwise,
+    /// having spent nothing. One lock of the registry, which is why a send
+    /// tries this before waiting for credit.
     fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError>;
 
     /// Sends `item`, spending a credit, waiting for room on the outbound
@@ -62,7 +63,7 @@ impl ChannelPort for ConnectionCore {
 
     fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError> {
         match self.try_reserve() {
-            Some(permit) => self.send_item_with(permit, id, Blob::new(item)).map(|()| None),
+            Some(permit) => self.send_item_now(permit, id, item),
             None => Ok(Some(item)),
         }
     }
@@ -93,5 +94,49 @@ impl ChannelPort for ConnectionCore {
 
     fn bind(&self, id: ChannelId) -> Result<(), LocalError> {
         self.registry.bind(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChannelPort;
+    use crate::driver::ConnectionCore;
+    use crate::driver::channel::ChannelLimits;
+    use crate::plumbing::outbound;
+    use crate::wire::{ChannelDirection, ConnectionId, ConnectionSettings, Parity, Payload};
+    use bytes::Bytes;
+
+    // rule: rpc.flow-control.credit — the send that does not wait spends a
+    // credit only when it queues the item: without credit, or without room
+    // on the outbound path, the item comes back and nothing is spent.
+    #[test]
+    fn rpc_flow_control_credit_try_send_item_hands_back_what_it_cannot_send() {
+        let (out, mut rx) = outbound::detached(2);
+        let settings = ConnectionSettings::default();
+        let core = ConnectionCore::new(
+            ConnectionId(1),
+            Parity::Odd,
+            settings.clone(),
+            settings,
+            out,
+            None,
+            ChannelLimits { max_channels: 4, max_receive_window: 16 },
+            None,
+        );
+        let registry = core.registry_for_models();
+        let id = registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
+        let item = |n: u8| Bytes::from(vec![n]);
+        assert_eq!(core.try_send_item(id, item(1)), Ok(None), "a credit and room: sent");
+        assert_eq!(core.try_send_item(id, item(2)), Ok(Some(item(2))), "no credit: handed back");
+        registry.on_remote_grant(id, 2).expect("grant");
+        assert_eq!(core.try_send_item(id, item(2)), Ok(None));
+        assert_eq!(core.try_send_item(id, item(3)), Ok(Some(item(3))), "no room: handed back");
+        let queued: Vec<Payload> = std::iter::from_fn(|| rx.try_recv().ok()).map(|m| m.payload).collect();
+        assert_eq!(queued.len(), 2, "{queued:?}");
+        for (m, n) in queued.iter().zip([1u8, 2]) {
+            assert!(matches!(m, Payload::ChannelItem { id: i, item } if *i == id && item.bytes()[..] == [n]), "{m:?}");
+        }
+        assert_eq!(core.try_send_item(id, item(3)), Ok(None), "the credit the full queue refused is still there");
+        assert_eq!(core.try_send_item(id, item(4)), Ok(Some(item(4))), "and it was the last one");
     }
 }

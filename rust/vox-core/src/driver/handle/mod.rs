@@ -273,6 +273,12 @@ impl<T> Tx<T> {
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
         let send = async {
+            // Most sends find a credit and a free place: one registry lock
+            // then, instead of one to wait for the credit and one to spend it.
+            let Some(item) = core.try_send_item(id, item)? else {
+                crate::driver::metrics::item_sent();
+                return Ok(());
+            };
             crate::driver::metrics::credit_wait(std::future::poll_fn(|cx| core.poll_credit(id, cx))).await?;
             core.send_item(id, item).await?;
             crate::driver::metrics::item_sent();
