@@ -132,12 +132,31 @@ async fn inbound(c: Option<&mut Option<ConduitRx>>) -> Result<Option<ConduitMsg>
     }
 }
 
+/// Polls `f` once: its output if it is ready now, `None` (and `f` dropped)
+/// otherwise. Only for cancel-safe futures.
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// How many more inbound messages the loop takes straight after one, while
+/// each is already there and nothing is owed, before it waits on
+/// everything again. A stream's items arrive many per read: without this
+/// every one of them would pay for polling the writer, the mailbox and the
+/// timers too; with it, a mailbox message waits behind at most this many.
+const INBOUND_BURST: usize = 16;
+
 impl RunLoop {
     pub(crate) async fn run(mut self) {
         // The first ping goes one interval after the start: the handshake
         // just proved the peer alive.
         let mut ticker =
             self.config.keepalive.as_ref().map(|k| tokio::time::interval_at(Instant::now() + k.interval, k.interval));
+        let mut burst = 0;
         let end = loop {
             // rule: rpc.caller.liveness
             if let Some(Step::End(reason, last, drain)) = self.machine.released() {
@@ -156,7 +175,21 @@ impl RunLoop {
                 SessionPhase::Closing(_) | SessionPhase::Closed(_) => (None, None, None, None),
             };
             let live = outbound.is_some();
-            let event = tokio::select! {
+            let mut conduit = conduit;
+            // The next message, if it was read with the last one (`inbound`
+            // is cancel-safe: a pending poll drops nothing).
+            let ready = if burst > 0 && !owes && can_take {
+                burst -= 1;
+                ready_now(inbound(conduit.as_deref_mut())).await
+            } else {
+                burst = 0;
+                None
+            };
+            let event = if let Some(i) = ready {
+                Event::Inbound(i)
+            } else {
+                burst = INBOUND_BURST;
+                tokio::select! {
                 biased;
                 w = writer_end(writer) => Event::WriterEnded(w),
                 p = reserve(outbound), if owes => match p {
@@ -186,7 +219,11 @@ impl RunLoop {
                         _ => std::future::pending::<()>().await,
                     }
                 } => Event::Tick,
+                }
             };
+            if !matches!(event, Event::Inbound(Ok(Some(_)))) {
+                burst = 0;
+            }
             let step = match event {
                 Event::WriterEnded(w) => {
                     let reason = match w {
