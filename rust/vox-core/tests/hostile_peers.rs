@@ -218,7 +218,7 @@ async fn session_decode_bounded_request_with_100k_metadata_entries_is_refused_wi
     let (decoded, peak) = peak_growth(|| wire::decode::<ConduitMsg>("ConduitMsg", &bytes));
     match decoded {
         Err(DecodeError::LimitExceeded { field, max, .. }) => {
-            assert_eq!((field, max), ("max_metadata_entries", 128));
+            assert_eq!((field, max), ("DecodeLimits::max_metadata_entries", 128));
         }
         other => panic!("expected the metadata limit, got {other:?}"),
     }
@@ -241,7 +241,10 @@ async fn session_decode_bounded_hello_of_many_features_is_refused_with_little_me
     let bytes = Bytes::from(wire::encode("ConduitMsg", &hello).expect("encode"));
     drop(hello);
     let (decoded, peak) = peak_growth(|| wire::decode::<ConduitMsg>("ConduitMsg", &bytes));
-    assert!(matches!(decoded, Err(DecodeError::LimitExceeded { field: "max_features", .. })), "{decoded:?}");
+    assert!(
+        matches!(decoded, Err(DecodeError::LimitExceeded { field: "DecodeLimits::max_features", .. })),
+        "{decoded:?}"
+    );
     assert!(peak < 64 * 1024, "{peak} bytes allocated before refusing");
 }
 

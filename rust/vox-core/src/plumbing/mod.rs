@@ -6,6 +6,7 @@
 //! `driver`, `session` or `service`, so both of them can use it without
 //! importing each other's internals.
 
+pub(crate) mod item_runs;
 pub mod loss;
 pub mod operations;
 pub(crate) mod ops;

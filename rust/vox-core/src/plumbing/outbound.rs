@@ -6,8 +6,9 @@
 //! writer encodes what is queued into one batch and writes it with one
 //! vectored write (see [`ConduitWriter`]).
 
+use super::item_runs::ItemRuns;
 use crate::conduit::{ConduitTx, ConduitWriter};
-use crate::wire::{ConduitMsg, Message};
+use crate::wire::{ConduitMsg, Message, Payload};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -134,16 +135,76 @@ pub enum WriterError {
 
 /// Starts the writer task. It returns when the link fails or after
 /// `finish` is received and handled; the `Result` tells the run loop why.
+/// With `item_runs` (both sides agreed on `vox.channel-items`) it sends the
+/// items of one channel queued one after another as one `ChannelItems`.
 pub fn spawn_writer(
     conduit: ConduitTx,
     capacity: usize,
     finish: oneshot::Receiver<Finish>,
+    item_runs: bool,
 ) -> (Outbound, tokio::task::JoinHandle<Result<(), WriterError>>) {
     let capacity = capacity.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     let outbound = Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity }) };
-    let task = tokio::spawn(writer(conduit, rx, finish));
+    let task = tokio::spawn(writer(conduit, rx, finish, ItemRuns::new(item_runs)));
     (outbound, task)
+}
+
+/// The conduit's writer with the runs of items not yet handed to it: every
+/// flush and close first hands over the run in progress.
+struct Sink {
+    out: ConduitWriter,
+    runs: ItemRuns,
+}
+
+impl Sink {
+    async fn push(&mut self, m: Message) -> Result<(), WriterError> {
+        let m = match m {
+            Message { connection_id, payload: Payload::ChannelItem { id, item } } if self.runs.joins(&item) => {
+                match self.runs.add(connection_id, id, item) {
+                    Some(ended) => ended,
+                    None => return Ok(()),
+                }
+            }
+            m => match self.runs.take() {
+                None => m,
+                Some(run) => {
+                    self.out.push(&ConduitMsg::Message(run)).await?;
+                    m
+                }
+            },
+        };
+        Ok(self.out.push(&ConduitMsg::Message(m)).await?)
+    }
+
+    async fn hand_over(&mut self) -> Result<(), WriterError> {
+        if let Some(run) = self.runs.take() {
+            self.out.push(&ConduitMsg::Message(run)).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WriterError> {
+        if let Some(run) = self.runs.take() {
+            self.out.push(&ConduitMsg::Message(run)).await?;
+        }
+        Ok(self.out.flush().await?)
+    }
+
+    /// A run in progress counts as a batch begun, also on a link that
+    /// sends each message at once; its bytes are counted once it is handed
+    /// over (at most [`MAX_CHANNEL_ITEMS`] small items).
+    ///
+    /// [`MAX_CHANNEL_ITEMS`]: crate::wire::MAX_CHANNEL_ITEMS
+    fn wants_more(&self) -> bool {
+        (self.out.pending() == 0 && self.runs.held() > 0) || self.out.wants_more()
+    }
+
+    /// Messages in the batch, counting the items of the run in progress
+    /// one each (they decide whether waiting for more is worth it).
+    fn pending(&self) -> usize {
+        self.out.pending() + self.runs.held()
+    }
 }
 
 /// An outbound path with no writer, for in-crate model tests that need a
@@ -163,12 +224,8 @@ const MAX_YIELDS: usize = 1;
 /// the writer yields so that the ones runnable right now can add to this
 /// batch before it pays for a write, for as long as each yield brings more.
 /// A lone message (request/response traffic) is written at once.
-async fn write_batch(
-    out: &mut ConduitWriter,
-    rx: &mut mpsc::Receiver<Message>,
-    first: Message,
-) -> Result<(), WriterError> {
-    push(out, first).await?;
+async fn write_batch(out: &mut Sink, rx: &mut mpsc::Receiver<Message>, first: Message) -> Result<(), WriterError> {
+    out.push(first).await?;
     gather(out, rx).await?;
     let mut yields = 0;
     while out.pending() > 1 && out.wants_more() && yields < MAX_YIELDS {
@@ -180,30 +237,27 @@ async fn write_batch(
             break;
         }
     }
-    Ok(out.flush().await?)
+    out.flush().await
 }
 
 /// Moves what is already queued into the batch, while the batch wants more.
-async fn gather(out: &mut ConduitWriter, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriterError> {
+async fn gather(out: &mut Sink, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriterError> {
     while out.wants_more() {
         let Ok(m) = rx.try_recv() else { break };
-        push(out, m).await?;
+        out.push(m).await?;
     }
     Ok(())
-}
-
-async fn push(out: &mut ConduitWriter, m: Message) -> Result<(), WriterError> {
-    Ok(out.push(&ConduitMsg::Message(m)).await?)
 }
 
 async fn writer(
     conduit: ConduitTx,
     mut rx: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Finish>,
+    runs: ItemRuns,
 ) -> Result<(), WriterError> {
     // The writer owns the conduit from here on; on a stream link it writes
     // the frames itself, so a message takes one task hop to the socket.
-    let mut out = conduit.into_writer().await?;
+    let mut out = Sink { out: conduit.into_writer().await?, runs };
     let how = loop {
         tokio::select! {
             biased;
@@ -217,7 +271,8 @@ async fn writer(
     };
     rx.close();
     let Some(how) = how else {
-        return Ok(out.close().await?);
+        out.hand_over().await?;
+        return Ok(out.out.close().await?);
     };
     let linger = how.linger;
     let work = async move {
@@ -228,13 +283,13 @@ async fn writer(
         // senders still holding a place add later.
         loop {
             match rx.try_recv() {
-                Ok(m) => push(&mut out, m).await?,
+                Ok(m) => out.push(m).await?,
                 Err(mpsc::error::TryRecvError::Empty) if how.drain => {
                     // Senders holding a place may still add: send what is
                     // batched while waiting for them.
                     out.flush().await?;
                     match rx.recv().await {
-                        Some(m) => push(&mut out, m).await?,
+                        Some(m) => out.push(m).await?,
                         None => break,
                     }
                 }
@@ -245,14 +300,15 @@ async fn writer(
             }
         }
         if let Some(last) = how.last {
-            push(&mut out, last).await?;
+            out.push(last).await?;
         }
+        out.hand_over().await?;
         if how.drain {
-            Ok(out.close().await?)
+            Ok(out.out.close().await?)
         } else {
             // rule: session.protocol-error — never wait on the violator
             // (a stable conduit would otherwise wait for its acks).
-            Ok(out.abort().await?)
+            Ok(out.out.abort().await?)
         }
     };
     match tokio::time::timeout(linger, work).await {

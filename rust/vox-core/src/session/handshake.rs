@@ -3,8 +3,8 @@
 
 use crate::conduit::{ConduitError, ConduitRx, ConduitTx};
 use crate::wire::{
-    ConduitMsg, ConnectionSettings, HandshakeMsg, Hello, HelloYourself, PROTOCOL_VERSION, Parity, ResumeKey,
-    SESSION_RESUME_FEATURE,
+    CHANNEL_ITEMS_FEATURE, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello, HelloYourself, PROTOCOL_VERSION,
+    Parity, ResumeKey, SESSION_RESUME_FEATURE,
 };
 
 /// Limits on a peer that has not completed the handshake yet, which is an
@@ -69,6 +69,9 @@ pub struct Negotiated {
     /// The session's resume key, if the session is resumable (rule
     /// `session.resume`).
     pub resume_key: Option<ResumeKey>,
+    /// Both sides listed [`CHANNEL_ITEMS_FEATURE`]: on this conduit either
+    /// may send `ChannelItems`.
+    pub channel_items: bool,
 }
 
 /// What the initiator asks for about resuming (rule `session.resume`).
@@ -165,6 +168,9 @@ fn version_mismatch(theirs: u32) -> String {
 /// [`HandshakeError::RefusedPeer`] when we refused its protocol version;
 /// [`HandshakeError::PeerClosed`]; [`HandshakeError::Conduit`] when the conduit
 /// fails.
+///
+/// `channel_items` offers [`CHANNEL_ITEMS_FEATURE`]; it is in use when the
+/// acceptor lists it too ([`Negotiated::channel_items`]).
 pub async fn initiate(
     tx: &ConduitTx,
     rx: &mut ConduitRx,
@@ -172,12 +178,16 @@ pub async fn initiate(
     root_settings: ConnectionSettings,
     protocol_version: u32,
     resume: ResumeRequest,
+    channel_items: bool,
 ) -> Result<Negotiated, HandshakeError> {
-    let (features, presented) = match resume {
+    let (mut features, presented) = match resume {
         ResumeRequest::No => (Vec::new(), None),
         ResumeRequest::New => (vec![SESSION_RESUME_FEATURE.to_owned()], None),
         ResumeRequest::Resume(k) => (vec![SESSION_RESUME_FEATURE.to_owned()], Some(k)),
     };
+    if channel_items {
+        features.push(CHANNEL_ITEMS_FEATURE.to_owned());
+    }
     let hello = Hello {
         protocol_version,
         parity,
@@ -203,6 +213,8 @@ pub async fn initiate(
                 peer_root: hy.root_settings,
                 protocol_version,
                 resume_key: hy.resume_key,
+                // Only what we offered counts as agreed.
+                channel_items: channel_items && hy.features.iter().any(|f| f == CHANNEL_ITEMS_FEATURE),
             })
         }
         HandshakeMsg::Sorry { reason } => Err(HandshakeError::Refused { reason }),
@@ -232,7 +244,7 @@ pub async fn accept(
         }
         None => HelloDecision::New(None),
     };
-    accept_deciding(tx, rx, root_settings, decide).await.map(|(n, _)| n)
+    accept_deciding(tx, rx, root_settings, decide, false).await.map(|(n, _)| n)
 }
 
 /// Acceptor side, with `decide` choosing between a new session (with or
@@ -250,11 +262,15 @@ pub async fn accept(
 /// [`HandshakeError::Unexpected`] for anything but `LetsGo` after our answer;
 /// [`HandshakeError::PeerClosed`]; [`HandshakeError::Conduit`] when the conduit
 /// fails.
+///
+/// `channel_items` accepts [`CHANNEL_ITEMS_FEATURE`] when the initiator
+/// offers it.
 pub async fn accept_deciding(
     tx: &ConduitTx,
     rx: &mut ConduitRx,
     root_settings: ConnectionSettings,
     decide: impl FnOnce(&Hello) -> HelloDecision,
+    channel_items: bool,
 ) -> Result<(Negotiated, bool), HandshakeError> {
     let hello = match next(rx, "Hello").await? {
         HandshakeMsg::Hello(h) => h,
@@ -273,7 +289,11 @@ pub async fn accept_deciding(
         // rule: session.resume — an unknown key never becomes a new session.
         HelloDecision::Refuse(reason) => return Err(sorry(tx, reason).await),
     };
-    let features = if resume_key.is_some() { vec![SESSION_RESUME_FEATURE.to_owned()] } else { Vec::new() };
+    let mut features = if resume_key.is_some() { vec![SESSION_RESUME_FEATURE.to_owned()] } else { Vec::new() };
+    let channel_items = channel_items && hello.features.iter().any(|f| f == CHANNEL_ITEMS_FEATURE);
+    if channel_items {
+        features.push(CHANNEL_ITEMS_FEATURE.to_owned());
+    }
     let answer = HelloYourself {
         protocol_version: PROTOCOL_VERSION,
         root_settings: root_settings.clone(),
@@ -289,6 +309,7 @@ pub async fn accept_deciding(
                 peer_root: hello.root_settings,
                 protocol_version: PROTOCOL_VERSION,
                 resume_key,
+                channel_items,
             },
             resumed,
         )),

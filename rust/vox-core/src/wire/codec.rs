@@ -29,13 +29,15 @@ pub enum DecodeError {
     /// The message holds more elements of a sequence than the receiver's
     /// [`DecodeLimits`] allow (rule `session.decode.bounded`). Counted while
     /// decoding: nothing beyond the limit is allocated.
-    #[error("cannot decode {what}: more than {max} {sequence} (DecodeLimits::{field}); announced or found: {found}")]
+    #[error("cannot decode {what}: more than {max} {sequence} ({field}); announced or found: {found}")]
     LimitExceeded {
         /// The message type that was expected.
         what: &'static str,
         /// Which sequence, in words ("metadata entries").
         sequence: &'static str,
-        /// The [`DecodeLimits`] field that bounds it.
+        /// The limit that bounds it: a [`DecodeLimits`] field
+        /// (`"DecodeLimits::max_features"`) or a protocol constant
+        /// (`"wire::MAX_CHANNEL_ITEMS"`).
         field: &'static str,
         /// The limit in force.
         max: usize,
@@ -241,14 +243,22 @@ enum Sequence {
     Metadata,
     Channels,
     Features,
+    ChannelItems,
 }
 
 impl Sequence {
     fn bound(self, limits: &DecodeLimits) -> (usize, &'static str, &'static str) {
         match self {
-            Sequence::Metadata => (limits.max_metadata_entries, "metadata entries", "max_metadata_entries"),
-            Sequence::Channels => (limits.max_channels, "channel declarations", "max_channels"),
-            Sequence::Features => (limits.max_features, "features", "max_features"),
+            Sequence::Metadata => {
+                (limits.max_metadata_entries, "metadata entries", "DecodeLimits::max_metadata_entries")
+            }
+            Sequence::Channels => (limits.max_channels, "channel declarations", "DecodeLimits::max_channels"),
+            Sequence::Features => (limits.max_features, "features", "DecodeLimits::max_features"),
+            // A protocol constant, not a local choice: the sender batches
+            // up to it.
+            Sequence::ChannelItems => {
+                (super::MAX_CHANNEL_ITEMS, "items in one ChannelItems", "wire::MAX_CHANNEL_ITEMS")
+            }
         }
     }
 }
@@ -458,6 +468,15 @@ where
     T: Deserialize<'de>,
 {
     d.deserialize_seq(SeqVisitor { sequence: Some(Sequence::Channels), _t: std::marker::PhantomData })
+}
+
+/// The items of one `ChannelItems`, at most [`MAX_CHANNEL_ITEMS`](super::MAX_CHANNEL_ITEMS).
+pub(crate) fn channel_item_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_seq(SeqVisitor { sequence: Some(Sequence::ChannelItems), _t: std::marker::PhantomData })
 }
 
 /// Handshake features, at most [`DecodeLimits::max_features`].

@@ -2,7 +2,7 @@
 //! messages (the 14 payload kinds) and stable-conduit frames.
 
 use super::blob::Blob;
-use super::codec::{channel_seq, feature_seq};
+use super::codec::{channel_item_seq, channel_seq, feature_seq};
 use super::ids::{ChannelId, ConnectionId, MethodId, Parity, RequestId};
 use super::metadata::Metadata;
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,16 @@ pub struct Hello {
 /// session resume key (rule `session.resume`). Without it the acceptor
 /// issues none, and the session ends with its conduit.
 pub const SESSION_RESUME_FEATURE: &str = "vox.session-resume";
+
+/// The feature both sides list in the handshake to send several items of
+/// one channel in one [`Payload::ChannelItems`] (`docs/spec/wire.md`
+/// section 5.4). A side sends `ChannelItems` only when the peer listed it
+/// too: the initiator in `Hello`, the acceptor in its `HelloYourself`.
+pub const CHANNEL_ITEMS_FEATURE: &str = "vox.channel-items";
+
+/// The most items one [`Payload::ChannelItems`] may carry; one with more is
+/// refused while decoding (rule `session.decode.bounded`).
+pub const MAX_CHANNEL_ITEMS: usize = 64;
 
 /// The acceptor's handshake answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +339,17 @@ pub enum Payload {
         /// Items added to the sender's credit.
         additional: u32,
     },
+    /// Several items on one channel, in order: exactly as many
+    /// `ChannelItem`s, each spending one credit. Only between sides that
+    /// both listed [`CHANNEL_ITEMS_FEATURE`]; at least one item and at most
+    /// [`MAX_CHANNEL_ITEMS`].
+    ChannelItems {
+        /// The channel id.
+        id: ChannelId,
+        /// The serialized items, oldest first.
+        #[serde(deserialize_with = "channel_item_seq")]
+        items: Vec<Blob>,
+    },
 }
 
 impl Payload {
@@ -349,6 +370,7 @@ impl Payload {
             Payload::CloseChannel { .. } => "CloseChannel",
             Payload::ResetChannel { .. } => "ResetChannel",
             Payload::GrantCredit { .. } => "GrantCredit",
+            Payload::ChannelItems { .. } => "ChannelItems",
         }
     }
 }

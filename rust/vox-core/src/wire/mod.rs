@@ -21,9 +21,10 @@ pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
 pub(crate) use id_map::{IdMap, IdSet, id_map, id_set};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
 pub use message::{
-    ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings, HandshakeMsg, Hello,
-    HelloYourself, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey, SESSION_RESUME_FEATURE, ServerHello,
-    StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION, TransportHello, TransportMsg,
+    CHANNEL_ITEMS_FEATURE, ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings,
+    HandshakeMsg, Hello, HelloYourself, MAX_CHANNEL_ITEMS, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey,
+    SESSION_RESUME_FEATURE, ServerHello, StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION,
+    TransportHello, TransportMsg,
 };
 pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY, SENSITIVE};
 pub use rope::encode_payload;

@@ -67,6 +67,12 @@ impl RawPeer {
 
 /// A runtime session on the acceptor side and a raw initiator facing it.
 pub async fn raw_initiator(server: SessionBuilder, parity: Parity) -> (Session, RawPeer) {
+    raw_initiator_offering(server, parity, false).await
+}
+
+/// As [`raw_initiator`]; `channel_items` offers the `vox.channel-items`
+/// feature (see `RawPeer::negotiated` for whether it was agreed).
+pub async fn raw_initiator_offering(server: SessionBuilder, parity: Parity, channel_items: bool) -> (Session, RawPeer) {
     let (a, mut b) = link::memory_pair(LinkConfig::default());
     let raw = async move {
         transport::initiate(&mut b, ConduitMode::Bare).await.expect("prologue");
@@ -78,6 +84,8 @@ pub async fn raw_initiator(server: SessionBuilder, parity: Parity) -> (Session, 
             ConnectionSettings::default(),
             PROTOCOL_VERSION,
             Default::default(),
+            // Without it, items come one per message, as most tests expect.
+            channel_items,
         )
         .await
         .expect("handshake");
@@ -89,11 +97,23 @@ pub async fn raw_initiator(server: SessionBuilder, parity: Parity) -> (Session, 
 
 /// A runtime session on the initiator side and a raw acceptor facing it.
 pub async fn raw_acceptor(client: SessionBuilder, settings: ConnectionSettings) -> (Session, RawPeer) {
+    raw_acceptor_accepting(client, settings, false).await
+}
+
+/// As [`raw_acceptor`]; `channel_items` accepts the `vox.channel-items`
+/// feature if the runtime offers it.
+pub async fn raw_acceptor_accepting(
+    client: SessionBuilder,
+    settings: ConnectionSettings,
+    channel_items: bool,
+) -> (Session, RawPeer) {
     let (mut a, b) = link::memory_pair(LinkConfig::default());
     let raw = async move {
         transport::accept(&mut a, transport::AcceptModes::default()).await.expect("prologue");
         let (tx, mut rx) = conduit::bare(a);
-        let negotiated = handshake::accept(&tx, &mut rx, settings).await.expect("handshake");
+        let decide = |_: &vox_core::wire::Hello| handshake::HelloDecision::New(None);
+        let (negotiated, _) =
+            handshake::accept_deciding(&tx, &mut rx, settings, decide, channel_items).await.expect("handshake");
         RawPeer { tx, rx, negotiated }
     };
     let (c, r) = tokio::join!(client.establish_initiator(b), raw);

@@ -277,6 +277,14 @@ fn payloads() -> Vec<(&'static str, &'static str, Message)> {
             "conduit.payload.grant_credit",
             on(0, Payload::GrantCredit { id: ChannelId(3), additional: 16 }),
         ),
+        (
+            "payload.channel_items",
+            "conduit.payload.channel_items",
+            on(
+                0,
+                Payload::ChannelItems { id: ChannelId(1), items: vec![Blob::from(&b"hi"[..]), Blob::from(&b"!"[..])] },
+            ),
+        ),
     ]
 }
 

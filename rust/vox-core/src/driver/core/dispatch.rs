@@ -37,6 +37,26 @@ impl ConnectionCore {
                 Ok(_) => Ok(Inbound::Handled),
                 Err(v) => Err(self.channel_violation(v)),
             },
+            // Exactly as many ChannelItems, in order: each spends a credit
+            // and the first violation ends it (rule rpc.channel.item).
+            Payload::ChannelItems { id, items } => {
+                if items.is_empty() {
+                    return Err(self.violation(
+                        RequestId(0),
+                        format!("ChannelItems for channel {id} carries no item"),
+                        "rpc.channel.item",
+                    ));
+                }
+                let mut late = false;
+                for item in items {
+                    match self.registry.on_remote_item(id, item.into_bytes()) {
+                        Ok(ItemOutcome::DiscardedAfterReset | ItemOutcome::DiscardedLate) => late = true,
+                        Ok(_) => {}
+                        Err(v) => return Err(self.channel_violation(v)),
+                    }
+                }
+                Ok(if late { Inbound::Late } else { Inbound::Handled })
+            }
             Payload::CloseChannel { id, .. } => remote(self.registry.on_remote_close(id)),
             Payload::ResetChannel { id, .. } => remote(self.registry.on_remote_reset(id)),
             Payload::GrantCredit { id, additional } => remote(self.registry.on_remote_grant(id, additional)),

@@ -208,7 +208,8 @@ impl SessionBuilder {
             },
             None => HelloDecision::New(None),
         };
-        handshake::accept_deciding(tx, rx, self.config.root_settings.clone(), decide).await
+        let batches = self.config.channel_item_batches;
+        handshake::accept_deciding(tx, rx, self.config.root_settings.clone(), decide, batches).await
     }
 }
 

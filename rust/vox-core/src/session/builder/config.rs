@@ -87,6 +87,12 @@ pub struct SessionConfig {
     /// written before the link is closed regardless (rule
     /// `session.protocol-error`). Default 500 ms.
     pub protocol_error_deadline: Duration,
+    /// Offer (as initiator) or accept (as acceptor) the handshake feature
+    /// [`CHANNEL_ITEMS_FEATURE`](crate::wire::CHANNEL_ITEMS_FEATURE): when
+    /// both sides agree, the writer sends the items of one channel that are
+    /// queued one after another as one `ChannelItems` message, credit still
+    /// counted per item. Default: yes.
+    pub channel_item_batches: bool,
 }
 
 impl SessionConfig {
@@ -122,6 +128,7 @@ impl Default for SessionConfig {
             decode_limits: crate::wire::DecodeLimits::default(),
             budgets: crate::session::AbuseBudgets::default(),
             protocol_error_deadline: Duration::from_millis(500),
+            channel_item_batches: true,
         }
     }
 }

@@ -348,7 +348,10 @@ async fn initiator_handshake(
     request: ResumeRequest,
 ) -> Result<NewConduit, HandshakeError> {
     prepare_conduit(c, &mut rx);
-    match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version, request).await {
+    let batches = c.channel_item_batches;
+    match handshake::initiate(&tx, &mut rx, c.parity, c.root_settings.clone(), c.protocol_version, request, batches)
+        .await
+    {
         Ok(negotiated) => {
             // rule: session.setup.limits — the handshake is done: the
             // session's own message maximum applies from here on.

@@ -20,12 +20,16 @@ pub(crate) struct Attachment {
     pub(crate) writer: Option<JoinHandle<Result<(), crate::plumbing::outbound::WriterError>>>,
     pub(crate) finish: Option<oneshot::Sender<Finish>>,
     pub(crate) conduit: Option<ConduitRx>,
+    /// Both sides agreed on `vox.channel-items` in this conduit's handshake:
+    /// the peer may send `ChannelItems`.
+    pub(crate) channel_items: bool,
 }
 
 impl Attachment {
     pub(crate) fn start(conduit: NewConduit, capacity: usize) -> Attachment {
         let (finish_tx, finish_rx) = oneshot::channel();
-        let (outbound, writer) = spawn_writer(conduit.tx, capacity, finish_rx);
-        Attachment { outbound, writer: Some(writer), finish: Some(finish_tx), conduit: Some(conduit.rx) }
+        let channel_items = conduit.negotiated.channel_items;
+        let (outbound, writer) = spawn_writer(conduit.tx, capacity, finish_rx, channel_items);
+        Attachment { outbound, writer: Some(writer), finish: Some(finish_tx), conduit: Some(conduit.rx), channel_items }
     }
 }

@@ -38,7 +38,7 @@ use crate::session::handle::RootSlot;
 use crate::session::machine::{Env, Machine, Step};
 use crate::session::phase::{CloseReason, SessionPhase};
 use crate::session::resume::NewConduit;
-use crate::wire::{ConduitMsg, ConnectionId, ConnectionSettings, Parity};
+use crate::wire::{CHANNEL_ITEMS_FEATURE, ConduitMsg, ConnectionId, ConnectionSettings, Parity, Payload};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -268,6 +268,16 @@ impl RunLoop {
                     Err(_) => Step::Continue,
                 },
                 Event::Control(None) => Step::Continue,
+                Event::Inbound(Ok(Some(ConduitMsg::Message(m))))
+                    if matches!(m.payload, Payload::ChannelItems { .. })
+                        && !self.machine.phase.attachment_mut().is_some_and(|a| a.channel_items) =>
+                {
+                    self.machine.violation_described(format!(
+                        "ChannelItems on connection {} without the feature {CHANNEL_ITEMS_FEATURE} agreed in the \
+                         handshake (rule session.message)",
+                        m.connection_id
+                    ))
+                }
                 Event::Inbound(Ok(Some(ConduitMsg::Message(m)))) => {
                     let mut env = Wiring { config: &self.config, ops: &self.ops };
                     self.machine.on_message(m, Instant::now(), &mut env)
