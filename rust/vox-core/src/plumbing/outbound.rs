@@ -185,9 +185,7 @@ impl Sink {
     }
 
     async fn flush(&mut self) -> Result<(), WriterError> {
-        if let Some(run) = self.runs.take() {
-            self.out.push(&ConduitMsg::Message(run)).await?;
-        }
+        self.hand_over().await?;
         Ok(self.out.flush().await?)
     }
 

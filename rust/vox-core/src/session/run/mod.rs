@@ -182,7 +182,6 @@ impl RunLoop {
                 burst -= 1;
                 ready_now(inbound(conduit.as_deref_mut())).await
             } else {
-                burst = 0;
                 None
             };
             let event = if let Some(i) = ready {
