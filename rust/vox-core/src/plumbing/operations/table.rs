@@ -14,10 +14,21 @@ use crate::wire::{MethodId, ResponseBody};
 
 #[derive(Debug)]
 enum RecordState {
-    Live { waiters: Vec<WaiterId> },
-    Sealed { outcome: ResponseBody },
-    Released { deadline: Instant },
-    Indeterminate { deadline: Instant },
+    Live {
+        waiters: Vec<WaiterId>,
+    },
+    /// Boxed: a `ResponseBody` inline would make every record of the
+    /// table (up to `max_records`, nearly all of them Released) twice the
+    /// size, and the table's map is the largest thing a busy server holds.
+    Sealed {
+        outcome: Box<ResponseBody>,
+    },
+    Released {
+        deadline: Instant,
+    },
+    Indeterminate {
+        deadline: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -144,7 +155,7 @@ impl OperationTable {
                     Ok(Admission::FailIndeterminate)
                 }
             }
-            RecordState::Sealed { outcome, .. } => Ok(Admission::Replay(outcome.clone())),
+            RecordState::Sealed { outcome, .. } => Ok(Admission::Replay(ResponseBody::clone(outcome))),
             RecordState::Released { deadline } | RecordState::Indeterminate { deadline } => {
                 if !idem {
                     return Ok(Admission::FailIndeterminate);
@@ -194,7 +205,7 @@ impl OperationTable {
             if policy.persist {
                 // Sealed keeps user errors too: a retry must see the same
                 // error, not a second execution (rule `retry.duplicate.sealed`).
-                RecordState::Sealed { outcome: outcome.clone() }
+                RecordState::Sealed { outcome: Box::new(outcome.clone()) }
             } else {
                 RecordState::Released { deadline }
             }
@@ -308,5 +319,19 @@ impl OperationTable {
         let now = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(now);
         now
+    }
+}
+
+#[cfg(test)]
+mod record_size {
+    use super::{OpId, Record};
+
+    // A busy server's operation table is its largest structure: up to
+    // `max_records` entries, and twice that while the map grows. Keep an
+    // entry small (an inline `ResponseBody` made it 168 bytes).
+    #[test]
+    fn operation_table_entry_is_at_most_96_bytes() {
+        let size = std::mem::size_of::<(OpId, Record)>();
+        assert!(size <= 96, "an operation table entry is {size} bytes");
     }
 }
