@@ -7,7 +7,6 @@ use super::ConnectionCore;
 use crate::driver::channel::{LossCause, SendError};
 use crate::plumbing::outbound::OutboundPermit;
 use crate::wire::{Blob, ChannelId, Message, Payload};
-use bytes::Bytes;
 
 impl ConnectionCore {
     /// Queues `payload` on this connection unless it has ended.
@@ -37,20 +36,17 @@ impl ConnectionCore {
     }
 
     /// Sends one channel item, spending one credit, atomically with respect
-    /// to connection loss.
+    /// to connection loss; fails with `NoCredit` when none is left.
     pub(crate) fn send_item_with(
         &self,
         permit: OutboundPermit<'_>,
         id: ChannelId,
         item: Blob,
     ) -> Result<(), SendError> {
-        let st = self.state.lock();
-        if let Err(c) = st.lost.admit() {
-            return Err(SendError::ConnectionLost(c.clone()));
+        match self.send_item_now(permit, id, item)? {
+            None => Ok(()),
+            Some(_) => Err(SendError::NoCredit(id)),
         }
-        self.registry.spend_credit(id)?;
-        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
-        Ok(())
     }
 
     /// Like [`send_item_with`](Self::send_item_with), but a channel with no
@@ -60,8 +56,8 @@ impl ConnectionCore {
         &self,
         permit: OutboundPermit<'_>,
         id: ChannelId,
-        item: Bytes,
-    ) -> Result<Option<Bytes>, SendError> {
+        item: Blob,
+    ) -> Result<Option<Blob>, SendError> {
         let st = self.state.lock();
         if let Err(c) = st.lost.admit() {
             return Err(SendError::ConnectionLost(c.clone()));
@@ -71,7 +67,7 @@ impl ConnectionCore {
             Err(SendError::NoCredit(_)) => return Ok(Some(item)),
             Err(e) => return Err(e),
         }
-        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item: Blob::new(item) } });
+        permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
         Ok(None)
     }
 }

@@ -63,7 +63,7 @@ impl ChannelPort for ConnectionCore {
 
     fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError> {
         match self.try_reserve() {
-            Some(permit) => self.send_item_now(permit, id, item),
+            Some(permit) => Ok(self.send_item_now(permit, id, Blob::new(item))?.map(Blob::into_bytes)),
             None => Ok(Some(item)),
         }
     }
