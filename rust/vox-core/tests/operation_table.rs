@@ -336,8 +336,10 @@ struct MRec {
     /// Index (into `Harness::tickets`) of the current execution.
     current: usize,
     state: MState,
-    /// Set when finished, in model milliseconds.
-    deadline: Option<u64>,
+    /// Set when finished: (deadline in model milliseconds, how many
+    /// executions finished before this one). Records with one deadline
+    /// expire in the order they finished.
+    deadline: Option<(u64, u64)>,
 }
 
 /// What the model predicts for an admission.
@@ -379,6 +381,8 @@ struct Harness {
     attempts: Vec<Option<End>>,
     /// Executions per op: (count, any of them non-idem).
     executions: HashMap<u64, (u32, bool)>,
+    /// Executions finished so far.
+    finished: u64,
 }
 
 impl Harness {
@@ -399,6 +403,7 @@ impl Harness {
             waiters: Vec::new(),
             attempts: Vec::new(),
             executions: HashMap::new(),
+            finished: 0,
         }
     }
 
@@ -414,7 +419,7 @@ impl Harness {
     fn model_expire(&mut self) {
         let now = self.now_ms;
         let due: Vec<u64> =
-            self.records.iter().filter(|(_, r)| r.deadline.is_some_and(|d| d <= now)).map(|(op, _)| *op).collect();
+            self.records.iter().filter(|(_, r)| r.deadline.is_some_and(|(d, _)| d <= now)).map(|(op, _)| *op).collect();
         for op in due {
             self.records.remove(&op);
             self.expired.push(op);
@@ -556,7 +561,8 @@ impl Harness {
                     Some(_) => MState::Released,
                     None => MState::Indeterminate,
                 };
-                rec.deadline = Some(self.now_ms + TTL.as_millis() as u64);
+                rec.deadline = Some((self.now_ms + TTL.as_millis() as u64, self.finished));
+                self.finished += 1;
                 let answer = outcome.unwrap_or(ResponseBody::Indeterminate);
                 let expected_waiters: Vec<WaiterId> =
                     waiters.iter().map(|a| self.waiters.iter().find(|w| w.2 == *a).unwrap().0).collect();

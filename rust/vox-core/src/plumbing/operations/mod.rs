@@ -43,6 +43,7 @@
 mod answers;
 mod op_id;
 mod policy;
+mod records;
 mod table;
 
 pub use answers::{

@@ -2,8 +2,9 @@
 //! deadline, and the memory of expired ids; every transition is a method of
 //! [`OperationTable`] that takes the current time from the caller.
 
-use crate::wire::{IdMap, IdSet, id_map, id_set};
-use std::collections::{BTreeSet, VecDeque};
+use super::records::{ExpiryQueue, Record, RecordState, Records};
+use crate::wire::{IdSet, id_set};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{
@@ -11,35 +12,6 @@ use super::{
     Rejection, Ticket, TicketError, WaiterId,
 };
 use crate::wire::{MethodId, ResponseBody};
-
-#[derive(Debug)]
-enum RecordState {
-    Live {
-        waiters: Vec<WaiterId>,
-    },
-    /// Boxed: a `ResponseBody` inline would make every record of the
-    /// table (up to `max_records`, nearly all of them Released) twice the
-    /// size, and the table's map is the largest thing a busy server holds.
-    Sealed {
-        outcome: Box<ResponseBody>,
-    },
-    Released {
-        deadline: Instant,
-    },
-    Indeterminate {
-        deadline: Instant,
-    },
-}
-
-#[derive(Debug)]
-struct Record {
-    method: MethodId,
-    digest: ArgsDigest,
-    policy: MethodPolicy,
-    /// The current execution; tickets of other executions are stale.
-    execution: u64,
-    state: RecordState,
-}
 
 /// Expired ids: exact for the most recent `cap`, a watermark below.
 #[derive(Debug)]
@@ -72,11 +44,10 @@ impl ExpiredIds {
 #[derive(Debug)]
 pub struct OperationTable {
     config: OperationConfig,
-    records: IdMap<OpId, Record>,
-    /// Finished records by (deadline, id): expiry and early eviction both
-    /// take from the front. Exactly the finished records are in here, so it
-    /// is bounded by `max_records`.
-    finished: BTreeSet<(Instant, OpId)>,
+    records: Records,
+    /// Finished records in deadline order: expiry and early eviction both
+    /// take from the front.
+    finished: ExpiryQueue,
     expired: ExpiredIds,
     next_execution: u64,
     next_waiter: u64,
@@ -93,8 +64,8 @@ impl OperationTable {
             ExpiredIds { cap: config.max_expired_ids, order: VecDeque::new(), set: id_set(), watermark: None };
         OperationTable {
             config,
-            records: id_map(),
-            finished: BTreeSet::new(),
+            records: Records::new(),
+            finished: ExpiryQueue::new(),
             expired,
             next_execution: 0,
             next_waiter: 0,
@@ -121,7 +92,7 @@ impl OperationTable {
         let now = self.tick(now);
         self.expire(now);
         let max_waiters = self.config.max_waiters_per_op;
-        let Some(record) = self.records.get_mut(&op) else {
+        let Some(record) = self.records.get_mut(op) else {
             return self.admit_new(op, method, digest, policy);
         };
         if record.method != method {
@@ -156,11 +127,11 @@ impl OperationTable {
                 }
             }
             RecordState::Sealed { outcome, .. } => Ok(Admission::Replay(ResponseBody::clone(outcome))),
-            RecordState::Released { deadline } | RecordState::Indeterminate { deadline } => {
+            RecordState::Released | RecordState::Indeterminate => {
                 if !idem {
                     return Ok(Admission::FailIndeterminate);
                 }
-                self.finished.remove(&(*deadline, op));
+                // The new execution number makes its expiry entry stale.
                 record.state = RecordState::Live { waiters: Vec::new() };
                 record.execution = self.next_execution;
                 self.next_execution += 1;
@@ -182,18 +153,23 @@ impl OperationTable {
         if self.records.len() >= self.config.max_records {
             // Expire early the finished record closest to its deadline; Live
             // records are never evicted (their outcome is still owed).
-            let Some(&(deadline, victim)) = self.finished.first() else {
+            let Some(victim) = self.finished.pop_due(None, &self.records) else {
                 return Err(Rejection::Full { capacity: self.config.max_records });
             };
-            self.finished.remove(&(deadline, victim));
-            self.records.remove(&victim);
+            self.records.remove(victim);
             self.expired.insert(victim);
             self.stats.evicted_early += 1;
         }
         let execution = self.next_execution;
         self.next_execution += 1;
-        self.records
-            .insert(op, Record { method, digest, policy, execution, state: RecordState::Live { waiters: Vec::new() } });
+        self.records.insert(Record {
+            op,
+            method,
+            digest,
+            policy,
+            execution,
+            state: RecordState::Live { waiters: Vec::new() },
+        });
         Ok(Admission::Execute(Ticket { op, execution }))
     }
 
@@ -201,13 +177,13 @@ impl OperationTable {
     /// (persist) or Released (volatile), and the attached attempts to answer
     /// with the same outcome are returned.
     pub fn complete(&mut self, ticket: Ticket, outcome: ResponseBody, now: Instant) -> Result<Completion, TicketError> {
-        let waiters = self.finish(ticket, now, |policy, deadline| {
+        let waiters = self.finish(ticket, now, |policy| {
             if policy.persist {
                 // Sealed keeps user errors too: a retry must see the same
                 // error, not a second execution (rule `retry.duplicate.sealed`).
                 RecordState::Sealed { outcome: Box::new(outcome.clone()) }
             } else {
-                RecordState::Released { deadline }
+                RecordState::Released
             }
         })?;
         Ok(Completion { outcome, waiters })
@@ -217,7 +193,7 @@ impl OperationTable {
     /// broke while it used channels): the record becomes Indeterminate and the
     /// attached attempts to answer with `Indeterminate` are returned.
     pub fn interrupt(&mut self, ticket: Ticket, now: Instant) -> Result<Vec<WaiterId>, TicketError> {
-        self.finish(ticket, now, |_, deadline| RecordState::Indeterminate { deadline })
+        self.finish(ticket, now, |_| RecordState::Indeterminate)
     }
 
     /// Moves the current, live execution named by `ticket` to the finished
@@ -226,12 +202,12 @@ impl OperationTable {
         &mut self,
         ticket: Ticket,
         now: Instant,
-        make: impl FnOnce(MethodPolicy, Instant) -> RecordState,
+        make: impl FnOnce(MethodPolicy) -> RecordState,
     ) -> Result<Vec<WaiterId>, TicketError> {
         let now = self.tick(now);
         let deadline = now + self.config.ttl;
         let op = ticket.op;
-        let record = self.records.get_mut(&op).ok_or(TicketError::Unknown { op })?;
+        let record = self.records.get_mut(op).ok_or(TicketError::Unknown { op })?;
         if record.execution != ticket.execution {
             return Err(TicketError::Stale { op, execution: ticket.execution, current: record.execution });
         }
@@ -239,8 +215,9 @@ impl OperationTable {
             return Err(TicketError::Finished { op, execution: ticket.execution });
         };
         let waiters = std::mem::take(waiters);
-        record.state = make(record.policy, deadline);
-        self.finished.insert((deadline, op));
+        record.state = make(record.policy);
+        let execution = record.execution;
+        self.finished.push(op, execution, deadline, &self.records);
         Ok(waiters)
     }
 
@@ -248,7 +225,7 @@ impl OperationTable {
     /// broke). Returns whether it was attached; `false` is not an error, the
     /// execution may have completed in between.
     pub fn detach(&mut self, op: OpId, waiter: WaiterId) -> bool {
-        match self.records.get_mut(&op).map(|r| &mut r.state) {
+        match self.records.get_mut(op).map(|r| &mut r.state) {
             Some(RecordState::Live { waiters }) => {
                 let before = waiters.len();
                 waiters.retain(|w| *w != waiter);
@@ -266,12 +243,8 @@ impl OperationTable {
     pub fn expire(&mut self, now: Instant) -> usize {
         let now = self.tick(now);
         let mut removed = 0;
-        while let Some(&(deadline, op)) = self.finished.first() {
-            if deadline > now {
-                break;
-            }
-            self.finished.remove(&(deadline, op));
-            self.records.remove(&op);
+        while let Some(op) = self.finished.pop_due(Some(now), &self.records) {
+            self.records.remove(op);
             self.expired.insert(op);
             removed += 1;
         }
@@ -281,18 +254,18 @@ impl OperationTable {
 
     /// The state of `op`'s record, if it has one.
     pub fn state(&self, op: OpId) -> Option<OpState> {
-        self.records.get(&op).map(|r| match r.state {
+        self.records.get(op).map(|r| match r.state {
             RecordState::Live { .. } => OpState::Live,
             RecordState::Sealed { .. } => OpState::Sealed,
-            RecordState::Released { .. } => OpState::Released,
-            RecordState::Indeterminate { .. } => OpState::Indeterminate,
+            RecordState::Released => OpState::Released,
+            RecordState::Indeterminate => OpState::Indeterminate,
         })
     }
 
     /// Whether `op` would be rejected as expired (it has no record and is in
     /// the expired-id memory).
     pub fn is_expired(&self, op: OpId) -> bool {
-        !self.records.contains_key(&op) && self.expired.contains(op)
+        self.records.get(op).is_none() && self.expired.contains(op)
     }
 
     /// Number of records (all states).
@@ -302,7 +275,7 @@ impl OperationTable {
 
     /// Whether there are no records.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.records.len() == 0
     }
 
     /// Counters.
@@ -319,19 +292,5 @@ impl OperationTable {
         let now = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(now);
         now
-    }
-}
-
-#[cfg(test)]
-mod record_size {
-    use super::{OpId, Record};
-
-    // A busy server's operation table is its largest structure: up to
-    // `max_records` entries, and twice that while the map grows. Keep an
-    // entry small (an inline `ResponseBody` made it 168 bytes).
-    #[test]
-    fn operation_table_entry_is_at_most_96_bytes() {
-        let size = std::mem::size_of::<(OpId, Record)>();
-        assert!(size <= 96, "an operation table entry is {size} bytes");
     }
 }
