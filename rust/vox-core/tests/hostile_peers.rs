@@ -138,7 +138,7 @@ async fn assert_ended_by_local_violation(s: &Session, needle: &str) {
 // --------------------------------------------- session.decode.bounded
 
 fn empty_entry() -> MetadataEntry {
-    MetadataEntry { key: String::new(), value: MetadataValue::String(String::new()), flags: 0 }
+    MetadataEntry { key: String::new().into(), value: MetadataValue::String(String::new()), flags: 0 }
 }
 
 /// A request that is as large as the link allows and holds as many of each
@@ -149,7 +149,7 @@ fn maximal_request(limits: &DecodeLimits, strings: bool) -> Bytes {
     let metadata = if strings {
         // The bytes go into metadata strings (copied when decoded).
         let each = total / entries;
-        Metadata((0..entries).map(|_| MetadataEntry { key: "k".repeat(each), ..empty_entry() }).collect())
+        Metadata((0..entries).map(|_| MetadataEntry { key: "k".repeat(each).into(), ..empty_entry() }).collect())
     } else {
         Metadata((0..entries).map(|_| empty_entry()).collect())
     };

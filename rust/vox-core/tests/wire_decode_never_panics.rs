@@ -149,7 +149,8 @@ fn metadata() -> impl Strategy<Value = Metadata> {
         blob().prop_map(MetadataValue::Bytes),
         any::<u64>().prop_map(MetadataValue::U64),
     ];
-    let entry = (text(), value, any::<u64>()).prop_map(|(key, value, flags)| MetadataEntry { key, value, flags });
+    let entry =
+        (text(), value, any::<u64>()).prop_map(|(key, value, flags)| MetadataEntry { key: key.into(), value, flags });
     proptest::collection::vec(entry, 0..4).prop_map(Metadata)
 }
 

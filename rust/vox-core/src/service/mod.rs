@@ -517,3 +517,26 @@ pub mod __private {
         }
     }
 }
+
+// Every key the runtime writes per call is decoded without an allocation
+// only if it is in the wire layer's list; a key added here and not there
+// would silently cost one again.
+#[cfg(test)]
+#[test]
+fn metadata_runtime_keys_are_all_borrowed_when_decoded() {
+    use crate::driver::trace::{TRACEPARENT_KEY, TRACESTATE_KEY};
+    use crate::plumbing::operations::OP_ID_KEY;
+    use crate::wire::{Metadata, MetadataKey, REJECT_REASON_KEY, RUNTIME_KEYS};
+    let keys =
+        [OP_ID_KEY, crate::driver::DEADLINE_KEY, TRACEPARENT_KEY, TRACESTATE_KEY, SERVICE_KEY, REJECT_REASON_KEY];
+    assert_eq!(keys.len(), RUNTIME_KEYS.len());
+    let mut md = Metadata::new();
+    for key in keys.into_iter().chain(["x-user-key"]) {
+        md = md.with_u64(key.to_owned(), 1, 0);
+    }
+    let bytes = crate::wire::encode("metadata", &md).unwrap();
+    let back: Metadata = crate::wire::decode("metadata", &bytes.into()).unwrap();
+    assert_eq!(back, md);
+    let borrowed: Vec<bool> = back.0.iter().map(|e| matches!(e.key, MetadataKey::Borrowed(_))).collect();
+    assert_eq!(borrowed, [true, true, true, true, true, true, false]);
+}

@@ -2,7 +2,8 @@
 
 use super::blob::Blob;
 use super::codec::metadata_seq;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::borrow::Cow;
 
 /// Flag bit 0: the value is never logged, traced, or put in an error message.
 pub const SENSITIVE: u64 = 1 << 0;
@@ -23,15 +24,78 @@ pub enum MetadataValue {
     U64(u64),
 }
 
+/// A metadata key: borrowed for the runtime's own keys, which a decoded
+/// entry then shares instead of allocating (see [`RUNTIME_KEYS`]), owned
+/// otherwise.
+pub type MetadataKey = Cow<'static, str>;
+
+/// The keys the runtime itself reads and writes on every call that uses
+/// them (an operation id, a deadline, trace context, ...). A decoded entry
+/// with one of these keys borrows it: no allocation per call, and none per
+/// clone of the metadata. Any other key is decoded as its own `String`.
+pub const RUNTIME_KEYS: &[&str] =
+    &["vox.op-id", "vox-deadline-us", "traceparent", "tracestate", "vox-service", REJECT_REASON_KEY];
+
 /// One metadata entry. Unknown flag bits are kept as they are.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataEntry {
     /// The key; duplicates are allowed and keep their order.
-    pub key: String,
+    #[serde(deserialize_with = "runtime_key_or_owned")]
+    pub key: MetadataKey,
     /// The value.
     pub value: MetadataValue,
     /// Flag bits ([`SENSITIVE`], [`NO_PROPAGATE`], and any unknown bits).
     pub flags: u64,
+}
+
+/// Decodes a key, borrowing it when it is one of [`RUNTIME_KEYS`].
+fn runtime_key_or_owned<'de, D: Deserializer<'de>>(d: D) -> Result<MetadataKey, D::Error> {
+    struct KeyVisitor;
+    impl serde::de::Visitor<'_> for KeyVisitor {
+        type Value = MetadataKey;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a metadata key (a string)")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<MetadataKey, E> {
+            Ok(key.into_metadata_key())
+        }
+    }
+    d.deserialize_str(KeyVisitor)
+}
+
+/// What [`Metadata::push`] and its builder forms take as a key: a `&str`
+/// (borrowed if it is one of [`RUNTIME_KEYS`], copied otherwise), a
+/// `String` (kept as it is) or a [`MetadataKey`].
+pub trait IntoMetadataKey {
+    /// The key.
+    fn into_metadata_key(self) -> MetadataKey;
+}
+
+impl IntoMetadataKey for &str {
+    fn into_metadata_key(self) -> MetadataKey {
+        match RUNTIME_KEYS.iter().find(|k| **k == self) {
+            Some(k) => Cow::Borrowed(k),
+            None => Cow::Owned(self.to_owned()),
+        }
+    }
+}
+
+impl IntoMetadataKey for &String {
+    fn into_metadata_key(self) -> MetadataKey {
+        self.as_str().into_metadata_key()
+    }
+}
+
+impl IntoMetadataKey for String {
+    fn into_metadata_key(self) -> MetadataKey {
+        Cow::Owned(self)
+    }
+}
+
+impl IntoMetadataKey for MetadataKey {
+    fn into_metadata_key(self) -> MetadataKey {
+        self
+    }
 }
 
 impl MetadataEntry {
@@ -85,18 +149,18 @@ impl Metadata {
     }
 
     /// Appends an entry.
-    pub fn push(&mut self, key: impl Into<String>, value: MetadataValue, flags: u64) {
-        self.0.push(MetadataEntry { key: key.into(), value, flags });
+    pub fn push(&mut self, key: impl IntoMetadataKey, value: MetadataValue, flags: u64) {
+        self.0.push(MetadataEntry { key: key.into_metadata_key(), value, flags });
     }
 
     /// Builder form of [`Metadata::push`] for a string value.
-    pub fn with_str(mut self, key: impl Into<String>, value: impl Into<String>, flags: u64) -> Self {
+    pub fn with_str(mut self, key: impl IntoMetadataKey, value: impl Into<String>, flags: u64) -> Self {
         self.push(key, MetadataValue::String(value.into()), flags);
         self
     }
 
     /// Builder form of [`Metadata::push`] for an integer value.
-    pub fn with_u64(mut self, key: impl Into<String>, value: u64, flags: u64) -> Self {
+    pub fn with_u64(mut self, key: impl IntoMetadataKey, value: u64, flags: u64) -> Self {
         self.push(key, MetadataValue::U64(value), flags);
         self
     }
@@ -137,6 +201,19 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_key_of_a_runtime_str_is_borrowed_any_other_is_owned() {
+        let md = Metadata::new().with_u64("vox.op-id", 1, 0).with_u64("x-mine", 2, 0).with_u64(
+            String::from("vox.op-id"),
+            3,
+            0,
+        );
+        let borrowed: Vec<bool> = md.0.iter().map(|e| matches!(e.key, Cow::Borrowed(_))).collect();
+        assert_eq!(borrowed, [true, false, false]);
+        assert_eq!(md.get_u64("vox.op-id"), Some(1));
+        assert_eq!(md.get_u64("x-mine"), Some(2));
+    }
 
     #[test]
     fn rpc_metadata_forwarding_strips_no_propagate_and_keeps_unknown_flags() {

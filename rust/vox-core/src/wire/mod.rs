@@ -26,6 +26,9 @@ pub use message::{
     SESSION_RESUME_FEATURE, ServerHello, StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION,
     TransportHello, TransportMsg,
 };
-pub use metadata::{Metadata, MetadataEntry, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY, SENSITIVE};
+pub use metadata::{
+    IntoMetadataKey, Metadata, MetadataEntry, MetadataKey, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY,
+    RUNTIME_KEYS, SENSITIVE,
+};
 pub use rope::encode_payload;
 pub(crate) use rope::{encode_conduit, encode_conduit_into};
