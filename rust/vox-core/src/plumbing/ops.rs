@@ -100,24 +100,26 @@ impl SessionOps {
         self.inner.lock().running.insert(ticket.op(), (ticket, abort));
     }
 
-    /// The execution finished with `outcome`: attached attempts get it too.
-    /// `false` when the ticket is no longer the live execution (superseded):
-    /// then its own attempt must be answered `Indeterminate`.
-    pub(crate) fn complete(&self, ticket: Ticket, outcome: &ResponseBody) -> bool {
+    /// The execution finished with `outcome`: attached attempts get it too,
+    /// and it is handed back for the executing attempt's own reply (taken by
+    /// value so that only a sealed record or a waiter costs a copy). `None`
+    /// when the ticket is no longer the live execution (superseded): then
+    /// its own attempt must be answered `Indeterminate`.
+    pub(crate) fn complete(&self, ticket: Ticket, outcome: ResponseBody) -> Option<ResponseBody> {
         let mut inner = self.inner.lock();
         forget_running(&mut inner, ticket);
-        match inner.table.complete(ticket, outcome.clone(), Instant::now()) {
+        match inner.table.complete(ticket, outcome, Instant::now()) {
             Ok(done) => {
                 for w in done.waiters {
                     if let Some(tx) = inner.waiters.remove(&w) {
-                        let _ = tx.send(outcome.clone());
+                        let _ = tx.send(done.outcome.clone());
                     }
                 }
-                true
+                Some(done.outcome)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "completion of a superseded execution ignored");
-                false
+                None
             }
         }
     }

@@ -74,7 +74,7 @@ fn retry_duplicate_live_attached_attempt_gets_the_outcome_and_nothing_is_kept() 
         ops.started(ticket, task.abort_handle());
         let (_, mut outcome) = attach(&ops);
         assert_eq!(outcome.try_recv(), Err(TryRecvError::Empty));
-        assert!(ops.complete(ticket, &ok()));
+        assert_eq!(ops.complete(ticket, ok()), Some(ok()));
         assert_eq!(outcome.try_recv(), Ok(ok()));
         assert_eq!((running(&ops), waiting(&ops)), (0, 0), "the finished execution's handles are dropped");
         assert!(!task.is_finished(), "completing never aborts the execution's own task");
@@ -113,7 +113,7 @@ fn retry_detached_attempt_frees_its_place_and_its_sink() {
     assert_eq!(outcome.try_recv(), Err(TryRecvError::Closed), "the sink of a detached attempt is dropped");
     assert_eq!(waiting(&ops), 0);
     let (_, mut again) = attach(&ops);
-    assert!(ops.complete(ticket, &ok()));
+    assert_eq!(ops.complete(ticket, ok()), Some(ok()));
     assert_eq!(again.try_recv(), Ok(ok()));
 }
 
@@ -133,13 +133,13 @@ fn retry_channel_volatile_rebinding_superseded_execution_is_stopped() {
         let new_task = tokio::spawn(std::future::pending::<()>());
         ops.started(fresh, new_task.abort_handle());
         // The stale execution's late report changes nothing of the new one.
-        assert!(!ops.complete(stale, &ok()), "a superseded execution's completion is refused");
+        assert!(ops.complete(stale, ok()).is_none(), "a superseded execution's completion is refused");
         ops.interrupt(stale);
         assert_eq!(running(&ops), 1, "the new execution's handle is kept");
         assert!(!new_task.is_finished());
         let third = run(&ops, IDEM, true);
         assert!(aborted(new_task).await, "the newest execution is the one stopped");
-        assert!(ops.complete(third, &ok()));
+        assert_eq!(ops.complete(third, ok()), Some(ok()));
     });
 }
 

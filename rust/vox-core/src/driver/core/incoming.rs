@@ -154,7 +154,7 @@ impl ConnectionCore {
         let (ret, md) = reply_or_failure(reply);
         // A superseded execution's completion is refused: its attempt's
         // outcome is unknown to the caller's logical call.
-        let ret = if op.ops.complete(op.ticket, &ret) { ret } else { ResponseBody::Indeterminate };
+        let ret = op.ops.complete(op.ticket, ret).unwrap_or(ResponseBody::Indeterminate);
         self.answer_first(attempt, ret, md, running, span);
     }
 

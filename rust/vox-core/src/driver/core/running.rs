@@ -50,7 +50,7 @@ pub(super) async fn run_tracked(
                 // The attachment died, the execution did not: its outcome
                 // is owed to the operation, not to this dead attempt.
                 let (ret, _) = reply_or_failure(reply_rx.await.ok());
-                op.ops.complete(op.ticket, &ret);
+                let _ = op.ops.complete(op.ticket, ret);
                 return;
             }
             task.abort();
@@ -71,12 +71,10 @@ pub(super) async fn run_tracked(
     };
     // A superseded execution's completion is refused: its attempt's outcome
     // is unknown to the caller's logical call.
-    let ret = if !matches!(ret, ResponseBody::Cancelled | ResponseBody::DeadlineExceeded)
-        && !op.ops.complete(op.ticket, &ret)
-    {
-        ResponseBody::Indeterminate
-    } else {
+    let ret = if matches!(ret, ResponseBody::Cancelled | ResponseBody::DeadlineExceeded) {
         ret
+    } else {
+        op.ops.complete(op.ticket, ret).unwrap_or(ResponseBody::Indeterminate)
     };
     attempt.answer_with(ret, md).await
 }
