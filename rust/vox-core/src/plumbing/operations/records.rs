@@ -194,6 +194,7 @@ mod tests {
         let mut q = ExpiryQueue::new();
         r.insert(record(1, 0, RecordState::Released));
         r.insert(record(2, 0, RecordState::Released));
+        r.insert(record(3, 0, RecordState::Released));
         // Op 1 runs again and again (idem re-executions): each leaves a
         // stale entry behind. The queue compacts only once they are more
         // than twice the records plus 16, so the work stays amortised O(1).
