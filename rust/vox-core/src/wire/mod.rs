@@ -7,6 +7,7 @@ mod blob;
 mod codec;
 mod id_map;
 mod ids;
+mod item_chunks;
 mod message;
 mod metadata;
 mod rope;
@@ -20,6 +21,7 @@ pub use codec::{
 pub(crate) use codec::{SPLICE_MIN, Spliced, splicing};
 pub(crate) use id_map::{IdMap, IdSet, id_map, id_set};
 pub use ids::{ChannelId, ConnectionId, IdAllocator, MethodId, Parity, RequestId, kebab};
+pub use item_chunks::encode_item;
 pub use message::{
     CHANNEL_ITEMS_FEATURE, ChannelDecl, ChannelDirection, ClientHello, ConduitMode, ConduitMsg, ConnectionSettings,
     HandshakeMsg, Hello, HelloYourself, MAX_CHANNEL_ITEMS, Message, PROTOCOL_VERSION, Payload, ResponseBody, ResumeKey,

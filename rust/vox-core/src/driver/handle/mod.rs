@@ -226,8 +226,7 @@ impl<T> Tx<T> {
     where
         T: Serialize,
     {
-        let bytes =
-            wire::encode_payload("channel item", item).map_err(|e| ChannelError::Codec(e.to_string()))?.into_bytes();
+        let bytes = wire::encode_item("channel item", item).map_err(|e| ChannelError::Codec(e.to_string()))?;
         let Some(x) = &self.xlate else { return self.send_raw(bytes).await };
         // rule: schema.evolution — a caller-side end translates into the
         // handler's layout once the schema exchange set a plan (always
