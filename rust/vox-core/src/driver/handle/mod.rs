@@ -20,6 +20,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+/// Items up to this many bytes are decoded from a plain slice (see `Rx::recv`).
+const SMALL_ITEM: usize = 64;
+
 /// The default initial credit of a channel.
 pub const DEFAULT_INITIAL_CREDIT: u32 = 16;
 
@@ -392,7 +395,15 @@ impl<T> Rx<T> {
             Some(b) => {
                 // rule: schema.evolution — from the handler's layout.
                 let b = xlate::apply(&self.xlate, b)?;
-                wire::decode::<T>("channel item", &b).map(Some).map_err(|e| ChannelError::Codec(e.to_string()))
+                // A small item is decoded from its slice: sharing its
+                // buffer with a blob inside it would cost more than copying
+                // the few bytes such a blob could hold.
+                let item = if b.len() <= SMALL_ITEM {
+                    wire::decode_slice::<T>("channel item", &b)
+                } else {
+                    wire::decode::<T>("channel item", &b)
+                };
+                item.map(Some).map_err(|e| ChannelError::Codec(e.to_string()))
             }
         }
     }
