@@ -47,7 +47,9 @@ pub(super) struct Record {
     pub(super) state: RecordState,
 }
 
-/// The records by id: an index map to dense slots.
+/// The records by id: an index map to dense slots. Every index in the
+/// map is below `slots.len()` and names the slot holding that id's record:
+/// `insert` pushes before it indexes, `remove` re-points the slot it moves.
 #[derive(Debug)]
 pub(super) struct Records {
     index: IdMap<OpId, usize>,
