@@ -15,7 +15,7 @@ use tokio::time::Instant;
 /// in microseconds (`U64`), when the request was sent, so the two clocks
 /// never need to agree (rule `rpc.deadline`). Flagged `NO_PROPAGATE`: a
 /// downstream call carries its own remaining time, not this one.
-pub const DEADLINE_KEY: &str = "vox-deadline-us";
+pub const DEADLINE_KEY: &str = crate::wire::runtime_key::DEADLINE;
 
 /// The request a handler is serving.
 ///

@@ -21,11 +21,11 @@ use crate::wire::Metadata;
 
 /// The metadata key of the W3C `traceparent`
 /// (`00-<trace id>-<parent span id>-<flags>`, lowercase hex).
-pub const TRACEPARENT_KEY: &str = "traceparent";
+pub const TRACEPARENT_KEY: &str = crate::wire::runtime_key::TRACEPARENT;
 
 /// The metadata key of the W3C `tracestate` (vendor entries), sent with a
 /// `traceparent` when the span has any.
-pub const TRACESTATE_KEY: &str = "tracestate";
+pub const TRACESTATE_KEY: &str = crate::wire::runtime_key::TRACESTATE;
 
 /// The longest `tracestate` accepted from a peer (the W3C limit is 512
 /// characters for what a vendor must propagate).

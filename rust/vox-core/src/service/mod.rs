@@ -184,7 +184,7 @@ pub use vox_macros::service;
 /// The `OpenConnection` metadata key naming the service a virtual connection
 /// is for (a string; matched in kebab case, so `Calculator` and `calculator`
 /// are the same service).
-pub const SERVICE_KEY: &str = "vox-service";
+pub const SERVICE_KEY: &str = crate::wire::runtime_key::SERVICE;
 
 pub use crate::wire::REJECT_REASON_KEY;
 

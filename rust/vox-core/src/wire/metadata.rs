@@ -33,8 +33,24 @@ pub type MetadataKey = Cow<'static, str>;
 /// them (an operation id, a deadline, trace context, ...). A decoded entry
 /// with one of these keys borrows it: no allocation per call, and none per
 /// clone of the metadata. Any other key is decoded as its own `String`.
-pub const RUNTIME_KEYS: &[&str] =
-    &["vox.op-id", "vox-deadline-us", "traceparent", "tracestate", "vox-service", REJECT_REASON_KEY];
+pub const RUNTIME_KEYS: &[&str] = &[
+    runtime_key::OP_ID,
+    runtime_key::DEADLINE,
+    runtime_key::TRACEPARENT,
+    runtime_key::TRACESTATE,
+    runtime_key::SERVICE,
+    REJECT_REASON_KEY,
+];
+
+/// The runtime's keys, spelled once: the layers that use them name their
+/// public constants after these (`OP_ID_KEY`, `DEADLINE_KEY`, ...).
+pub(crate) mod runtime_key {
+    pub(crate) const OP_ID: &str = "vox.op-id";
+    pub(crate) const DEADLINE: &str = "vox-deadline-us";
+    pub(crate) const TRACEPARENT: &str = "traceparent";
+    pub(crate) const TRACESTATE: &str = "tracestate";
+    pub(crate) const SERVICE: &str = "vox-service";
+}
 
 /// One metadata entry. Unknown flag bits are kept as they are.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub use message::{
     SESSION_RESUME_FEATURE, ServerHello, StableFrame, StableHelloReply, StableMsg, TRANSPORT_MAGIC, TRANSPORT_VERSION,
     TransportHello, TransportMsg,
 };
+pub(crate) use metadata::runtime_key;
 pub use metadata::{
     IntoMetadataKey, Metadata, MetadataEntry, MetadataKey, MetadataValue, NO_PROPAGATE, REJECT_REASON_KEY,
     RUNTIME_KEYS, SENSITIVE,

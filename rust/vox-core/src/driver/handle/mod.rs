@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 /// Items up to this many bytes are decoded from a plain slice (see `Rx::recv`).
-const SMALL_ITEM: usize = 64;
+const SLICE_DECODE_MAX: usize = 64;
 
 /// The default initial credit of a channel.
 pub const DEFAULT_INITIAL_CREDIT: u32 = 16;
@@ -398,7 +398,7 @@ impl<T> Rx<T> {
                 // A small item is decoded from its slice: sharing its
                 // buffer with a blob inside it would cost more than copying
                 // the few bytes such a blob could hold.
-                let item = if b.len() <= SMALL_ITEM {
+                let item = if b.len() <= SLICE_DECODE_MAX {
                     wire::decode_slice::<T>("channel item", &b)
                 } else {
                     wire::decode::<T>("channel item", &b)

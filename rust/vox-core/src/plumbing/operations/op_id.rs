@@ -5,7 +5,7 @@
 use crate::wire::{Metadata, MetadataValue, NO_PROPAGATE};
 
 /// The request metadata key that carries the operation id (a `U64` value).
-pub const OP_ID_KEY: &str = "vox.op-id";
+pub const OP_ID_KEY: &str = crate::wire::runtime_key::OP_ID;
 
 /// An operation id: every attempt of one logical call carries the same one;
 /// a new call gets a new one (rule `retry.op-id`).
