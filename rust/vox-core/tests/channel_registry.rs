@@ -689,6 +689,35 @@ fn rpc_channel_sender_drop_closes_after_items_already_sent() {
     assert_eq!(caller.stats().closed + caller.stats().closing + caller.stats().open, 0);
 }
 
+// --- rpc.channel.item: a run of items (`ChannelItems`)
+
+// Each item of a run is one item event, in order: the ones before a
+// violation stay delivered, and the receiver is woken once for the run.
+#[test]
+fn rpc_channel_item_run_applies_each_item_in_order_up_to_the_first_violation() {
+    let registry = caller();
+    let id = caller_receiving(&registry, 2);
+    let (counter, waker) = counting();
+    assert!(registry.poll_recv(id, &mut Context::from_waker(&waker)).is_pending());
+    let run = [item("a"), item("b"), item("c")];
+    assert_eq!(registry.on_remote_items(id, run), Err(violation(id, ViolationKind::ItemWithoutCredit)));
+    assert_eq!(wakes(&counter), 1, "one wake-up for the run");
+    assert_eq!(recv(&registry, id), Poll::Ready(Ok(Some(item("a")))));
+    assert_eq!(recv(&registry, id), Poll::Ready(Ok(Some(item("b")))));
+    assert!(recv(&registry, id).is_pending(), "the item past the credit was not queued");
+}
+
+// A run for a channel we reset is discarded item by item, and counted.
+#[test]
+fn rpc_channel_reset_run_after_reset_is_discarded_and_counted() {
+    let registry = caller();
+    let id = caller_receiving(&registry, 4);
+    assert_eq!(registry.on_remote_items(id, [item("a")]), Ok(0));
+    registry.local_reset(id).unwrap();
+    assert_eq!(registry.on_remote_items(id, [item("late1"), item("late2")]), Ok(2));
+    assert_eq!(registry.stats().items_discarded_after_reset, 2);
+}
+
 // --- stats
 
 // The stats count every entry by its phase, and each tolerated message in

@@ -240,6 +240,25 @@ impl Registry {
         self.with(|inner, wake| inner.on_remote_item(id, item, wake)).map_err(|kind| Violation { id, kind })
     }
 
+    /// An inbound `ChannelItems`: each item is the event of one
+    /// `ChannelItem`, applied in order under one lock, and the handles it
+    /// wakes run once all are applied. The first violation ends it; the
+    /// items before it stay applied, as separate messages would have.
+    /// Returns how many items were discarded (late, or after our reset).
+    pub fn on_remote_items(&self, id: ChannelId, items: impl IntoIterator<Item = Bytes>) -> Result<usize, Violation> {
+        self.with(|inner, wake| {
+            let mut discarded = 0;
+            for item in items {
+                match inner.on_remote_item(id, item, wake)? {
+                    ItemOutcome::DiscardedAfterReset | ItemOutcome::DiscardedLate => discarded += 1,
+                    ItemOutcome::Delivered | ItemOutcome::Buffered | ItemOutcome::ConnectionLost => {}
+                }
+            }
+            Ok(discarded)
+        })
+        .map_err(|kind| Violation { id, kind })
+    }
+
     /// An inbound `CloseChannel`.
     pub fn on_remote_close(&self, id: ChannelId) -> Result<RemoteOutcome, Violation> {
         self.with(|inner, wake| inner.on_remote_close(id, wake)).map_err(|kind| Violation { id, kind })

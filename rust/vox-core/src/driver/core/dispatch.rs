@@ -7,7 +7,7 @@ use super::incoming::IncomingEvent;
 use super::outgoing::{CallEffect, CallEvent};
 use super::{ConnectionCore, Inbound, Violation};
 use crate::driver::channel::{ItemOutcome, RemoteOutcome, Violation as ChannelViolation};
-use crate::wire::{Metadata, Payload, RequestId, ResponseBody};
+use crate::wire::{Blob, Metadata, Payload, RequestId, ResponseBody};
 use std::sync::Arc;
 
 impl ConnectionCore {
@@ -47,15 +47,11 @@ impl ConnectionCore {
                         "rpc.channel.item",
                     ));
                 }
-                let mut late = false;
-                for item in items {
-                    match self.registry.on_remote_item(id, item.into_bytes()) {
-                        Ok(ItemOutcome::DiscardedAfterReset | ItemOutcome::DiscardedLate) => late = true,
-                        Ok(_) => {}
-                        Err(v) => return Err(self.channel_violation(v)),
-                    }
+                match self.registry.on_remote_items(id, items.into_iter().map(Blob::into_bytes)) {
+                    Ok(0) => Ok(Inbound::Handled),
+                    Ok(_) => Ok(Inbound::Late),
+                    Err(v) => Err(self.channel_violation(v)),
                 }
-                Ok(if late { Inbound::Late } else { Inbound::Handled })
             }
             Payload::CloseChannel { id, .. } => remote(self.registry.on_remote_close(id)),
             Payload::ResetChannel { id, .. } => remote(self.registry.on_remote_reset(id)),
