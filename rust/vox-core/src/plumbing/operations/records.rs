@@ -226,9 +226,9 @@ mod record_size {
     // index entry in a map that may have four buckets per record (the
     // inline `ResponseBody` once made a map entry 168 bytes).
     #[test]
-    fn operation_table_record_is_at_most_96_bytes_and_its_index_entry_16() {
+    fn operation_table_record_is_at_most_72_bytes_and_its_index_entry_16() {
         let size = std::mem::size_of::<Record>();
-        assert!(size <= 96, "an operation table record is {size} bytes");
+        assert!(size <= 72, "an operation table record is {size} bytes");
         assert_eq!(std::mem::size_of::<(OpId, usize)>(), 16);
     }
 }
