@@ -47,16 +47,19 @@ pub(crate) async fn call_bytes(
                 .map_err(|e| named(info, e));
         }
     };
-    let mut metadata = Metadata::new();
-    if !info.idem {
-        // rule: retry.op-id — every attempt carries the same id, so the
-        // peer never runs a non-idempotent call twice.
-        write_op_id(&mut metadata, session.next_op_id());
-    }
+    // rule: retry.op-id — every attempt carries the same id, so the peer
+    // never runs a non-idempotent call twice.
+    let op = (!info.idem).then(|| session.next_op_id());
     let mut attempt = 1;
     loop {
         let generation = session.generation();
-        match caller.call_raw(method_id, args.clone(), Vec::new(), metadata.clone()).await {
+        // Each attempt's metadata is built afresh: cheaper than keeping one
+        // to clone, since nearly every call has exactly one attempt.
+        let mut metadata = Metadata::new();
+        if let Some(op) = op {
+            write_op_id(&mut metadata, op);
+        }
+        match caller.call_raw(method_id, args.clone(), Vec::new(), metadata).await {
             Ok(resp) => return Ok(resp.ret),
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 tracing::debug!(
