@@ -20,7 +20,6 @@ use crate::wire::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 #[test]
 fn liveness_admits_until_the_end_then_reports_its_first_cause() {
@@ -56,7 +55,7 @@ fn core(out: &Outbound, handler: Option<Arc<dyn crate::driver::Handler>>) -> Arc
 
 /// An outbound path of one place, already taken by a message of another
 /// connection: whatever this connection sends next waits for room.
-fn full_outbound() -> (Outbound, mpsc::Receiver<Message>) {
+fn full_outbound() -> (Outbound, outbound::Detached) {
     let (out, rx) = outbound::detached(1);
     out.try_reserve()
         .expect("room")
@@ -82,7 +81,7 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 
 /// What the session does when it ends a connection: end the core, then queue
 /// its `CloseConnection`. Returns everything queued, the filler first.
-async fn close_and_collect(core: &ConnectionCore, out: &Outbound, rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
+async fn close_and_collect(core: &ConnectionCore, out: &Outbound, rx: &mut outbound::Detached) -> Vec<Message> {
     core.on_lost(LossCause::ConnectionClosed);
     let mut queued = vec![within("the filler", rx.recv()).await.expect("the filler")];
     // Whatever took the freed place after the end.

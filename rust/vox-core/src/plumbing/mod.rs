@@ -11,3 +11,4 @@ pub mod loss;
 pub mod operations;
 pub(crate) mod ops;
 pub mod outbound;
+pub(crate) mod outbox;

@@ -7,8 +7,9 @@
 //! vectored write (see [`ConduitWriter`]).
 
 use super::item_runs::ItemRuns;
+use super::outbox::ChannelOutbox;
 use crate::conduit::{ConduitTx, ConduitWriter};
-use crate::wire::{ConduitMsg, Message, Payload};
+use crate::wire::{Blob, ChannelId, ConduitMsg, ConnectionId, Message, Payload};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,10 +20,19 @@ use tokio::sync::{mpsc, oneshot};
 #[error("outbound path is closed: the session has ended")]
 pub struct OutboundClosed;
 
+/// One place in the outbound queue: a message, or the marker of a
+/// channel's outbox, which the writer replaces by the items the outbox
+/// holds when it gets there (`outbox.rs`).
+#[derive(Debug)]
+pub(crate) enum Queued {
+    Message(Message),
+    Outbox(crate::sync::Arc<ChannelOutbox>),
+}
+
 /// A handle to the outbound queue; cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<Stats>,
 }
 
@@ -34,14 +44,20 @@ struct Stats {
 /// A reserved place in the outbound queue: sending through it cannot wait
 /// or fail, so check-then-send sequences are atomic with respect to order.
 pub struct OutboundPermit<'a> {
-    permit: mpsc::Permit<'a, Message>,
+    permit: mpsc::Permit<'a, Queued>,
     outbound: &'a Outbound,
 }
 
 impl OutboundPermit<'_> {
     /// Queues the message.
     pub fn send(self, msg: Message) {
-        self.permit.send(msg);
+        self.permit.send(Queued::Message(msg));
+        self.outbound.note_depth();
+    }
+
+    /// Queues the marker of `outbox`: its items take this place.
+    pub(crate) fn send_outbox(self, outbox: crate::sync::Arc<ChannelOutbox>) {
+        self.permit.send(Queued::Outbox(outbox));
         self.outbound.note_depth();
     }
 }
@@ -155,26 +171,60 @@ pub fn spawn_writer(
 struct Sink {
     out: ConduitWriter,
     runs: ItemRuns,
+    /// The storage the next outbox's items are taken into.
+    spare: Vec<Blob>,
 }
 
 impl Sink {
-    async fn push(&mut self, m: Message) -> Result<(), WriterError> {
-        let m = match m {
-            Message { connection_id, payload: Payload::ChannelItem { id, item } } if self.runs.joins(&item) => {
-                match self.runs.add(connection_id, id, item) {
-                    Some(ended) => ended,
-                    None => return Ok(()),
-                }
+    /// Writes the items of the outbox whose marker the writer reached.
+    async fn push_outbox(&mut self, outbox: crate::sync::Arc<ChannelOutbox>) -> Result<(), WriterError> {
+        // The spare vector goes to the outbox and comes back as this run's
+        // items: one allocation per channel, not one per run.
+        let mut items = std::mem::take(&mut self.spare);
+        outbox.take(&mut items);
+        let (connection_id, id) = outbox.channel();
+        let mut written = Ok(());
+        for item in items.drain(..) {
+            written = self.push_item(connection_id, id, item).await;
+            if written.is_err() {
+                break;
             }
-            m => match self.runs.take() {
-                None => m,
-                Some(run) => {
+        }
+        items.clear();
+        self.spare = items;
+        written
+    }
+
+    /// Writes one place of the queue: a message, or the items of the
+    /// outbox whose marker it is. One match on the place, so that a
+    /// message is moved into its write once.
+    async fn push(&mut self, q: Queued) -> Result<(), WriterError> {
+        match q {
+            Queued::Outbox(outbox) => self.push_outbox(outbox).await,
+            Queued::Message(Message { connection_id, payload: Payload::ChannelItem { id, item } }) => {
+                self.push_item(connection_id, id, item).await
+            }
+            Queued::Message(m) => {
+                if let Some(run) = self.runs.take() {
                     self.out.push(&ConduitMsg::Message(run)).await?;
-                    m
                 }
-            },
-        };
-        Ok(self.out.push(&ConduitMsg::Message(m)).await?)
+                Ok(self.out.push(&ConduitMsg::Message(m)).await?)
+            }
+        }
+    }
+
+    async fn push_item(&mut self, connection_id: ConnectionId, id: ChannelId, item: Blob) -> Result<(), WriterError> {
+        if !self.runs.joins(&item) {
+            if let Some(run) = self.runs.take() {
+                self.out.push(&ConduitMsg::Message(run)).await?;
+            }
+            let m = Message { connection_id, payload: Payload::ChannelItem { id, item } };
+            return Ok(self.out.push(&ConduitMsg::Message(m)).await?);
+        }
+        match self.runs.add(connection_id, id, item) {
+            Some(ended) => Ok(self.out.push(&ConduitMsg::Message(ended)).await?),
+            None => Ok(()),
+        }
     }
 
     async fn hand_over(&mut self) -> Result<(), WriterError> {
@@ -208,9 +258,57 @@ impl Sink {
 /// An outbound path with no writer, for in-crate model tests that need a
 /// `ConnectionCore` but never send.
 #[cfg(test)]
-pub(crate) fn detached(capacity: usize) -> (Outbound, mpsc::Receiver<Message>) {
+pub(crate) fn detached(capacity: usize) -> (Outbound, Detached) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (Outbound { tx, stats: Arc::new(Stats { high_water: AtomicUsize::new(0), capacity: capacity.max(1) }) }, rx)
+    let stats = Arc::new(Stats { high_water: AtomicUsize::new(0), capacity: capacity.max(1) });
+    (Outbound { tx, stats }, Detached { rx, taken: std::collections::VecDeque::new() })
+}
+
+/// The reading end of a [`detached`] path: what the writer would be given,
+/// each outbox's items as the `ChannelItem` messages they stand for.
+#[cfg(test)]
+pub(crate) struct Detached {
+    rx: mpsc::Receiver<Queued>,
+    taken: std::collections::VecDeque<Message>,
+}
+
+#[cfg(test)]
+impl Detached {
+    fn expand(&mut self, q: Queued) {
+        match q {
+            Queued::Message(m) => self.taken.push_back(m),
+            Queued::Outbox(outbox) => {
+                let mut items = Vec::new();
+                outbox.take(&mut items);
+                let (connection_id, id) = outbox.channel();
+                let items =
+                    items.into_iter().map(|item| Message { connection_id, payload: Payload::ChannelItem { id, item } });
+                self.taken.extend(items);
+            }
+        }
+    }
+
+    /// The next message, if one is queued now.
+    pub(crate) fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(m) = self.taken.pop_front() {
+                return Ok(m);
+            }
+            let q = self.rx.try_recv()?;
+            self.expand(q);
+        }
+    }
+
+    /// The next message, waiting for one; `None` once every sender is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self.taken.pop_front() {
+                return Some(m);
+            }
+            let q = self.rx.recv().await?;
+            self.expand(q);
+        }
+    }
 }
 
 /// Most times the writer yields to let a batch grow before writing it.
@@ -222,7 +320,7 @@ const MAX_YIELDS: usize = 1;
 /// the writer yields so that the ones runnable right now can add to this
 /// batch before it pays for a write, for as long as each yield brings more.
 /// A lone message (request/response traffic) is written at once.
-async fn write_batch(out: &mut Sink, rx: &mut mpsc::Receiver<Message>, first: Message) -> Result<(), WriterError> {
+async fn write_batch(out: &mut Sink, rx: &mut mpsc::Receiver<Queued>, first: Queued) -> Result<(), WriterError> {
     out.push(first).await?;
     gather(out, rx).await?;
     let mut yields = 0;
@@ -239,7 +337,7 @@ async fn write_batch(out: &mut Sink, rx: &mut mpsc::Receiver<Message>, first: Me
 }
 
 /// Moves what is already queued into the batch, while the batch wants more.
-async fn gather(out: &mut Sink, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriterError> {
+async fn gather(out: &mut Sink, rx: &mut mpsc::Receiver<Queued>) -> Result<(), WriterError> {
     while out.wants_more() {
         let Ok(m) = rx.try_recv() else { break };
         out.push(m).await?;
@@ -249,13 +347,13 @@ async fn gather(out: &mut Sink, rx: &mut mpsc::Receiver<Message>) -> Result<(), 
 
 async fn writer(
     conduit: ConduitTx,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Queued>,
     mut finish: oneshot::Receiver<Finish>,
     runs: ItemRuns,
 ) -> Result<(), WriterError> {
     // The writer owns the conduit from here on; on a stream link it writes
     // the frames itself, so a message takes one task hop to the socket.
-    let mut out = Sink { out: conduit.into_writer().await?, runs };
+    let mut out = Sink { out: conduit.into_writer().await?, runs, spare: Vec::new() };
     let how = loop {
         tokio::select! {
             biased;
@@ -298,7 +396,7 @@ async fn writer(
             }
         }
         if let Some(last) = how.last {
-            out.push(last).await?;
+            out.push(Queued::Message(last)).await?;
         }
         out.hand_over().await?;
         if how.drain {

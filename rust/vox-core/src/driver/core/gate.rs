@@ -6,7 +6,21 @@
 use super::ConnectionCore;
 use crate::driver::channel::{LossCause, SendError};
 use crate::plumbing::outbound::OutboundPermit;
+use crate::plumbing::outbox::{ChannelOutbox, Joined};
+use crate::sync::Arc;
 use crate::wire::{Blob, ChannelId, Message, Payload};
+
+/// What became of an item offered to a channel's outbox.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    /// Queued, its credit spent.
+    Queued,
+    /// No credit left: handed back, nothing spent.
+    NoCredit(Blob),
+    /// The outbox has no marker queued and no place was given for one:
+    /// handed back, nothing spent.
+    NeedsPlace(Blob),
+}
 
 impl ConnectionCore {
     /// Queues `payload` on this connection unless it has ended.
@@ -69,5 +83,39 @@ impl ConnectionCore {
         }
         permit.send(Message { connection_id: self.id, payload: Payload::ChannelItem { id, item } });
         Ok(None)
+    }
+
+    /// Offers one item of a sending channel to its outbox (`outbox.rs`),
+    /// spending one credit, atomically with respect to connection loss.
+    /// Behind a marker already queued the item needs no place in the
+    /// queue; otherwise it leads a new run and needs `permit` for its
+    /// marker.
+    pub(crate) fn offer_item(
+        &self,
+        permit: Option<OutboundPermit<'_>>,
+        outbox: &Arc<ChannelOutbox>,
+        id: ChannelId,
+        item: Blob,
+    ) -> Result<Offer, SendError> {
+        let st = self.state.lock();
+        if let Err(c) = st.lost.admit() {
+            return Err(SendError::ConnectionLost(c.clone()));
+        }
+        let item = match outbox.join(item, || self.registry.spend_credit(id)) {
+            Ok(Joined::Behind) => return Ok(Offer::Queued),
+            Ok(Joined::NeedsPlace(item)) => item,
+            Err((SendError::NoCredit(_), item)) => return Ok(Offer::NoCredit(item)),
+            Err((e, _)) => return Err(e),
+        };
+        let Some(permit) = permit else { return Ok(Offer::NeedsPlace(item)) };
+        match self.registry.spend_credit(id) {
+            Ok(()) => {}
+            Err(SendError::NoCredit(_)) => return Ok(Offer::NoCredit(item)),
+            Err(e) => return Err(e),
+        }
+        if outbox.lead(item) {
+            permit.send_outbox(outbox.clone());
+        }
+        Ok(Offer::Queued)
     }
 }

@@ -7,8 +7,11 @@
 //! told its channel yet.
 
 use super::ConnectionCore;
+use super::gate::Offer;
 use crate::driver::channel::{LocalError, RecvError, SendError};
 use crate::driver::handle::Role;
+use crate::plumbing::outbox::ChannelOutbox;
+use crate::sync::Arc;
 use crate::wire::{Blob, ChannelId, ConnectionId};
 use bytes::Bytes;
 use std::future::Future;
@@ -23,17 +26,29 @@ pub(crate) trait ChannelPort: Send + Sync {
     /// otherwise the waker is registered.
     fn poll_credit(&self, id: ChannelId, cx: &mut Context<'_>) -> Poll<Result<(), SendError>>;
 
-    /// Sends `item` now, spending a credit, if there is a credit and the
-    /// outbound path has room: `Ok(Some(item))` hands it back otherwise,
+    /// Sends `item` now through the channel's `outbox`, spending a credit,
+    /// if there is a credit and the item needs no place in the outbound
+    /// queue or finds one free: `Ok(Some(item))` hands it back otherwise,
     /// having spent nothing. One lock of the registry, which is why a send
     /// tries this before waiting for credit.
-    fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError>;
+    fn try_send_item(
+        &self,
+        id: ChannelId,
+        outbox: &Arc<ChannelOutbox>,
+        item: Bytes,
+    ) -> Result<Option<Bytes>, SendError>;
 
-    /// Sends `item`, spending a credit, waiting for room on the outbound
-    /// path. Call after [`poll_credit`](Self::poll_credit) said a credit is
-    /// there (one sender per channel: it stays there unless a reset or the
+    /// Sends `item` through the channel's `outbox`, spending a credit,
+    /// waiting for room on the outbound path if it needs a place. Call
+    /// after [`poll_credit`](Self::poll_credit) said a credit is there (one
+    /// sender per channel: it stays there unless a reset or the
     /// connection's loss came in between, which is then the error).
-    fn send_item(&self, id: ChannelId, item: Bytes) -> impl Future<Output = Result<(), SendError>> + Send;
+    fn send_item(
+        &self,
+        id: ChannelId,
+        outbox: &Arc<ChannelOutbox>,
+        item: Bytes,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
 
     /// The next item of channel `id`, `None` at its end; otherwise the
     /// waker is registered.
@@ -61,20 +76,41 @@ impl ChannelPort for ConnectionCore {
         self.registry.poll_credit(id, cx)
     }
 
-    fn try_send_item(&self, id: ChannelId, item: Bytes) -> Result<Option<Bytes>, SendError> {
-        match self.try_reserve() {
-            Some(permit) => Ok(self.send_item_now(permit, id, Blob::new(item))?.map(Blob::into_bytes)),
-            None => Ok(Some(item)),
+    fn try_send_item(
+        &self,
+        id: ChannelId,
+        outbox: &Arc<ChannelOutbox>,
+        item: Bytes,
+    ) -> Result<Option<Bytes>, SendError> {
+        // Most items of a busy stream join a marker already queued and need
+        // no place; only a run's first item reserves one.
+        let item = match self.offer_item(None, outbox, id, Blob::new(item))? {
+            Offer::Queued => return Ok(None),
+            Offer::NoCredit(item) => return Ok(Some(item.into_bytes())),
+            Offer::NeedsPlace(item) => item,
+        };
+        let Some(permit) = self.try_reserve() else { return Ok(Some(item.into_bytes())) };
+        match self.offer_item(Some(permit), outbox, id, item)? {
+            Offer::Queued => Ok(None),
+            Offer::NoCredit(item) | Offer::NeedsPlace(item) => Ok(Some(item.into_bytes())),
         }
     }
 
-    async fn send_item(&self, id: ChannelId, item: Bytes) -> Result<(), SendError> {
-        // Fast path: a free place in the outbound queue needs no await.
+    async fn send_item(&self, id: ChannelId, outbox: &Arc<ChannelOutbox>, item: Bytes) -> Result<(), SendError> {
+        let item = match self.offer_item(None, outbox, id, Blob::new(item))? {
+            Offer::Queued => return Ok(()),
+            Offer::NoCredit(_) => return Err(SendError::NoCredit(id)),
+            Offer::NeedsPlace(item) => item,
+        };
+        // A free place in the outbound queue needs no await.
         let permit = match self.try_reserve() {
             Some(permit) => permit,
             None => self.reserve().await.map_err(SendError::ConnectionLost)?,
         };
-        self.send_item_with(permit, id, Blob::new(item))
+        match self.offer_item(Some(permit), outbox, id, item)? {
+            Offer::Queued => Ok(()),
+            Offer::NoCredit(_) | Offer::NeedsPlace(_) => Err(SendError::NoCredit(id)),
+        }
     }
 
     fn poll_recv(&self, id: ChannelId, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {
@@ -103,40 +139,53 @@ mod tests {
     use crate::driver::ConnectionCore;
     use crate::driver::channel::ChannelLimits;
     use crate::plumbing::outbound;
-    use crate::wire::{ChannelDirection, ConnectionId, ConnectionSettings, Parity, Payload};
+    use crate::plumbing::outbox::ChannelOutbox;
+    use crate::wire::{ChannelDirection, ConnectionId, ConnectionSettings, Message, Parity, Payload};
     use bytes::Bytes;
 
     // rule: rpc.flow-control.credit — the send that does not wait spends a
     // credit only when it queues the item: without credit, or without room
-    // on the outbound path, the item comes back and nothing is spent.
+    // for the marker a run's first item needs, the item comes back and
+    // nothing is spent. Items behind a queued marker need no room.
     #[test]
     fn rpc_flow_control_credit_try_send_item_hands_back_what_it_cannot_send() {
-        let (out, mut rx) = outbound::detached(2);
+        let (out, mut rx) = outbound::detached(1);
         let settings = ConnectionSettings::default();
         let core = ConnectionCore::new(
             ConnectionId(1),
             Parity::Odd,
             settings.clone(),
             settings,
-            out,
+            out.clone(),
             None,
             ChannelLimits { max_channels: 4, max_receive_window: 16 },
             None,
         );
         let registry = core.registry_for_models();
         let id = registry.create_outgoing(ChannelDirection::CallerToHandler, 1).expect("channel").id;
+        let outbox = ChannelOutbox::new(ConnectionId(1), id);
         let item = |n: u8| Bytes::from(vec![n]);
-        assert_eq!(core.try_send_item(id, item(1)), Ok(None), "a credit and room: sent");
-        assert_eq!(core.try_send_item(id, item(2)), Ok(Some(item(2))), "no credit: handed back");
+        assert_eq!(core.try_send_item(id, &outbox, item(1)), Ok(None), "a credit and room: sent");
+        assert_eq!(core.try_send_item(id, &outbox, item(2)), Ok(Some(item(2))), "no credit: handed back");
         registry.on_remote_grant(id, 2).expect("grant");
-        assert_eq!(core.try_send_item(id, item(2)), Ok(None));
-        assert_eq!(core.try_send_item(id, item(3)), Ok(Some(item(3))), "no room: handed back");
+        assert_eq!(core.try_send_item(id, &outbox, item(2)), Ok(None), "behind the queued marker: no room needed");
         let queued: Vec<Payload> = std::iter::from_fn(|| rx.try_recv().ok()).map(|m| m.payload).collect();
         assert_eq!(queued.len(), 2, "{queued:?}");
         for (m, n) in queued.iter().zip([1u8, 2]) {
             assert!(matches!(m, Payload::ChannelItem { id: i, item } if *i == id && item.bytes()[..] == [n]), "{m:?}");
         }
-        assert_eq!(core.try_send_item(id, item(3)), Ok(None), "the credit the full queue refused is still there");
-        assert_eq!(core.try_send_item(id, item(4)), Ok(Some(item(4))), "and it was the last one");
+        let filler = Message { connection_id: ConnectionId(1), payload: Payload::Ping { nonce: 7 } };
+        out.try_reserve().expect("the queue is empty again").send(filler);
+        assert_eq!(core.try_send_item(id, &outbox, item(3)), Ok(Some(item(3))), "a new run, no room: handed back");
+        assert!(matches!(rx.try_recv().map(|m| m.payload), Ok(Payload::Ping { nonce: 7 })));
+        assert_eq!(
+            core.try_send_item(id, &outbox, item(3)),
+            Ok(None),
+            "the credit the full queue refused is still there"
+        );
+        assert_eq!(core.try_send_item(id, &outbox, item(4)), Ok(Some(item(4))), "and it was the last one");
+        assert!(
+            matches!(rx.try_recv().map(|m| m.payload), Ok(Payload::ChannelItem { item, .. }) if item.bytes()[..] == [3])
+        );
     }
 }

@@ -10,6 +10,7 @@ mod xlate;
 
 use super::channel::{LossCause, RecvError, SendError};
 use super::core::{ChannelPort, ConnectionCore};
+use crate::plumbing::outbox::ChannelOutbox;
 use crate::sync::Mutex;
 use crate::wire::{self, ChannelDirection, ChannelId};
 use bytes::Bytes;
@@ -153,7 +154,12 @@ pub fn channel_with_credit<T>(initial_credit: u32) -> (Tx<T>, Rx<T>) {
     let xlate = xlate::Xlate::default();
     let pair = ChannelSlot::pair(xlate.clone());
     (
-        Tx { slot: ChannelSlot::Paired(pair.clone(), initial_credit), xlate: Some(xlate.clone()), _t: PhantomData },
+        Tx {
+            slot: ChannelSlot::Paired(pair.clone(), initial_credit),
+            xlate: Some(xlate.clone()),
+            outbox: None,
+            _t: PhantomData,
+        },
         Rx { slot: ChannelSlot::Paired(pair, initial_credit), xlate: Some(xlate), _t: PhantomData },
     )
 }
@@ -174,6 +180,9 @@ pub struct Tx<T> {
     slot: ChannelSlot,
     /// Caller side: the item translation the call may set.
     xlate: Option<xlate::Xlate>,
+    /// The items sent and not yet taken by the writer; made on the first
+    /// send after the channel is bound.
+    outbox: Option<crate::sync::Arc<ChannelOutbox>>,
     _t: PhantomData<fn(T)>,
 }
 
@@ -204,9 +213,35 @@ fn span(core: &ConnectionCore, id: ChannelId, end: &'static str) -> Option<traci
     }
 }
 
+/// The part of a send that may wait: first the credit, then a place in the
+/// outbound queue. With `try_first` (the traced path) it first tries to
+/// send at once, as `Tx::send_raw` otherwise does before it gets here.
+async fn send_waiting(
+    core: &ConnectionCore,
+    id: ChannelId,
+    outbox: &crate::sync::Arc<ChannelOutbox>,
+    item: Bytes,
+    try_first: bool,
+) -> Result<(), ChannelError> {
+    let item = match try_first {
+        true => match core.try_send_item(id, outbox, item)? {
+            None => {
+                crate::driver::metrics::item_sent();
+                return Ok(());
+            }
+            Some(item) => item,
+        },
+        false => item,
+    };
+    crate::driver::metrics::credit_wait(std::future::poll_fn(|cx| core.poll_credit(id, cx))).await?;
+    core.send_item(id, outbox, item).await?;
+    crate::driver::metrics::item_sent();
+    Ok(())
+}
+
 impl<T> Tx<T> {
     pub(crate) fn from_slot(slot: ChannelSlot) -> Self {
-        Tx { slot, xlate: None, _t: PhantomData }
+        Tx { slot, xlate: None, outbox: None, _t: PhantomData }
     }
 
     /// Hands this end to a call: the handler will send, the caller keeps the
@@ -274,22 +309,20 @@ impl<T> Tx<T> {
         }
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
-        let send = async {
-            // Most sends find a credit and a free place: one registry lock
-            // then, instead of one to wait for the credit and one to spend it.
-            let Some(item) = core.try_send_item(id, item)? else {
-                crate::driver::metrics::item_sent();
-                return Ok(());
-            };
-            crate::driver::metrics::credit_wait(std::future::poll_fn(|cx| core.poll_credit(id, cx))).await?;
-            core.send_item(id, item).await?;
-            crate::driver::metrics::item_sent();
-            Ok(())
-        };
-        match span(core, id, "tx") {
-            Some(span) => send.instrument(span).await,
-            None => send.await,
+        let outbox = &*self.outbox.get_or_insert_with(|| ChannelOutbox::new(core.connection_id(), id));
+        if let Some(span) = span(core, id, "tx") {
+            return Box::pin(send_waiting(core, id, outbox, item, true).instrument(span)).await;
         }
+        // Most sends find a credit and need no place in the queue, or find
+        // one free: one registry lock then, and no await.
+        let Some(item) = core.try_send_item(id, outbox, item)? else {
+            crate::driver::metrics::item_sent();
+            return Ok(());
+        };
+        // The waiting part lives in its own allocation, made only when a
+        // send waits: this future, which a stream's handler holds across
+        // every send, stays a few words instead of the waiting states'.
+        Box::pin(send_waiting(core, id, outbox, item, false)).await
     }
 
     /// Sends now or hands the item back: `Full` when there is no credit or
@@ -301,6 +334,7 @@ impl<T> Tx<T> {
         let Some((core, id)) = self.slot.current(Role::Sender) else {
             return Err(TrySendError::Full(item));
         };
+        let outbox = self.outbox.get_or_insert_with(|| ChannelOutbox::new(core.connection_id(), id));
         let bytes = match wire::encode("channel item", &item).map(Bytes::from) {
             Ok(b) => match xlate::apply(&self.xlate, b) {
                 Ok(b) => b,
@@ -315,7 +349,7 @@ impl<T> Tx<T> {
             std::task::Poll::Ready(Err(e)) => return Err(TrySendError::Closed(item, e.into())),
             std::task::Poll::Ready(Ok(())) => {}
         }
-        match core.try_send_item(id, bytes) {
+        match core.try_send_item(id, outbox, bytes) {
             Ok(None) => {
                 crate::driver::metrics::item_sent();
                 Ok(())

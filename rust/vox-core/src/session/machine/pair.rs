@@ -16,7 +16,7 @@ use crate::session::{ConnectionHandle, SessionError};
 use crate::wire::{ConnectionId, ConnectionSettings, Message, Metadata, Parity, Payload};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Cores that start no task (nothing here sends calls, so the queue they
@@ -46,7 +46,7 @@ struct Side {
     env: TestEnv,
     /// Every step other than `Continue` this side returned, in order.
     steps: Vec<Step>,
-    _outbound: mpsc::Receiver<Message>,
+    _outbound: outbound::Detached,
     _mailbox: MailboxRx,
 }
 
