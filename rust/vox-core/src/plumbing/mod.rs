@@ -11,4 +11,6 @@ pub mod loss;
 pub mod operations;
 pub(crate) mod ops;
 pub mod outbound;
+#[cfg(all(test, not(loom)))]
+mod outbound_tests;
 pub(crate) mod outbox;

@@ -178,14 +178,21 @@ struct Sink {
 impl Sink {
     /// Writes the items of the outbox whose marker the writer reached.
     async fn push_outbox(&mut self, outbox: crate::sync::Arc<ChannelOutbox>) -> Result<(), WriterError> {
-        // The spare vector goes to the outbox and comes back as this run's
-        // items: one allocation per channel, not one per run.
+        // The writer's empty vector and the outbox's full one trade places:
+        // the storage circulates, so a steady stream allocates none.
         let mut items = std::mem::take(&mut self.spare);
         outbox.take(&mut items);
         let (connection_id, id) = outbox.channel();
         let mut written = Ok(());
         for item in items.drain(..) {
-            written = self.push_item(connection_id, id, item).await;
+            // Most items join the run in progress without waiting: no
+            // `push_item` future per item for them.
+            if self.runs.joins(&item) {
+                let Some(ended) = self.runs.add(connection_id, id, item) else { continue };
+                written = self.out.push(&ConduitMsg::Message(ended)).await.map_err(WriterError::from);
+            } else {
+                written = self.push_item(connection_id, id, item).await;
+            }
             if written.is_err() {
                 break;
             }

@@ -24,7 +24,9 @@ pub struct SessionSnapshot {
     pub generation: u64,
     /// Every live connection, the root first, then by id.
     pub connections: Vec<ConnectionSnapshot>,
-    /// Messages waiting for the writer on the current attachment.
+    /// Places taken in the outbound queue on the current attachment: one
+    /// per message, and one per channel whose items wait for the writer
+    /// (however many items that channel's credit let it queue).
     pub outbound_queued: usize,
     /// The outbound queue's capacity (`SessionConfig::outbound_capacity`).
     pub outbound_capacity: usize,
