@@ -99,6 +99,12 @@ impl Wakeups {
     }
 
     fn fire(self) {
+        // Most events wake no one (every send, most receives): returning
+        // here skips building and dropping an iterator, about 30
+        // instructions per item of a stream on each side.
+        if self.0.is_empty() {
+            return;
+        }
         for waker in self.0 {
             waker.wake();
         }
