@@ -2,7 +2,7 @@
 //! channel's initial credit of items are kept and go out right after the
 //! call's `Request`, in order; a close or a drop before the call goes out
 //! after them (rules `rpc.channel.early-items`, `rpc.flow-control.credit`,
-//! `rpc.channel.close`).
+//! `rpc.channel.close`). And `Tx::try_send`, before and after the call.
 
 mod common {
     pub mod raw_peer;
@@ -71,4 +71,39 @@ async fn rpc_channel_early_items_of_a_dropped_sender_arrive_then_the_close() {
     let total: i64 =
         within("sum", c.root.caller.call(mid("sum"), &(), vec![rx.into_arg().unwrap()])).await.expect("sum");
     assert_eq!(total, 18);
+}
+
+// rule: rpc.flow-control.credit — `Tx::try_send` never waits: before its
+// call binds the channel it hands the item back as `Full`; once bound, an
+// item it accepts reaches the receiver like a sent one, in order.
+#[tokio::test]
+async fn rpc_flow_control_credit_try_send_hands_back_or_delivers() {
+    use vox_core::driver::TrySendError;
+    let (_s, c) = memory_sessions(server_builder(), SessionBuilder::new()).await;
+    let (mut tx, rx) = channel_with_credit::<i32>(0);
+    assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))), "unbound, no credit: handed back");
+    let call = tokio::spawn({
+        let caller = c.root.caller.clone();
+        async move { caller.call::<_, i64>(mid("sum"), &(), vec![rx.into_arg().unwrap()]).await }
+    });
+    // Waits for the call to bind the channel and the handler's first grant.
+    within("the first send", tx.send(&1)).await.expect("sent");
+    for mut item in [2, 3] {
+        within("try_send accepting the item", async {
+            loop {
+                match tx.try_send(item) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        item = back;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(TrySendError::Closed(_, e)) => panic!("the channel ended: {e}"),
+                }
+            }
+        })
+        .await;
+    }
+    within("close", tx.close()).await.expect("close");
+    let total = within("the call", call).await.expect("join").expect("sum");
+    assert_eq!(total, 6, "every accepted item arrived");
 }
