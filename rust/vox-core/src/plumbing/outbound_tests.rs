@@ -1,17 +1,30 @@
 //! The writer with channel outboxes, end to end over a memory link: what
 //! the peer decodes, in order.
 
-use super::outbound::spawn_writer;
+use super::outbound::{Finish, Outbound, spawn_writer};
 use super::outbox::{ChannelOutbox, Joined};
-use crate::conduit;
+use crate::conduit::{self, ConduitRx};
 use crate::link::{LinkConfig, memory_pair};
 use crate::wire::{Blob, ChannelId, ConduitMsg, ConnectionId, Message, Payload, SPLICE_MIN};
+use tokio::sync::oneshot;
 
 const CONN: ConnectionId = ConnectionId(1);
 
 fn small(n: u8) -> Blob {
     Blob::from(vec![n])
 }
+
+/// A writer (channel items on) over a memory link, and the peer's end.
+fn writer_over_memory() -> (Outbound, Writer, ConduitRx, oneshot::Sender<Finish>) {
+    let (a, b) = memory_pair(LinkConfig::default());
+    let (tx, _) = conduit::bare(a);
+    let (_, rx) = conduit::bare(b);
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let (outbound, writer) = spawn_writer(tx, 8, finish_rx, true);
+    (outbound, writer, rx, finish_tx)
+}
+
+type Writer = tokio::task::JoinHandle<Result<(), super::outbound::WriterError>>;
 
 /// A channel's items, flattened from the messages that carried them, and
 /// how many messages carried them.
@@ -40,11 +53,7 @@ fn items_of(seen: &[Message], channel: ChannelId) -> (Vec<u8>, usize) {
 // a message queued after the marker follows the items taken with it.
 #[tokio::test]
 async fn rpc_channel_close_writer_sends_outbox_items_in_send_order() {
-    let (a, b) = memory_pair(LinkConfig::default());
-    let (tx, _) = conduit::bare(a);
-    let (_, mut rx) = conduit::bare(b);
-    let (_finish_tx, finish_rx) = tokio::sync::oneshot::channel();
-    let (outbound, writer) = spawn_writer(tx, 8, finish_rx, true);
+    let (outbound, writer, mut rx, _finish) = writer_over_memory();
     let (ch, other) = (ChannelId(3), ChannelId(5));
     let outbox = ChannelOutbox::new(CONN, ch);
     let admit = || Ok::<(), ()>(());
@@ -96,11 +105,7 @@ async fn rpc_channel_close_writer_sends_outbox_items_in_send_order() {
 // one only with an item) is written as nothing.
 #[tokio::test]
 async fn writer_skips_an_empty_outbox() {
-    let (a, b) = memory_pair(LinkConfig::default());
-    let (tx, _) = conduit::bare(a);
-    let (_, mut rx) = conduit::bare(b);
-    let (_finish_tx, finish_rx) = tokio::sync::oneshot::channel();
-    let (outbound, writer) = spawn_writer(tx, 8, finish_rx, true);
+    let (outbound, writer, mut rx, _finish) = writer_over_memory();
     outbound.try_reserve().expect("room").send_outbox(ChannelOutbox::new(CONN, ChannelId(3)));
     outbound.try_reserve().expect("room").send(Message { connection_id: CONN, payload: Payload::Ping { nonce: 1 } });
     let first = rx.recv().await.expect("decodes");
