@@ -287,6 +287,11 @@ impl<T> Tx<T> {
     /// "fill the stream, then call" works; beyond that, `send` waits for the
     /// call.
     ///
+    /// Inside a tokio runtime a send counts against the task's cooperative
+    /// budget, as tokio's own channels do: a loop that always finds credit
+    /// still yields now and then, so the tasks sharing its worker (the
+    /// writer that drains what it sends, among them) get to run.
+    ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: credit is spent and
     /// the item queued in one step that cannot wait, so a dropped future sends
@@ -310,6 +315,11 @@ impl<T> Tx<T> {
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
         let outbox = &*self.outbox.get_or_insert_with(|| ChannelOutbox::new(core.connection_id(), id));
+        // A send that finds credit does not wait; without this, a producer
+        // loop holding ample credit would never give its worker back, and
+        // the writer it feeds, woken onto the same worker, would not run
+        // until the credit ran out.
+        std::future::poll_fn(|cx| tokio::task::coop::poll_proceed(cx).map(|r| r.made_progress())).await;
         if let Some(span) = span(core, id, "tx") {
             return Box::pin(send_waiting(core, id, outbox, item, true).instrument(span)).await;
         }
@@ -444,6 +454,10 @@ impl<T> Rx<T> {
 
     /// The next pre-serialized item.
     ///
+    /// Inside a tokio runtime it counts against the task's cooperative
+    /// budget (see [`Tx::send_raw`]): a consumer of a full queue yields now
+    /// and then.
+    ///
     /// # Cancel safety
     /// Cancel-safe, so it may be used in `tokio::select!`: an item is taken
     /// only when the future completes, so a dropped future loses nothing.
@@ -460,7 +474,17 @@ impl<T> Rx<T> {
         }
         let ChannelSlot::Bound { core, id } = &self.slot else { return Err(ChannelError::Closed) };
         let (core, id) = (&**core, *id);
-        let recv = std::future::poll_fn(|cx| core.poll_recv(id, cx));
+        // Counted against the task's budget like tokio's own channels, so a
+        // consumer of a full queue yields now and then to the tasks that
+        // feed it and send its grants.
+        let recv = std::future::poll_fn(|cx| {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            let r = core.poll_recv(id, cx);
+            if r.is_ready() {
+                coop.made_progress();
+            }
+            r
+        });
         let r = match span(core, id, "rx") {
             Some(span) => recv.instrument(span).await,
             None => recv.await,
