@@ -510,14 +510,17 @@ fn rpc_flow_control_credit_window_does_not_grow_for_a_slow_consumer() {
 #[test]
 fn rpc_flow_control_credit_window_growth_is_bounded_by_bytes_for_large_items() {
     let registry = caller();
+    // Each queued item counts with its queue entry (a `Bytes`).
+    let entry = std::mem::size_of::<Bytes>();
     let id = caller_receiving(&registry, 4);
-    // 64 KiB items: 256 KiB holds 4 of them, so the window stays at 4.
-    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    // 64 KiB items with their entries: 256 KiB holds 4 of them, so the
+    // window stays at 4.
+    let big = Bytes::from(vec![7u8; 64 * 1024 - entry]);
     let grants = keep_up(&registry, id, 40, &big);
     assert!(grants.iter().all(|g| *g == 2), "{grants:?}");
-    // 32 KiB items: the window may reach 8, not more.
+    // 32 KiB items with their entries: the window may reach 8, not more.
     let id = caller_receiving(&registry, 4);
-    let grants = keep_up(&registry, id, 40, &Bytes::from(vec![7u8; 32 * 1024]));
+    let grants = keep_up(&registry, id, 40, &Bytes::from(vec![7u8; 32 * 1024 - entry]));
     assert_eq!(grants[..2], [2 + 4, 4]);
     assert!(grants[2..].iter().all(|g| *g == 4), "{grants:?}");
 }
@@ -797,4 +800,21 @@ fn channel_transition_table_matches_snapshot() {
              docs/adr/0001-channel-lifecycle.md.\n--- new table ---\n{table}"
         );
     }
+}
+
+// rule: rpc.flow-control.credit — the byte bound on window growth counts
+// each item's queue entry, not only its bytes: one-byte items stop the
+// window at 256 KiB of entries, far below an item cap of 65,536.
+#[test]
+fn rpc_flow_control_credit_window_growth_counts_queue_entries_for_tiny_items() {
+    let config =
+        RegistryConfig { max_initial_credit: 64, max_receive_window: 65_536, ..RegistryConfig::new(Parity::Odd) };
+    let registry = Registry::new(config);
+    let id = caller_receiving(&registry, 16);
+    let grants = keep_up(&registry, id, 200_000, &Bytes::from_static(&[1]));
+    // Once grown, each grant returns half the window.
+    let window = u64::from(*grants.last().expect("grants")) * 2;
+    let entries = (256 * 1024 / (1 + std::mem::size_of::<Bytes>())) as u64;
+    assert!(window <= entries + 2, "window grew to about {window} items, past {entries} entries of 256 KiB");
+    assert!(window > 2048, "the window stopped at about {window} items");
 }

@@ -54,7 +54,7 @@ pub struct RegistryConfig {
 impl RegistryConfig {
     /// Defaults for a connection whose local parity is `local_parity`:
     /// initial credit up to 1024, 1024 live channels, 1024 tombstones,
-    /// receive windows up to 1024 items.
+    /// receive windows up to [`DEFAULT_MAX_RECEIVE_WINDOW`] items.
     pub fn new(local_parity: Parity) -> RegistryConfig {
         RegistryConfig {
             local_parity,
@@ -67,8 +67,10 @@ impl RegistryConfig {
 }
 
 /// Default of [`RegistryConfig::max_receive_window`] (and of the session's
-/// `SessionConfig::max_receive_window`), in items.
-pub const DEFAULT_MAX_RECEIVE_WINDOW: u32 = 1024;
+/// `SessionConfig::max_receive_window`), in items. Windows of items larger
+/// than a few bytes stop growing earlier, at about 256 KiB of queued items
+/// (see `inner/window.rs`); this cap is what stops a window of tiny items.
+pub const DEFAULT_MAX_RECEIVE_WINDOW: u32 = 8192;
 
 /// The channel limits a session applies to each of its connections: local
 /// choices, not negotiated with the peer.

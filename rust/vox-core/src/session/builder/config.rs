@@ -51,7 +51,8 @@ pub struct SessionConfig {
     /// The most channels alive at once on one connection.
     pub max_channels_per_connection: usize,
     /// How far the window of a channel this side receives on may grow while
-    /// its consumer keeps up, in items (default 1024). Receivers start at
+    /// its consumer keeps up, in items (default 8192, and never past about
+    /// 256 KiB of queued items of the size last taken). Receivers start at
     /// the channel's initial credit (16 unless chosen otherwise) and double
     /// the window whenever a grant falls due with nothing left queued, so a
     /// fast stream is not held to one grant round trip per 8 items; a slow

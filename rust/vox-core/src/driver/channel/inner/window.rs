@@ -5,8 +5,14 @@
 use crate::driver::channel::state::{ItemQueue, RecvHalf};
 
 /// A receive window only grows while it holds at most this many bytes of
-/// items the size of the last one taken (see [`RecvHalf::consumed`]).
+/// items the size of the last one taken, each counted with its queue entry
+/// (see [`RecvHalf::consumed`]).
 const GROWN_WINDOW_BYTES: usize = 256 * 1024;
+
+/// What one queued item costs beside its bytes: its entry in the queue.
+/// Counting it keeps a window of tiny items (a `u64` is one to ten bytes)
+/// within [`GROWN_WINDOW_BYTES`] of memory too, not only of payload.
+const QUEUE_ENTRY_BYTES: usize = std::mem::size_of::<bytes::Bytes>();
 
 impl RecvHalf {
     pub(super) fn new(window: u32) -> RecvHalf {
@@ -22,7 +28,8 @@ impl RecvHalf {
     /// has emptied the queue when a grant falls due, the window and not the
     /// consumer sets the pace, so the grant also doubles the window, up to
     /// `max_window` items (`RegistryConfig::max_receive_window`) and to
-    /// [`GROWN_WINDOW_BYTES`] worth of items of this size. A window never
+    /// [`GROWN_WINDOW_BYTES`] worth of items of this size with their queue
+    /// entries. A window never
     /// shrinks below the initial credit, and a slow consumer never grows it.
     pub(super) fn consumed(&mut self, item_len: usize, max_window: u32) -> bool {
         if self.window == 0 {
@@ -37,7 +44,7 @@ impl RecvHalf {
         self.grant_pending = self.grant_pending.saturating_add(self.consumed_since_grant);
         self.consumed_since_grant = 0;
         if self.queue.is_empty() {
-            let by_bytes = u32::try_from(GROWN_WINDOW_BYTES / item_len.max(1)).unwrap_or(u32::MAX);
+            let by_bytes = u32::try_from(GROWN_WINDOW_BYTES / (item_len + QUEUE_ENTRY_BYTES)).unwrap_or(u32::MAX);
             let grown = self.window.saturating_mul(2).min(max_window).min(by_bytes);
             if grown > self.window {
                 // Window and pending grant grow together: the invariant holds.
