@@ -6,10 +6,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+use super::outbound::DueQueue;
 use super::{Gate, Inner, ended};
 use crate::driver::channel::Wakeups;
 use crate::driver::channel::error::{CloseCause, RecvError};
-use crate::driver::channel::state::{ChannelEntry, ChannelState, Closing, Half, Role};
+use crate::driver::channel::state::{ChannelEntry, ChannelState, Closing, Half, RecvHalf, Role, WakerSlot};
 use crate::mutant;
 use crate::wire::ChannelId;
 
@@ -18,6 +19,34 @@ fn recv_result_for(cause: &CloseCause) -> Result<Option<Bytes>, RecvError> {
         CloseCause::Closed => Ok(None),
         CloseCause::Reset => Err(RecvError::Reset),
         CloseCause::ConnectionLost(loss) => Err(RecvError::ConnectionLost(loss.clone())),
+    }
+}
+
+/// `poll_recv` on an open receiver: the next item (a grant may fall due),
+/// or `Pending` with the waker registered.
+fn recv_open(
+    half: &mut RecvHalf,
+    waker: &mut WakerSlot,
+    outbound: &mut DueQueue,
+    max_window: u32,
+    id: ChannelId,
+    cx: &Context<'_>,
+    wake: &mut Wakeups,
+) -> Poll<Result<Option<Bytes>, RecvError>> {
+    match half.queue.pop_front() {
+        Some(item) => {
+            if half.consumed(item.len(), max_window) {
+                outbound.due(id, wake);
+            }
+            Poll::Ready(Ok(Some(item)))
+        }
+        None => {
+            if half.waiting_on_empty() {
+                outbound.due(id, wake);
+            }
+            waker.register(cx);
+            Poll::Pending
+        }
     }
 }
 
@@ -47,6 +76,15 @@ impl Inner {
         cx: &Context<'_>,
         wake: &mut Wakeups,
     ) -> Poll<Result<Option<Bytes>, RecvError>> {
+        // The common case in one lookup: an open receiver passes the gate by
+        // its state alone (it is ours to receive on, and bound), so only the
+        // connection's loss needs checking.
+        if self.lost.is_none()
+            && let Some(ChannelEntry { state: ChannelState::Open(Half::Receiving(half)), waker }) =
+                self.channels.get_mut(&id)
+        {
+            return recv_open(half, waker, &mut self.outbound, self.config.max_receive_window, id, cx, wake);
+        }
         match self.recv_gate(id) {
             Gate::Live => {}
             Gate::Remembered(cause) => return Poll::Ready(recv_result_for(&cause)),
@@ -56,21 +94,10 @@ impl Inner {
             return Poll::Ready(Err(RecvError::UnknownChannel(id)));
         };
         let (result, settle) = match &mut entry.state {
-            ChannelState::Open(Half::Receiving(half)) => match half.queue.pop_front() {
-                Some(item) => {
-                    if half.consumed(item.len(), self.config.max_receive_window) {
-                        self.outbound.due(id, wake);
-                    }
-                    (Poll::Ready(Ok(Some(item))), false)
-                }
-                None => {
-                    if half.waiting_on_empty() {
-                        self.outbound.due(id, wake);
-                    }
-                    entry.waker.register(cx);
-                    (Poll::Pending, false)
-                }
-            },
+            ChannelState::Open(Half::Receiving(half)) => {
+                let max_window = self.config.max_receive_window;
+                (recv_open(half, &mut entry.waker, &mut self.outbound, max_window, id, cx, wake), false)
+            }
             ChannelState::Closing(Closing::ReceiverDraining { queue }) => match queue.pop_front() {
                 // rule: rpc.channel.close — items delivered before the close are never lost.
                 Some(item) => (Poll::Ready(Ok(Some(item))), false),

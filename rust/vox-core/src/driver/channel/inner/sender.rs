@@ -20,6 +20,17 @@ fn send_error_for(cause: &CloseCause) -> SendError {
     }
 }
 
+/// `spend_credit` on an open sender. rule: rpc.flow-control.credit
+fn spend_one(credit: &mut u32, id: ChannelId) -> Result<(), SendError> {
+    match credit.checked_sub(1) {
+        Some(left) => {
+            *credit = left;
+            Ok(())
+        }
+        None => Err(SendError::NoCredit(id)),
+    }
+}
+
 impl Inner {
     fn send_gate(&mut self, id: ChannelId) -> Gate<SendError> {
         if let Some(loss) = &self.lost {
@@ -85,18 +96,21 @@ impl Inner {
     }
 
     pub(in crate::driver::channel) fn spend_credit(&mut self, id: ChannelId) -> Result<(), SendError> {
+        // The common case in one lookup: an open sender passes the gate by
+        // its state alone (it is ours to send on, and bound), so only the
+        // connection's loss needs checking.
+        if self.lost.is_none()
+            && let Some(ChannelEntry { state: ChannelState::Open(Half::Sending { credit }), .. }) =
+                self.channels.get_mut(&id)
+        {
+            return spend_one(credit, id);
+        }
         self.sender_end(id)?;
         let Some(entry) = self.channels.get_mut(&id) else {
             return Err(SendError::UnknownChannel(id));
         };
         let (result, settle) = match &mut entry.state {
-            ChannelState::Open(Half::Sending { credit }) => match credit.checked_sub(1) {
-                Some(left) => {
-                    *credit = left;
-                    (Ok(()), false)
-                }
-                None => (Err(SendError::NoCredit(id)), false),
-            },
+            ChannelState::Open(Half::Sending { credit }) => (spend_one(credit, id), false),
             ChannelState::Closing(Closing::SenderClosePending) => (Err(SendError::Closed), false),
             ChannelState::Closed(closed) => {
                 closed.observed = true;
