@@ -397,21 +397,36 @@ impl Drop for SourceGuard {
     }
 }
 
-struct LimitGuard;
+/// The limits of one decode, on this thread's stack of them while it runs.
+struct LimitGuard {
+    /// Whether `limits` were pushed. The defaults are not, outside any
+    /// other decode: an empty stack means the defaults already
+    /// ([`current_limits`]), and most decodes (every channel item) use them.
+    pushed: bool,
+}
 
 impl LimitGuard {
     fn enter(limits: DecodeLimits) -> LimitGuard {
-        LIMITS.with(|l| l.borrow_mut().push(limits));
+        let pushed = LIMITS.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.is_empty() && limits == DecodeLimits::default() {
+                return false;
+            }
+            l.push(limits);
+            true
+        });
         LIMIT_HIT.with(|h| h.set(None));
-        LimitGuard
+        LimitGuard { pushed }
     }
 }
 
 impl Drop for LimitGuard {
     fn drop(&mut self) {
-        LIMITS.with(|l| {
-            l.borrow_mut().pop();
-        });
+        if self.pushed {
+            LIMITS.with(|l| {
+                l.borrow_mut().pop();
+            });
+        }
     }
 }
 
