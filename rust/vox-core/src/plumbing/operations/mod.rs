@@ -50,7 +50,7 @@ pub use answers::{
     Admission, Completion, ConflictKind, OpState, OperationStats, Rejection, Ticket, TicketError, WaiterId,
 };
 pub use op_id::{OP_ID_KEY, OpId, OpIdError, read_op_id, write_op_id};
-pub use policy::{ArgsDigest, MethodPolicy, OperationConfig, SMALL_ARGS};
+pub use policy::{ArgsDigest, MethodPolicy, OperationConfig};
 pub use table::OperationTable;
 
 // The table's own edge cases (watermark, waiter limit, clock); the protocol
