@@ -35,7 +35,7 @@ impl ArgsDigest {
         static SECRETS: std::sync::OnceLock<RapidSecrets> = std::sync::OnceLock::new();
         // A random seed without another dependency: std's per-process
         // random SipHash keys, applied to a constant.
-        let secrets = SECRETS.get_or_init(|| RapidSecrets::seed(std::hash::RandomState::new().hash_one(0x766f_78u64)));
+        let secrets = SECRETS.get_or_init(|| RapidSecrets::seed(std::hash::RandomState::new().hash_one(0u64)));
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&rapidhash_v3_seeded(args, secrets).to_le_bytes());
         out[8..].copy_from_slice(&(args.len() as u64).to_le_bytes());
