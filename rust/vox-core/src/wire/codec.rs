@@ -568,6 +568,22 @@ mod tests {
         assert!(err.is_err());
     }
 
+    // rule: session.decode.bounded — limits given for one decode apply to
+    // it (from a thread with no decode in progress), the defaults apply to
+    // the next one, and nothing is left on the thread's stack of limits.
+    #[test]
+    fn session_decode_bounded_limits_apply_to_their_decode_only() {
+        let three = super::super::Metadata::new().with_u64("a", 1, 0).with_u64("b", 2, 0).with_u64("c", 3, 0);
+        let encoded = Bytes::from(encode("metadata", &three).unwrap());
+        let tight = DecodeLimits { max_metadata_entries: 2, ..DecodeLimits::default() };
+        let err = decode_with::<super::super::Metadata>("metadata", &encoded, &tight).unwrap_err();
+        assert!(matches!(err, DecodeError::LimitExceeded { max: 2, found: 3, .. }), "{err:?}");
+        assert!(LIMITS.with(|l| l.borrow().is_empty()), "the decode left its limits behind");
+        assert_eq!(decode::<super::super::Metadata>("metadata", &encoded).unwrap(), three);
+        assert_eq!(decode_slice::<super::super::Metadata>("metadata", &encoded).unwrap(), three);
+        assert!(LIMITS.with(|l| l.borrow().is_empty()), "a default decode left limits behind");
+    }
+
     #[test]
     fn encode_into_appends_exactly_what_encode_returns() {
         let value = (7u32, "text".to_string(), Blob::from(vec![3u8; 5000]));
