@@ -29,8 +29,8 @@ impl RecvHalf {
     /// consumer sets the pace, so the grant also doubles the window, up to
     /// `max_window` items (`RegistryConfig::max_receive_window`) and to
     /// [`GROWN_WINDOW_BYTES`] worth of items of this size with their queue
-    /// entries. A window never
-    /// shrinks below the initial credit, and a slow consumer never grows it.
+    /// entries. A window never shrinks below the initial credit, and a slow
+    /// consumer never grows it.
     pub(super) fn consumed(&mut self, item_len: usize, max_window: u32) -> bool {
         if self.window == 0 {
             return false;
